@@ -1,0 +1,2 @@
+DROP INDEX IF EXISTS results_job_attempt_idx;
+DROP TABLE IF EXISTS results;

@@ -1,0 +1,288 @@
+//! SQLite SQL, and nothing else: each function is one or two statements. The queue logic
+//! (what to call, in which transaction, with which timestamps) lives in `queue.rs`.
+//!
+//! `state = 'queued'` / `'running'` are written as literals, never bound: the partial claim
+//! index `WHERE state = 'queued'` can only be used when the query names the same constant.
+
+use chrono::NaiveDateTime;
+use diesel::connection::{AnsiTransactionManager, TransactionManager};
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Integer, Text, Timestamp};
+use diesel::sqlite::SqliteConnection;
+
+use crate::error::Result;
+use crate::models::{JobRow, NewResultRow, ResultRow};
+use crate::schema::{jobs, results};
+
+/// Runs `f` as one write transaction. Outside a transaction it is `BEGIN IMMEDIATE`, which
+/// takes the write lock up front: a read followed by a write in a DEFERRED transaction can fail
+/// with BUSY_SNAPSHOT, which no busy handler can cure. Inside the caller's own transaction it
+/// becomes a savepoint, so the work commits or rolls back with the caller's rows.
+pub fn write_transaction<T>(
+    conn: &mut SqliteConnection,
+    f: impl FnOnce(&mut SqliteConnection) -> Result<T>,
+) -> Result<T> {
+    if in_transaction(conn) {
+        return conn.transaction(f);
+    }
+    let result = conn.immediate_transaction(f);
+    if result.is_err() && in_transaction(conn) {
+        // A COMMIT that failed (e.g. busy) can leave the transaction open; roll it back so the
+        // connection is clean for the retry, which re-runs the whole transaction. If even the
+        // rollback fails, the pool's broken-connection check discards this connection.
+        let _ = AnsiTransactionManager::rollback_transaction(conn);
+    }
+    result
+}
+
+fn in_transaction(conn: &mut SqliteConnection) -> bool {
+    use diesel::connection::TransactionManagerStatus;
+    match AnsiTransactionManager::transaction_manager_status_mut(conn) {
+        TransactionManagerStatus::Valid(status) => status.transaction_depth().is_some(),
+        // An in-error status means a transaction is open and must be rolled back.
+        TransactionManagerStatus::InError => true,
+    }
+}
+
+/// A row to insert into `jobs`: every column given, so a multi-row insert needs no DEFAULT.
+#[derive(Insertable)]
+#[diesel(table_name = jobs)]
+pub struct InsertJob<'a> {
+    pub queue: &'a str,
+    pub state: &'a str,
+    pub priority: i32,
+    pub payload: &'a str,
+    pub attempts: i32,
+    pub max_attempts: i32,
+    pub run_at: NaiveDateTime,
+    pub created_at: NaiveDateTime,
+    pub updated_at: NaiveDateTime,
+}
+
+/// Inserts the rows in one statement and returns their ids in the order given. AUTOINCREMENT
+/// assigns ascending ids in VALUES order; RETURNING's row order is unspecified, so we sort.
+pub fn insert_jobs(conn: &mut SqliteConnection, rows: &[InsertJob<'_>]) -> Result<Vec<i64>> {
+    let mut ids: Vec<i64> = diesel::insert_into(jobs::table)
+        .values(rows)
+        .returning(jobs::id)
+        .get_results(conn)?;
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+/// The claim: one statement takes up to `limit` due jobs of `queue` in (priority, run_at, id)
+/// order, marks them running, bumps attempts (the new fencing token) and sets the lease.
+pub fn claim(
+    conn: &mut SqliteConnection,
+    queue: &str,
+    limit: i64,
+    worker_id: &str,
+    now: NaiveDateTime,
+    lease_expires_at: NaiveDateTime,
+) -> Result<Vec<JobRow>> {
+    let mut rows: Vec<JobRow> = diesel::sql_query(
+        "UPDATE jobs SET state = 'running', attempts = attempts + 1, worker_id = ?, \
+         heartbeat_at = ?, lease_expires_at = ?, updated_at = ? \
+         WHERE id IN (SELECT id FROM jobs WHERE queue = ? AND state = 'queued' AND run_at <= ? \
+                      ORDER BY priority, run_at, id LIMIT ?) \
+         RETURNING *",
+    )
+    .bind::<Text, _>(worker_id)
+    .bind::<Timestamp, _>(now)
+    .bind::<Timestamp, _>(lease_expires_at)
+    .bind::<Timestamp, _>(now)
+    .bind::<Text, _>(queue)
+    .bind::<Timestamp, _>(now)
+    .bind::<BigInt, _>(limit)
+    .load(conn)?;
+    rows.sort_by(|a, b| (a.priority, a.run_at, a.id).cmp(&(b.priority, b.run_at, b.id)));
+    Ok(rows)
+}
+
+/// Extends a lease if it is still ours. Returns rows changed (0 or 1).
+pub fn heartbeat(
+    conn: &mut SqliteConnection,
+    job_id: i64,
+    attempt: i32,
+    now: NaiveDateTime,
+    lease_expires_at: NaiveDateTime,
+) -> Result<usize> {
+    Ok(diesel::sql_query(
+        "UPDATE jobs SET heartbeat_at = ?, lease_expires_at = ?, updated_at = ? \
+         WHERE id = ? AND state = 'running' AND attempts = ?",
+    )
+    .bind::<Timestamp, _>(now)
+    .bind::<Timestamp, _>(lease_expires_at)
+    .bind::<Timestamp, _>(now)
+    .bind::<BigInt, _>(job_id)
+    .bind::<Integer, _>(attempt)
+    .execute(conn)?)
+}
+
+/// Marks a job succeeded if the lease is still ours. Returns rows changed (0 or 1).
+pub fn mark_succeeded(
+    conn: &mut SqliteConnection,
+    job_id: i64,
+    attempt: i32,
+    now: NaiveDateTime,
+) -> Result<usize> {
+    Ok(diesel::sql_query(
+        "UPDATE jobs SET state = 'succeeded', lease_expires_at = NULL, updated_at = ?, \
+         last_error = NULL WHERE id = ? AND state = 'running' AND attempts = ?",
+    )
+    .bind::<Timestamp, _>(now)
+    .bind::<BigInt, _>(job_id)
+    .bind::<Integer, _>(attempt)
+    .execute(conn)?)
+}
+
+/// Marks a failed attempt if the lease is still ours: back to `queued` at `retry_at` while
+/// attempts remain, else `dead`. Returns the new state, or `None` if the lease was not ours.
+pub fn mark_failed(
+    conn: &mut SqliteConnection,
+    job_id: i64,
+    attempt: i32,
+    error: &str,
+    now: NaiveDateTime,
+    retry_at: NaiveDateTime,
+) -> Result<Option<String>> {
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = Text)]
+        state: String,
+    }
+    let row: Option<Row> = diesel::sql_query(
+        "UPDATE jobs SET \
+           state = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'queued' END, \
+           run_at = CASE WHEN attempts >= max_attempts THEN run_at ELSE ? END, \
+           last_error = ?, lease_expires_at = NULL, updated_at = ? \
+         WHERE id = ? AND state = 'running' AND attempts = ? RETURNING state",
+    )
+    .bind::<Timestamp, _>(retry_at)
+    .bind::<Text, _>(error)
+    .bind::<Timestamp, _>(now)
+    .bind::<BigInt, _>(job_id)
+    .bind::<Integer, _>(attempt)
+    .get_result(conn)
+    .optional()?;
+    Ok(row.map(|r| r.state))
+}
+
+/// Puts a running job back to `queued` (shutdown), if the lease is still ours.
+pub fn release(
+    conn: &mut SqliteConnection,
+    job_id: i64,
+    attempt: i32,
+    now: NaiveDateTime,
+) -> Result<usize> {
+    Ok(diesel::sql_query(
+        "UPDATE jobs SET state = 'queued', run_at = ?, lease_expires_at = NULL, updated_at = ? \
+         WHERE id = ? AND state = 'running' AND attempts = ?",
+    )
+    .bind::<Timestamp, _>(now)
+    .bind::<Timestamp, _>(now)
+    .bind::<BigInt, _>(job_id)
+    .bind::<Integer, _>(attempt)
+    .execute(conn)?)
+}
+
+/// Inserts one results row.
+pub fn insert_result(conn: &mut SqliteConnection, row: &NewResultRow<'_>) -> Result<()> {
+    diesel::insert_into(results::table)
+        .values(row)
+        .execute(conn)?;
+    Ok(())
+}
+
+/// Reaps expired leases: records a failed attempt for each, then requeues it (or marks it
+/// dead when out of attempts). Both statements use the same predicate inside one write
+/// transaction, so they see the same rows. Returns the number of jobs reaped.
+pub fn reap_expired(conn: &mut SqliteConnection, error: &str, now: NaiveDateTime) -> Result<usize> {
+    diesel::sql_query(
+        "INSERT INTO results (job_id, attempt, outcome, output, error, created_at, duration_ms) \
+         SELECT id, attempts, 'failed', NULL, ?, ?, 0 FROM jobs \
+         WHERE state = 'running' AND lease_expires_at < ?",
+    )
+    .bind::<Text, _>(error)
+    .bind::<Timestamp, _>(now)
+    .bind::<Timestamp, _>(now)
+    .execute(conn)?;
+    Ok(diesel::sql_query(
+        "UPDATE jobs SET \
+           state = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'queued' END, \
+           run_at = ?, last_error = ?, lease_expires_at = NULL, updated_at = ? \
+         WHERE state = 'running' AND lease_expires_at < ?",
+    )
+    .bind::<Timestamp, _>(now)
+    .bind::<Text, _>(error)
+    .bind::<Timestamp, _>(now)
+    .bind::<Timestamp, _>(now)
+    .execute(conn)?)
+}
+
+/// One job row, `None` if no such id.
+pub fn find_job(conn: &mut SqliteConnection, job_id: i64) -> Result<Option<JobRow>> {
+    Ok(jobs::table
+        .find(job_id)
+        .select(JobRow::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+/// Whether a job with this id exists.
+pub fn job_exists(conn: &mut SqliteConnection, job_id: i64) -> Result<bool> {
+    Ok(diesel::select(diesel::dsl::exists(jobs::table.find(job_id))).get_result(conn)?)
+}
+
+/// All results rows of a job, by attempt.
+pub fn results_of(conn: &mut SqliteConnection, job_id: i64) -> Result<Vec<ResultRow>> {
+    Ok(results::table
+        .filter(results::job_id.eq(job_id))
+        .order((results::attempt, results::id))
+        .select(ResultRow::as_select())
+        .load(conn)?)
+}
+
+/// `(queue, state, count)` for every queue (or one).
+pub fn count_by_queue_state(
+    conn: &mut SqliteConnection,
+    queue: Option<&str>,
+) -> Result<Vec<(String, String, i64)>> {
+    let mut q = jobs::table
+        .group_by((jobs::queue, jobs::state))
+        .select((jobs::queue, jobs::state, diesel::dsl::count_star()))
+        .into_boxed();
+    if let Some(queue) = queue {
+        q = q.filter(jobs::queue.eq(queue));
+    }
+    Ok(q.load(conn)?)
+}
+
+/// Queued jobs of `queue` (due or not) and running jobs of `queue`.
+pub fn pending_count(conn: &mut SqliteConnection, queue: &str) -> Result<i64> {
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+    }
+    let row: Row = diesel::sql_query(
+        "SELECT count(*) AS n FROM jobs WHERE state IN ('queued', 'running') AND queue = ?",
+    )
+    .bind::<Text, _>(queue)
+    .get_result(conn)?;
+    Ok(row.n)
+}
+
+/// `sqlite_version()`.
+pub fn sqlite_version(conn: &mut SqliteConnection) -> Result<String> {
+    Ok(diesel::select(diesel::dsl::sql::<Text>("sqlite_version()")).get_result(conn)?)
+}
+
+/// Earliest `run_at` of a queued job on `queue`, if any (to sleep until it is due).
+pub fn next_run_at(conn: &mut SqliteConnection, queue: &str) -> Result<Option<NaiveDateTime>> {
+    Ok(jobs::table
+        .filter(jobs::queue.eq(queue))
+        .filter(jobs::state.eq("queued"))
+        .select(diesel::dsl::min(jobs::run_at))
+        .get_result::<Option<NaiveDateTime>>(conn)?)
+}

@@ -1,0 +1,232 @@
+//! The one error type of the crate, and the one place that decides which database errors are
+//! "busy" (safe to retry) and which are not.
+
+use std::time::Duration;
+
+use diesel::result::Error as DieselError;
+
+/// Everything jobdb can fail with.
+///
+/// Callers branch on the predicates ([`Error::is_busy`], [`Error::is_lease_lost`],
+/// [`Error::is_not_found`], …) rather than on message text. The enum is `#[non_exhaustive]`
+/// so new failure kinds can be added without breaking matches.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The database stayed locked by other writers past the retry deadline. Nothing was
+    /// written by the attempt that gave up; it is safe to try again later.
+    #[error("the database stayed busy (locked by other writers) for {waited:?} over {attempts} attempts; nothing was written, try again later or raise the retry deadline")]
+    Busy {
+        /// How many times the whole transaction was tried.
+        attempts: u32,
+        /// How long was spent trying, sleeps included.
+        waited: Duration,
+    },
+
+    /// The lease on a job is no longer ours: it expired and the job was reaped or claimed by
+    /// another worker, or the job left the `running` state. Nothing was written.
+    #[error("lease lost on job {job_id} (attempt {attempt}): the job was reclaimed or is no longer running; the result was not recorded")]
+    LeaseLost {
+        /// The job whose lease was lost.
+        job_id: i64,
+        /// The attempt (fencing token) the caller held.
+        attempt: i32,
+    },
+
+    /// No job has this id.
+    #[error("no job with id {job_id}")]
+    NotFound {
+        /// The id that was asked for.
+        job_id: i64,
+    },
+
+    /// A payload or output that is not valid JSON, or that could not be (de)serialized into
+    /// the requested type.
+    #[error("invalid JSON {what}: {source}")]
+    Json {
+        /// Which value: "payload", "output", …
+        what: &'static str,
+        /// The serde_json error (line and column included).
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// A caller-supplied value is out of range or malformed (queue name, max_attempts, size
+    /// limits, configuration values, …).
+    #[error("invalid {field}: {reason}")]
+    InvalidArgument {
+        /// The name of the argument or setting.
+        field: &'static str,
+        /// What is wrong with it and what is accepted.
+        reason: String,
+    },
+
+    /// The database URL or path cannot be used.
+    #[error("cannot use database {url:?}: {reason}")]
+    InvalidDatabaseUrl {
+        /// The URL as given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// SQLite did not switch to WAL journal mode (an in-memory database, or a filesystem
+    /// without shared-memory support). jobdb needs WAL for concurrent readers and a writer.
+    #[error("journal_mode=WAL could not be enabled (SQLite answered {answered:?}); jobdb needs a database file on a local filesystem, not an in-memory database")]
+    WalUnavailable {
+        /// What `PRAGMA journal_mode=WAL` answered.
+        answered: String,
+    },
+
+    /// Opening a connection failed (file not found, permissions, not a database, …).
+    #[error("cannot open database {url:?}: {source}")]
+    Connection {
+        /// The URL or path that was opened.
+        url: String,
+        /// Diesel's connection error.
+        #[source]
+        source: diesel::ConnectionError,
+    },
+
+    /// The connection pool could not hand out a connection.
+    #[error("connection pool: {0}")]
+    Pool(#[source] r2d2::Error),
+
+    /// Running the embedded migrations failed.
+    #[error("running migrations failed: {0}")]
+    Migration(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),
+
+    /// A value read from the database is not what the schema allows (e.g. an unknown state).
+    #[error("corrupt row in {table}: {reason}")]
+    CorruptRow {
+        /// The table the row came from.
+        table: &'static str,
+        /// What was wrong.
+        reason: String,
+    },
+
+    /// Any other database error, kept whole (never stringified).
+    #[error("database error: {0}")]
+    Database(#[source] DieselError),
+}
+
+/// Shorthand for `Result<T, jobdb::Error>`.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// True when the error is SQLite's "database is locked" (SQLITE_BUSY and its extended
+    /// codes), or the retry wrapper gave up on it ([`Error::Busy`]). Busy errors are
+    /// transient: the whole transaction may be re-run.
+    pub fn is_busy(&self) -> bool {
+        match self {
+            Error::Busy { .. } => true,
+            Error::Database(e) => is_busy_diesel(e),
+            _ => false,
+        }
+    }
+
+    /// True for [`Error::LeaseLost`].
+    pub fn is_lease_lost(&self) -> bool {
+        matches!(self, Error::LeaseLost { .. })
+    }
+
+    /// True for [`Error::NotFound`].
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Error::NotFound { .. })
+    }
+
+    /// True when the caller passed a bad value: invalid JSON, an out-of-range argument or an
+    /// unusable database URL.
+    pub fn is_invalid_input(&self) -> bool {
+        matches!(
+            self,
+            Error::Json { .. } | Error::InvalidArgument { .. } | Error::InvalidDatabaseUrl { .. }
+        )
+    }
+
+    /// True when a raw retryable busy error is inside (not the final [`Error::Busy`]): this is
+    /// what the retry loop retries on.
+    pub(crate) fn is_retryable(&self) -> bool {
+        matches!(self, Error::Database(e) if is_busy_diesel(e))
+    }
+}
+
+/// SQLite's message for SQLITE_BUSY. `sqlite3_errmsg` masks the result code with `& 0xff`, so
+/// BUSY, BUSY_RECOVERY, BUSY_SNAPSHOT and BUSY_TIMEOUT all report this exact text, and Diesel
+/// 2.3 has no Busy error kind: it arrives as `DatabaseError(Unknown, info)`.
+const SQLITE_BUSY_MESSAGE: &str = "database is locked";
+
+/// The classification, in one place. Only SQLITE_BUSY is busy. SQLITE_LOCKED ("database table
+/// is locked") is a conflict inside one connection, a programming error that waiting cannot
+/// cure, so it is deliberately not matched.
+pub(crate) fn is_busy_diesel(e: &DieselError) -> bool {
+    match e {
+        DieselError::DatabaseError(_, info) => info.message() == SQLITE_BUSY_MESSAGE,
+        _ => false,
+    }
+}
+
+impl From<DieselError> for Error {
+    fn from(e: DieselError) -> Self {
+        Error::Database(e)
+    }
+}
+
+impl From<r2d2::Error> for Error {
+    fn from(e: r2d2::Error) -> Self {
+        Error::Pool(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use diesel::result::{DatabaseErrorInformation, DatabaseErrorKind};
+
+    struct Info(&'static str);
+    impl DatabaseErrorInformation for Info {
+        fn message(&self) -> &str {
+            self.0
+        }
+        fn details(&self) -> Option<&str> {
+            None
+        }
+        fn hint(&self) -> Option<&str> {
+            None
+        }
+        fn table_name(&self) -> Option<&str> {
+            None
+        }
+        fn column_name(&self) -> Option<&str> {
+            None
+        }
+        fn constraint_name(&self) -> Option<&str> {
+            None
+        }
+        fn statement_position(&self) -> Option<i32> {
+            None
+        }
+    }
+
+    fn db_error(msg: &'static str) -> Error {
+        Error::Database(DieselError::DatabaseError(
+            DatabaseErrorKind::Unknown,
+            Box::new(Info(msg)),
+        ))
+    }
+
+    #[test]
+    fn busy_is_busy_and_locked_is_not() {
+        assert!(db_error("database is locked").is_busy());
+        assert!(db_error("database is locked").is_retryable());
+        assert!(!db_error("database table is locked").is_busy());
+        assert!(!db_error("database table is locked").is_retryable());
+        assert!(!db_error("no such table: jobs").is_busy());
+        let gave_up = Error::Busy {
+            attempts: 3,
+            waited: Duration::from_millis(10),
+        };
+        assert!(gave_up.is_busy());
+        assert!(!gave_up.is_retryable(), "the final Busy is never retried again");
+    }
+}

@@ -1,0 +1,207 @@
+//! [`Queue`]: the repository over a pool. Each call checks out a connection and runs one of
+//! the `queue` functions as a whole transaction, re-run on busy by the retry loop, so callers
+//! never see "database is locked": they get the result, or [`Error::Busy`] past the deadline.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use diesel::sqlite::SqliteConnection;
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::models::{Job, JobResult, JobState, Lease, NewJob};
+use crate::pool::{build_pool, run_migrations, Config, SqlitePool};
+use crate::queue::{self, Stats, ENQUEUE_CHUNK};
+use crate::retry::{retry_busy, RetrySnapshot, RetryStats};
+
+/// A cheap-to-clone handle to a queue database: a connection pool, the configuration, and the
+/// retry counters shared by every clone.
+#[derive(Clone)]
+pub struct Queue {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: SqlitePool,
+    config: Config,
+    stats: RetryStats,
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue")
+            .field("config", &self.inner.config)
+            .field("retry_stats", &self.inner.stats.snapshot())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Queue {
+    /// Opens the database at `url` (a path, `sqlite://path` or a `file:` URI), builds the pool
+    /// and, if `config.run_migrations`, applies pending migrations.
+    pub fn open(url: &str, config: Config) -> Result<Queue> {
+        let pool = build_pool(url, &config)?;
+        let queue = Queue::from_pool(pool, config);
+        if queue.inner.config.run_migrations {
+            queue.migrate()?;
+        }
+        Ok(queue)
+    }
+
+    /// Wraps a pool built by [`build_pool`] (or by the caller, with the same customizer).
+    pub fn from_pool(pool: SqlitePool, config: Config) -> Queue {
+        Queue {
+            inner: Arc::new(Inner {
+                pool,
+                config,
+                stats: RetryStats::default(),
+            }),
+        }
+    }
+
+    /// Applies pending embedded migrations; returns the versions applied.
+    pub fn migrate(&self) -> Result<Vec<String>> {
+        let mut conn = self.inner.pool.get()?;
+        run_migrations(&mut conn, &self.inner.config.retry, &self.inner.stats)
+    }
+
+    /// The pool, for the caller's own queries.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.inner.pool
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// Transactions, busy retries and busy give-ups so far, over every clone of this handle.
+    pub fn retry_stats(&self) -> RetrySnapshot {
+        self.inner.stats.snapshot()
+    }
+
+    /// Runs `op` on one pooled connection, re-running it whole while the database is busy.
+    /// `op` must be a whole transaction (every `queue` function is).
+    pub fn run<T>(
+        &self,
+        name: &'static str,
+        mut op: impl FnMut(&mut SqliteConnection) -> Result<T>,
+    ) -> Result<T> {
+        let mut conn = self.inner.pool.get()?;
+        retry_busy(&self.inner.config.retry, &self.inner.stats, name, || {
+            op(&mut conn)
+        })
+    }
+
+    /// Enqueues one job; returns its id.
+    pub fn enqueue(&self, job: &NewJob) -> Result<i64> {
+        job.validate(self.inner.config.max_payload_bytes)?;
+        let ids = self.run("enqueue", |c| {
+            queue::insert_validated(c, std::slice::from_ref(job))
+        })?;
+        ids.into_iter().next().ok_or_else(|| Error::CorruptRow {
+            table: "jobs",
+            reason: "INSERT … RETURNING returned no id".into(),
+        })
+    }
+
+    /// Enqueues many jobs, [`ENQUEUE_CHUNK`] per transaction; returns their ids in order. All
+    /// jobs are validated first, so bad input writes nothing. Each chunk commits on its own:
+    /// if a later chunk fails, the ids of the earlier, committed ones are not returned, so use
+    /// [`Queue::enqueue_batch`] when the whole set must be all-or-nothing.
+    pub fn enqueue_many(&self, jobs: &[NewJob]) -> Result<Vec<i64>> {
+        self.validate_all(jobs)?;
+        let mut ids = Vec::with_capacity(jobs.len());
+        for chunk in jobs.chunks(ENQUEUE_CHUNK) {
+            ids.extend(self.run("enqueue_many", |c| queue::insert_validated(c, chunk))?);
+        }
+        Ok(ids)
+    }
+
+    /// Enqueues all `jobs` in ONE transaction: all or nothing (for files of jobs where a
+    /// partial enqueue would be wrong). Holds the write lock for the whole insert.
+    pub fn enqueue_batch(&self, jobs: &[NewJob]) -> Result<Vec<i64>> {
+        self.validate_all(jobs)?;
+        self.run("enqueue_batch", |c| {
+            crate::backend::sqlite::write_transaction(c, |c| {
+                let mut ids = Vec::with_capacity(jobs.len());
+                for chunk in jobs.chunks(ENQUEUE_CHUNK) {
+                    ids.extend(queue::insert_validated(c, chunk)?);
+                }
+                Ok(ids)
+            })
+        })
+    }
+
+    fn validate_all(&self, jobs: &[NewJob]) -> Result<()> {
+        jobs.iter()
+            .try_for_each(|j| j.validate(self.inner.config.max_payload_bytes))
+    }
+
+    /// Claims up to `limit` due jobs of `queue`, leased to `worker_id` for `lease`.
+    pub fn claim(
+        &self,
+        queue_name: &str,
+        limit: u32,
+        worker_id: &str,
+        lease: Duration,
+    ) -> Result<Vec<Job>> {
+        self.run("claim", |c| queue::claim(c, queue_name, limit, worker_id, lease))
+    }
+
+    /// Extends a lease; [`Error::LeaseLost`] if it is no longer ours.
+    pub fn heartbeat(&self, lease: Lease, lease_for: Duration) -> Result<DateTime<Utc>> {
+        self.run("heartbeat", |c| queue::heartbeat(c, lease, lease_for))
+    }
+
+    /// Records success with `output`; fenced by the lease.
+    pub fn complete(&self, lease: Lease, output: &impl Serialize, duration: Duration) -> Result<()> {
+        let json = serde_json::to_string(output).map_err(|source| Error::Json {
+            what: "output",
+            source,
+        })?;
+        self.complete_json(lease, &json, duration)
+    }
+
+    /// Records success with output already serialized as JSON text.
+    pub fn complete_json(&self, lease: Lease, output_json: &str, duration: Duration) -> Result<()> {
+        self.run("complete", |c| queue::complete_json(c, lease, output_json, duration))
+    }
+
+    /// Records a failed attempt; the job is retried with backoff or ends `dead`.
+    pub fn fail(&self, lease: Lease, error: &str, duration: Duration) -> Result<JobState> {
+        let backoff = self.inner.config.job_backoff;
+        self.run("fail", |c| queue::fail(c, lease, error, duration, &backoff))
+    }
+
+    /// Gives a running job back to the queue (shutdown).
+    pub fn release(&self, lease: Lease) -> Result<()> {
+        self.run("release", |c| queue::release(c, lease))
+    }
+
+    /// Requeues jobs whose lease expired; returns how many.
+    pub fn reap(&self) -> Result<usize> {
+        self.run("reap", queue::reap)
+    }
+
+    /// Counts per queue and state.
+    pub fn stats(&self, queue_name: Option<&str>) -> Result<Stats> {
+        self.run("stats", |c| queue::stats(c, queue_name))
+    }
+
+    /// One job by id.
+    pub fn get_job(&self, job_id: i64) -> Result<Job> {
+        self.run("get_job", |c| queue::get_job(c, job_id))
+    }
+
+    /// All finished attempts of a job.
+    pub fn get_results(&self, job_id: i64) -> Result<Vec<JobResult>> {
+        self.run("get_results", |c| queue::get_results(c, job_id))
+    }
+
+    /// Queued (due or scheduled) plus running jobs of `queue`.
+    pub fn pending(&self, queue_name: &str) -> Result<i64> {
+        self.run("pending", |c| crate::backend::sqlite::pending_count(c, queue_name))
+    }
+}

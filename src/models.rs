@@ -1,0 +1,389 @@
+//! The rows of `jobs` and `results`, and the typed values the API hands out.
+//!
+//! Diesel rows (`JobRow`, `ResultRow`) mirror the schema; the public [`Job`] and [`JobResult`]
+//! parse states into enums and timestamps into `DateTime<Utc>`, reporting a bad row as
+//! [`Error::CorruptRow`] instead of panicking.
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use diesel::prelude::*;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::schema::{jobs, results};
+
+/// The life of a job: `queued → running → succeeded`, or back to `queued` for a retry, or
+/// `dead` when out of attempts; `cancelled` by an operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    /// Waiting to be claimed (possibly not before `run_at`).
+    Queued,
+    /// Claimed by a worker that holds a lease.
+    Running,
+    /// Finished successfully; one succeeded `results` row exists.
+    Succeeded,
+    /// Failed `max_attempts` times.
+    Dead,
+    /// Cancelled before it finished.
+    Cancelled,
+}
+
+impl JobState {
+    /// Every state, in lifecycle order.
+    pub const ALL: [JobState; 5] = [
+        JobState::Queued,
+        JobState::Running,
+        JobState::Succeeded,
+        JobState::Dead,
+        JobState::Cancelled,
+    ];
+
+    /// The text stored in the `state` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Dead => "dead",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+
+    /// Parses the stored text.
+    pub fn parse(s: &str) -> Option<JobState> {
+        JobState::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for JobState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How one attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// The handler succeeded; `output` holds its result.
+    Succeeded,
+    /// The handler failed (or its lease expired); `error` says why.
+    Failed,
+}
+
+impl Outcome {
+    /// The text stored in the `outcome` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Succeeded => "succeeded",
+            Outcome::Failed => "failed",
+        }
+    }
+}
+
+/// A row of `jobs`, as Diesel reads it.
+#[derive(Debug, Clone, Queryable, QueryableByName, Selectable)]
+#[diesel(table_name = jobs, check_for_backend(diesel::sqlite::Sqlite))]
+#[allow(missing_docs)] // the columns are documented in the migration
+pub struct JobRow {
+    pub id: i64,
+    pub queue: String,
+    pub state: String,
+    pub priority: i32,
+    pub payload: String,
+    pub attempts: i32,
+    pub max_attempts: i32,
+    pub run_at: NaiveDateTime,
+    pub created_at: NaiveDateTime,
+    pub updated_at: NaiveDateTime,
+    pub worker_id: Option<String>,
+    pub heartbeat_at: Option<NaiveDateTime>,
+    pub lease_expires_at: Option<NaiveDateTime>,
+    pub last_error: Option<String>,
+}
+
+/// A job, as the API hands it out.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Job {
+    /// Unique, never reused.
+    pub id: i64,
+    /// The queue it was enqueued on.
+    pub queue: String,
+    /// Where it is in its life.
+    pub state: JobState,
+    /// Lower runs first.
+    pub priority: i32,
+    /// The payload as JSON text; [`Job::payload`] deserializes it.
+    pub payload_json: String,
+    /// Claims so far. While running, this is the current attempt (and the lease's fence).
+    pub attempts: i32,
+    /// After this many failed attempts the job is `dead`.
+    pub max_attempts: i32,
+    /// Not claimable before this moment.
+    pub run_at: DateTime<Utc>,
+    /// When it was enqueued.
+    pub created_at: DateTime<Utc>,
+    /// Last change of any column.
+    pub updated_at: DateTime<Utc>,
+    /// Who holds (or last held) the lease.
+    pub worker_id: Option<String>,
+    /// Last heartbeat of the current lease.
+    pub heartbeat_at: Option<DateTime<Utc>>,
+    /// When the current lease runs out unless extended.
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    /// The error of the last failed attempt.
+    pub last_error: Option<String>,
+}
+
+impl Job {
+    /// Deserializes the payload into the caller's type.
+    pub fn payload<T: DeserializeOwned>(&self) -> Result<T> {
+        serde_json::from_str(&self.payload_json).map_err(|source| Error::Json {
+            what: "payload",
+            source,
+        })
+    }
+
+    /// The lease this job was claimed under (meaningful while `running`).
+    pub fn lease(&self) -> Lease {
+        Lease {
+            job_id: self.id,
+            attempt: self.attempts,
+        }
+    }
+}
+
+impl TryFrom<JobRow> for Job {
+    type Error = Error;
+
+    fn try_from(r: JobRow) -> Result<Job> {
+        let state = JobState::parse(&r.state).ok_or_else(|| Error::CorruptRow {
+            table: "jobs",
+            reason: format!("job {} has unknown state {:?}", r.id, r.state),
+        })?;
+        Ok(Job {
+            id: r.id,
+            queue: r.queue,
+            state,
+            priority: r.priority,
+            payload_json: r.payload,
+            attempts: r.attempts,
+            max_attempts: r.max_attempts,
+            run_at: r.run_at.and_utc(),
+            created_at: r.created_at.and_utc(),
+            updated_at: r.updated_at.and_utc(),
+            worker_id: r.worker_id,
+            heartbeat_at: r.heartbeat_at.map(|t| t.and_utc()),
+            lease_expires_at: r.lease_expires_at.map(|t| t.and_utc()),
+            last_error: r.last_error,
+        })
+    }
+}
+
+/// Proof of a claim: the job and the attempt it was claimed for. Heartbeat, complete and fail
+/// take it and apply only while the job is still `running` at this attempt (a fencing token),
+/// so a worker whose job was reclaimed cannot overwrite the new owner's work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Lease {
+    /// The claimed job.
+    pub job_id: i64,
+    /// The attempt number the claim set.
+    pub attempt: i32,
+}
+
+/// A job to enqueue. Build with [`NewJob::new`] (typed payload) or [`NewJob::from_json`]
+/// (JSON text, validated), then adjust with the builder methods.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewJob {
+    pub(crate) queue: String,
+    pub(crate) payload: String,
+    pub(crate) priority: i32,
+    pub(crate) run_at: Option<DateTime<Utc>>,
+    pub(crate) max_attempts: i32,
+}
+
+/// Default attempts before a job is `dead`.
+pub const DEFAULT_MAX_ATTEMPTS: i32 = 5;
+/// Default largest payload accepted, in bytes of JSON.
+pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
+
+impl NewJob {
+    /// A job on `queue` whose payload is `payload` serialized as JSON.
+    pub fn new(queue: impl Into<String>, payload: &impl Serialize) -> Result<NewJob> {
+        let payload = serde_json::to_string(payload).map_err(|source| Error::Json {
+            what: "payload",
+            source,
+        })?;
+        Ok(NewJob::with_raw(queue.into(), payload))
+    }
+
+    /// A job whose payload is JSON text, checked to be valid JSON (stored as given).
+    pub fn from_json(queue: impl Into<String>, json: &str) -> Result<NewJob> {
+        serde_json::from_str::<serde::de::IgnoredAny>(json).map_err(|source| Error::Json {
+            what: "payload",
+            source,
+        })?;
+        Ok(NewJob::with_raw(queue.into(), json.to_owned()))
+    }
+
+    fn with_raw(queue: String, payload: String) -> NewJob {
+        NewJob {
+            queue,
+            payload,
+            priority: 0,
+            run_at: None,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+        }
+    }
+
+    /// Lower runs first (default 0).
+    pub fn priority(mut self, priority: i32) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    /// Not claimable before `at` (default: now).
+    pub fn run_at(mut self, at: DateTime<Utc>) -> Self {
+        self.run_at = Some(at);
+        self
+    }
+
+    /// Attempts before the job is `dead` (default 5; must be at least 1).
+    pub fn max_attempts(mut self, max_attempts: i32) -> Self {
+        self.max_attempts = max_attempts;
+        self
+    }
+
+    /// The queue name.
+    pub fn queue(&self) -> &str {
+        &self.queue
+    }
+
+    /// The payload JSON text.
+    pub fn payload_json(&self) -> &str {
+        &self.payload
+    }
+
+    /// Checks the values against what the schema accepts, before anything is written.
+    pub(crate) fn validate(&self, max_payload_bytes: usize) -> Result<()> {
+        validate_queue_name(&self.queue)?;
+        if self.max_attempts < 1 {
+            return Err(Error::InvalidArgument {
+                field: "max_attempts",
+                reason: format!("{} is less than 1", self.max_attempts),
+            });
+        }
+        if self.payload.len() > max_payload_bytes {
+            return Err(Error::InvalidArgument {
+                field: "payload",
+                reason: format!(
+                    "{} bytes is over the limit of {max_payload_bytes} bytes",
+                    self.payload.len()
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Queue names: 1 to 255 bytes, no NUL (stored verbatim, always bound as parameters).
+pub fn validate_queue_name(queue: &str) -> Result<()> {
+    if queue.is_empty() || queue.len() > 255 || queue.contains('\0') {
+        return Err(Error::InvalidArgument {
+            field: "queue",
+            reason: format!("{queue:?} must be 1 to 255 bytes with no NUL character"),
+        });
+    }
+    Ok(())
+}
+
+/// A row of `results`, as Diesel reads it.
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = results, check_for_backend(diesel::sqlite::Sqlite))]
+#[allow(missing_docs)] // the columns are documented in the migration
+pub struct ResultRow {
+    pub id: i64,
+    pub job_id: i64,
+    pub attempt: i32,
+    pub outcome: String,
+    pub output: Option<String>,
+    pub error: Option<String>,
+    pub created_at: NaiveDateTime,
+    pub duration_ms: i64,
+}
+
+/// A row to insert into `results`.
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = results)]
+pub(crate) struct NewResultRow<'a> {
+    pub job_id: i64,
+    pub attempt: i32,
+    pub outcome: &'a str,
+    pub output: Option<&'a str>,
+    pub error: Option<&'a str>,
+    pub created_at: NaiveDateTime,
+    pub duration_ms: i64,
+}
+
+/// One finished attempt of a job.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct JobResult {
+    /// Row id.
+    pub id: i64,
+    /// The job.
+    pub job_id: i64,
+    /// Which attempt this was (1-based).
+    pub attempt: i32,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// The handler's output as JSON text (succeeded attempts).
+    pub output_json: Option<String>,
+    /// Why it failed (failed attempts).
+    pub error: Option<String>,
+    /// When the attempt finished.
+    pub created_at: DateTime<Utc>,
+    /// How long the handler ran, in milliseconds.
+    pub duration_ms: i64,
+}
+
+impl JobResult {
+    /// Deserializes the output into the caller's type (`None` when there is no output).
+    pub fn output<T: DeserializeOwned>(&self) -> Result<Option<T>> {
+        self.output_json
+            .as_deref()
+            .map(serde_json::from_str)
+            .transpose()
+            .map_err(|source| Error::Json {
+                what: "output",
+                source,
+            })
+    }
+}
+
+impl TryFrom<ResultRow> for JobResult {
+    type Error = Error;
+
+    fn try_from(r: ResultRow) -> Result<JobResult> {
+        let outcome = match r.outcome.as_str() {
+            "succeeded" => Outcome::Succeeded,
+            "failed" => Outcome::Failed,
+            other => {
+                return Err(Error::CorruptRow {
+                    table: "results",
+                    reason: format!("result {} has unknown outcome {other:?}", r.id),
+                })
+            }
+        };
+        Ok(JobResult {
+            id: r.id,
+            job_id: r.job_id,
+            attempt: r.attempt,
+            outcome,
+            output_json: r.output,
+            error: r.error,
+            created_at: r.created_at.and_utc(),
+            duration_ms: r.duration_ms,
+        })
+    }
+}

@@ -1,0 +1,333 @@
+//! Building a connection pool from a URL and a typed [`Config`], and running the embedded
+//! migrations.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use diesel::r2d2::ConnectionManager;
+use diesel::sqlite::SqliteConnection;
+use diesel::Connection;
+use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+
+use crate::backend::sqlite::write_transaction;
+use crate::error::{Error, Result};
+use crate::models::DEFAULT_MAX_PAYLOAD_BYTES;
+use crate::pragmas::{enable_wal, ConnectionCustomizer, Pragmas, Synchronous};
+use crate::queue::JobBackoff;
+use crate::retry::{retry_busy, RetryPolicy, RetryStats};
+
+/// A pool of SQLite connections, each set up by [`ConnectionCustomizer`].
+pub type SqlitePool = r2d2::Pool<ConnectionManager<SqliteConnection>>;
+
+/// A connection checked out of a [`SqlitePool`].
+pub type PooledConnection = r2d2::PooledConnection<ConnectionManager<SqliteConnection>>;
+
+/// The SQLite migrations, embedded in the binary (the same files `diesel migration run` uses).
+pub const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+
+/// Everything tunable. [`Config::default`] is what we recommend; [`Config::from_env`] reads the
+/// `JOBDB_*` variables listed in `.env.example`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Pragmas applied to every connection.
+    pub pragmas: Pragmas,
+    /// Retrying busy transactions.
+    pub retry: RetryPolicy,
+    /// When failed jobs run again.
+    pub job_backoff: JobBackoff,
+    /// Most connections the pool opens. Each worker thread needs one while it works.
+    pub pool_size: u32,
+    /// How long `Pool::get` waits for a free connection.
+    pub connection_timeout: Duration,
+    /// Largest payload accepted, in bytes of JSON.
+    pub max_payload_bytes: usize,
+    /// Run pending embedded migrations when a [`crate::Queue`] is opened.
+    pub run_migrations: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            pragmas: Pragmas::default(),
+            retry: RetryPolicy::default(),
+            job_backoff: JobBackoff::default(),
+            pool_size: 16,
+            connection_timeout: Duration::from_secs(30),
+            max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
+            run_migrations: true,
+        }
+    }
+}
+
+impl Config {
+    /// Defaults overridden by `JOBDB_*` variables from the environment, after loading `.env`
+    /// from the current directory if there is one. A malformed value is an error naming the
+    /// variable, never silently ignored.
+    pub fn from_env() -> Result<Config> {
+        // A missing .env is normal; a malformed one is reported.
+        match dotenvy::dotenv() {
+            Ok(_) => {}
+            Err(e) if e.not_found() => {}
+            Err(e) => {
+                return Err(Error::InvalidArgument {
+                    field: ".env",
+                    reason: e.to_string(),
+                })
+            }
+        }
+        let mut c = Config::default();
+        if let Some(ms) = env_u64("JOBDB_BUSY_TIMEOUT_MS")? {
+            c.pragmas.busy_timeout = Duration::from_millis(ms);
+        }
+        if let Some(v) = env_var("JOBDB_SYNCHRONOUS")? {
+            c.pragmas.synchronous = Synchronous::parse(&v)?;
+        }
+        if let Some(v) = env_u64("JOBDB_CACHE_SIZE_KIB")? {
+            c.pragmas.cache_size_kib = to_u32("JOBDB_CACHE_SIZE_KIB", v)?;
+        }
+        if let Some(v) = env_u64("JOBDB_MMAP_SIZE")? {
+            c.pragmas.mmap_size = v;
+        }
+        if let Some(v) = env_u64("JOBDB_JOURNAL_SIZE_LIMIT")? {
+            c.pragmas.journal_size_limit = v;
+        }
+        if let Some(ms) = env_u64("JOBDB_RETRY_INITIAL_DELAY_MS")? {
+            c.retry.initial_delay = Duration::from_millis(ms);
+        }
+        if let Some(ms) = env_u64("JOBDB_RETRY_MAX_DELAY_MS")? {
+            c.retry.max_delay = Duration::from_millis(ms);
+        }
+        if let Some(v) = env_u64("JOBDB_RETRY_MAX_ATTEMPTS")? {
+            c.retry.max_attempts = to_u32("JOBDB_RETRY_MAX_ATTEMPTS", v)?.max(1);
+        }
+        if let Some(ms) = env_u64("JOBDB_RETRY_DEADLINE_MS")? {
+            c.retry.deadline = Duration::from_millis(ms);
+        }
+        if let Some(ms) = env_u64("JOBDB_JOB_BACKOFF_BASE_MS")? {
+            c.job_backoff.base = Duration::from_millis(ms);
+        }
+        if let Some(ms) = env_u64("JOBDB_JOB_BACKOFF_MAX_MS")? {
+            c.job_backoff.max = Duration::from_millis(ms);
+        }
+        if let Some(v) = env_u64("JOBDB_POOL_SIZE")? {
+            c.pool_size = to_u32("JOBDB_POOL_SIZE", v)?;
+        }
+        if let Some(v) = env_u64("JOBDB_MAX_PAYLOAD_BYTES")? {
+            c.max_payload_bytes = usize::try_from(v).unwrap_or(usize::MAX);
+        }
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Checks values that would make the pool unusable.
+    pub fn validate(&self) -> Result<()> {
+        if self.pool_size == 0 {
+            return Err(Error::InvalidArgument {
+                field: "pool_size",
+                reason: "must be at least 1".into(),
+            });
+        }
+        if self.retry.max_attempts == 0 {
+            return Err(Error::InvalidArgument {
+                field: "retry.max_attempts",
+                reason: "must be at least 1".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+fn env_var(name: &'static str) -> Result<Option<String>> {
+    match std::env::var(name) {
+        Ok(v) => Ok(Some(v)),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => Err(Error::InvalidArgument {
+            field: name,
+            reason: "is not valid UTF-8".into(),
+        }),
+    }
+}
+
+fn env_u64(name: &'static str) -> Result<Option<u64>> {
+    env_var(name)?
+        .map(|v| {
+            v.trim().parse::<u64>().map_err(|_| Error::InvalidArgument {
+                field: name,
+                reason: format!("{v:?} is not a whole number"),
+            })
+        })
+        .transpose()
+}
+
+fn to_u32(name: &'static str, v: u64) -> Result<u32> {
+    u32::try_from(v).map_err(|_| Error::InvalidArgument {
+        field: name,
+        reason: format!("{v} is too large"),
+    })
+}
+
+/// A database location parsed from a URL: `sqlite://path`, `sqlite:path`, `file:` URIs and
+/// plain paths are SQLite.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseUrl {
+    /// A SQLite database; the string is what SQLite opens (a path or a `file:` URI).
+    Sqlite(String),
+}
+
+impl DatabaseUrl {
+    /// Parses a URL or path.
+    pub fn parse(url: &str) -> Result<DatabaseUrl> {
+        let invalid = |reason: &str| Error::InvalidDatabaseUrl {
+            url: url.to_owned(),
+            reason: reason.to_owned(),
+        };
+        if url.trim().is_empty() {
+            return Err(invalid("it is empty"));
+        }
+        if url.contains('\0') {
+            return Err(invalid("it contains a NUL character"));
+        }
+        let lower = url.to_ascii_lowercase();
+        if lower.starts_with("postgres://") || lower.starts_with("postgresql://") {
+            return Err(invalid(
+                "PostgreSQL is not supported by this build; use a SQLite path",
+            ));
+        }
+        let path = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+            .unwrap_or(url);
+        if path.is_empty() {
+            return Err(invalid("no file path after the scheme"));
+        }
+        Ok(DatabaseUrl::Sqlite(path.to_owned()))
+    }
+
+    /// The file path (None for `file:` URIs, whose path SQLite resolves itself).
+    pub fn file_path(&self) -> Option<PathBuf> {
+        let DatabaseUrl::Sqlite(p) = self;
+        if p.starts_with("file:") || p == ":memory:" {
+            None
+        } else {
+            Some(PathBuf::from(p))
+        }
+    }
+}
+
+/// Builds a pool for `url`: checks the location, sets WAL once (and verifies it took), then
+/// builds an r2d2 pool whose customizer applies the pragmas to each connection.
+pub fn build_pool(url: &str, config: &Config) -> Result<SqlitePool> {
+    config.validate()?;
+    let DatabaseUrl::Sqlite(target) = DatabaseUrl::parse(url)?;
+    if let Some(path) = DatabaseUrl::Sqlite(target.clone()).file_path() {
+        prepare_file(url, &path)?;
+    }
+    let mut conn = SqliteConnection::establish(&target).map_err(|source| Error::Connection {
+        url: url.to_owned(),
+        source,
+    })?;
+    bootstrap(&mut conn, &config.pragmas).map_err(|e| explain_open_error(url, e))?;
+    drop(conn);
+
+    let manager = ConnectionManager::<SqliteConnection>::new(target);
+    r2d2::Pool::builder()
+        .max_size(config.pool_size)
+        // Connections open on demand; the bootstrap above already proved we can open one.
+        .min_idle(Some(0))
+        .connection_timeout(config.connection_timeout)
+        // r2d2 would run `SELECT 1` on every checkout; a SQLite file handle does not go stale
+        // like a socket, and a connection left mid-transaction is caught by `has_broken`.
+        .test_on_check_out(false)
+        .connection_customizer(Box::new(ConnectionCustomizer::new(config.pragmas.clone())))
+        .build(manager)
+        .map_err(Error::Pool)
+}
+
+/// Runs the embedded migrations that are not applied yet, inside one `BEGIN IMMEDIATE`
+/// transaction (retried on busy), so several processes starting at once apply each migration
+/// exactly once. Returns the versions applied.
+pub fn run_migrations(
+    conn: &mut SqliteConnection,
+    policy: &RetryPolicy,
+    stats: &RetryStats,
+) -> Result<Vec<String>> {
+    retry_busy(policy, stats, "migrate", || {
+        write_transaction(conn, |c| {
+            let applied = c
+                .run_pending_migrations(SQLITE_MIGRATIONS)
+                .map_err(Error::Migration)?;
+            Ok(applied.iter().map(|v| v.to_string()).collect())
+        })
+    })
+}
+
+/// Migrations embedded in this build that the database has not applied.
+pub fn pending_migrations(conn: &mut SqliteConnection) -> Result<Vec<String>> {
+    let pending = conn
+        .pending_migrations(SQLITE_MIGRATIONS)
+        .map_err(Error::Migration)?;
+    Ok(pending.iter().map(|m| m.name().to_string()).collect())
+}
+
+/// Refuses locations that cannot work before SQLite gets a chance to give a vaguer error, and
+/// creates a new database file readable by its owner only (mode 0600): job payloads are data.
+fn prepare_file(url: &str, path: &Path) -> Result<()> {
+    let invalid = |reason: String| Error::InvalidDatabaseUrl {
+        url: url.to_owned(),
+        reason,
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.is_dir() {
+            return Err(invalid(format!(
+                "directory {} does not exist; create it first",
+                dir.display()
+            )));
+        }
+    }
+    if path.is_dir() {
+        return Err(invalid(format!("{} is a directory", path.display())));
+    }
+    if !path.exists() {
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        match options.open(path) {
+            Ok(_) => {}
+            // Another process created it between our check and now: fine.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => {
+                return Err(invalid(format!("cannot create {}: {e}", path.display())));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The first statements on a new database: pragmas (busy_timeout first) and WAL, verified.
+fn bootstrap(conn: &mut SqliteConnection, pragmas: &Pragmas) -> Result<()> {
+    pragmas.apply(conn)?;
+    enable_wal(conn)
+}
+
+/// Gives SQLite's terse open-time messages the context a user needs.
+fn explain_open_error(url: &str, e: Error) -> Error {
+    if let Error::Database(diesel::result::Error::DatabaseError(_, info)) = &e {
+        let msg = info.message();
+        if msg.contains("not a database") {
+            return Error::InvalidDatabaseUrl {
+                url: url.to_owned(),
+                reason: "the file exists but is not a SQLite database".into(),
+            };
+        }
+        if msg.contains("readonly") || msg.contains("unable to open") {
+            return Error::InvalidDatabaseUrl {
+                url: url.to_owned(),
+                reason: format!(
+                    "{msg}: the file and its directory must be writable (WAL creates -wal and -shm files beside it)"
+                ),
+            };
+        }
+    }
+    e
+}

@@ -1,0 +1,226 @@
+//! Typed SQLite pragmas and the r2d2 connection customizer that applies them to every new
+//! pooled connection.
+//!
+//! Values are enums and integers, formatted by us: no user string is ever pasted into SQL.
+
+use std::time::Duration;
+
+use diesel::connection::SimpleConnection;
+use diesel::sqlite::SqliteConnection;
+use diesel::RunQueryDsl;
+
+use crate::error::{Error, Result};
+
+/// `PRAGMA synchronous`. In WAL mode `Normal` never corrupts the database; a power loss may
+/// roll back the last transactions. `Full` syncs the WAL on every commit (durable across power
+/// loss, slower by one fsync per commit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Synchronous {
+    /// `synchronous=NORMAL` (1): the default, what Rails 8, Litestream and PocketBase use.
+    #[default]
+    Normal,
+    /// `synchronous=FULL` (2).
+    Full,
+}
+
+impl Synchronous {
+    fn sql(self) -> &'static str {
+        match self {
+            Synchronous::Normal => "NORMAL",
+            Synchronous::Full => "FULL",
+        }
+    }
+
+    /// Parses `normal` / `full` (any case), or the numbers 1 / 2.
+    pub fn parse(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "normal" | "1" => Ok(Synchronous::Normal),
+            "full" | "2" => Ok(Synchronous::Full),
+            _ => Err(Error::InvalidArgument {
+                field: "synchronous",
+                reason: format!("{s:?} is not one of: normal, full"),
+            }),
+        }
+    }
+}
+
+/// `PRAGMA temp_store`: where temporary tables and indices live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TempStore {
+    /// Compile-time default (a file for the bundled build).
+    Default,
+    /// Temporary files on disk.
+    File,
+    /// Temporary data in memory: avoids disk I/O for sorts; what PocketBase uses.
+    #[default]
+    Memory,
+}
+
+impl TempStore {
+    fn sql(self) -> &'static str {
+        match self {
+            TempStore::Default => "DEFAULT",
+            TempStore::File => "FILE",
+            TempStore::Memory => "MEMORY",
+        }
+    }
+}
+
+/// The per-connection pragmas. Defaults follow Rails 8's well-trodden choices, with
+/// `temp_store=MEMORY` from PocketBase.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pragmas {
+    /// How long SQLite's own busy handler waits for a lock before returning SQLITE_BUSY.
+    /// Kept modest (default 5 s): the retry wrapper above it re-runs whole transactions with
+    /// jittered backoff, which is fairer than SQLite's handler (it sleeps up to 100 ms per wait).
+    pub busy_timeout: Duration,
+    /// `synchronous`, see [`Synchronous`].
+    pub synchronous: Synchronous,
+    /// Page cache size in KiB (sent as `cache_size = -N`). Default 8192 KiB.
+    pub cache_size_kib: u32,
+    /// Bytes of the file memory-mapped for reads. Default 128 MiB.
+    pub mmap_size: u64,
+    /// Upper bound in bytes the WAL file is truncated to after a checkpoint. Default 64 MiB.
+    pub journal_size_limit: u64,
+    /// `temp_store`, see [`TempStore`].
+    pub temp_store: TempStore,
+}
+
+impl Default for Pragmas {
+    fn default() -> Self {
+        Pragmas {
+            busy_timeout: Duration::from_secs(5),
+            synchronous: Synchronous::Normal,
+            cache_size_kib: 8 * 1024,
+            mmap_size: 128 * 1024 * 1024,
+            journal_size_limit: 64 * 1024 * 1024,
+            temp_store: TempStore::Memory,
+        }
+    }
+}
+
+impl Pragmas {
+    /// The statements run on every new connection, in order. The order matters:
+    ///
+    /// 1. `busy_timeout` first: any later statement (even a pragma, and Diesel's own setup)
+    ///    may need a lock, and without a busy handler it would fail at once with BUSY.
+    /// 2. `foreign_keys=ON` before any query touches `results`, so ON DELETE CASCADE holds.
+    ///    (The bundled build defaults it ON; a system SQLite does not, so we always set it.)
+    /// 3. `synchronous` before the first write on this connection, so no write runs with the
+    ///    slower (or less durable) setting.
+    /// 4. `cache_size`, `mmap_size`, `journal_size_limit`, `temp_store`: performance and
+    ///    housekeeping knobs that only need to be in place before the connection does work.
+    ///
+    /// `journal_mode=WAL` is not here: it is persistent in the file and switching needs an
+    /// exclusive lock that busy_timeout cannot wait on, so it is set once when the pool is
+    /// built (see [`enable_wal`]).
+    pub fn statements(&self) -> Vec<String> {
+        vec![
+            format!("PRAGMA busy_timeout = {};", self.busy_timeout.as_millis()),
+            "PRAGMA foreign_keys = ON;".to_owned(),
+            format!("PRAGMA synchronous = {};", self.synchronous.sql()),
+            format!("PRAGMA cache_size = -{};", self.cache_size_kib),
+            format!("PRAGMA mmap_size = {};", self.mmap_size),
+            format!("PRAGMA journal_size_limit = {};", self.journal_size_limit),
+            format!("PRAGMA temp_store = {};", self.temp_store.sql()),
+        ]
+    }
+
+    /// Applies the pragmas to one connection, in the documented order.
+    pub fn apply(&self, conn: &mut SqliteConnection) -> Result<()> {
+        conn.batch_execute(&self.statements().concat())?;
+        Ok(())
+    }
+}
+
+/// Sets `journal_mode=WAL` and checks that SQLite answered `wal`. An in-memory database answers
+/// `memory`, some filesystems refuse WAL: both are a typed [`Error::WalUnavailable`].
+pub fn enable_wal(conn: &mut SqliteConnection) -> Result<()> {
+    let answered = journal_mode_query(conn, "PRAGMA journal_mode = WAL")?;
+    if answered.eq_ignore_ascii_case("wal") {
+        Ok(())
+    } else {
+        Err(Error::WalUnavailable { answered })
+    }
+}
+
+/// Reads the current journal mode (`wal`, `delete`, `memory`, …).
+pub fn journal_mode(conn: &mut SqliteConnection) -> Result<String> {
+    journal_mode_query(conn, "PRAGMA journal_mode")
+}
+
+fn journal_mode_query(conn: &mut SqliteConnection, sql: &str) -> Result<String> {
+    #[derive(diesel::QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        journal_mode: String,
+    }
+    let row: Row = diesel::sql_query(sql).get_result(conn)?;
+    Ok(row.journal_mode)
+}
+
+/// Reads an integer pragma (`busy_timeout`, `synchronous`, `foreign_keys`, …). The name must be
+/// one of a fixed list, so this never pastes caller text into SQL.
+pub fn read_integer_pragma(conn: &mut SqliteConnection, name: IntegerPragma) -> Result<i64> {
+    #[derive(diesel::QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        value: i64,
+    }
+    let (pragma, column) = name.sql();
+    let sql = format!("SELECT {column} AS value FROM pragma_{pragma}");
+    let row: Row = diesel::sql_query(sql).get_result(conn)?;
+    Ok(row.value)
+}
+
+/// The integer pragmas [`read_integer_pragma`] can read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(missing_docs)] // each variant is the pragma of the same name
+pub enum IntegerPragma {
+    BusyTimeout,
+    Synchronous,
+    ForeignKeys,
+    CacheSize,
+    MmapSize,
+    JournalSizeLimit,
+    TempStore,
+    QueryOnly,
+}
+
+impl IntegerPragma {
+    /// (pragma name, name of the column it answers in).
+    fn sql(self) -> (&'static str, &'static str) {
+        match self {
+            IntegerPragma::BusyTimeout => ("busy_timeout", "timeout"),
+            IntegerPragma::Synchronous => ("synchronous", "synchronous"),
+            IntegerPragma::ForeignKeys => ("foreign_keys", "foreign_keys"),
+            IntegerPragma::CacheSize => ("cache_size", "cache_size"),
+            IntegerPragma::MmapSize => ("mmap_size", "mmap_size"),
+            IntegerPragma::JournalSizeLimit => ("journal_size_limit", "journal_size_limit"),
+            IntegerPragma::TempStore => ("temp_store", "temp_store"),
+            IntegerPragma::QueryOnly => ("query_only", "query_only"),
+        }
+    }
+}
+
+/// The r2d2 customizer: applies [`Pragmas`] to each new physical connection (r2d2 calls
+/// `on_acquire` once per connection it opens, not on every checkout).
+#[derive(Debug, Clone)]
+pub struct ConnectionCustomizer {
+    pragmas: Pragmas,
+}
+
+impl ConnectionCustomizer {
+    /// A customizer that applies these pragmas.
+    pub fn new(pragmas: Pragmas) -> Self {
+        ConnectionCustomizer { pragmas }
+    }
+}
+
+impl r2d2::CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for ConnectionCustomizer {
+    fn on_acquire(&self, conn: &mut SqliteConnection) -> Result<(), diesel::r2d2::Error> {
+        let sql = self.pragmas.statements().concat();
+        conn.batch_execute(&sql)
+            .map_err(diesel::r2d2::Error::QueryError)
+    }
+}

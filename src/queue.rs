@@ -1,0 +1,337 @@
+//! The queue's logic, as functions on a `&mut SqliteConnection`: state transitions, leases and
+//! retry scheduling. Backend SQL lives in `backend::sqlite`.
+//!
+//! Each function that writes runs as one short write transaction (`BEGIN IMMEDIATE`), or as a
+//! savepoint when the caller already has a transaction open, so a service can enqueue
+//! atomically with its own rows. These functions do not retry on busy; [`crate::Queue`] wraps
+//! them with the retry loop. No transaction is ever held while a job's handler runs.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use diesel::sqlite::SqliteConnection;
+use serde::Serialize;
+
+use crate::backend::sqlite as db;
+use crate::error::{Error, Result};
+use crate::models::{
+    validate_queue_name, Job, JobResult, JobState, Lease, NewJob, NewResultRow, Outcome,
+    DEFAULT_MAX_PAYLOAD_BYTES,
+};
+
+/// Largest number of rows inserted by one transaction of [`enqueue_many`]: long enough to
+/// amortise the commit, short enough that other writers never wait long for the lock.
+pub const ENQUEUE_CHUNK: usize = 1000;
+
+/// Error text recorded for an attempt whose lease expired.
+pub const LEASE_EXPIRED_ERROR: &str =
+    "lease expired: the worker stopped heartbeating (crashed, killed or stalled)";
+
+/// When a failed job runs again: `base × 2^(attempt-1)`, capped at `max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobBackoff {
+    /// Delay after the first failed attempt.
+    pub base: Duration,
+    /// Longest delay.
+    pub max: Duration,
+}
+
+impl Default for JobBackoff {
+    fn default() -> Self {
+        JobBackoff {
+            base: Duration::from_secs(1),
+            max: Duration::from_secs(60 * 60),
+        }
+    }
+}
+
+impl JobBackoff {
+    /// The delay before the attempt after failed attempt number `attempt` (1-based).
+    pub fn delay(&self, attempt: i32) -> Duration {
+        let exp = u32::try_from(attempt.saturating_sub(1)).unwrap_or(0).min(30);
+        self.base.saturating_mul(2u32.pow(exp)).min(self.max)
+    }
+}
+
+pub(crate) fn now() -> NaiveDateTime {
+    Utc::now().naive_utc()
+}
+
+fn after(t: NaiveDateTime, d: Duration) -> NaiveDateTime {
+    // chrono::Duration covers ±292 years; anything longer is clamped far in the future.
+    t + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::days(365 * 100))
+}
+
+/// Enqueues one job; returns its id. Payloads over [`DEFAULT_MAX_PAYLOAD_BYTES`] are refused
+/// ([`crate::Queue`] uses its configured limit instead).
+pub fn enqueue(conn: &mut SqliteConnection, job: &NewJob) -> Result<i64> {
+    job.validate(DEFAULT_MAX_PAYLOAD_BYTES)?;
+    let ids = insert_validated(conn, std::slice::from_ref(job))?;
+    ids.into_iter().next().ok_or_else(|| Error::CorruptRow {
+        table: "jobs",
+        reason: "INSERT … RETURNING returned no id".into(),
+    })
+}
+
+/// Enqueues many jobs in transactions of at most [`ENQUEUE_CHUNK`] rows; returns their ids in
+/// order. Every job is validated before anything is written. Inside a caller's transaction
+/// all chunks commit or roll back with it.
+pub fn enqueue_many(conn: &mut SqliteConnection, jobs: &[NewJob]) -> Result<Vec<i64>> {
+    for job in jobs {
+        job.validate(DEFAULT_MAX_PAYLOAD_BYTES)?;
+    }
+    let mut ids = Vec::with_capacity(jobs.len());
+    for chunk in jobs.chunks(ENQUEUE_CHUNK) {
+        ids.extend(insert_validated(conn, chunk)?);
+    }
+    Ok(ids)
+}
+
+/// Inserts already-validated jobs in one write transaction (a savepoint inside the caller's).
+pub(crate) fn insert_validated(conn: &mut SqliteConnection, jobs: &[NewJob]) -> Result<Vec<i64>> {
+    let now = now();
+    let rows: Vec<db::InsertJob<'_>> = jobs
+        .iter()
+        .map(|j| db::InsertJob {
+            queue: &j.queue,
+            state: JobState::Queued.as_str(),
+            priority: j.priority,
+            payload: &j.payload,
+            attempts: 0,
+            max_attempts: j.max_attempts,
+            run_at: j.run_at.map(|t| t.naive_utc()).unwrap_or(now),
+            created_at: now,
+            updated_at: now,
+        })
+        .collect();
+    db::write_transaction(conn, |c| db::insert_jobs(c, &rows))
+}
+
+/// Claims up to `limit` due jobs of `queue` for `worker_id`, leased for `lease`. Returns them
+/// in claim order (priority, run_at, id); empty when nothing is due.
+pub fn claim(
+    conn: &mut SqliteConnection,
+    queue: &str,
+    limit: u32,
+    worker_id: &str,
+    lease: Duration,
+) -> Result<Vec<Job>> {
+    validate_queue_name(queue)?;
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    let now = now();
+    let rows = db::write_transaction(conn, |c| {
+        db::claim(c, queue, i64::from(limit), worker_id, now, after(now, lease))
+    })?;
+    rows.into_iter().map(Job::try_from).collect()
+}
+
+/// Extends a lease by `lease` from now. Fails with [`Error::LeaseLost`] when the job was
+/// reclaimed or left `running`, [`Error::NotFound`] when it does not exist. Returns the new
+/// expiry.
+pub fn heartbeat(
+    conn: &mut SqliteConnection,
+    lease: Lease,
+    lease_for: Duration,
+) -> Result<DateTime<Utc>> {
+    let now = now();
+    let until = after(now, lease_for);
+    db::write_transaction(conn, |c| {
+        let changed = db::heartbeat(c, lease.job_id, lease.attempt, now, until)?;
+        fenced(c, changed, lease)
+    })?;
+    Ok(until.and_utc())
+}
+
+/// Records success: one `succeeded` results row with `output`, and the job `succeeded`, in one
+/// transaction. Fenced: if the lease is lost nothing is written ([`Error::LeaseLost`]).
+pub fn complete(
+    conn: &mut SqliteConnection,
+    lease: Lease,
+    output: &impl Serialize,
+    duration: Duration,
+) -> Result<()> {
+    let output = serde_json::to_string(output).map_err(|source| Error::Json {
+        what: "output",
+        source,
+    })?;
+    complete_json(conn, lease, &output, duration)
+}
+
+/// [`complete`] with output already serialized as JSON text (trusted to be valid JSON; the
+/// column's CHECK refuses anything else).
+pub fn complete_json(
+    conn: &mut SqliteConnection,
+    lease: Lease,
+    output_json: &str,
+    duration: Duration,
+) -> Result<()> {
+    let now = now();
+    db::write_transaction(conn, |c| {
+        let changed = db::mark_succeeded(c, lease.job_id, lease.attempt, now)?;
+        fenced(c, changed, lease)?;
+        db::insert_result(
+            c,
+            &result_row(lease, Outcome::Succeeded, Some(output_json), None, now, duration),
+        )
+    })
+}
+
+/// Records a failed attempt: one `failed` results row, and the job back to `queued` after
+/// [`JobBackoff::delay`] while attempts remain, else `dead`. Fenced like [`complete`].
+/// Returns the job's new state.
+pub fn fail(
+    conn: &mut SqliteConnection,
+    lease: Lease,
+    error: &str,
+    duration: Duration,
+    backoff: &JobBackoff,
+) -> Result<JobState> {
+    let now = now();
+    let retry_at = after(now, backoff.delay(lease.attempt));
+    db::write_transaction(conn, |c| {
+        let state = match db::mark_failed(c, lease.job_id, lease.attempt, error, now, retry_at)? {
+            Some(state) => state,
+            None => return fenced(c, 0, lease).map(|()| JobState::Dead),
+        };
+        db::insert_result(
+            c,
+            &result_row(lease, Outcome::Failed, None, Some(error), now, duration),
+        )?;
+        JobState::parse(&state).ok_or_else(|| Error::CorruptRow {
+            table: "jobs",
+            reason: format!("job {} got unknown state {state:?}", lease.job_id),
+        })
+    })
+}
+
+/// Gives a running job back to the queue untouched (used at shutdown for jobs whose handler
+/// did not start or finish). The attempt stays counted: attempt numbers are fencing tokens and
+/// are never reused, so a straggling handler can never complete the next owner's attempt.
+pub fn release(conn: &mut SqliteConnection, lease: Lease) -> Result<()> {
+    let now = now();
+    db::write_transaction(conn, |c| {
+        let changed = db::release(c, lease.job_id, lease.attempt, now)?;
+        fenced(c, changed, lease)
+    })
+}
+
+/// Requeues (or marks dead, when out of attempts) every running job whose lease expired,
+/// recording a failed attempt for each. Returns how many were reaped.
+pub fn reap(conn: &mut SqliteConnection) -> Result<usize> {
+    let now = now();
+    db::write_transaction(conn, |c| db::reap_expired(c, LEASE_EXPIRED_ERROR, now))
+}
+
+/// One job by id ([`Error::NotFound`] if there is none).
+pub fn get_job(conn: &mut SqliteConnection, job_id: i64) -> Result<Job> {
+    db::find_job(conn, job_id)?
+        .ok_or(Error::NotFound { job_id })
+        .and_then(Job::try_from)
+}
+
+/// All finished attempts of a job, oldest first ([`Error::NotFound`] if there is no job).
+pub fn get_results(conn: &mut SqliteConnection, job_id: i64) -> Result<Vec<JobResult>> {
+    if !db::job_exists(conn, job_id)? {
+        return Err(Error::NotFound { job_id });
+    }
+    db::results_of(conn, job_id)?
+        .into_iter()
+        .map(JobResult::try_from)
+        .collect()
+}
+
+/// Job counts per state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct StateCounts {
+    /// `queued` jobs (due or scheduled).
+    pub queued: i64,
+    /// `running` jobs.
+    pub running: i64,
+    /// `succeeded` jobs.
+    pub succeeded: i64,
+    /// `dead` jobs.
+    pub dead: i64,
+    /// `cancelled` jobs.
+    pub cancelled: i64,
+}
+
+impl StateCounts {
+    fn add(&mut self, state: JobState, n: i64) {
+        match state {
+            JobState::Queued => self.queued += n,
+            JobState::Running => self.running += n,
+            JobState::Succeeded => self.succeeded += n,
+            JobState::Dead => self.dead += n,
+            JobState::Cancelled => self.cancelled += n,
+        }
+    }
+
+    /// All jobs counted.
+    pub fn total(&self) -> i64 {
+        self.queued + self.running + self.succeeded + self.dead + self.cancelled
+    }
+}
+
+/// Counts per queue and state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Stats {
+    /// Sum over the queues counted.
+    pub total: StateCounts,
+    /// Per queue name.
+    pub queues: BTreeMap<String, StateCounts>,
+}
+
+/// Counts jobs per queue and state (every queue, or only `queue`).
+pub fn stats(conn: &mut SqliteConnection, queue: Option<&str>) -> Result<Stats> {
+    let mut stats = Stats::default();
+    for (q, state, n) in db::count_by_queue_state(conn, queue)? {
+        let state = JobState::parse(&state).ok_or_else(|| Error::CorruptRow {
+            table: "jobs",
+            reason: format!("unknown state {state:?} in queue {q:?}"),
+        })?;
+        stats.total.add(state, n);
+        stats.queues.entry(q).or_default().add(state, n);
+    }
+    Ok(stats)
+}
+
+/// Turns "rows changed" of a fenced update into `Ok` or the right error: [`Error::NotFound`]
+/// when the job does not exist, else [`Error::LeaseLost`]. Returning the error from inside the
+/// transaction rolls it back, so nothing is written.
+fn fenced(conn: &mut SqliteConnection, changed: usize, lease: Lease) -> Result<()> {
+    if changed == 1 {
+        return Ok(());
+    }
+    if db::job_exists(conn, lease.job_id)? {
+        Err(Error::LeaseLost {
+            job_id: lease.job_id,
+            attempt: lease.attempt,
+        })
+    } else {
+        Err(Error::NotFound {
+            job_id: lease.job_id,
+        })
+    }
+}
+
+fn result_row<'a>(
+    lease: Lease,
+    outcome: Outcome,
+    output: Option<&'a str>,
+    error: Option<&'a str>,
+    now: NaiveDateTime,
+    duration: Duration,
+) -> NewResultRow<'a> {
+    NewResultRow {
+        job_id: lease.job_id,
+        attempt: lease.attempt,
+        outcome: outcome.as_str(),
+        output,
+        error,
+        created_at: now,
+        duration_ms: i64::try_from(duration.as_millis()).unwrap_or(i64::MAX),
+    }
+}
