@@ -227,6 +227,9 @@ mod tests {
             waited: Duration::from_millis(10),
         };
         assert!(gave_up.is_busy());
-        assert!(!gave_up.is_retryable(), "the final Busy is never retried again");
+        assert!(
+            !gave_up.is_retryable(),
+            "the final Busy is never retried again"
+        );
     }
 }

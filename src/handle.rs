@@ -147,7 +147,9 @@ impl Queue {
         worker_id: &str,
         lease: Duration,
     ) -> Result<Vec<Job>> {
-        self.run("claim", |c| queue::claim(c, queue_name, limit, worker_id, lease))
+        self.run("claim", |c| {
+            queue::claim(c, queue_name, limit, worker_id, lease)
+        })
     }
 
     /// Extends a lease; [`Error::LeaseLost`] if it is no longer ours.
@@ -156,7 +158,12 @@ impl Queue {
     }
 
     /// Records success with `output`; fenced by the lease.
-    pub fn complete(&self, lease: Lease, output: &impl Serialize, duration: Duration) -> Result<()> {
+    pub fn complete(
+        &self,
+        lease: Lease,
+        output: &impl Serialize,
+        duration: Duration,
+    ) -> Result<()> {
         let json = serde_json::to_string(output).map_err(|source| Error::Json {
             what: "output",
             source,
@@ -166,7 +173,9 @@ impl Queue {
 
     /// Records success with output already serialized as JSON text.
     pub fn complete_json(&self, lease: Lease, output_json: &str, duration: Duration) -> Result<()> {
-        self.run("complete", |c| queue::complete_json(c, lease, output_json, duration))
+        self.run("complete", |c| {
+            queue::complete_json(c, lease, output_json, duration)
+        })
     }
 
     /// Records a failed attempt; the job is retried with backoff or ends `dead`.
@@ -202,6 +211,8 @@ impl Queue {
 
     /// Queued (due or scheduled) plus running jobs of `queue`.
     pub fn pending(&self, queue_name: &str) -> Result<i64> {
-        self.run("pending", |c| crate::backend::sqlite::pending_count(c, queue_name))
+        self.run("pending", |c| {
+            crate::backend::sqlite::pending_count(c, queue_name)
+        })
     }
 }

@@ -113,7 +113,12 @@ pub fn retry_busy<T>(
             return Err(Error::Busy { attempts, waited });
         }
         stats.busy_retries.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(transaction = name, attempt = attempts, ?delay, "database busy; retrying the whole transaction");
+        tracing::debug!(
+            transaction = name,
+            attempt = attempts,
+            ?delay,
+            "database busy; retrying the whole transaction"
+        );
         std::thread::sleep(delay);
     }
 }

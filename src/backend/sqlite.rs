@@ -70,6 +70,37 @@ pub fn insert_jobs(conn: &mut SqliteConnection, rows: &[InsertJob<'_>]) -> Resul
     Ok(ids)
 }
 
+/// The claim statement. Its inner SELECT is served by `jobs_claim_idx` with no sort step.
+const CLAIM_SQL: &str =
+    "UPDATE jobs SET state = 'running', attempts = attempts + 1, worker_id = ?, \
+     heartbeat_at = ?, lease_expires_at = ?, updated_at = ? \
+     WHERE id IN (SELECT id FROM jobs WHERE queue = ? AND state = 'queued' AND run_at <= ? \
+                  ORDER BY priority, run_at, id LIMIT ?) \
+     RETURNING *";
+
+/// `EXPLAIN QUERY PLAN` of the claim statement, one line per plan step.
+pub fn explain_claim(conn: &mut SqliteConnection) -> Result<String> {
+    #[derive(QueryableByName)]
+    struct Step {
+        #[diesel(sql_type = Text)]
+        detail: String,
+    }
+    let steps: Vec<Step> = diesel::sql_query(format!("EXPLAIN QUERY PLAN {CLAIM_SQL}"))
+        .bind::<Text, _>("")
+        .bind::<Timestamp, _>(NaiveDateTime::default())
+        .bind::<Timestamp, _>(NaiveDateTime::default())
+        .bind::<Timestamp, _>(NaiveDateTime::default())
+        .bind::<Text, _>("default")
+        .bind::<Timestamp, _>(NaiveDateTime::default())
+        .bind::<BigInt, _>(1)
+        .load(conn)?;
+    Ok(steps
+        .into_iter()
+        .map(|s| s.detail)
+        .collect::<Vec<_>>()
+        .join("\n"))
+}
+
 /// The claim: one statement takes up to `limit` due jobs of `queue` in (priority, run_at, id)
 /// order, marks them running, bumps attempts (the new fencing token) and sets the lease.
 pub fn claim(
@@ -80,21 +111,15 @@ pub fn claim(
     now: NaiveDateTime,
     lease_expires_at: NaiveDateTime,
 ) -> Result<Vec<JobRow>> {
-    let mut rows: Vec<JobRow> = diesel::sql_query(
-        "UPDATE jobs SET state = 'running', attempts = attempts + 1, worker_id = ?, \
-         heartbeat_at = ?, lease_expires_at = ?, updated_at = ? \
-         WHERE id IN (SELECT id FROM jobs WHERE queue = ? AND state = 'queued' AND run_at <= ? \
-                      ORDER BY priority, run_at, id LIMIT ?) \
-         RETURNING *",
-    )
-    .bind::<Text, _>(worker_id)
-    .bind::<Timestamp, _>(now)
-    .bind::<Timestamp, _>(lease_expires_at)
-    .bind::<Timestamp, _>(now)
-    .bind::<Text, _>(queue)
-    .bind::<Timestamp, _>(now)
-    .bind::<BigInt, _>(limit)
-    .load(conn)?;
+    let mut rows: Vec<JobRow> = diesel::sql_query(CLAIM_SQL)
+        .bind::<Text, _>(worker_id)
+        .bind::<Timestamp, _>(now)
+        .bind::<Timestamp, _>(lease_expires_at)
+        .bind::<Timestamp, _>(now)
+        .bind::<Text, _>(queue)
+        .bind::<Timestamp, _>(now)
+        .bind::<BigInt, _>(limit)
+        .load(conn)?;
     rows.sort_by(|a, b| (a.priority, a.run_at, a.id).cmp(&(b.priority, b.run_at, b.id)));
     Ok(rows)
 }

@@ -1,0 +1,167 @@
+//! Two connections contend for the write lock: the raw error is busy, the retry wrapper waits
+//! it out or gives up with `Error::Busy`, and SQLITE_LOCKED is never retried.
+
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use diesel::connection::SimpleConnection;
+use diesel::{Connection, RunQueryDsl, SqliteConnection};
+use jobdb::{Error, NewJob, RetryPolicy};
+
+use crate::common::TestDb;
+
+/// Opens a plain connection (not from the pool) and takes the write lock with BEGIN IMMEDIATE.
+/// The lock is held until the returned sender is used (or dropped); the thread then commits.
+fn hold_write_lock(db: &TestDb) -> (mpsc::Sender<()>, thread::JoinHandle<()>) {
+    let url = db.url();
+    let (locked_tx, locked_rx) = mpsc::channel();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let holder = thread::spawn(move || {
+        let mut conn = SqliteConnection::establish(&url).unwrap();
+        conn.batch_execute("BEGIN IMMEDIATE; INSERT INTO jobs (queue, payload, run_at, created_at, updated_at) VALUES ('holder', '{}', '2000-01-01 00:00:00', '2000-01-01 00:00:00', '2000-01-01 00:00:00');")
+            .unwrap();
+        locked_tx.send(()).unwrap();
+        let _ = release_rx.recv();
+        conn.batch_execute("COMMIT").unwrap();
+    });
+    locked_rx.recv().unwrap();
+    (release_tx, holder)
+}
+
+fn job() -> NewJob {
+    NewJob::new("busy", &serde_json::json!({"n": 1})).unwrap()
+}
+
+#[test]
+fn a_second_writer_sees_is_busy_without_a_busy_timeout() {
+    let db = TestDb::new();
+    let queue = db.queue_with(|c| c.pragmas.busy_timeout = Duration::ZERO);
+    let (release, holder) = hold_write_lock(&db);
+
+    let mut conn = queue.pool().get().unwrap();
+    let err = jobdb::queue::enqueue(&mut conn, &job()).unwrap_err();
+    assert!(err.is_busy(), "expected busy, got {err:?}");
+    // It is the raw diesel error, as SQLite reported it: DatabaseError(Unknown, "database is locked").
+    match &err {
+        Error::Database(diesel::result::Error::DatabaseError(_, info)) => {
+            assert_eq!(info.message(), "database is locked")
+        }
+        other => panic!("expected a raw database error, got {other:?}"),
+    }
+    drop(conn);
+
+    release.send(()).unwrap();
+    holder.join().unwrap();
+    assert_eq!(
+        queue.stats(Some("busy")).unwrap().total.total(),
+        0,
+        "the failed enqueue wrote nothing"
+    );
+}
+
+#[test]
+fn the_retry_wrapper_succeeds_once_the_lock_is_released() {
+    let db = TestDb::new();
+    let queue = db.queue_with(|c| {
+        c.pragmas.busy_timeout = Duration::ZERO;
+        c.retry.deadline = Duration::from_secs(10);
+    });
+    let (release, holder) = hold_write_lock(&db);
+    let releaser = thread::spawn(move || {
+        thread::sleep(Duration::from_millis(300));
+        release.send(()).unwrap();
+    });
+
+    let started = Instant::now();
+    let id = queue
+        .enqueue(&job())
+        .expect("enqueue succeeds after the holder commits");
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "it really waited"
+    );
+    assert!(
+        queue.retry_stats().busy_retries > 0,
+        "{:?}",
+        queue.retry_stats()
+    );
+    assert_eq!(queue.retry_stats().busy_exhausted, 0);
+    assert_eq!(queue.get_job(id).unwrap().queue, "busy");
+    releaser.join().unwrap();
+    holder.join().unwrap();
+}
+
+#[test]
+fn past_the_deadline_the_caller_gets_error_busy_and_nothing_is_written() {
+    let db = TestDb::new();
+    let queue = db.queue_with(|c| {
+        c.pragmas.busy_timeout = Duration::from_millis(20);
+        c.retry = RetryPolicy {
+            deadline: Duration::from_millis(300),
+            ..RetryPolicy::default()
+        };
+    });
+    let (release, holder) = hold_write_lock(&db);
+
+    let started = Instant::now();
+    let err = queue.enqueue(&job()).unwrap_err();
+    let elapsed = started.elapsed();
+    match err {
+        Error::Busy { attempts, waited } => {
+            assert!(attempts > 1, "it retried: {attempts}");
+            // It stops before a sleep that would overshoot the deadline; one try can add at
+            // most one busy_timeout (20 ms) beyond it.
+            assert!(waited >= Duration::from_millis(150), "{waited:?}");
+            assert!(waited <= Duration::from_millis(300 + 20 + 50), "{waited:?}");
+        }
+        other => panic!("expected Error::Busy, got {other:?}"),
+    }
+    assert!(
+        elapsed < Duration::from_secs(2),
+        "bounded by the deadline: {elapsed:?}"
+    );
+    assert_eq!(queue.retry_stats().busy_exhausted, 1);
+
+    release.send(()).unwrap();
+    holder.join().unwrap();
+    assert_eq!(queue.stats(Some("busy")).unwrap().total.total(), 0);
+}
+
+#[test]
+fn sqlite_locked_is_not_busy_and_is_not_retried() {
+    // SQLITE_LOCKED ("database table is locked") is a conflict inside one shared cache, here
+    // produced for real: one shared-cache connection writes `jobs`, another reads it.
+    let db = TestDb::new();
+    let queue = db.queue();
+    let uri = format!("file:{}?cache=shared", db.url());
+    let mut writer = SqliteConnection::establish(&uri).unwrap();
+    let mut reader = SqliteConnection::establish(&uri).unwrap();
+    writer
+        .batch_execute("BEGIN IMMEDIATE; DELETE FROM jobs;")
+        .unwrap();
+
+    let mut tries = 0;
+    let err = queue
+        .run("read_locked_table", |_| {
+            tries += 1;
+            diesel::sql_query("SELECT id FROM jobs")
+                .execute(&mut reader)
+                .map_err(Error::from)
+        })
+        .unwrap_err();
+    assert_eq!(tries, 1, "LOCKED must not be retried");
+    assert!(!err.is_busy(), "{err:?}");
+    match &err {
+        Error::Database(diesel::result::Error::DatabaseError(_, info)) => {
+            assert!(
+                info.message().starts_with("database table is locked"),
+                "{}",
+                info.message()
+            )
+        }
+        other => panic!("expected a raw database error, got {other:?}"),
+    }
+    assert_eq!(queue.retry_stats().busy_retries, 0);
+    writer.batch_execute("ROLLBACK").unwrap();
+}

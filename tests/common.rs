@@ -1,0 +1,40 @@
+//! Helpers shared by the integration tests.
+
+use std::path::PathBuf;
+
+use jobdb::{Config, Queue};
+
+/// A database file in its own temporary directory, removed when dropped.
+pub struct TestDb {
+    _dir: tempfile::TempDir,
+    pub path: PathBuf,
+}
+
+impl TestDb {
+    pub fn new() -> TestDb {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("jobs.sqlite3");
+        TestDb { _dir: dir, path }
+    }
+
+    pub fn url(&self) -> String {
+        self.path.to_str().expect("utf-8 temp path").to_owned()
+    }
+
+    /// A migrated queue with the default configuration.
+    pub fn queue(&self) -> Queue {
+        self.queue_with(|_| {})
+    }
+
+    /// A migrated queue with the configuration adjusted by `f`.
+    pub fn queue_with(&self, f: impl FnOnce(&mut Config)) -> Queue {
+        let mut config = Config::default();
+        f(&mut config);
+        Queue::open(&self.url(), config).expect("open queue")
+    }
+
+    /// `SELECT count(*) FROM jobs`.
+    pub fn count_jobs(&self, queue: &Queue) -> i64 {
+        queue.stats(None).expect("stats").total.total()
+    }
+}

@@ -1,0 +1,8 @@
+//! Integration tests: one binary, real SQLite files in temporary directories.
+
+mod busy;
+mod common;
+mod concurrency;
+mod diesel_cli;
+mod lifecycle;
+mod pool;
