@@ -178,6 +178,23 @@ impl Queue {
         })
     }
 
+    /// Completes many jobs in one transaction; one result per item (see
+    /// [`queue::complete_many`]).
+    pub fn complete_many(&self, items: &[queue::Completion<'_>]) -> Result<Vec<Result<()>>> {
+        self.run("complete_many", |c| queue::complete_many(c, items))
+    }
+
+    /// Extends many leases in one transaction; one result per lease.
+    pub fn heartbeat_many(
+        &self,
+        leases: &[Lease],
+        lease_for: Duration,
+    ) -> Result<Vec<Result<DateTime<Utc>>>> {
+        self.run("heartbeat_many", |c| {
+            queue::heartbeat_many(c, leases, lease_for)
+        })
+    }
+
     /// Records a failed attempt; the job is retried with backoff or ends `dead`.
     pub fn fail(&self, lease: Lease, error: &str, duration: Duration) -> Result<JobState> {
         let backoff = self.inner.config.job_backoff;

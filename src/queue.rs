@@ -125,14 +125,7 @@ pub fn claim(
     }
     let now = now();
     let rows = db::write_transaction(conn, |c| {
-        db::claim(
-            c,
-            queue,
-            i64::from(limit),
-            worker_id,
-            now,
-            after(now, lease),
-        )
+        db::claim(c, queue, limit, worker_id, now, after(now, lease))
     })?;
     rows.into_iter().map(Job::try_from).collect()
 }
@@ -192,6 +185,68 @@ pub fn complete_json(
                 duration,
             ),
         )
+    })
+}
+
+/// One completion for [`complete_many`].
+#[derive(Debug, Clone, Copy)]
+pub struct Completion<'a> {
+    /// The lease the job was claimed under.
+    pub lease: Lease,
+    /// The output as JSON text.
+    pub output_json: &'a str,
+    /// How long the handler ran.
+    pub duration: Duration,
+}
+
+/// Completes many jobs in ONE transaction (group commit): each is fenced on its own, so a lost
+/// lease fails only its own item ([`Error::LeaseLost`] in its slot) and the rest commit.
+/// Returns one result per item, in order.
+pub fn complete_many(
+    conn: &mut SqliteConnection,
+    items: &[Completion<'_>],
+) -> Result<Vec<Result<()>>> {
+    let now = now();
+    db::write_transaction(conn, |c| {
+        items
+            .iter()
+            .map(|it| {
+                let changed = db::mark_succeeded(c, it.lease.job_id, it.lease.attempt, now)?;
+                if let Err(e) = fenced(c, changed, it.lease) {
+                    return Ok(Err(e));
+                }
+                let row = result_row(
+                    it.lease,
+                    Outcome::Succeeded,
+                    Some(it.output_json),
+                    None,
+                    now,
+                    it.duration,
+                );
+                db::insert_result(c, &row)?;
+                Ok(Ok(()))
+            })
+            .collect()
+    })
+}
+
+/// Extends many leases in ONE transaction; one result per lease, in order (a lost lease fails
+/// only its own slot).
+pub fn heartbeat_many(
+    conn: &mut SqliteConnection,
+    leases: &[Lease],
+    lease_for: Duration,
+) -> Result<Vec<Result<DateTime<Utc>>>> {
+    let now = now();
+    let until = after(now, lease_for);
+    db::write_transaction(conn, |c| {
+        leases
+            .iter()
+            .map(|&lease| {
+                let changed = db::heartbeat(c, lease.job_id, lease.attempt, now, until)?;
+                Ok(fenced(c, changed, lease).map(|()| until.and_utc()))
+            })
+            .collect()
     })
 }
 
@@ -263,6 +318,27 @@ pub fn get_results(conn: &mut SqliteConnection, job_id: i64) -> Result<Vec<JobRe
 /// without a sort, whatever the number of finished jobs.
 pub fn explain_claim(conn: &mut SqliteConnection) -> Result<String> {
     db::explain_claim(conn)
+}
+
+/// Result of [`audit`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Audit {
+    /// Jobs on the queue.
+    pub jobs: i64,
+    /// Jobs not in state `succeeded` (lost, if every job should have run).
+    pub not_succeeded: i64,
+    /// Jobs with more than one succeeded results row (completed twice).
+    pub duplicated: i64,
+}
+
+/// Checks exactly-once completion of a queue in SQL, independently of what workers reported.
+pub fn audit(conn: &mut SqliteConnection, queue: &str) -> Result<Audit> {
+    let (jobs, not_succeeded, duplicated) = db::audit(conn, queue)?;
+    Ok(Audit {
+        jobs,
+        not_succeeded,
+        duplicated,
+    })
 }
 
 /// The version of the SQLite library in use.

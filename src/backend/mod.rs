@@ -2,3 +2,4 @@
 //! `queue.rs` decides what to call and when.
 
 pub mod sqlite;
+pub mod stmt;

@@ -7,9 +7,10 @@
 use chrono::NaiveDateTime;
 use diesel::connection::{AnsiTransactionManager, TransactionManager};
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Integer, Text, Timestamp};
+use diesel::sql_types::{BigInt, Integer, Nullable, Text, Timestamp};
 use diesel::sqlite::SqliteConnection;
 
+use super::stmt::{bind, cached};
 use crate::error::Result;
 use crate::models::{JobRow, NewResultRow, ResultRow};
 use crate::schema::{jobs, results};
@@ -75,8 +76,16 @@ const CLAIM_SQL: &str =
     "UPDATE jobs SET state = 'running', attempts = attempts + 1, worker_id = ?, \
      heartbeat_at = ?, lease_expires_at = ?, updated_at = ? \
      WHERE id IN (SELECT id FROM jobs WHERE queue = ? AND state = 'queued' AND run_at <= ? \
-                  ORDER BY priority, run_at, id LIMIT ?) \
+                  ORDER BY priority, run_at, id LIMIT {limit}) \
      RETURNING *";
+
+/// The claim statement for a given LIMIT. The limit is inlined, not bound: SQLite marks a
+/// bound `LIMIT ?` so that every rebind (Diesel rebinds on each execution) expires the
+/// prepared statement, which then re-prepares on every claim. Inlined, each distinct limit
+/// is one cached statement (callers use a handful of batch sizes).
+fn claim_sql(limit: u32) -> String {
+    CLAIM_SQL.replace("{limit}", &limit.to_string())
+}
 
 /// `EXPLAIN QUERY PLAN` of the claim statement, one line per plan step.
 pub fn explain_claim(conn: &mut SqliteConnection) -> Result<String> {
@@ -85,14 +94,13 @@ pub fn explain_claim(conn: &mut SqliteConnection) -> Result<String> {
         #[diesel(sql_type = Text)]
         detail: String,
     }
-    let steps: Vec<Step> = diesel::sql_query(format!("EXPLAIN QUERY PLAN {CLAIM_SQL}"))
+    let steps: Vec<Step> = diesel::sql_query(format!("EXPLAIN QUERY PLAN {}", claim_sql(1)))
         .bind::<Text, _>("")
         .bind::<Timestamp, _>(NaiveDateTime::default())
         .bind::<Timestamp, _>(NaiveDateTime::default())
         .bind::<Timestamp, _>(NaiveDateTime::default())
         .bind::<Text, _>("default")
         .bind::<Timestamp, _>(NaiveDateTime::default())
-        .bind::<BigInt, _>(1)
         .load(conn)?;
     Ok(steps
         .into_iter()
@@ -106,20 +114,23 @@ pub fn explain_claim(conn: &mut SqliteConnection) -> Result<String> {
 pub fn claim(
     conn: &mut SqliteConnection,
     queue: &str,
-    limit: i64,
+    limit: u32,
     worker_id: &str,
     now: NaiveDateTime,
     lease_expires_at: NaiveDateTime,
 ) -> Result<Vec<JobRow>> {
-    let mut rows: Vec<JobRow> = diesel::sql_query(CLAIM_SQL)
-        .bind::<Text, _>(worker_id)
-        .bind::<Timestamp, _>(now)
-        .bind::<Timestamp, _>(lease_expires_at)
-        .bind::<Timestamp, _>(now)
-        .bind::<Text, _>(queue)
-        .bind::<Timestamp, _>(now)
-        .bind::<BigInt, _>(limit)
-        .load(conn)?;
+    let mut rows: Vec<JobRow> = cached(
+        claim_sql(limit),
+        (
+            bind::<Text, _>(worker_id),
+            bind::<Timestamp, _>(now),
+            bind::<Timestamp, _>(lease_expires_at),
+            bind::<Timestamp, _>(now),
+            bind::<Text, _>(queue),
+            bind::<Timestamp, _>(now),
+        ),
+    )
+    .load(conn)?;
     rows.sort_by(|a, b| (a.priority, a.run_at, a.id).cmp(&(b.priority, b.run_at, b.id)));
     Ok(rows)
 }
@@ -132,15 +143,17 @@ pub fn heartbeat(
     now: NaiveDateTime,
     lease_expires_at: NaiveDateTime,
 ) -> Result<usize> {
-    Ok(diesel::sql_query(
+    Ok(cached(
         "UPDATE jobs SET heartbeat_at = ?, lease_expires_at = ?, updated_at = ? \
          WHERE id = ? AND state = 'running' AND attempts = ?",
+        (
+            bind::<Timestamp, _>(now),
+            bind::<Timestamp, _>(lease_expires_at),
+            bind::<Timestamp, _>(now),
+            bind::<BigInt, _>(job_id),
+            bind::<Integer, _>(attempt),
+        ),
     )
-    .bind::<Timestamp, _>(now)
-    .bind::<Timestamp, _>(lease_expires_at)
-    .bind::<Timestamp, _>(now)
-    .bind::<BigInt, _>(job_id)
-    .bind::<Integer, _>(attempt)
     .execute(conn)?)
 }
 
@@ -151,13 +164,15 @@ pub fn mark_succeeded(
     attempt: i32,
     now: NaiveDateTime,
 ) -> Result<usize> {
-    Ok(diesel::sql_query(
+    Ok(cached(
         "UPDATE jobs SET state = 'succeeded', lease_expires_at = NULL, updated_at = ?, \
          last_error = NULL WHERE id = ? AND state = 'running' AND attempts = ?",
+        (
+            bind::<Timestamp, _>(now),
+            bind::<BigInt, _>(job_id),
+            bind::<Integer, _>(attempt),
+        ),
     )
-    .bind::<Timestamp, _>(now)
-    .bind::<BigInt, _>(job_id)
-    .bind::<Integer, _>(attempt)
     .execute(conn)?)
 }
 
@@ -176,18 +191,20 @@ pub fn mark_failed(
         #[diesel(sql_type = Text)]
         state: String,
     }
-    let row: Option<Row> = diesel::sql_query(
+    let row: Option<Row> = cached(
         "UPDATE jobs SET \
            state = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'queued' END, \
            run_at = CASE WHEN attempts >= max_attempts THEN run_at ELSE ? END, \
            last_error = ?, lease_expires_at = NULL, updated_at = ? \
          WHERE id = ? AND state = 'running' AND attempts = ? RETURNING state",
+        (
+            bind::<Timestamp, _>(retry_at),
+            bind::<Text, _>(error),
+            bind::<Timestamp, _>(now),
+            bind::<BigInt, _>(job_id),
+            bind::<Integer, _>(attempt),
+        ),
     )
-    .bind::<Timestamp, _>(retry_at)
-    .bind::<Text, _>(error)
-    .bind::<Timestamp, _>(now)
-    .bind::<BigInt, _>(job_id)
-    .bind::<Integer, _>(attempt)
     .get_result(conn)
     .optional()?;
     Ok(row.map(|r| r.state))
@@ -200,22 +217,35 @@ pub fn release(
     attempt: i32,
     now: NaiveDateTime,
 ) -> Result<usize> {
-    Ok(diesel::sql_query(
+    Ok(cached(
         "UPDATE jobs SET state = 'queued', run_at = ?, lease_expires_at = NULL, updated_at = ? \
          WHERE id = ? AND state = 'running' AND attempts = ?",
+        (
+            bind::<Timestamp, _>(now),
+            bind::<Timestamp, _>(now),
+            bind::<BigInt, _>(job_id),
+            bind::<Integer, _>(attempt),
+        ),
     )
-    .bind::<Timestamp, _>(now)
-    .bind::<Timestamp, _>(now)
-    .bind::<BigInt, _>(job_id)
-    .bind::<Integer, _>(attempt)
     .execute(conn)?)
 }
 
 /// Inserts one results row.
 pub fn insert_result(conn: &mut SqliteConnection, row: &NewResultRow<'_>) -> Result<()> {
-    diesel::insert_into(results::table)
-        .values(row)
-        .execute(conn)?;
+    cached(
+        "INSERT INTO results (job_id, attempt, outcome, output, error, created_at, duration_ms) \
+         VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (
+            bind::<BigInt, _>(row.job_id),
+            bind::<Integer, _>(row.attempt),
+            bind::<Text, _>(row.outcome),
+            bind::<Nullable<Text>, _>(row.output),
+            bind::<Nullable<Text>, _>(row.error),
+            bind::<Timestamp, _>(row.created_at),
+            bind::<BigInt, _>(row.duration_ms),
+        ),
+    )
+    .execute(conn)?;
     Ok(())
 }
 
@@ -290,10 +320,10 @@ pub fn pending_count(conn: &mut SqliteConnection, queue: &str) -> Result<i64> {
         #[diesel(sql_type = BigInt)]
         n: i64,
     }
-    let row: Row = diesel::sql_query(
+    let row: Row = cached(
         "SELECT count(*) AS n FROM jobs WHERE state IN ('queued', 'running') AND queue = ?",
+        (bind::<Text, _>(queue),),
     )
-    .bind::<Text, _>(queue)
     .get_result(conn)?;
     Ok(row.n)
 }
@@ -303,11 +333,26 @@ pub fn sqlite_version(conn: &mut SqliteConnection) -> Result<String> {
     Ok(diesel::select(diesel::dsl::sql::<Text>("sqlite_version()")).get_result(conn)?)
 }
 
-/// Earliest `run_at` of a queued job on `queue`, if any (to sleep until it is due).
-pub fn next_run_at(conn: &mut SqliteConnection, queue: &str) -> Result<Option<NaiveDateTime>> {
-    Ok(jobs::table
-        .filter(jobs::queue.eq(queue))
-        .filter(jobs::state.eq("queued"))
-        .select(diesel::dsl::min(jobs::run_at))
-        .get_result::<Option<NaiveDateTime>>(conn)?)
+/// Exactly-once audit of one queue, in SQL: (jobs, jobs not succeeded, jobs with more than one
+/// succeeded results row).
+pub fn audit(conn: &mut SqliteConnection, queue: &str) -> Result<(i64, i64, i64)> {
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = BigInt)]
+        jobs: i64,
+        #[diesel(sql_type = BigInt)]
+        not_succeeded: i64,
+        #[diesel(sql_type = BigInt)]
+        duplicated: i64,
+    }
+    let r: Row = diesel::sql_query(
+        "SELECT count(*) AS jobs, \
+                coalesce(sum(state <> 'succeeded'), 0) AS not_succeeded, \
+                coalesce(sum((SELECT count(*) FROM results r WHERE r.job_id = j.id \
+                              AND r.outcome = 'succeeded') > 1), 0) AS duplicated \
+         FROM jobs j WHERE queue = ?",
+    )
+    .bind::<Text, _>(queue)
+    .get_result(conn)?;
+    Ok((r.jobs, r.not_succeeded, r.duplicated))
 }

@@ -1,1 +1,369 @@
-fn main() {}
+//! `jobdb`: the command-line job runner over a jobdb database.
+//!
+//! Every command that touches the database applies pending migrations first, so a fresh file
+//! works with any command. Results go to stdout, logs (`RUST_LOG`) and errors to stderr.
+//! Exit codes: 0 ok, 2 bad usage or input, 3 no such job, 75 database busy past the retry
+//! deadline, 1 anything else.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use chrono::{DateTime, Utc};
+use clap::{Args, Parser, Subcommand};
+use jobdb::{Config, NewJob, Queue, Worker, WorkerConfig};
+
+#[derive(Parser)]
+#[command(
+    name = "jobdb",
+    version,
+    about = "A SQLite-backed job queue that never says \"database is locked\""
+)]
+struct Cli {
+    /// Database: a path, sqlite://path, or a file: URI. Default: $DATABASE_URL (also read from
+    /// .env), else ./jobdb.sqlite3
+    #[arg(
+        long,
+        global = true,
+        env = "DATABASE_URL",
+        default_value = "jobdb.sqlite3"
+    )]
+    database_url: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Apply pending migrations (every other command also does this first)
+    Migrate,
+    /// Enqueue one job (prints its id), or every line of an NDJSON file (prints the count)
+    Enqueue(EnqueueArgs),
+    /// Run a shell command for each job: payload on stdin, stdout is the output
+    Work(WorkArgs),
+    /// Count jobs per state
+    Stats {
+        /// Only this queue
+        #[arg(long)]
+        queue: Option<String>,
+        /// Print one JSON object: {"queued":n,"running":n,"succeeded":n,"dead":n,"cancelled":n}
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one job and its results
+    Show {
+        /// The job id
+        id: i64,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Requeue running jobs whose lease expired (prints how many)
+    Reap,
+    /// Measure throughput: many workers on one database (see README)
+    Bench(jobdb::bench::BenchArgs),
+}
+
+#[derive(Args)]
+#[command(group = clap::ArgGroup::new("input").required(true).args(["payload", "file"]))]
+struct EnqueueArgs {
+    /// The job's payload, as JSON
+    payload: Option<String>,
+    /// NDJSON file, one payload per line ('-' reads stdin); all lines or none are enqueued
+    #[arg(long)]
+    file: Option<PathBuf>,
+    /// Queue name
+    #[arg(long, default_value = "default")]
+    queue: String,
+    /// Lower runs first
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    priority: i32,
+    /// Run no earlier than this long from now (500ms, 30s, 5m, 2h, 7d)
+    #[arg(long, value_parser = parse_duration, conflicts_with = "run_at")]
+    delay: Option<Duration>,
+    /// Run no earlier than this moment (RFC 3339, e.g. 2026-01-02T03:04:05Z)
+    #[arg(long)]
+    run_at: Option<DateTime<Utc>>,
+    /// Attempts before the job is dead
+    #[arg(long, default_value_t = 5, allow_negative_numbers = true)]
+    max_attempts: i32,
+}
+
+#[derive(Args)]
+struct WorkArgs {
+    /// Queue to work on
+    #[arg(long, default_value = "default")]
+    queue: String,
+    /// Jobs run at once (threads)
+    #[arg(long, default_value_t = 1)]
+    concurrency: usize,
+    /// Lease length; a job whose worker stops heartbeating is retried after this
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    lease: Duration,
+    /// On SIGINT/SIGTERM, how long running jobs may finish before they are released
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    grace: Duration,
+    /// Exit once the queue has no queued and no running jobs
+    #[arg(long)]
+    exit_when_empty: bool,
+    /// Shell command run with `sh -c` for each job
+    #[arg(long)]
+    exec: String,
+}
+
+/// A mistake in what the user gave us (exit code 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct UsageError(String);
+
+fn main() -> ExitCode {
+    // DATABASE_URL may come from .env: load it before clap reads the environment.
+    if let Err(e) = dotenvy::dotenv() {
+        if !e.not_found() {
+            eprintln!("jobdb: error: cannot read .env: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    // `jobdb bench` uses a temporary file unless the URL was typed on its command line.
+    let url_given = matches!(
+        matches
+            .subcommand()
+            .and_then(|(_, sub)| sub.value_source("database_url"))
+            .or_else(|| matches.value_source("database_url")),
+        Some(clap::parser::ValueSource::CommandLine)
+    );
+    let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    match run(cli, url_given) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            let line = format!("{err:#}").replace('\n', " ");
+            eprintln!("jobdb: error: {line}");
+            ExitCode::from(exit_code(&err))
+        }
+    }
+}
+
+fn exit_code(err: &anyhow::Error) -> u8 {
+    if err.downcast_ref::<UsageError>().is_some() {
+        return 2;
+    }
+    match err.downcast_ref::<jobdb::Error>() {
+        Some(e) if e.is_busy() => 75,
+        Some(e) if e.is_not_found() => 3,
+        Some(e) if e.is_invalid_input() || matches!(e, jobdb::Error::WalUnavailable { .. }) => 2,
+        _ => 1,
+    }
+}
+
+fn open(url: &str) -> Result<Queue> {
+    let config = Config::from_env()?;
+    Ok(Queue::open(url, config)?)
+}
+
+fn run(cli: Cli, url_given: bool) -> Result<()> {
+    match cli.command {
+        Command::Migrate => {
+            let mut config = Config::from_env()?;
+            config.run_migrations = false;
+            let queue = Queue::open(&cli.database_url, config)?;
+            let applied = queue.migrate()?;
+            if applied.is_empty() {
+                println!("database is up to date");
+            }
+            for version in applied {
+                println!("applied {version}");
+            }
+        }
+        Command::Enqueue(args) => enqueue(&cli.database_url, args)?,
+        Command::Work(args) => work(&cli.database_url, args)?,
+        Command::Stats { queue, json } => {
+            let stats = open(&cli.database_url)?.stats(queue.as_deref())?;
+            if json {
+                println!("{}", serde_json::to_string(&stats.total)?);
+            } else {
+                println!(
+                    "{:<24} {:>9} {:>9} {:>10} {:>9} {:>10}",
+                    "queue", "queued", "running", "succeeded", "dead", "cancelled"
+                );
+                for (name, c) in stats
+                    .queues
+                    .iter()
+                    .chain([(&"TOTAL".to_owned(), &stats.total)])
+                {
+                    println!(
+                        "{name:<24} {:>9} {:>9} {:>10} {:>9} {:>10}",
+                        c.queued, c.running, c.succeeded, c.dead, c.cancelled
+                    );
+                }
+            }
+        }
+        Command::Show { id, json } => show(&cli.database_url, id, json)?,
+        Command::Reap => println!("{}", open(&cli.database_url)?.reap()?),
+        Command::Bench(args) => {
+            jobdb::bench::run(&args, url_given.then_some(cli.database_url.as_str()))?
+        }
+    }
+    Ok(())
+}
+
+fn enqueue(url: &str, args: EnqueueArgs) -> Result<()> {
+    let run_at = match (args.delay, args.run_at) {
+        (Some(delay), _) => {
+            Some(Utc::now() + chrono::Duration::from_std(delay).context("--delay is too long")?)
+        }
+        (None, at) => at,
+    };
+    let build = |json: &str| -> jobdb::Result<NewJob> {
+        let mut job = NewJob::from_json(args.queue.as_str(), json)?
+            .priority(args.priority)
+            .max_attempts(args.max_attempts);
+        if let Some(at) = run_at {
+            job = job.run_at(at);
+        }
+        Ok(job)
+    };
+    if let Some(payload) = &args.payload {
+        let job = build(payload)?;
+        let id = open(url)?.enqueue(&job)?;
+        println!("{id}");
+        return Ok(());
+    }
+    let Some(path) = &args.file else {
+        return Err(UsageError("give a PAYLOAD_JSON or --file".into()).into());
+    };
+    // Read and validate every line before touching the database: all or nothing.
+    let reader: Box<dyn Read> = if path.as_os_str() == "-" {
+        Box::new(std::io::stdin())
+    } else {
+        Box::new(
+            std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?,
+        )
+    };
+    let mut jobs = Vec::new();
+    for (i, line) in BufReader::new(reader).lines().enumerate() {
+        let line = line.with_context(|| format!("{}: line {}", path.display(), i + 1))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let job = build(&line).map_err(|e| {
+            UsageError(format!(
+                "{}: line {}: {e}; nothing was enqueued",
+                path.display(),
+                i + 1
+            ))
+        })?;
+        jobs.push(job);
+    }
+    let ids = open(url)?.enqueue_batch(&jobs)?;
+    println!("{}", ids.len());
+    Ok(())
+}
+
+fn work(url: &str, args: WorkArgs) -> Result<()> {
+    let mut queue_config = Config::from_env()?;
+    // Each handler thread plus the heartbeat thread may hold a connection at once.
+    queue_config.pool_size = queue_config.pool_size.max(args.concurrency as u32 + 2);
+    let queue = Queue::open(url, queue_config)?;
+    let mut config = WorkerConfig::new(args.queue).lease(args.lease);
+    config.concurrency = args.concurrency;
+    config.grace = args.grace;
+    config.exit_when_empty = args.exit_when_empty;
+    config.handle_signals = true;
+    let command = args.exec;
+    let worker = Worker::new(queue, config, move |ctx| {
+        jobdb::exec::run_shell(&command, ctx)
+    });
+    let report = worker.run()?;
+    tracing::info!(?report, "worker stopped");
+    eprintln!(
+        "jobdb work: {} succeeded, {} failed, {} lease lost, {} released, {} reaped",
+        report.succeeded, report.failed, report.lease_lost, report.released, report.reaped
+    );
+    Ok(())
+}
+
+fn show(url: &str, id: i64, json: bool) -> Result<()> {
+    let queue = open(url)?;
+    let job = queue.get_job(id)?;
+    let results = queue.get_results(id)?;
+    if json {
+        let as_value =
+            |s: &str| serde_json::from_str::<serde_json::Value>(s).unwrap_or_else(|_| s.into());
+        let out = serde_json::json!({
+            "id": job.id,
+            "queue": job.queue,
+            "state": job.state,
+            "attempts": job.attempts,
+            "max_attempts": job.max_attempts,
+            "priority": job.priority,
+            "run_at": job.run_at,
+            "created_at": job.created_at,
+            "last_error": job.last_error,
+            "payload": as_value(&job.payload_json),
+            "results": results.iter().map(|r| serde_json::json!({
+                "attempt": r.attempt,
+                "outcome": r.outcome,
+                "output": r.output_json.as_deref().map(as_value),
+                "error": r.error,
+                "duration_ms": r.duration_ms,
+                "created_at": r.created_at,
+            })).collect::<Vec<_>>(),
+        });
+        println!("{out}");
+    } else {
+        println!(
+            "job {} on {:?}: {} (attempt {}/{}), priority {}",
+            job.id, job.queue, job.state, job.attempts, job.max_attempts, job.priority
+        );
+        println!("payload: {}", job.payload_json);
+        for r in &results {
+            println!(
+                "  attempt {}: {} in {} ms{}",
+                r.attempt,
+                r.outcome.as_str(),
+                r.duration_ms,
+                match (&r.output_json, &r.error) {
+                    (Some(o), _) => format!(", output {o}"),
+                    (None, Some(e)) => format!(", error {e}"),
+                    _ => String::new(),
+                }
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `500ms`, `30s`, `5m`, `2h`, `7d`.
+fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 500ms, 30s, 5m, 2h or 7d"))?;
+    let ms = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(format!("{s:?}: unit must be one of ms, s, m, h, d")),
+    };
+    n.checked_mul(ms)
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("{s:?} is too long"))
+}

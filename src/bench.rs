@@ -1,0 +1,486 @@
+//! `jobdb bench`: the "lifecycle" workload, measured and verified.
+//!
+//! Enqueue N jobs (≈100-byte JSON payloads) in batches; then W workers, each on its own pooled
+//! connection, loop claim → one heartbeat → complete with a ≈50-byte output. With
+//! `--processes P` the parent spawns P copies of itself, each running W/P workers on the same
+//! file, and aggregates their reports. At the end SQL counts lost and duplicated jobs.
+
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::queue::{audit, sqlite_version, Completion};
+use crate::{Config, NewJob, Queue};
+
+/// Arguments of `jobdb bench`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Jobs to enqueue and process
+    #[arg(long, default_value_t = 20_000)]
+    pub jobs: usize,
+    /// Worker threads in all (split evenly over --processes)
+    #[arg(long, default_value_t = 16)]
+    pub workers: usize,
+    /// OS processes sharing the database
+    #[arg(long, default_value_t = 1)]
+    pub processes: usize,
+    /// Jobs per claim; heartbeats and completions of a claim are committed together
+    #[arg(long, default_value_t = 1)]
+    pub batch: u32,
+    /// Print one JSON object instead of the table
+    #[arg(long)]
+    pub json: bool,
+    /// Internal: run only the worker phase (used by --processes)
+    #[arg(long, hide = true)]
+    pub child: bool,
+    /// Internal: the queue the parent enqueued into
+    #[arg(long, hide = true, default_value = "bench")]
+    pub queue: String,
+}
+
+const LEASE: Duration = Duration::from_secs(120);
+const OUTPUT: &str = r#"{"ok":true,"note":"lifecycle bench output 50 b"}"#;
+
+/// What one process's worker phase measured.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct PhaseReport {
+    start_unix_ms: f64,
+    end_unix_ms: f64,
+    completed: u64,
+    errors: u64,
+    busy_retries: u64,
+    busy_exhausted: u64,
+    peak_rss_kib: u64,
+    claim_latencies_us: Vec<u64>,
+}
+
+/// The final report (`--json` prints it as one object).
+#[derive(Debug, Serialize)]
+pub struct BenchReport {
+    /// Always "sqlite" in this build.
+    pub backend: &'static str,
+    /// Jobs processed.
+    pub jobs: usize,
+    /// Worker threads in all.
+    pub workers: usize,
+    /// OS processes.
+    pub processes: usize,
+    /// Jobs per claim.
+    pub batch: u32,
+    /// Jobs per second of the worker phase.
+    pub jobs_per_sec: f64,
+    /// Jobs per second of the enqueue phase.
+    pub enqueue_per_sec: f64,
+    /// Median claim latency.
+    pub claim_p50_ms: f64,
+    /// 99th percentile claim latency.
+    pub claim_p99_ms: f64,
+    /// Slowest claim.
+    pub claim_max_ms: f64,
+    /// Transactions re-run because the database was busy.
+    pub busy_retries: u64,
+    /// Operations that gave up busy (surfaced as errors).
+    pub busy_exhausted: u64,
+    /// Errors that reached the workers.
+    pub errors: u64,
+    /// Jobs not succeeded at the end.
+    pub lost: i64,
+    /// Jobs with more than one succeeded result.
+    pub duplicated: i64,
+    /// Largest peak RSS of any process, in MiB.
+    pub peak_rss_mib: f64,
+    /// `sqlite_version()`.
+    pub sqlite_version: String,
+    /// The database used.
+    pub database: String,
+}
+
+/// Runs the bench. `database_url` is `Some` only when the user gave `--database-url` on the
+/// command line; otherwise a fresh temporary file is used and removed afterwards.
+pub fn run(args: &BenchArgs, database_url: Option<&str>) -> Result<()> {
+    if args.workers == 0 || args.processes == 0 || args.batch == 0 {
+        bail!("--workers, --processes and --batch must be at least 1");
+    }
+    if args.child {
+        let url = database_url.context("--child needs --database-url")?;
+        let report = worker_phase(
+            &open(url, args.workers)?,
+            &args.queue,
+            args.workers,
+            args.batch,
+            None,
+        )?;
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(());
+    }
+    let tmp = tempfile::tempdir().context("cannot create a temporary directory")?;
+    let url = match database_url {
+        Some(url) => url.to_owned(),
+        None => tmp
+            .path()
+            .join("bench.sqlite3")
+            .to_string_lossy()
+            .into_owned(),
+    };
+    let queue_name = format!(
+        "bench-{}",
+        SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis()
+    );
+    let queue = open(&url, args.workers)?;
+
+    let progress = indicatif::ProgressBar::new(args.jobs as u64 * 2);
+    progress.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {msg:9} [{bar:40}] {pos}/{len} ({per_sec})",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    progress.set_message("enqueue");
+    let started = Instant::now();
+    let payload_pad = "x".repeat(60);
+    for chunk in (0..args.jobs).collect::<Vec<_>>().chunks(1000) {
+        let jobs = chunk
+            .iter()
+            .map(|i| {
+                NewJob::new(
+                    queue_name.as_str(),
+                    &serde_json::json!({"n": i, "kind": "bench", "pad": payload_pad}),
+                )
+            })
+            .collect::<crate::Result<Vec<_>>>()?;
+        queue.enqueue_many(&jobs)?;
+        progress.inc(jobs.len() as u64);
+    }
+    let enqueue_secs = started.elapsed().as_secs_f64();
+    progress.set_message("work");
+
+    let phases = if args.processes == 1 {
+        vec![worker_phase(
+            &queue,
+            &queue_name,
+            args.workers,
+            args.batch,
+            Some(&progress),
+        )?]
+    } else {
+        spawn_children(args, &url, &queue_name, &queue, &progress)?
+    };
+    progress.finish_and_clear();
+
+    let mut conn = queue.pool().get()?;
+    let audit = audit(&mut conn, &queue_name)?;
+    let report = summarize(
+        args,
+        &url,
+        &phases,
+        enqueue_secs,
+        audit,
+        sqlite_version(&mut conn)?,
+    );
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print_table(&report);
+    }
+    if report.lost != 0 || report.duplicated != 0 || report.errors != 0 {
+        bail!(
+            "verification failed: {} lost, {} duplicated, {} errors",
+            report.lost,
+            report.duplicated,
+            report.errors
+        );
+    }
+    Ok(())
+}
+
+fn open(url: &str, workers: usize) -> Result<Queue> {
+    let mut config = Config::from_env()?;
+    config.pool_size = config.pool_size.max(workers as u32 + 2);
+    Ok(Queue::open(url, config)?)
+}
+
+/// W threads drain the queue: claim → heartbeat → complete (batched when `batch` > 1).
+fn worker_phase(
+    queue: &Queue,
+    queue_name: &str,
+    workers: usize,
+    batch: u32,
+    progress: Option<&indicatif::ProgressBar>,
+) -> Result<PhaseReport> {
+    let done = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let before = queue.retry_stats();
+    let start_unix_ms = unix_ms();
+    let latencies: Vec<u64> = thread::scope(|s| {
+        let handles: Vec<_> = (0..workers)
+            .map(|w| {
+                let (done, errors) = (done.clone(), errors.clone());
+                s.spawn(move || {
+                    worker_loop(
+                        queue,
+                        queue_name,
+                        &format!("bench-{w}"),
+                        batch,
+                        &done,
+                        &errors,
+                    )
+                })
+            })
+            .collect();
+        if let Some(progress) = progress {
+            let base = progress.position();
+            while handles.iter().any(|h| !h.is_finished()) {
+                progress.set_position(base + done.load(Ordering::Relaxed));
+                thread::sleep(Duration::from_millis(100));
+            }
+        }
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect()
+    });
+    let after = queue.retry_stats();
+    Ok(PhaseReport {
+        start_unix_ms,
+        end_unix_ms: unix_ms(),
+        completed: done.load(Ordering::Relaxed),
+        errors: errors.load(Ordering::Relaxed),
+        busy_retries: after.busy_retries - before.busy_retries,
+        busy_exhausted: after.busy_exhausted - before.busy_exhausted,
+        peak_rss_kib: peak_rss_kib(),
+        claim_latencies_us: latencies,
+    })
+}
+
+/// One worker until the queue is empty. Returns its claim latencies in µs. Errors are counted
+/// and logged, never hidden: the run fails verification if any occurred.
+fn worker_loop(
+    queue: &Queue,
+    queue_name: &str,
+    worker_id: &str,
+    batch: u32,
+    done: &AtomicU64,
+    errors: &AtomicU64,
+) -> Vec<u64> {
+    let mut latencies = Vec::new();
+    let mut count_err = |e: &crate::Error| {
+        errors.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(error = %e, "bench worker error");
+    };
+    loop {
+        let t = Instant::now();
+        let jobs = match queue.claim(queue_name, batch, worker_id, LEASE) {
+            Ok(jobs) => jobs,
+            Err(e) => {
+                count_err(&e);
+                continue;
+            }
+        };
+        if jobs.is_empty() {
+            return latencies;
+        }
+        latencies.push(t.elapsed().as_micros() as u64);
+        if jobs.len() == 1 {
+            let lease = jobs[0].lease();
+            let result = queue
+                .heartbeat(lease, LEASE)
+                .and_then(|_| queue.complete_json(lease, OUTPUT, t.elapsed()));
+            match result {
+                Ok(()) => {
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => count_err(&e),
+            }
+            continue;
+        }
+        let leases: Vec<_> = jobs.iter().map(|j| j.lease()).collect();
+        match queue.heartbeat_many(&leases, LEASE) {
+            Ok(each) => each
+                .iter()
+                .filter_map(|r| r.as_ref().err())
+                .for_each(&mut count_err),
+            Err(e) => count_err(&e),
+        }
+        let items: Vec<_> = leases
+            .iter()
+            .map(|&lease| Completion {
+                lease,
+                output_json: OUTPUT,
+                duration: t.elapsed(),
+            })
+            .collect();
+        match queue.complete_many(&items) {
+            Ok(each) => {
+                for r in each {
+                    match r {
+                        Ok(()) => {
+                            done.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => count_err(&e),
+                    }
+                }
+            }
+            Err(e) => count_err(&e),
+        }
+    }
+}
+
+fn spawn_children(
+    args: &BenchArgs,
+    url: &str,
+    queue_name: &str,
+    queue: &Queue,
+    progress: &indicatif::ProgressBar,
+) -> Result<Vec<PhaseReport>> {
+    let exe = std::env::current_exe().context("cannot find our own executable")?;
+    let per = args.workers.div_ceil(args.processes);
+    let children = (0..args.processes)
+        .map(|_| {
+            Command::new(&exe)
+                .args([
+                    "bench",
+                    "--child",
+                    "--database-url",
+                    url,
+                    "--queue",
+                    queue_name,
+                ])
+                .args([
+                    "--workers",
+                    &per.to_string(),
+                    "--batch",
+                    &args.batch.to_string(),
+                ])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .context("cannot start a bench child process")
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let waiter = thread::spawn(move || {
+        children
+            .into_iter()
+            .map(|c| c.wait_with_output())
+            .collect::<Vec<_>>()
+    });
+    while !waiter.is_finished() {
+        if let Ok(stats) = queue.stats(Some(queue_name)) {
+            progress.set_position(args.jobs as u64 + stats.total.succeeded as u64);
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+    let outputs = waiter
+        .join()
+        .map_err(|_| anyhow::anyhow!("child waiter panicked"))?;
+    outputs
+        .into_iter()
+        .map(|out| {
+            let out = out.context("waiting for a bench child")?;
+            if !out.status.success() {
+                bail!("a bench child process failed with {}", out.status);
+            }
+            serde_json::from_slice(&out.stdout)
+                .context("a bench child printed an unreadable report")
+        })
+        .collect()
+}
+
+fn summarize(
+    args: &BenchArgs,
+    url: &str,
+    phases: &[PhaseReport],
+    enqueue_secs: f64,
+    audit: crate::queue::Audit,
+    sqlite_version: String,
+) -> BenchReport {
+    let start = phases
+        .iter()
+        .map(|p| p.start_unix_ms)
+        .fold(f64::INFINITY, f64::min);
+    let end = phases.iter().map(|p| p.end_unix_ms).fold(0.0, f64::max);
+    let completed: u64 = phases.iter().map(|p| p.completed).sum();
+    let mut lat: Vec<u64> = phases
+        .iter()
+        .flat_map(|p| p.claim_latencies_us.iter().copied())
+        .collect();
+    lat.sort_unstable();
+    let pct = |p: usize| {
+        lat.get((lat.len() * p / 100).min(lat.len().saturating_sub(1)))
+            .map_or(0.0, |&us| us as f64 / 1000.0)
+    };
+    BenchReport {
+        backend: "sqlite",
+        jobs: args.jobs,
+        workers: args.workers,
+        processes: args.processes,
+        batch: args.batch,
+        jobs_per_sec: completed as f64 / ((end - start) / 1000.0).max(1e-9),
+        enqueue_per_sec: args.jobs as f64 / enqueue_secs.max(1e-9),
+        claim_p50_ms: pct(50),
+        claim_p99_ms: pct(99),
+        claim_max_ms: lat.last().map_or(0.0, |&us| us as f64 / 1000.0),
+        busy_retries: phases.iter().map(|p| p.busy_retries).sum(),
+        busy_exhausted: phases.iter().map(|p| p.busy_exhausted).sum(),
+        errors: phases.iter().map(|p| p.errors).sum(),
+        lost: audit.not_succeeded + (args.jobs as i64 - audit.jobs),
+        duplicated: audit.duplicated,
+        peak_rss_mib: phases
+            .iter()
+            .map(|p| p.peak_rss_kib)
+            .max()
+            .unwrap_or(0)
+            .max(peak_rss_kib()) as f64
+            / 1024.0,
+        sqlite_version,
+        database: url.to_owned(),
+    }
+}
+
+fn print_table(r: &BenchReport) {
+    println!(
+        "jobdb bench: lifecycle (claim → heartbeat → complete), {} backend, SQLite {}",
+        r.backend, r.sqlite_version
+    );
+    println!(
+        "  jobs {}  workers {}  processes {}  batch {}",
+        r.jobs, r.workers, r.processes, r.batch
+    );
+    println!("  worker phase     {:>10.0} jobs/s", r.jobs_per_sec);
+    println!("  enqueue          {:>10.0} jobs/s", r.enqueue_per_sec);
+    println!(
+        "  claim latency    p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+        r.claim_p50_ms, r.claim_p99_ms, r.claim_max_ms
+    );
+    println!(
+        "  busy retries {}  busy exhausted {}  errors surfaced {}",
+        r.busy_retries, r.busy_exhausted, r.errors
+    );
+    println!(
+        "  verified in SQL: lost {}  duplicated {}",
+        r.lost, r.duplicated
+    );
+    println!("  peak RSS {:.1} MiB", r.peak_rss_mib);
+}
+
+fn unix_ms() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+}
+
+/// Peak resident set size of this process (VmHWM), 0 where /proc is not available.
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}

@@ -1,0 +1,507 @@
+//! The worker runtime: N threads claim jobs and run a handler; a heartbeat thread keeps their
+//! leases alive and reaps other workers' expired leases; shutdown is graceful.
+//!
+//! No transaction is open while a handler runs: claim, heartbeat and complete/fail are each
+//! their own short transaction, on a connection checked out of the pool for that call only.
+
+use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::models::{Job, Lease};
+use crate::Queue;
+
+/// Why a handler failed; recorded as the attempt's `error`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandlerError {
+    /// The message stored in `results.error` and `jobs.last_error`.
+    pub message: String,
+}
+
+impl HandlerError {
+    /// A failure with this message.
+    pub fn msg(message: impl std::fmt::Display) -> Self {
+        HandlerError {
+            message: message.to_string(),
+        }
+    }
+}
+
+impl From<String> for HandlerError {
+    fn from(message: String) -> Self {
+        HandlerError { message }
+    }
+}
+
+impl From<&str> for HandlerError {
+    fn from(message: &str) -> Self {
+        HandlerError::msg(message)
+    }
+}
+
+impl From<Error> for HandlerError {
+    fn from(e: Error) -> Self {
+        HandlerError::msg(e)
+    }
+}
+
+impl From<std::io::Error> for HandlerError {
+    fn from(e: std::io::Error) -> Self {
+        HandlerError::msg(e)
+    }
+}
+
+/// What a handler sees: the job (through `Deref`, so `ctx.payload()` works) and whether it
+/// should stop early.
+#[derive(Debug)]
+pub struct JobContext {
+    job: Job,
+    abandon: Arc<AtomicBool>,
+}
+
+impl JobContext {
+    /// The job being run.
+    pub fn job(&self) -> &Job {
+        &self.job
+    }
+
+    /// True once the result can no longer be recorded: the lease was lost (another worker
+    /// owns the job now) or shutdown passed its grace period and released the job. A
+    /// long-running handler should check this and stop; whatever it returns is discarded.
+    pub fn should_abandon(&self) -> bool {
+        self.abandon.load(Ordering::SeqCst)
+    }
+}
+
+impl std::ops::Deref for JobContext {
+    type Target = Job;
+    fn deref(&self) -> &Job {
+        &self.job
+    }
+}
+
+/// How a [`Worker`] runs.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// The queue to claim from.
+    pub queue: String,
+    /// Handler threads.
+    pub concurrency: usize,
+    /// Lease length; a job whose worker stops heartbeating is reclaimable after this.
+    pub lease: Duration,
+    /// Heartbeat period (default: a third of the lease, so two can be missed).
+    pub heartbeat_every: Duration,
+    /// How often expired leases of other workers are reaped.
+    pub reap_every: Duration,
+    /// First idle poll delay; doubles while idle up to `poll_max`.
+    pub poll_min: Duration,
+    /// Longest idle poll delay (bounds the pick-up latency of new work).
+    pub poll_max: Duration,
+    /// After shutdown is requested, how long running handlers may finish before their jobs
+    /// are released back to the queue.
+    pub grace: Duration,
+    /// Stop when the queue has no queued and no running jobs left.
+    pub exit_when_empty: bool,
+    /// Stop on SIGINT / SIGTERM.
+    pub handle_signals: bool,
+    /// Stored in `jobs.worker_id` (default: `pid<PID>-<random>`).
+    pub worker_id: String,
+}
+
+impl WorkerConfig {
+    /// Defaults for `queue`: concurrency 1, lease 30 s, grace 30 s.
+    pub fn new(queue: impl Into<String>) -> Self {
+        let lease = Duration::from_secs(30);
+        WorkerConfig {
+            queue: queue.into(),
+            concurrency: 1,
+            lease,
+            heartbeat_every: lease / 3,
+            reap_every: lease,
+            poll_min: Duration::from_millis(5),
+            poll_max: Duration::from_millis(200),
+            grace: Duration::from_secs(30),
+            exit_when_empty: false,
+            handle_signals: false,
+            worker_id: format!("pid{}-{:04x}", std::process::id(), fastrand::u16(..)),
+        }
+    }
+
+    /// Sets the lease and derives the heartbeat and reap periods from it.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self.heartbeat_every = lease / 3;
+        self.reap_every = lease;
+        self
+    }
+}
+
+/// What a finished [`Worker::run`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct WorkerReport {
+    /// Attempts recorded as succeeded.
+    pub succeeded: u64,
+    /// Attempts recorded as failed (panics included).
+    pub failed: u64,
+    /// Results abandoned because the lease was lost.
+    pub lease_lost: u64,
+    /// Jobs released back to the queue at shutdown.
+    pub released: u64,
+    /// Expired leases of other workers reaped.
+    pub reaped: u64,
+}
+
+/// Asks a running [`Worker`] to stop (cloneable, usable from any thread).
+#[derive(Debug, Clone, Default)]
+pub struct ShutdownHandle {
+    flag: Arc<AtomicBool>,
+}
+
+impl ShutdownHandle {
+    /// Stop claiming; let running handlers finish within the grace period.
+    pub fn shutdown(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether shutdown was requested.
+    pub fn is_requested(&self) -> bool {
+        self.flag.load(Ordering::SeqCst)
+    }
+}
+
+/// Leases of the handlers running now, each with its "abandon" flag, for the heartbeat
+/// thread and for shutdown.
+#[derive(Default)]
+struct Active {
+    leases: Mutex<HashMap<Lease, Arc<AtomicBool>>>,
+}
+
+impl Active {
+    fn lock(&self) -> MutexGuard<'_, HashMap<Lease, Arc<AtomicBool>>> {
+        // A panic while holding this lock cannot leave the map inconsistent (single inserts
+        // and removes), so a poisoned lock is still safe to use.
+        self.leases.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    succeeded: AtomicU64,
+    failed: AtomicU64,
+    lease_lost: AtomicU64,
+    released: AtomicU64,
+    reaped: AtomicU64,
+}
+
+/// Runs a handler over the jobs of one queue.
+pub struct Worker<H> {
+    queue: Queue,
+    config: WorkerConfig,
+    handler: Arc<H>,
+    shutdown: ShutdownHandle,
+}
+
+impl<H, O> Worker<H>
+where
+    H: Fn(&JobContext) -> std::result::Result<O, HandlerError> + Send + Sync + 'static,
+    O: Serialize,
+{
+    /// A worker for `config.queue` running `handler`.
+    pub fn new(queue: Queue, config: WorkerConfig, handler: H) -> Self {
+        Worker {
+            queue,
+            config,
+            handler: Arc::new(handler),
+            shutdown: ShutdownHandle::default(),
+        }
+    }
+
+    /// A handle that stops this worker.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        self.shutdown.clone()
+    }
+
+    /// Runs until shutdown (or, with `exit_when_empty`, until the queue is drained). Returns
+    /// what was done; an error only if the worker could not start.
+    pub fn run(&self) -> Result<WorkerReport> {
+        crate::models::validate_queue_name(&self.config.queue)?;
+        if self.config.concurrency == 0 {
+            return Err(Error::InvalidArgument {
+                field: "concurrency",
+                reason: "must be at least 1".into(),
+            });
+        }
+        if self.config.handle_signals {
+            for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+                signal_hook::flag::register(sig, self.shutdown.flag.clone()).map_err(|e| {
+                    Error::InvalidArgument {
+                        field: "handle_signals",
+                        reason: format!("cannot install the signal handler: {e}"),
+                    }
+                })?;
+            }
+        }
+        let active = Arc::new(Active::default());
+        let counters = Arc::new(Counters::default());
+        let drained = Arc::new(AtomicBool::new(false));
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let stop_heartbeats = Arc::new(AtomicBool::new(false));
+
+        let heartbeater = {
+            let (queue, config, active, counters, stop) = (
+                self.queue.clone(),
+                self.config.clone(),
+                active.clone(),
+                counters.clone(),
+                stop_heartbeats.clone(),
+            );
+            thread::spawn(move || heartbeat_loop(&queue, &config, &active, &counters, &stop))
+        };
+        let threads: Vec<_> = (0..self.config.concurrency)
+            .map(|i| {
+                let ctx = ThreadCtx {
+                    queue: self.queue.clone(),
+                    config: self.config.clone(),
+                    worker_id: format!("{}/{i}", self.config.worker_id),
+                    handler: self.handler.clone(),
+                    shutdown: self.shutdown.clone(),
+                    active: active.clone(),
+                    counters: counters.clone(),
+                    drained: drained.clone(),
+                    in_flight: in_flight.clone(),
+                };
+                thread::spawn(move || ctx.run())
+            })
+            .collect();
+
+        // Wait for the threads to stop on their own (drained) or for shutdown + grace.
+        let mut grace_deadline = None;
+        while threads.iter().any(|t| !t.is_finished()) {
+            if self.shutdown.is_requested() && grace_deadline.is_none() {
+                tracing::info!(grace = ?self.config.grace, "shutdown requested; finishing running jobs");
+                grace_deadline = Some(Instant::now() + self.config.grace);
+            }
+            if grace_deadline.is_some_and(|d| Instant::now() >= d) {
+                break;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        // Past the grace period: give unfinished jobs back, and tell their handlers to stop.
+        for (lease, abandon) in active.lock().drain() {
+            abandon.store(true, Ordering::SeqCst);
+            match self.queue.release(lease) {
+                Ok(()) => {
+                    counters.released.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        job_id = lease.job_id,
+                        "handler did not finish within the grace period; job released"
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(job_id = lease.job_id, error = %e, "could not release job")
+                }
+            }
+        }
+        stop_heartbeats.store(true, Ordering::SeqCst);
+        let _ = heartbeater.join();
+        for t in threads {
+            if t.is_finished() {
+                let _ = t.join();
+            }
+        }
+        Ok(WorkerReport {
+            succeeded: counters.succeeded.load(Ordering::Relaxed),
+            failed: counters.failed.load(Ordering::Relaxed),
+            lease_lost: counters.lease_lost.load(Ordering::Relaxed),
+            released: counters.released.load(Ordering::Relaxed),
+            reaped: counters.reaped.load(Ordering::Relaxed),
+        })
+    }
+}
+
+/// Everything one handler thread needs.
+struct ThreadCtx<H> {
+    queue: Queue,
+    config: WorkerConfig,
+    worker_id: String,
+    handler: Arc<H>,
+    shutdown: ShutdownHandle,
+    active: Arc<Active>,
+    counters: Arc<Counters>,
+    drained: Arc<AtomicBool>,
+    in_flight: Arc<AtomicUsize>,
+}
+
+impl<H, O> ThreadCtx<H>
+where
+    H: Fn(&JobContext) -> std::result::Result<O, HandlerError>,
+    O: Serialize,
+{
+    fn run(&self) {
+        let mut idle = self.config.poll_min;
+        while !self.shutdown.is_requested() && !self.drained.load(Ordering::SeqCst) {
+            self.in_flight.fetch_add(1, Ordering::SeqCst);
+            let claimed =
+                self.queue
+                    .claim(&self.config.queue, 1, &self.worker_id, self.config.lease);
+            let job = match claimed {
+                Ok(mut jobs) if !jobs.is_empty() => jobs.swap_remove(0),
+                Ok(_) => {
+                    self.in_flight.fetch_sub(1, Ordering::SeqCst);
+                    if self.config.exit_when_empty && self.queue_is_drained() {
+                        self.drained.store(true, Ordering::SeqCst);
+                        break;
+                    }
+                    thread::sleep(idle);
+                    idle = (idle * 2).min(self.config.poll_max);
+                    continue;
+                }
+                Err(e) => {
+                    self.in_flight.fetch_sub(1, Ordering::SeqCst);
+                    tracing::error!(error = %e, "claim failed; backing off");
+                    thread::sleep(self.config.poll_max);
+                    continue;
+                }
+            };
+            idle = self.config.poll_min;
+            self.process(job);
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Drained when nothing is queued or running in the database and no thread of ours is
+    /// between a claim and its result (our in-flight claim would otherwise be missed).
+    fn queue_is_drained(&self) -> bool {
+        self.in_flight.load(Ordering::SeqCst) == 0
+            && matches!(self.queue.pending(&self.config.queue), Ok(0))
+    }
+
+    fn process(&self, job: Job) {
+        let lease = job.lease();
+        let abandon = Arc::new(AtomicBool::new(false));
+        self.active.lock().insert(lease, abandon.clone());
+        let ctx = JobContext { job, abandon };
+        let started = Instant::now();
+        let outcome = catch_unwind(AssertUnwindSafe(|| (self.handler)(&ctx)));
+        let elapsed = started.elapsed();
+        self.active.lock().remove(&lease);
+        if ctx.should_abandon() {
+            self.counters.lease_lost.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                job_id = lease.job_id,
+                attempt = lease.attempt,
+                "lease lost or job released while the handler ran; result abandoned"
+            );
+            return;
+        }
+        let recorded = match outcome {
+            Ok(Ok(output)) => match serde_json::to_string(&output) {
+                Ok(json) => self
+                    .queue
+                    .complete_json(lease, &json, elapsed)
+                    .map(|()| &self.counters.succeeded),
+                Err(e) => self
+                    .queue
+                    .fail(
+                        lease,
+                        &format!("output is not serializable as JSON: {e}"),
+                        elapsed,
+                    )
+                    .map(|_| &self.counters.failed),
+            },
+            Ok(Err(e)) => self
+                .queue
+                .fail(lease, &e.message, elapsed)
+                .map(|_| &self.counters.failed),
+            Err(panic) => {
+                let msg = panic_message(&panic);
+                tracing::error!(job_id = lease.job_id, panic = %msg, "handler panicked");
+                self.queue
+                    .fail(lease, &format!("handler panicked: {msg}"), elapsed)
+                    .map(|_| &self.counters.failed)
+            }
+        };
+        match recorded {
+            Ok(counter) => {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) if e.is_lease_lost() => {
+                self.counters.lease_lost.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    job_id = lease.job_id,
+                    "lease lost before the result was recorded; result abandoned"
+                );
+            }
+            // The job stays running and its lease will expire: the reaper gives it back.
+            Err(e) => {
+                tracing::error!(job_id = lease.job_id, error = %e, "could not record the result")
+            }
+        }
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_owned()
+    }
+}
+
+/// Extends the leases of running handlers every `heartbeat_every`, each in its own short
+/// transaction, and reaps expired leases every `reap_every`.
+fn heartbeat_loop(
+    queue: &Queue,
+    config: &WorkerConfig,
+    active: &Active,
+    counters: &Counters,
+    stop: &AtomicBool,
+) {
+    let mut next_beat = Instant::now() + config.heartbeat_every;
+    let mut next_reap = Instant::now();
+    while !stop.load(Ordering::SeqCst) {
+        let now = Instant::now();
+        if now >= next_reap {
+            match queue.reap() {
+                Ok(0) => {}
+                Ok(n) => {
+                    counters.reaped.fetch_add(n as u64, Ordering::Relaxed);
+                    tracing::info!(reaped = n, "requeued jobs whose lease expired");
+                }
+                Err(e) => tracing::warn!(error = %e, "reap failed"),
+            }
+            next_reap = now + config.reap_every;
+        }
+        if now >= next_beat {
+            let leases: Vec<(Lease, Arc<AtomicBool>)> =
+                active.lock().iter().map(|(l, a)| (*l, a.clone())).collect();
+            for (lease, abandon) in leases {
+                match queue.heartbeat(lease, config.lease) {
+                    Ok(_) => {}
+                    Err(e) if e.is_lease_lost() || e.is_not_found() => {
+                        abandon.store(true, Ordering::SeqCst);
+                        tracing::warn!(
+                            job_id = lease.job_id,
+                            "heartbeat: lease lost; the handler's result will be abandoned"
+                        );
+                    }
+                    Err(e) => {
+                        tracing::warn!(job_id = lease.job_id, error = %e, "heartbeat failed; will retry")
+                    }
+                }
+            }
+            next_beat = now + config.heartbeat_every;
+        }
+        thread::sleep(
+            Duration::from_millis(5).max(config.heartbeat_every.min(Duration::from_millis(50))),
+        );
+    }
+}
