@@ -226,7 +226,13 @@ pub fn build_pool(url: &str, config: &Config) -> Result<SqlitePool> {
         url: url.to_owned(),
         source,
     })?;
-    bootstrap(&mut conn, &config.pragmas).map_err(|e| explain_open_error(url, e))?;
+    // Switching to WAL needs an exclusive lock that SQLite's busy handler does not wait for, so
+    // processes opening a fresh file at the same moment can get "database is locked" here:
+    // retried like any busy transaction (it is idempotent).
+    retry_busy(&config.retry, &RetryStats::default(), "open", || {
+        bootstrap(&mut conn, &config.pragmas)
+    })
+    .map_err(|e| explain_open_error(url, e))?;
     drop(conn);
 
     let manager = ConnectionManager::<SqliteConnection>::new(target);

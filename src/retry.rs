@@ -94,22 +94,28 @@ pub fn retry_busy<T>(
     let mut attempts: u32 = 0;
     loop {
         attempts += 1;
-        let err = match transaction() {
+        match transaction() {
             Ok(v) => {
                 stats.transactions.fetch_add(1, Ordering::Relaxed);
                 return Ok(v);
             }
-            Err(e) if e.is_retryable() => e,
+            Err(e) if e.is_retryable() => {}
             Err(e) => {
                 stats.transactions.fetch_add(1, Ordering::Relaxed);
                 return Err(e);
             }
-        };
+        }
         let waited = started.elapsed();
         let delay = policy.delay(attempts - 1, fastrand::f64());
         if attempts >= policy.max_attempts || waited + delay > policy.deadline {
             stats.busy_exhausted.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(transaction = name, attempts, ?waited, error = %err, "database stayed busy; giving up");
+            // The caller receives Error::Busy and decides how loudly to report it.
+            tracing::debug!(
+                transaction = name,
+                attempts,
+                ?waited,
+                "database stayed busy; giving up"
+            );
             return Err(Error::Busy { attempts, waited });
         }
         stats.busy_retries.fetch_add(1, Ordering::Relaxed);

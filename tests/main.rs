@@ -1,8 +1,10 @@
 //! Integration tests: one binary, real SQLite files in temporary directories.
 
 mod busy;
+mod cli;
 mod common;
 mod concurrency;
 mod diesel_cli;
 mod lifecycle;
 mod pool;
+mod worker;

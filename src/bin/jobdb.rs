@@ -127,7 +127,19 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let matches = match <Cli as clap::CommandFactory>::command().try_get_matches() {
+        Ok(m) => m,
+        Err(e) if !e.use_stderr() => e.exit(), // --help, --version
+        Err(e) => {
+            // clap's first line names the problem; the rest is a pointer to --help.
+            let text = e.render().to_string();
+            eprintln!(
+                "jobdb: {}",
+                text.lines().next().unwrap_or("invalid arguments")
+            );
+            return ExitCode::from(2);
+        }
+    };
     // `jobdb bench` uses a temporary file unless the URL was typed on its command line.
     let url_given = matches!(
         matches

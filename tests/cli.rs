@@ -1,0 +1,500 @@
+//! The `jobdb` binary, driven as an operator would: many worker processes on one file, crash
+//! recovery, graceful shutdown, retries, bad input and exit codes.
+
+use std::io::Write;
+use std::process::{Child, Command, Output, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use diesel::connection::SimpleConnection;
+use diesel::{Connection, RunQueryDsl, SqliteConnection};
+use serde_json::Value;
+
+use crate::common::TestDb;
+
+fn jobdb(db: &TestDb) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_jobdb"));
+    cmd.arg("--database-url")
+        .arg(db.url())
+        .env_remove("DATABASE_URL")
+        .env_remove("RUST_LOG");
+    cmd
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("run jobdb")
+}
+
+fn ok_stdout(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn stats(db: &TestDb) -> Value {
+    serde_json::from_str(&ok_stdout(jobdb(db).args(["stats", "--json"]))).unwrap()
+}
+
+fn show(db: &TestDb, id: i64) -> Value {
+    serde_json::from_str(&ok_stdout(jobdb(db).args([
+        "show",
+        &id.to_string(),
+        "--json",
+    ])))
+    .unwrap()
+}
+
+fn spawn_worker(db: &TestDb, args: &[&str]) -> Child {
+    jobdb(db)
+        .arg("work")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn write_ndjson(db: &TestDb, n: usize) -> std::path::PathBuf {
+    let path = db.path.with_file_name("jobs.ndjson");
+    let mut f = std::fs::File::create(&path).unwrap();
+    for i in 0..n {
+        writeln!(f, r#"{{"n":{i},"text":"job number {i}"}}"#).unwrap();
+    }
+    path
+}
+
+/// Every job: state succeeded, exactly one succeeded results row, whose output equals the
+/// payload (the handler is `cat`). Checked in SQL.
+fn assert_all_succeeded_once_with_output_equal_payload(db: &TestDb, n: i64) {
+    #[derive(diesel::QueryableByName, Debug, PartialEq)]
+    struct Row {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        jobs: i64,
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        good: i64,
+    }
+    let mut conn = SqliteConnection::establish(&db.url()).unwrap();
+    let row: Row = diesel::sql_query(
+        "SELECT count(*) AS jobs, coalesce(sum(j.state = 'succeeded' AND \
+           (SELECT count(*) FROM results r WHERE r.job_id = j.id AND r.outcome = 'succeeded') = 1 AND \
+           (SELECT json(r.output) FROM results r WHERE r.job_id = j.id AND r.outcome = 'succeeded') = json(j.payload)), 0) AS good \
+         FROM jobs j",
+    )
+    .get_result(&mut conn)
+    .unwrap();
+    assert_eq!(row, Row { jobs: n, good: n });
+}
+
+fn integrity_ok(db: &TestDb) {
+    let mut conn = SqliteConnection::establish(&db.url()).unwrap();
+    #[derive(diesel::QueryableByName)]
+    struct R {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        integrity_check: String,
+    }
+    let r: R = diesel::sql_query("PRAGMA integrity_check")
+        .get_result(&mut conn)
+        .unwrap();
+    assert_eq!(r.integrity_check, "ok");
+}
+
+#[test]
+fn four_worker_processes_drain_two_thousand_jobs_exactly_once() {
+    let db = TestDb::new();
+    let file = write_ndjson(&db, 2000);
+    assert_eq!(
+        ok_stdout(jobdb(&db).args(["enqueue", "--file"]).arg(&file)).trim(),
+        "2000"
+    );
+
+    let workers: Vec<Child> = (0..4)
+        .map(|_| {
+            spawn_worker(
+                &db,
+                &["--concurrency", "4", "--exit-when-empty", "--exec", "cat"],
+            )
+        })
+        .collect();
+    for w in workers {
+        let out = w.wait_with_output().unwrap();
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "worker failed: {all}");
+        assert!(!all.contains("database is locked"), "{all}");
+    }
+    assert_all_succeeded_once_with_output_equal_payload(&db, 2000);
+    let s = stats(&db);
+    assert_eq!(
+        s,
+        serde_json::json!({"queued":0,"running":0,"succeeded":2000,"dead":0,"cancelled":0})
+    );
+}
+
+#[test]
+fn killed_workers_jobs_come_back_after_the_lease() {
+    let db = TestDb::new();
+    let file = write_ndjson(&db, 60);
+    ok_stdout(jobdb(&db).args(["enqueue", "--file"]).arg(&file));
+
+    let mut victims: Vec<Child> = (0..2)
+        .map(|_| {
+            spawn_worker(
+                &db,
+                &[
+                    "--concurrency",
+                    "4",
+                    "--lease",
+                    "2s",
+                    "--exec",
+                    "sleep 0.2; cat",
+                ],
+            )
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(900));
+    for v in &mut victims {
+        v.kill().unwrap(); // SIGKILL: no chance to release anything
+        v.wait().unwrap();
+    }
+    let s = stats(&db);
+    assert!(
+        s["running"].as_i64().unwrap() > 0,
+        "some jobs were mid-run when killed: {s}"
+    );
+
+    thread::sleep(Duration::from_millis(2200)); // the lease passes
+    let reaped: i64 = ok_stdout(jobdb(&db).arg("reap")).trim().parse().unwrap();
+    assert_eq!(
+        reaped,
+        s["running"].as_i64().unwrap(),
+        "every orphaned job is reaped"
+    );
+
+    let fresh: Vec<Child> = (0..2)
+        .map(|_| {
+            spawn_worker(
+                &db,
+                &[
+                    "--concurrency",
+                    "4",
+                    "--lease",
+                    "2s",
+                    "--exit-when-empty",
+                    "--exec",
+                    "sleep 0.2; cat",
+                ],
+            )
+        })
+        .collect();
+    for f in fresh {
+        assert!(f.wait_with_output().unwrap().status.success());
+    }
+    assert_all_succeeded_once_with_output_equal_payload(&db, 60);
+    integrity_ok(&db);
+}
+
+#[test]
+fn sigterm_exits_within_the_grace_period_and_leaves_nothing_running() {
+    let db = TestDb::new();
+    for i in 0..4 {
+        ok_stdout(jobdb(&db).args(["enqueue", &format!(r#"{{"i":{i}}}"#)]));
+    }
+    // One handler that finishes inside the grace period, then one that never would.
+    let worker = spawn_worker(
+        &db,
+        &[
+            "--concurrency",
+            "2",
+            "--grace",
+            "3s",
+            "--exec",
+            "sleep 0.5; cat",
+        ],
+    );
+    thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    unsafe_sigterm(&worker);
+    let out = worker.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "exited within grace: {:?}",
+        started.elapsed()
+    );
+    let s = stats(&db);
+    assert_eq!(s["running"], 0, "{s}");
+    assert_eq!(s["succeeded"], 2, "the two running jobs finished: {s}");
+    assert_eq!(s["queued"], 2, "{s}");
+
+    let stuck = spawn_worker(
+        &db,
+        &[
+            "--concurrency",
+            "1",
+            "--grace",
+            "500ms",
+            "--exec",
+            "sleep 30",
+        ],
+    );
+    thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    unsafe_sigterm(&stuck);
+    let out = stuck.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    let s = stats(&db);
+    assert_eq!(s["running"], 0, "the unfinished job was released: {s}");
+    assert_eq!(s["queued"], 2, "{s}");
+}
+
+fn unsafe_sigterm(child: &Child) {
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn a_failing_command_is_retried_until_dead() {
+    let db = TestDb::new();
+    let id: i64 = ok_stdout(jobdb(&db).args(["enqueue", "--max-attempts", "3", r#"{"x":1}"#]))
+        .trim()
+        .parse()
+        .unwrap();
+    let out = run(jobdb(&db).env("JOBDB_JOB_BACKOFF_BASE_MS", "50").args([
+        "work",
+        "--exit-when-empty",
+        "--exec",
+        "echo boom >&2; exit 1",
+    ]));
+    assert!(out.status.success());
+    let job = show(&db, id);
+    assert_eq!(job["state"], "dead");
+    assert_eq!(job["attempts"], 3);
+    let results = job["results"].as_array().unwrap();
+    assert_eq!(results.len(), 3);
+    for (i, r) in results.iter().enumerate() {
+        assert_eq!(r["attempt"], i as i64 + 1);
+        assert_eq!(r["outcome"], "failed");
+        assert_eq!(r["error"], "exit status 1: boom");
+    }
+}
+
+#[test]
+fn show_and_stats_print_the_documented_json() {
+    let db = TestDb::new();
+    let id: i64 = ok_stdout(jobdb(&db).args([
+        "enqueue",
+        "--queue",
+        "q1",
+        "--priority",
+        "-3",
+        r#"{"a":[1,2]}"#,
+    ]))
+    .trim()
+    .parse()
+    .unwrap();
+    ok_stdout(jobdb(&db).args([
+        "work",
+        "--queue",
+        "q1",
+        "--exit-when-empty",
+        "--exec",
+        "echo '{\"done\":true}'",
+    ]));
+    let job = show(&db, id);
+    assert_eq!(job["id"], id);
+    assert_eq!(job["queue"], "q1");
+    assert_eq!(job["state"], "succeeded");
+    assert_eq!(job["attempts"], 1);
+    assert_eq!(job["max_attempts"], 5);
+    assert_eq!(job["payload"], serde_json::json!({"a":[1,2]}));
+    assert_eq!(job["results"][0]["outcome"], "succeeded");
+    assert_eq!(
+        job["results"][0]["output"],
+        serde_json::json!({"done": true})
+    );
+    assert_eq!(job["results"][0]["error"], Value::Null);
+    let s: Value = serde_json::from_str(&ok_stdout(
+        jobdb(&db).args(["stats", "--queue", "q1", "--json"]),
+    ))
+    .unwrap();
+    assert_eq!(
+        s,
+        serde_json::json!({"queued":0,"running":0,"succeeded":1,"dead":0,"cancelled":0})
+    );
+
+    // Non-JSON stdout is stored as a JSON string.
+    let id2: i64 = ok_stdout(jobdb(&db).args(["enqueue", "{}"]))
+        .trim()
+        .parse()
+        .unwrap();
+    ok_stdout(jobdb(&db).args(["work", "--exit-when-empty", "--exec", "echo plain text"]));
+    assert_eq!(show(&db, id2)["results"][0]["output"], "plain text\n");
+}
+
+#[test]
+fn delayed_jobs_wait_for_their_time() {
+    let db = TestDb::new();
+    let id: i64 = ok_stdout(jobdb(&db).args(["enqueue", "--delay", "1h", "{}"]))
+        .trim()
+        .parse()
+        .unwrap();
+    let later: i64 =
+        ok_stdout(jobdb(&db).args(["enqueue", "--run-at", "2999-01-01T00:00:00Z", "{}"]))
+            .trim()
+            .parse()
+            .unwrap();
+    let q = db.queue();
+    assert!(q
+        .claim("default", 10, "t", Duration::from_secs(1))
+        .unwrap()
+        .is_empty());
+    assert!(q.get_job(id).unwrap().run_at > chrono::Utc::now() + chrono::Duration::minutes(59));
+    assert_eq!(
+        q.get_job(later).unwrap().run_at.to_rfc3339(),
+        "2999-01-01T00:00:00+00:00"
+    );
+}
+
+/// Runs a command that must fail: returns (exit code, the single stderr line).
+fn fails(cmd: &mut Command) -> (i32, String) {
+    let out = run(cmd);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success(),
+        "expected failure, stdout: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(
+        stderr.trim_end().lines().count(),
+        1,
+        "one clear line: {stderr:?}"
+    );
+    (out.status.code().unwrap(), stderr)
+}
+
+#[test]
+fn bad_input_gets_one_clear_line_the_documented_exit_code_and_writes_nothing() {
+    let db = TestDb::new();
+    let (code, err) = fails(jobdb(&db).args(["enqueue", "{not json"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("invalid JSON payload"), "{err}");
+    assert!(
+        !db.path.exists(),
+        "nothing was created for a rejected payload"
+    );
+
+    let file = db.path.with_file_name("bad.ndjson");
+    std::fs::write(&file, "{\"ok\":1}\n{\"ok\":2}\n{oops\n{\"ok\":4}\n").unwrap();
+    let (code, err) = fails(jobdb(&db).args(["enqueue", "--file"]).arg(&file));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("line 3") && err.contains("nothing was enqueued"),
+        "{err}"
+    );
+
+    let (code, err) = fails(jobdb(&db).args(["enqueue", "--max-attempts", "-1", "{}"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("max_attempts"), "{err}");
+    assert_eq!(
+        stats(&db)["queued"],
+        0,
+        "nothing was enqueued by any of the above"
+    );
+
+    let (code, err) = fails(jobdb(&db).args(["show", "424242"]));
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("no job with id 424242"), "{err}");
+
+    let (code, _) = fails(
+        jobdb(&db)
+            .args(["enqueue", "--delay", "5 parsecs", "{}"])
+            .env("NO_COLOR", "1"),
+    );
+    assert_eq!(code, 2);
+
+    let missing = db.path.with_file_name("no/such/dir/jobs.sqlite3");
+    let (code, err) = fails(
+        Command::new(env!("CARGO_BIN_EXE_jobdb"))
+            .arg("--database-url")
+            .arg(&missing)
+            .arg("stats"),
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("does not exist"), "{err}");
+    assert!(!db.path.with_file_name("no").exists());
+
+    let (code, err) = fails(Command::new(env!("CARGO_BIN_EXE_jobdb")).args([
+        "--database-url",
+        ":memory:",
+        "stats",
+    ]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("in-memory"), "{err}");
+}
+
+#[test]
+fn a_database_busy_past_the_deadline_exits_75_and_writes_nothing() {
+    let db = TestDb::new();
+    let _ = db.queue(); // migrated
+    let mut holder = SqliteConnection::establish(&db.url()).unwrap();
+    holder.batch_execute("BEGIN IMMEDIATE").unwrap();
+    let (code, err) = fails(
+        jobdb(&db)
+            .env("JOBDB_BUSY_TIMEOUT_MS", "10")
+            .env("JOBDB_RETRY_DEADLINE_MS", "300")
+            .args(["enqueue", "{}"]),
+    );
+    assert_eq!(code, 75, "{err}");
+    assert!(err.contains("busy"), "{err}");
+    holder.batch_execute("ROLLBACK").unwrap();
+    assert_eq!(stats(&db)["queued"], 0);
+}
+
+#[test]
+fn many_processes_opening_a_fresh_file_at_once_all_succeed() {
+    // The first opener switches the file to WAL, which needs an exclusive lock that busy_timeout
+    // cannot wait on; the others must retry instead of failing.
+    for _round in 0..3 {
+        let db = TestDb::new();
+        let children: Vec<Child> = (0..8)
+            .map(|i| {
+                jobdb(&db)
+                    .args(["enqueue", &format!(r#"{{"i":{i}}}"#)])
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for c in children {
+            let out = c.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        assert_eq!(stats(&db)["queued"], 8);
+    }
+}

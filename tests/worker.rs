@@ -1,0 +1,190 @@
+//! The worker runtime: heartbeats, panics, lost leases, shutdown.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use diesel::connection::SimpleConnection;
+use jobdb::{HandlerError, JobState, NewJob, Outcome, Worker, WorkerConfig};
+
+use crate::common::TestDb;
+
+fn config(queue: &str) -> WorkerConfig {
+    let mut c = WorkerConfig::new(queue).lease(Duration::from_millis(300));
+    c.exit_when_empty = true;
+    c.concurrency = 2;
+    c
+}
+
+#[test]
+fn heartbeats_keep_a_long_handler_leased() {
+    let db = TestDb::new();
+    let q = db.queue();
+    let id = q.enqueue(&NewJob::new("slow", &1).unwrap()).unwrap();
+    // The handler runs for 4 leases; once it runs, a competing claimer polls (and reaps) all
+    // along and must get nothing.
+    let stop = Arc::new(AtomicBool::new(false));
+    let worker = Worker::new(q.clone(), config("slow"), |_job| {
+        thread::sleep(Duration::from_millis(1200));
+        Ok::<_, HandlerError>("done")
+    });
+    let runner = thread::spawn(move || worker.run().unwrap());
+    while q.get_job(id).unwrap().state != JobState::Running {
+        thread::sleep(Duration::from_millis(5));
+    }
+    let rival = {
+        let (q, stop) = (q.clone(), stop.clone());
+        thread::spawn(move || {
+            let mut stolen = 0;
+            while !stop.load(Ordering::SeqCst) {
+                q.reap().unwrap();
+                stolen += q
+                    .claim("slow", 1, "rival", Duration::from_secs(60))
+                    .unwrap()
+                    .len();
+                if stolen > 0 {
+                    break; // fail fast; the assertion below reports it
+                }
+                thread::sleep(Duration::from_millis(20));
+            }
+            stolen
+        })
+    };
+    let report = runner.join().unwrap();
+    stop.store(true, Ordering::SeqCst);
+    assert_eq!(rival.join().unwrap(), 0, "the lease was never lost");
+    assert_eq!(report.succeeded, 1);
+    let job = q.get_job(id).unwrap();
+    assert_eq!((job.state, job.attempts), (JobState::Succeeded, 1));
+}
+
+#[test]
+fn a_panicking_handler_fails_that_attempt_and_the_worker_goes_on() {
+    let db = TestDb::new();
+    let q = db.queue();
+    let bad = q
+        .enqueue(&NewJob::new("p", &"panic").unwrap().max_attempts(1))
+        .unwrap();
+    let good = q.enqueue(&NewJob::new("p", &"fine").unwrap()).unwrap();
+    let report = Worker::new(q.clone(), config("p"), |job| {
+        let what: String = job.payload()?;
+        if what == "panic" {
+            panic!("handler exploded");
+        }
+        Ok(what)
+    })
+    .run()
+    .unwrap();
+    assert_eq!((report.succeeded, report.failed), (1, 1));
+    assert_eq!(q.get_job(bad).unwrap().state, JobState::Dead);
+    let r = q.get_results(bad).unwrap();
+    assert_eq!(r[0].outcome, Outcome::Failed);
+    assert!(
+        r[0].error.as_deref().unwrap().contains("handler exploded"),
+        "{r:?}"
+    );
+    assert_eq!(q.get_job(good).unwrap().state, JobState::Succeeded);
+}
+
+#[test]
+fn a_lease_lost_while_the_handler_runs_abandons_the_result() {
+    let db = TestDb::new();
+    let q = db.queue();
+    let id = q.enqueue(&NewJob::new("lost", &1).unwrap()).unwrap();
+    let saw_abandon = Arc::new(AtomicBool::new(false));
+    let worker = {
+        let saw = saw_abandon.clone();
+        let mut c = config("lost");
+        c.exit_when_empty = false;
+        c.concurrency = 1;
+        Worker::new(q.clone(), c, move |ctx| {
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_secs(5) {
+                if ctx.should_abandon() {
+                    saw.store(true, Ordering::SeqCst);
+                    break;
+                }
+                thread::sleep(Duration::from_millis(10));
+            }
+            Ok::<_, HandlerError>("stale result")
+        })
+    };
+    let shutdown = worker.shutdown_handle();
+    let runner = thread::spawn(move || worker.run().unwrap());
+    // Wait until it runs, then steal the job: expire the lease, reap, and claim it elsewhere.
+    while q.get_job(id).unwrap().state != JobState::Running {
+        thread::sleep(Duration::from_millis(10));
+    }
+    let mut conn = q.pool().get().unwrap();
+    conn.batch_execute("UPDATE jobs SET lease_expires_at = '2000-01-01 00:00:00'")
+        .unwrap();
+    drop(conn);
+    assert_eq!(q.reap().unwrap(), 1);
+    let thief = q
+        .claim("lost", 1, "thief", Duration::from_secs(60))
+        .unwrap()
+        .remove(0);
+
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !saw_abandon.load(Ordering::SeqCst) && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        saw_abandon.load(Ordering::SeqCst),
+        "the heartbeat told the handler"
+    );
+    shutdown.shutdown();
+    let report = runner.join().unwrap();
+    assert_eq!(report.lease_lost, 1);
+    assert_eq!(report.succeeded, 0);
+    // Nothing of the old attempt was recorded as success; the thief still owns the job.
+    let results = q.get_results(id).unwrap();
+    assert!(
+        results.iter().all(|r| r.outcome == Outcome::Failed),
+        "{results:?}"
+    );
+    q.complete(thief.lease(), &"thief's result", Duration::ZERO)
+        .unwrap();
+}
+
+#[test]
+fn the_shutdown_handle_stops_claiming_and_lets_running_handlers_finish() {
+    let db = TestDb::new();
+    let q = db.queue();
+    q.enqueue_many(
+        &(0..20)
+            .map(|i| NewJob::new("s", &i).unwrap())
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    let started = Arc::new(AtomicUsize::new(0));
+    let mut c = config("s");
+    c.exit_when_empty = false;
+    c.grace = Duration::from_secs(5);
+    let worker = {
+        let started = started.clone();
+        Worker::new(q.clone(), c, move |_| {
+            started.fetch_add(1, Ordering::SeqCst);
+            thread::sleep(Duration::from_millis(200));
+            Ok::<_, HandlerError>(())
+        })
+    };
+    let shutdown = worker.shutdown_handle();
+    let runner = thread::spawn(move || worker.run().unwrap());
+    while started.load(Ordering::SeqCst) < 2 {
+        thread::sleep(Duration::from_millis(5));
+    }
+    shutdown.shutdown();
+    let report = runner.join().unwrap();
+    assert_eq!(
+        report.succeeded as usize,
+        started.load(Ordering::SeqCst),
+        "every started job finished"
+    );
+    assert_eq!(report.released, 0);
+    let s = q.stats(Some("s")).unwrap().total;
+    assert_eq!(s.running, 0);
+    assert_eq!(s.succeeded + s.queued, 20);
+    assert!(s.queued > 0, "it stopped claiming");
+}
