@@ -11,12 +11,12 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::models::{Job, JobResult, JobState, Lease, NewJob};
-use crate::pool::{build_pool, run_migrations, Config, SqlitePool};
+use crate::pool::{build_pool, run_migrations, Config, PooledConnection, SqlitePool};
 use crate::queue::{self, Stats, ENQUEUE_CHUNK};
 use crate::retry::{retry_busy, RetrySnapshot, RetryStats};
 
-/// A cheap-to-clone handle to a queue database: a connection pool, the configuration, and the
-/// retry counters shared by every clone.
+/// A cheap-to-clone handle to a queue database: a connection pool, the process's writer
+/// connection, the configuration, and the retry counters shared by every clone.
 #[derive(Clone)]
 pub struct Queue {
     inner: Arc<Inner>,
@@ -26,6 +26,23 @@ struct Inner {
     pool: SqlitePool,
     config: Config,
     stats: RetryStats,
+    /// The one connection every write transaction of this handle runs on, behind a mutex.
+    ///
+    /// Why one writer: SQLite lets one transaction write at a time anyway, and in WAL mode a
+    /// connection that did not make the previous commit finds the WAL changed and throws its
+    /// whole page cache away, so N connections taking turns each start every transaction
+    /// cold. One connection keeps its page cache and prepared statements warm, and threads
+    /// queue on a mutex instead of polling the file lock through SQLite's busy handler, which
+    /// sleeps 1, 2, 5 … 100 ms per wait and lets unlucky threads starve for seconds. Other
+    /// processes still meet at the file lock (busy_timeout and the retry loop). Reads use the
+    /// rest of the pool and never wait for the writer (WAL).
+    writer: parking_lot::Mutex<Option<PooledConnection>>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Read,
+    Write,
 }
 
 impl std::fmt::Debug for Queue {
@@ -50,12 +67,15 @@ impl Queue {
     }
 
     /// Wraps a pool built by [`build_pool`] (or by the caller, with the same customizer).
+    /// Each handle (and its clones) has one writer connection: open one `Queue` per database
+    /// per process and clone it.
     pub fn from_pool(pool: SqlitePool, config: Config) -> Queue {
         Queue {
             inner: Arc::new(Inner {
                 pool,
                 config,
                 stats: RetryStats::default(),
+                writer: parking_lot::Mutex::new(None),
             }),
         }
     }
@@ -81,17 +101,50 @@ impl Queue {
         self.inner.stats.snapshot()
     }
 
-    /// Runs `op` on one pooled connection, re-running it whole while the database is busy.
-    /// `op` must be a whole transaction (every `queue` function is).
+    /// Runs `op`, a whole write transaction (every `queue` function is one), on the writer
+    /// connection, re-running it whole while the database is busy. `op` must not call this
+    /// `Queue` itself (the writer is not re-entrant).
     pub fn run<T>(
         &self,
         name: &'static str,
+        op: impl FnMut(&mut SqliteConnection) -> Result<T>,
+    ) -> Result<T> {
+        self.call(name, Kind::Write, op)
+    }
+
+    fn read<T>(
+        &self,
+        name: &'static str,
+        op: impl FnMut(&mut SqliteConnection) -> Result<T>,
+    ) -> Result<T> {
+        self.call(name, Kind::Read, op)
+    }
+
+    fn call<T>(
+        &self,
+        name: &'static str,
+        kind: Kind,
         mut op: impl FnMut(&mut SqliteConnection) -> Result<T>,
     ) -> Result<T> {
-        let mut conn = self.inner.pool.get()?;
-        retry_busy(&self.inner.config.retry, &self.inner.stats, name, || {
-            op(&mut conn)
-        })
+        let (policy, stats) = (&self.inner.config.retry, &self.inner.stats);
+        if kind == Kind::Read {
+            let mut conn = self.inner.pool.get()?;
+            return retry_busy(policy, stats, name, || op(&mut conn));
+        }
+        let mut writer = self.inner.writer.lock();
+        if writer.is_none() {
+            *writer = Some(self.inner.pool.get()?);
+        }
+        let Some(conn) = writer.as_mut() else {
+            unreachable!("the writer connection was set just above")
+        };
+        let result = retry_busy(policy, stats, name, || op(conn));
+        if result.is_err() && crate::backend::sqlite::in_transaction(conn) {
+            // A transaction that could not even be rolled back: hand the connection back to
+            // the pool (which discards it as broken) and open a fresh one next time.
+            *writer = None;
+        }
+        result
     }
 
     /// Enqueues one job; returns its id.
@@ -213,22 +266,22 @@ impl Queue {
 
     /// Counts per queue and state.
     pub fn stats(&self, queue_name: Option<&str>) -> Result<Stats> {
-        self.run("stats", |c| queue::stats(c, queue_name))
+        self.read("stats", |c| queue::stats(c, queue_name))
     }
 
     /// One job by id.
     pub fn get_job(&self, job_id: i64) -> Result<Job> {
-        self.run("get_job", |c| queue::get_job(c, job_id))
+        self.read("get_job", |c| queue::get_job(c, job_id))
     }
 
     /// All finished attempts of a job.
     pub fn get_results(&self, job_id: i64) -> Result<Vec<JobResult>> {
-        self.run("get_results", |c| queue::get_results(c, job_id))
+        self.read("get_results", |c| queue::get_results(c, job_id))
     }
 
     /// Queued (due or scheduled) plus running jobs of `queue`.
     pub fn pending(&self, queue_name: &str) -> Result<i64> {
-        self.run("pending", |c| {
+        self.read("pending", |c| {
             crate::backend::sqlite::pending_count(c, queue_name)
         })
     }

@@ -36,7 +36,8 @@ pub fn write_transaction<T>(
     result
 }
 
-fn in_transaction(conn: &mut SqliteConnection) -> bool {
+/// Whether a transaction is open on `conn` (or left in error, needing a rollback).
+pub fn in_transaction(conn: &mut SqliteConnection) -> bool {
     use diesel::connection::TransactionManagerStatus;
     match AnsiTransactionManager::transaction_manager_status_mut(conn) {
         TransactionManagerStatus::Valid(status) => status.transaction_depth().is_some(),
@@ -131,7 +132,7 @@ pub fn claim(
         ),
     )
     .load(conn)?;
-    rows.sort_by(|a, b| (a.priority, a.run_at, a.id).cmp(&(b.priority, b.run_at, b.id)));
+    rows.sort_by_key(|r| (r.priority, r.run_at, r.id));
     Ok(rows)
 }
 
