@@ -55,6 +55,7 @@ struct PhaseReport {
     errors: u64,
     busy_retries: u64,
     busy_exhausted: u64,
+    commits: u64,
     peak_rss_kib: u64,
     claim_latencies_us: Vec<u64>,
 }
@@ -86,6 +87,9 @@ pub struct BenchReport {
     pub busy_retries: u64,
     /// Operations that gave up busy (surfaced as errors).
     pub busy_exhausted: u64,
+    /// Write transactions committed by the worker phase (group commit makes this smaller than
+    /// the number of operations: 3 per job).
+    pub commits: u64,
     /// Errors that reached the workers.
     pub errors: u64,
     /// Jobs not succeeded at the end.
@@ -252,6 +256,7 @@ fn worker_phase(
         errors: errors.load(Ordering::Relaxed),
         busy_retries: after.busy_retries - before.busy_retries,
         busy_exhausted: after.busy_exhausted - before.busy_exhausted,
+        commits: after.transactions - before.transactions,
         peak_rss_kib: peak_rss_kib(),
         claim_latencies_us: latencies,
     })
@@ -310,11 +315,11 @@ fn worker_loop(
             .iter()
             .map(|&lease| Completion {
                 lease,
-                output_json: OUTPUT,
+                output_json: OUTPUT.to_owned(),
                 duration: t.elapsed(),
             })
             .collect();
-        match queue.complete_many(&items) {
+        match queue.complete_many(items) {
             Ok(each) => {
                 for r in each {
                     match r {
@@ -426,6 +431,7 @@ fn summarize(
         claim_max_ms: lat.last().map_or(0.0, |&us| us as f64 / 1000.0),
         busy_retries: phases.iter().map(|p| p.busy_retries).sum(),
         busy_exhausted: phases.iter().map(|p| p.busy_exhausted).sum(),
+        commits: phases.iter().map(|p| p.commits).sum(),
         errors: phases.iter().map(|p| p.errors).sum(),
         lost: audit.not_succeeded + (args.jobs as i64 - audit.jobs),
         duplicated: audit.duplicated,
@@ -455,6 +461,13 @@ fn print_table(r: &BenchReport) {
     println!(
         "  claim latency    p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
         r.claim_p50_ms, r.claim_p99_ms, r.claim_max_ms
+    );
+    // Each job is 3 operations (claim, heartbeat, complete); a batch of K is 3 per K jobs.
+    let ops = (r.jobs * 3) as f64 / f64::from(r.batch);
+    println!(
+        "  commits {}  ({:.2} operations per commit)",
+        r.commits,
+        ops / r.commits.max(1) as f64
     );
     println!(
         "  busy retries {}  busy exhausted {}  errors surfaced {}",

@@ -108,6 +108,11 @@ pub enum Error {
     /// Any other database error, kept whole (never stringified).
     #[error("database error: {0}")]
     Database(#[source] DieselError),
+
+    /// The group commit this operation was part of failed with this error (every operation of
+    /// the group receives it). The predicates look through it.
+    #[error(transparent)]
+    Shared(std::sync::Arc<Error>),
 }
 
 /// Shorthand for `Result<T, jobdb::Error>`.
@@ -118,7 +123,7 @@ impl Error {
     /// codes), or the retry wrapper gave up on it ([`Error::Busy`]). Busy errors are
     /// transient: the whole transaction may be re-run.
     pub fn is_busy(&self) -> bool {
-        match self {
+        match self.root() {
             Error::Busy { .. } => true,
             Error::Database(e) => is_busy_diesel(e),
             _ => false,
@@ -127,21 +132,32 @@ impl Error {
 
     /// True for [`Error::LeaseLost`].
     pub fn is_lease_lost(&self) -> bool {
-        matches!(self, Error::LeaseLost { .. })
+        matches!(self.root(), Error::LeaseLost { .. })
     }
 
     /// True for [`Error::NotFound`].
     pub fn is_not_found(&self) -> bool {
-        matches!(self, Error::NotFound { .. })
+        matches!(self.root(), Error::NotFound { .. })
     }
 
     /// True when the caller passed a bad value: invalid JSON, an out-of-range argument or an
-    /// unusable database URL.
+    /// unusable database URL (including one where WAL cannot be enabled, such as `:memory:`).
     pub fn is_invalid_input(&self) -> bool {
         matches!(
-            self,
-            Error::Json { .. } | Error::InvalidArgument { .. } | Error::InvalidDatabaseUrl { .. }
+            self.root(),
+            Error::Json { .. }
+                | Error::InvalidArgument { .. }
+                | Error::InvalidDatabaseUrl { .. }
+                | Error::WalUnavailable { .. }
         )
+    }
+
+    /// The error itself, or the one inside [`Error::Shared`].
+    pub fn root(&self) -> &Error {
+        match self {
+            Error::Shared(e) => e.root(),
+            e => e,
+        }
     }
 
     /// True when a raw retryable busy error is inside (not the final [`Error::Busy`]): this is

@@ -9,9 +9,10 @@ use chrono::{DateTime, Utc};
 use diesel::sqlite::SqliteConnection;
 use serde::Serialize;
 
+use crate::combine::Combiner;
 use crate::error::{Error, Result};
 use crate::models::{Job, JobResult, JobState, Lease, NewJob};
-use crate::pool::{build_pool, run_migrations, Config, PooledConnection, SqlitePool};
+use crate::pool::{build_pool, run_migrations, Config, SqlitePool};
 use crate::queue::{self, Stats, ENQUEUE_CHUNK};
 use crate::retry::{retry_busy, RetrySnapshot, RetryStats};
 
@@ -26,23 +27,18 @@ struct Inner {
     pool: SqlitePool,
     config: Config,
     stats: RetryStats,
-    /// The one connection every write transaction of this handle runs on, behind a mutex.
+    /// Every write transaction of this handle runs on ONE writer connection, group-committed.
     ///
     /// Why one writer: SQLite lets one transaction write at a time anyway, and in WAL mode a
     /// connection that did not make the previous commit finds the WAL changed and throws its
     /// whole page cache away, so N connections taking turns each start every transaction
-    /// cold. One connection keeps its page cache and prepared statements warm, and threads
-    /// queue on a mutex instead of polling the file lock through SQLite's busy handler, which
-    /// sleeps 1, 2, 5 … 100 ms per wait and lets unlucky threads starve for seconds. Other
+    /// cold. One connection keeps its page cache and prepared statements warm; threads queue
+    /// in-process instead of polling the file lock through SQLite's busy handler (which sleeps
+    /// 1, 2, 5 … 100 ms per wait and lets unlucky threads starve for seconds); and operations
+    /// that queue up while one commits are committed together (see `combine.rs`). Other
     /// processes still meet at the file lock (busy_timeout and the retry loop). Reads use the
     /// rest of the pool and never wait for the writer (WAL).
-    writer: parking_lot::Mutex<Option<PooledConnection>>,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Read,
-    Write,
+    writer: Combiner,
 }
 
 impl std::fmt::Debug for Queue {
@@ -75,7 +71,7 @@ impl Queue {
                 pool,
                 config,
                 stats: RetryStats::default(),
-                writer: parking_lot::Mutex::new(None),
+                writer: Combiner::new(),
             }),
         }
     }
@@ -109,50 +105,37 @@ impl Queue {
         name: &'static str,
         op: impl FnMut(&mut SqliteConnection) -> Result<T>,
     ) -> Result<T> {
-        self.call(name, Kind::Write, op)
+        let i = &self.inner;
+        i.writer
+            .direct(&i.pool, &i.config.retry, &i.stats, name, op)
     }
 
+    /// Runs a write operation as part of a group commit (see `combine.rs`).
+    fn write<T: Send + 'static>(
+        &self,
+        op: impl FnMut(&mut SqliteConnection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let i = &self.inner;
+        i.writer.submit(&i.pool, &i.config.retry, &i.stats, op)
+    }
+
+    /// Runs a read on a pooled connection (not the writer).
     fn read<T>(
         &self,
         name: &'static str,
-        op: impl FnMut(&mut SqliteConnection) -> Result<T>,
-    ) -> Result<T> {
-        self.call(name, Kind::Read, op)
-    }
-
-    fn call<T>(
-        &self,
-        name: &'static str,
-        kind: Kind,
         mut op: impl FnMut(&mut SqliteConnection) -> Result<T>,
     ) -> Result<T> {
-        let (policy, stats) = (&self.inner.config.retry, &self.inner.stats);
-        if kind == Kind::Read {
-            let mut conn = self.inner.pool.get()?;
-            return retry_busy(policy, stats, name, || op(&mut conn));
-        }
-        let mut writer = self.inner.writer.lock();
-        if writer.is_none() {
-            *writer = Some(self.inner.pool.get()?);
-        }
-        let Some(conn) = writer.as_mut() else {
-            unreachable!("the writer connection was set just above")
-        };
-        let result = retry_busy(policy, stats, name, || op(conn));
-        if result.is_err() && crate::backend::sqlite::in_transaction(conn) {
-            // A transaction that could not even be rolled back: hand the connection back to
-            // the pool (which discards it as broken) and open a fresh one next time.
-            *writer = None;
-        }
-        result
+        let mut conn = self.inner.pool.get()?;
+        retry_busy(&self.inner.config.retry, &self.inner.stats, name, || {
+            op(&mut conn)
+        })
     }
 
     /// Enqueues one job; returns its id.
     pub fn enqueue(&self, job: &NewJob) -> Result<i64> {
         job.validate(self.inner.config.max_payload_bytes)?;
-        let ids = self.run("enqueue", |c| {
-            queue::insert_validated(c, std::slice::from_ref(job))
-        })?;
+        let job = job.clone();
+        let ids = self.write(move |c| queue::insert_validated(c, std::slice::from_ref(&job)))?;
         ids.into_iter().next().ok_or_else(|| Error::CorruptRow {
             table: "jobs",
             reason: "INSERT … RETURNING returned no id".into(),
@@ -167,7 +150,8 @@ impl Queue {
         self.validate_all(jobs)?;
         let mut ids = Vec::with_capacity(jobs.len());
         for chunk in jobs.chunks(ENQUEUE_CHUNK) {
-            ids.extend(self.run("enqueue_many", |c| queue::insert_validated(c, chunk))?);
+            let chunk = chunk.to_vec();
+            ids.extend(self.write(move |c| queue::insert_validated(c, &chunk))?);
         }
         Ok(ids)
     }
@@ -207,7 +191,7 @@ impl Queue {
 
     /// Extends a lease; [`Error::LeaseLost`] if it is no longer ours.
     pub fn heartbeat(&self, lease: Lease, lease_for: Duration) -> Result<DateTime<Utc>> {
-        self.run("heartbeat", |c| queue::heartbeat(c, lease, lease_for))
+        self.write(move |c| queue::heartbeat(c, lease, lease_for))
     }
 
     /// Records success with `output`; fenced by the lease.
@@ -233,8 +217,8 @@ impl Queue {
 
     /// Completes many jobs in one transaction; one result per item (see
     /// [`queue::complete_many`]).
-    pub fn complete_many(&self, items: &[queue::Completion<'_>]) -> Result<Vec<Result<()>>> {
-        self.run("complete_many", |c| queue::complete_many(c, items))
+    pub fn complete_many(&self, items: Vec<queue::Completion>) -> Result<Vec<Result<()>>> {
+        self.write(move |c| queue::complete_many(c, &items))
     }
 
     /// Extends many leases in one transaction; one result per lease.
@@ -251,17 +235,23 @@ impl Queue {
     /// Records a failed attempt; the job is retried with backoff or ends `dead`.
     pub fn fail(&self, lease: Lease, error: &str, duration: Duration) -> Result<JobState> {
         let backoff = self.inner.config.job_backoff;
-        self.run("fail", |c| queue::fail(c, lease, error, duration, &backoff))
+        let error = error.to_owned();
+        self.write(move |c| queue::fail(c, lease, &error, duration, &backoff))
     }
 
     /// Gives a running job back to the queue (shutdown).
     pub fn release(&self, lease: Lease) -> Result<()> {
-        self.run("release", |c| queue::release(c, lease))
+        self.write(move |c| queue::release(c, lease))
     }
 
     /// Requeues jobs whose lease expired; returns how many.
     pub fn reap(&self) -> Result<usize> {
-        self.run("reap", queue::reap)
+        // Find expired leases on a reader (a scan), then take the write lock only for them.
+        let ids = self.read("expired_leases", queue::expired_leases)?;
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        self.write(move |c| queue::reap_listed(c, &ids))
     }
 
     /// Counts per queue and state.
@@ -279,10 +269,13 @@ impl Queue {
         self.read("get_results", |c| queue::get_results(c, job_id))
     }
 
-    /// Queued (due or scheduled) plus running jobs of `queue`.
-    pub fn pending(&self, queue_name: &str) -> Result<i64> {
-        self.read("pending", |c| {
-            crate::backend::sqlite::pending_count(c, queue_name)
-        })
+    /// Queued jobs of `queue`, due or scheduled (cheap: served by the claim index).
+    pub fn queued(&self, queue_name: &str) -> Result<i64> {
+        self.read("queued", |c| queue::queued_count(c, queue_name))
+    }
+
+    /// Whether any job of `queue` is running, in any process (a table scan: use sparingly).
+    pub fn any_running(&self, queue_name: &str) -> Result<bool> {
+        self.read("any_running", |c| queue::any_running(c, queue_name))
     }
 }

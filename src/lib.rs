@@ -28,6 +28,7 @@
 mod backend;
 #[cfg(feature = "cli")]
 pub mod bench;
+mod combine;
 mod error;
 pub mod exec;
 mod handle;

@@ -189,12 +189,12 @@ pub fn complete_json(
 }
 
 /// One completion for [`complete_many`].
-#[derive(Debug, Clone, Copy)]
-pub struct Completion<'a> {
+#[derive(Debug, Clone)]
+pub struct Completion {
     /// The lease the job was claimed under.
     pub lease: Lease,
     /// The output as JSON text.
-    pub output_json: &'a str,
+    pub output_json: String,
     /// How long the handler ran.
     pub duration: Duration,
 }
@@ -202,10 +202,7 @@ pub struct Completion<'a> {
 /// Completes many jobs in ONE transaction (group commit): each is fenced on its own, so a lost
 /// lease fails only its own item ([`Error::LeaseLost`] in its slot) and the rest commit.
 /// Returns one result per item, in order.
-pub fn complete_many(
-    conn: &mut SqliteConnection,
-    items: &[Completion<'_>],
-) -> Result<Vec<Result<()>>> {
+pub fn complete_many(conn: &mut SqliteConnection, items: &[Completion]) -> Result<Vec<Result<()>>> {
     let now = now();
     db::write_transaction(conn, |c| {
         items
@@ -218,7 +215,7 @@ pub fn complete_many(
                 let row = result_row(
                     it.lease,
                     Outcome::Succeeded,
-                    Some(it.output_json),
+                    Some(&it.output_json),
                     None,
                     now,
                     it.duration,
@@ -290,10 +287,35 @@ pub fn release(conn: &mut SqliteConnection, lease: Lease) -> Result<()> {
 }
 
 /// Requeues (or marks dead, when out of attempts) every running job whose lease expired,
-/// recording a failed attempt for each. Returns how many were reaped.
+/// recording a failed attempt for each. Returns how many were reaped. Finding them scans the
+/// table inside the transaction; [`crate::Queue::reap`] scans on a reader first instead.
 pub fn reap(conn: &mut SqliteConnection) -> Result<usize> {
     let now = now();
-    db::write_transaction(conn, |c| db::reap_expired(c, LEASE_EXPIRED_ERROR, now))
+    db::write_transaction(conn, |c| {
+        let ids = db::expired_leases(c, now)?;
+        reap_listed(c, &ids)
+    })
+}
+
+/// Ids of running jobs whose lease has expired (a read).
+pub fn expired_leases(conn: &mut SqliteConnection) -> Result<Vec<i64>> {
+    db::expired_leases(conn, now())
+}
+
+/// Reaps those of `ids` whose lease is still expired (the condition is re-checked, so ids found
+/// by an earlier read are safe to pass). Returns how many were reaped.
+pub fn reap_listed(conn: &mut SqliteConnection, ids: &[i64]) -> Result<usize> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let ids_json = serde_json::to_string(ids).map_err(|source| Error::Json {
+        what: "job ids",
+        source,
+    })?;
+    let now = now();
+    db::write_transaction(conn, |c| {
+        db::reap_ids(c, &ids_json, LEASE_EXPIRED_ERROR, now)
+    })
 }
 
 /// One job by id ([`Error::NotFound`] if there is none).
@@ -339,6 +361,16 @@ pub fn audit(conn: &mut SqliteConnection, queue: &str) -> Result<Audit> {
         not_succeeded,
         duplicated,
     })
+}
+
+/// Queued jobs of `queue`, due or scheduled.
+pub fn queued_count(conn: &mut SqliteConnection, queue: &str) -> Result<i64> {
+    db::queued_count(conn, queue)
+}
+
+/// Whether any job of `queue` is running.
+pub fn any_running(conn: &mut SqliteConnection, queue: &str) -> Result<bool> {
+    db::any_running(conn, queue)
 }
 
 /// The version of the SQLite library in use.

@@ -375,11 +375,13 @@ where
         }
     }
 
-    /// Drained when nothing is queued or running in the database and no thread of ours is
-    /// between a claim and its result (our in-flight claim would otherwise be missed).
+    /// Drained when no thread of ours is between a claim and its result, nothing is queued
+    /// (cheap, by index) and nothing runs anywhere (a scan, reached only when the first two
+    /// hold, i.e. in the last moments of a run).
     fn queue_is_drained(&self) -> bool {
         self.in_flight.load(Ordering::SeqCst) == 0
-            && matches!(self.queue.pending(&self.config.queue), Ok(0))
+            && matches!(self.queue.queued(&self.config.queue), Ok(0))
+            && matches!(self.queue.any_running(&self.config.queue), Ok(false))
     }
 
     fn process(&self, job: Job) {

@@ -340,3 +340,42 @@ fn hostile_text_is_stored_verbatim() {
     assert_eq!(job.payload::<serde_json::Value>().unwrap(), payload);
     assert_eq!(q.stats(Some(queue_name)).unwrap().total.running, 1);
 }
+
+#[test]
+fn batched_completions_fence_each_item_on_its_own() {
+    let db = TestDb::new();
+    let q = db.queue();
+    q.enqueue_many(&(0..4).map(email).collect::<Vec<_>>())
+        .unwrap();
+    let jobs = q.claim("mail", 4, "w", LEASE).unwrap();
+    assert_eq!(jobs.len(), 4);
+    // Job 2's lease is lost: released and reclaimed by someone else.
+    q.release(jobs[2].lease()).unwrap();
+    let thief = q.claim("mail", 1, "thief", LEASE).unwrap().remove(0);
+    assert_eq!(thief.id, jobs[2].id);
+
+    let leases: Vec<_> = jobs.iter().map(|j| j.lease()).collect();
+    let beats = q.heartbeat_many(&leases, LEASE).unwrap();
+    assert_eq!(
+        beats.iter().map(|b| b.is_ok()).collect::<Vec<_>>(),
+        vec![true, true, false, true]
+    );
+    let items = leases
+        .iter()
+        .map(|&lease| jobdb::queue::Completion {
+            lease,
+            output_json: "1".into(),
+            duration: Duration::ZERO,
+        })
+        .collect();
+    let done = q.complete_many(items).unwrap();
+    assert!(done[2].as_ref().unwrap_err().is_lease_lost());
+    assert!(done.iter().enumerate().all(|(i, r)| i == 2 || r.is_ok()));
+    let s = q.stats(Some("mail")).unwrap().total;
+    assert_eq!(
+        (s.succeeded, s.running),
+        (3, 1),
+        "the thief's job is untouched"
+    );
+    assert!(q.get_results(thief.id).unwrap().is_empty());
+}

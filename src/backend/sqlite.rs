@@ -250,29 +250,53 @@ pub fn insert_result(conn: &mut SqliteConnection, row: &NewResultRow<'_>) -> Res
     Ok(())
 }
 
-/// Reaps expired leases: records a failed attempt for each, then requeues it (or marks it
-/// dead when out of attempts). Both statements use the same predicate inside one write
-/// transaction, so they see the same rows. Returns the number of jobs reaped.
-pub fn reap_expired(conn: &mut SqliteConnection, error: &str, now: NaiveDateTime) -> Result<usize> {
-    diesel::sql_query(
+/// Ids of running jobs whose lease expired. A scan of the table (no index is kept on running
+/// leases: see the migration), so callers run it on a reader connection, outside the write lock.
+pub fn expired_leases(conn: &mut SqliteConnection, now: NaiveDateTime) -> Result<Vec<i64>> {
+    Ok(jobs::table
+        .filter(jobs::state.eq("running"))
+        .filter(jobs::lease_expires_at.lt(now))
+        .select(jobs::id)
+        .load(conn)?)
+}
+
+/// Reaps the listed jobs (a JSON array of ids) whose lease is still expired: records a failed
+/// attempt for each, then requeues it (or marks it dead when out of attempts). Both statements
+/// re-check the predicate inside the write transaction, so a stale id list is harmless.
+/// Returns the number of jobs reaped.
+pub fn reap_ids(
+    conn: &mut SqliteConnection,
+    ids_json: &str,
+    error: &str,
+    now: NaiveDateTime,
+) -> Result<usize> {
+    cached(
         "INSERT INTO results (job_id, attempt, outcome, output, error, created_at, duration_ms) \
          SELECT id, attempts, 'failed', NULL, ?, ?, 0 FROM jobs \
-         WHERE state = 'running' AND lease_expires_at < ?",
+         WHERE id IN (SELECT value FROM json_each(?)) \
+           AND state = 'running' AND lease_expires_at < ?",
+        (
+            bind::<Text, _>(error),
+            bind::<Timestamp, _>(now),
+            bind::<Text, _>(ids_json),
+            bind::<Timestamp, _>(now),
+        ),
     )
-    .bind::<Text, _>(error)
-    .bind::<Timestamp, _>(now)
-    .bind::<Timestamp, _>(now)
     .execute(conn)?;
-    Ok(diesel::sql_query(
+    Ok(cached(
         "UPDATE jobs SET \
            state = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'queued' END, \
            run_at = ?, last_error = ?, lease_expires_at = NULL, updated_at = ? \
-         WHERE state = 'running' AND lease_expires_at < ?",
+         WHERE id IN (SELECT value FROM json_each(?)) \
+           AND state = 'running' AND lease_expires_at < ?",
+        (
+            bind::<Timestamp, _>(now),
+            bind::<Text, _>(error),
+            bind::<Timestamp, _>(now),
+            bind::<Text, _>(ids_json),
+            bind::<Timestamp, _>(now),
+        ),
     )
-    .bind::<Timestamp, _>(now)
-    .bind::<Text, _>(error)
-    .bind::<Timestamp, _>(now)
-    .bind::<Timestamp, _>(now)
     .execute(conn)?)
 }
 
@@ -314,19 +338,29 @@ pub fn count_by_queue_state(
     Ok(q.load(conn)?)
 }
 
-/// Queued jobs of `queue` (due or not) and running jobs of `queue`.
-pub fn pending_count(conn: &mut SqliteConnection, queue: &str) -> Result<i64> {
+/// Queued jobs of `queue`, due or not (served by the claim index).
+pub fn queued_count(conn: &mut SqliteConnection, queue: &str) -> Result<i64> {
     #[derive(QueryableByName)]
     struct Row {
         #[diesel(sql_type = BigInt)]
         n: i64,
     }
     let row: Row = cached(
-        "SELECT count(*) AS n FROM jobs WHERE state IN ('queued', 'running') AND queue = ?",
+        "SELECT count(*) AS n FROM jobs WHERE queue = ? AND state = 'queued'",
         (bind::<Text, _>(queue),),
     )
     .get_result(conn)?;
     Ok(row.n)
+}
+
+/// Whether any job of `queue` is running (a scan: no index on running jobs).
+pub fn any_running(conn: &mut SqliteConnection, queue: &str) -> Result<bool> {
+    Ok(diesel::select(diesel::dsl::exists(
+        jobs::table
+            .filter(jobs::queue.eq(queue))
+            .filter(jobs::state.eq("running")),
+    ))
+    .get_result(conn)?)
 }
 
 /// `sqlite_version()`.

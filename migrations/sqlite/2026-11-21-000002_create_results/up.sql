@@ -1,6 +1,8 @@
 -- One row per finished attempt of a job (succeeded or failed).
 CREATE TABLE results (
-    id          INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL,
+    -- A plain rowid, not AUTOINCREMENT: that would rewrite sqlite_sequence on every
+    -- completion. A result is identified by (job_id, attempt); its id is only a row handle.
+    id          INTEGER PRIMARY KEY NOT NULL,
     job_id      BIGINT  NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
     attempt     INTEGER NOT NULL CHECK (attempt >= 1),
     outcome     TEXT    NOT NULL CHECK (outcome IN ('succeeded', 'failed')),

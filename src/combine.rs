@@ -1,0 +1,261 @@
+//! Group commit by flat combining: the write transactions of all threads of a process, run
+//! together on one writer connection.
+//!
+//! A caller queues its operation, then takes the writer lock. Whoever holds the lock runs every
+//! queued operation in ONE `BEGIN IMMEDIATE … COMMIT`, each inside its own SAVEPOINT, so one
+//! operation's failure rolls back only its own writes. Callers read their result only after the
+//! group committed, so nothing acknowledged can be lost; if the group fails, every operation in
+//! it gets the error. Uncontended this is a plain call on the caller's thread; under
+//! contention, operations that arrive while a group commits form the next group, so one commit
+//! (the expensive part of a small transaction) serves many callers.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use diesel::sqlite::SqliteConnection;
+
+use crate::backend::sqlite::{in_transaction, write_transaction};
+use crate::error::{Error, Result};
+use crate::pool::{PooledConnection, SqlitePool};
+use crate::retry::{retry_busy, RetryPolicy, RetryStats};
+
+/// Most operations in one group: bounds how long one commit holds the write lock.
+const MAX_GROUP: usize = 128;
+
+/// Rounds a combiner may run after its own operation is done, while others keep arriving:
+/// amortises the hand-over to another thread without starving its own caller.
+const EXTRA_ROUNDS: usize = 4;
+
+/// An operation waiting in the queue, type-erased.
+trait Op: Send + Sync {
+    /// Runs the operation inside the group's transaction and keeps its result. Returns a
+    /// retryable (busy) error to have the whole group re-run; any other error is the
+    /// operation's own and is kept for its caller.
+    fn run(&self, conn: &mut SqliteConnection) -> Result<()>;
+    /// The group failed: this is the operation's result.
+    fn fail(&self, err: Arc<Error>);
+    /// The group committed (or failed): wake the caller.
+    fn publish(&self);
+    /// Ask the caller to take the writer lock and combine (nobody else is doing it).
+    fn kick(&self);
+}
+
+struct State<T, F> {
+    f: F,
+    /// Set by whoever ran the operation; visible to the caller only after `done`.
+    result: Option<Result<T>>,
+    done: bool,
+    kicked: bool,
+}
+
+struct Task<T, F> {
+    state: Mutex<State<T, F>>,
+    wake: Condvar,
+}
+
+impl<T, F> Op for Task<T, F>
+where
+    T: Send,
+    F: FnMut(&mut SqliteConnection) -> Result<T> + Send,
+{
+    fn run(&self, conn: &mut SqliteConnection) -> Result<()> {
+        let mut st = lock(&self.state);
+        // Each operation opens its own savepoint (write_transaction nests), so its error rolls
+        // back its own writes only.
+        match (st.f)(conn) {
+            Err(e) if e.is_retryable() => Err(e),
+            r => {
+                st.result = Some(r);
+                Ok(())
+            }
+        }
+    }
+
+    fn fail(&self, err: Arc<Error>) {
+        lock(&self.state).result = Some(Err(share(&err)));
+    }
+
+    fn publish(&self) {
+        lock(&self.state).done = true;
+        self.wake.notify_one();
+    }
+
+    fn kick(&self) {
+        lock(&self.state).kicked = true;
+        self.wake.notify_one();
+    }
+}
+
+type Queued = Arc<dyn Op>;
+
+/// The writer connection and the operations waiting for it.
+pub(crate) struct Combiner {
+    pending: Mutex<VecDeque<Queued>>,
+    writer: parking_lot::Mutex<Option<PooledConnection>>,
+}
+
+impl Combiner {
+    pub(crate) fn new() -> Self {
+        Combiner {
+            pending: Mutex::new(VecDeque::new()),
+            writer: parking_lot::Mutex::new(None),
+        }
+    }
+
+    /// Runs `f` as part of a group commit; returns its result once the group committed.
+    pub(crate) fn submit<T, F>(
+        &self,
+        pool: &SqlitePool,
+        policy: &RetryPolicy,
+        stats: &RetryStats,
+        f: F,
+    ) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnMut(&mut SqliteConnection) -> Result<T> + Send + 'static,
+    {
+        let task = Arc::new(Task {
+            state: Mutex::new(State {
+                f,
+                result: None,
+                done: false,
+                kicked: false,
+            }),
+            wake: Condvar::new(),
+        });
+        lock(&self.pending).push_back(task.clone());
+        loop {
+            if let Some(mut writer) = self.writer.try_lock() {
+                self.combine(&mut writer, pool, policy, stats, &task);
+                drop(writer);
+                // Work that arrived after our last round: its owner may be asleep, waiting
+                // for a combiner that will not come. Hand the role over.
+                if let Some(next) = lock(&self.pending).front() {
+                    next.kick();
+                }
+            }
+            let mut st = lock(&task.state);
+            while !st.done && !st.kicked {
+                st = task.wake.wait(st).unwrap_or_else(|p| p.into_inner());
+            }
+            if st.done {
+                return st.result.take().unwrap_or_else(|| {
+                    Err(Error::InvalidArgument {
+                        field: "group commit",
+                        reason: "operation finished without a result".into(),
+                    })
+                });
+            }
+            st.kicked = false;
+        }
+    }
+
+    /// Runs groups until our own operation is done, then a few more rounds while work keeps
+    /// arriving.
+    fn combine<T, F>(
+        &self,
+        writer: &mut Option<PooledConnection>,
+        pool: &SqlitePool,
+        policy: &RetryPolicy,
+        stats: &RetryStats,
+        own: &Task<T, F>,
+    ) {
+        let mut extra = 0;
+        loop {
+            let group: Vec<Queued> = {
+                let mut pending = lock(&self.pending);
+                let n = pending.len().min(MAX_GROUP);
+                pending.drain(..n).collect()
+            };
+            if group.is_empty() {
+                return;
+            }
+            self.run_group(writer, pool, policy, stats, &group);
+            if lock(&own.state).done {
+                extra += 1;
+                if extra > EXTRA_ROUNDS {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Runs `f` alone on the writer connection (for callers' own closures, which cannot be
+    /// handed to another thread).
+    pub(crate) fn direct<T>(
+        &self,
+        pool: &SqlitePool,
+        policy: &RetryPolicy,
+        stats: &RetryStats,
+        name: &'static str,
+        mut f: impl FnMut(&mut SqliteConnection) -> Result<T>,
+    ) -> Result<T> {
+        let mut writer = self.writer.lock();
+        let result = checkout(&mut writer, pool)
+            .and_then(|conn| retry_busy(policy, stats, name, || f(conn)));
+        discard_if_broken(&mut writer, &result);
+        drop(writer);
+        if let Some(next) = lock(&self.pending).front() {
+            next.kick();
+        }
+        result
+    }
+
+    fn run_group(
+        &self,
+        writer: &mut Option<PooledConnection>,
+        pool: &SqlitePool,
+        policy: &RetryPolicy,
+        stats: &RetryStats,
+        group: &[Queued],
+    ) {
+        let result = checkout(writer, pool).and_then(|conn| {
+            retry_busy(policy, stats, "group_commit", || {
+                write_transaction(conn, |c| group.iter().try_for_each(|op| op.run(c)))
+            })
+        });
+        discard_if_broken(writer, &result);
+        if let Err(e) = result {
+            let e = Arc::new(e);
+            group.iter().for_each(|op| op.fail(e.clone()));
+        }
+        // Only now, after COMMIT, do callers see their results.
+        group.iter().for_each(|op| op.publish());
+    }
+}
+
+fn checkout<'a>(
+    writer: &'a mut Option<PooledConnection>,
+    pool: &SqlitePool,
+) -> Result<&'a mut PooledConnection> {
+    if writer.is_none() {
+        *writer = Some(pool.get()?);
+    }
+    writer.as_mut().ok_or_else(|| Error::InvalidArgument {
+        field: "writer",
+        reason: "no writer connection".into(),
+    })
+}
+
+/// A transaction that could not even be rolled back: give the connection back to the pool
+/// (which discards it as broken) and open a fresh one next time.
+fn discard_if_broken<T>(writer: &mut Option<PooledConnection>, result: &Result<T>) {
+    if result.is_err() && writer.as_mut().is_some_and(|c| in_transaction(c)) {
+        *writer = None;
+    }
+}
+
+/// The group's error for one of its callers: errors that are plain data are copied (so a
+/// caller sees `Error::Busy { attempts, waited }` itself), the others are shared.
+fn share(err: &Arc<Error>) -> Error {
+    match *err.root() {
+        Error::Busy { attempts, waited } => Error::Busy { attempts, waited },
+        _ => Error::Shared(err.clone()),
+    }
+}
+
+/// Locks a mutex whose data stays consistent even if a holder panicked (results are written
+/// whole), so poisoning is ignored.
+fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
