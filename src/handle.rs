@@ -66,14 +66,19 @@ impl Queue {
     /// Each handle (and its clones) has one writer connection: open one `Queue` per database
     /// per process and clone it.
     pub fn from_pool(pool: SqlitePool, config: Config) -> Queue {
-        Queue {
+        let checkpoint_every = config.checkpoint_every;
+        let queue = Queue {
             inner: Arc::new(Inner {
                 pool,
                 config,
                 stats: RetryStats::default(),
                 writer: Combiner::new(),
             }),
+        };
+        if let Some(every) = checkpoint_every {
+            start_checkpointer(Arc::downgrade(&queue.inner), every);
         }
+        queue
     }
 
     /// Applies pending embedded migrations; returns the versions applied.
@@ -277,5 +282,33 @@ impl Queue {
     /// Whether any job of `queue` is running, in any process (a table scan: use sparingly).
     pub fn any_running(&self, queue_name: &str) -> Result<bool> {
         self.read("any_running", |c| queue::any_running(c, queue_name))
+    }
+}
+
+/// Checkpoints the WAL every `every` on a pooled connection until the queue is dropped.
+/// PASSIVE checkpoints never wait for a lock and never block writers; the fsync they do is
+/// off the commit path (automatic checkpoints are turned off on the queue's connections).
+fn start_checkpointer(queue: std::sync::Weak<Inner>, every: Duration) {
+    let spawned = std::thread::Builder::new()
+        .name("jobdb-checkpoint".into())
+        .spawn(move || loop {
+            std::thread::sleep(every);
+            let Some(inner) = queue.upgrade() else {
+                return;
+            };
+            let done = inner
+                .pool
+                .get()
+                .map_err(Error::from)
+                .and_then(|mut c| crate::backend::sqlite::checkpoint_passive(&mut c));
+            match done {
+                Ok((log, checkpointed)) => {
+                    tracing::trace!(log, checkpointed, "WAL checkpoint")
+                }
+                Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed; will retry"),
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the WAL checkpoint thread; SQLite's automatic checkpoints are off");
     }
 }

@@ -43,6 +43,11 @@ pub struct Config {
     pub max_payload_bytes: usize,
     /// Run pending embedded migrations when a [`crate::Queue`] is opened.
     pub run_migrations: bool,
+    /// Checkpoint the WAL from a background thread this often (PASSIVE: it never blocks
+    /// writers), with automatic checkpoints turned off on the queue's connections. `None`
+    /// keeps SQLite's automatic checkpoints (`pragmas.wal_autocheckpoint`), which run inside
+    /// a commit, while the write lock is held.
+    pub checkpoint_every: Option<Duration>,
 }
 
 impl Default for Config {
@@ -55,6 +60,7 @@ impl Default for Config {
             connection_timeout: Duration::from_secs(30),
             max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
             run_migrations: true,
+            checkpoint_every: Some(Duration::from_millis(500)),
         }
     }
 }
@@ -111,6 +117,10 @@ impl Config {
         }
         if let Some(v) = env_u64("JOBDB_POOL_SIZE")? {
             c.pool_size = to_u32("JOBDB_POOL_SIZE", v)?;
+        }
+        if let Some(ms) = env_u64("JOBDB_CHECKPOINT_EVERY_MS")? {
+            // 0 means: no background checkpoints, SQLite's automatic ones instead.
+            c.checkpoint_every = (ms > 0).then(|| Duration::from_millis(ms));
         }
         if let Some(v) = env_u64("JOBDB_MAX_PAYLOAD_BYTES")? {
             c.max_payload_bytes = usize::try_from(v).unwrap_or(usize::MAX);
@@ -235,6 +245,11 @@ pub fn build_pool(url: &str, config: &Config) -> Result<SqlitePool> {
     .map_err(|e| explain_open_error(url, e))?;
     drop(conn);
 
+    let mut pragmas = config.pragmas.clone();
+    if config.checkpoint_every.is_some() {
+        // The queue's checkpointer thread does it, outside the write lock.
+        pragmas.wal_autocheckpoint = 0;
+    }
     let manager = ConnectionManager::<SqliteConnection>::new(target);
     r2d2::Pool::builder()
         .max_size(config.pool_size)
@@ -244,7 +259,7 @@ pub fn build_pool(url: &str, config: &Config) -> Result<SqlitePool> {
         // r2d2 would run `SELECT 1` on every checkout; a SQLite file handle does not go stale
         // like a socket, and a connection left mid-transaction is caught by `has_broken`.
         .test_on_check_out(false)
-        .connection_customizer(Box::new(ConnectionCustomizer::new(config.pragmas.clone())))
+        .connection_customizer(Box::new(ConnectionCustomizer::new(pragmas)))
         .build(manager)
         .map_err(Error::Pool)
 }

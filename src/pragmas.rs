@@ -84,6 +84,10 @@ pub struct Pragmas {
     pub journal_size_limit: u64,
     /// `temp_store`, see [`TempStore`].
     pub temp_store: TempStore,
+    /// `wal_autocheckpoint` in pages; 0 turns automatic checkpoints off. [`crate::Queue`]
+    /// sets 0 when it checkpoints on a background thread (`Config::checkpoint_every`), so no
+    /// commit pays for a checkpoint's copy and fsync while holding the write lock.
+    pub wal_autocheckpoint: u32,
 }
 
 impl Default for Pragmas {
@@ -95,6 +99,7 @@ impl Default for Pragmas {
             mmap_size: 128 * 1024 * 1024,
             journal_size_limit: 64 * 1024 * 1024,
             temp_store: TempStore::Memory,
+            wal_autocheckpoint: 1000,
         }
     }
 }
@@ -108,8 +113,9 @@ impl Pragmas {
     ///    (The bundled build defaults it ON; a system SQLite does not, so we always set it.)
     /// 3. `synchronous` before the first write on this connection, so no write runs with the
     ///    slower (or less durable) setting.
-    /// 4. `cache_size`, `mmap_size`, `journal_size_limit`, `temp_store`: performance and
-    ///    housekeeping knobs that only need to be in place before the connection does work.
+    /// 4. `cache_size`, `mmap_size`, `journal_size_limit`, `temp_store`, `wal_autocheckpoint`:
+    ///    performance and housekeeping knobs that only need to be in place before the
+    ///    connection does work.
     ///
     /// `journal_mode=WAL` is not here: it is persistent in the file and switching needs an
     /// exclusive lock that busy_timeout cannot wait on, so it is set once when the pool is
@@ -123,6 +129,7 @@ impl Pragmas {
             format!("PRAGMA mmap_size = {};", self.mmap_size),
             format!("PRAGMA journal_size_limit = {};", self.journal_size_limit),
             format!("PRAGMA temp_store = {};", self.temp_store.sql()),
+            format!("PRAGMA wal_autocheckpoint = {};", self.wal_autocheckpoint),
         ]
     }
 
@@ -167,6 +174,16 @@ pub fn read_integer_pragma(conn: &mut SqliteConnection, name: IntegerPragma) -> 
         #[diesel(sql_type = diesel::sql_types::BigInt)]
         value: i64,
     }
+    if name == IntegerPragma::WalAutocheckpoint {
+        // Not available as a pragma_* table-valued function.
+        #[derive(diesel::QueryableByName)]
+        struct Wal {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            wal_autocheckpoint: i64,
+        }
+        let row: Wal = diesel::sql_query("PRAGMA wal_autocheckpoint").get_result(conn)?;
+        return Ok(row.wal_autocheckpoint);
+    }
     let (pragma, column) = name.sql();
     let sql = format!("SELECT {column} AS value FROM pragma_{pragma}");
     let row: Row = diesel::sql_query(sql).get_result(conn)?;
@@ -185,6 +202,7 @@ pub enum IntegerPragma {
     JournalSizeLimit,
     TempStore,
     QueryOnly,
+    WalAutocheckpoint,
 }
 
 impl IntegerPragma {
@@ -199,6 +217,7 @@ impl IntegerPragma {
             IntegerPragma::JournalSizeLimit => ("journal_size_limit", "journal_size_limit"),
             IntegerPragma::TempStore => ("temp_store", "temp_store"),
             IntegerPragma::QueryOnly => ("query_only", "query_only"),
+            IntegerPragma::WalAutocheckpoint => ("wal_autocheckpoint", "wal_autocheckpoint"),
         }
     }
 }

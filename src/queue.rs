@@ -6,7 +6,7 @@
 //! atomically with its own rows. These functions do not retry on busy; [`crate::Queue`] wraps
 //! them with the retry loop. No transaction is ever held while a job's handler runs.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDateTime, Utc};
@@ -199,52 +199,88 @@ pub struct Completion {
     pub duration: Duration,
 }
 
-/// Completes many jobs in ONE transaction (group commit): each is fenced on its own, so a lost
-/// lease fails only its own item ([`Error::LeaseLost`] in its slot) and the rest commit.
-/// Returns one result per item, in order.
+/// Completes many jobs in ONE transaction with set-based statements: each is fenced on its
+/// own, so a lost lease fails only its own item ([`Error::LeaseLost`] in its slot) and the
+/// rest commit. Returns one result per item, in order.
 pub fn complete_many(conn: &mut SqliteConnection, items: &[Completion]) -> Result<Vec<Result<()>>> {
+    let leases: Vec<Lease> = items.iter().map(|it| it.lease).collect();
+    let leases_json = leases_json(&leases)?;
     let now = now();
     db::write_transaction(conn, |c| {
-        items
+        let done: HashSet<i64> = db::succeed_set(c, &leases_json, now)?.into_iter().collect();
+        let rows: Vec<(i64, i32, &str, i64)> = items
             .iter()
+            .filter(|it| done.contains(&it.lease.job_id))
             .map(|it| {
-                let changed = db::mark_succeeded(c, it.lease.job_id, it.lease.attempt, now)?;
-                if let Err(e) = fenced(c, changed, it.lease) {
-                    return Ok(Err(e));
-                }
-                let row = result_row(
-                    it.lease,
-                    Outcome::Succeeded,
-                    Some(&it.output_json),
-                    None,
-                    now,
-                    it.duration,
-                );
-                db::insert_result(c, &row)?;
-                Ok(Ok(()))
+                (
+                    it.lease.job_id,
+                    it.lease.attempt,
+                    it.output_json.as_str(),
+                    millis(it.duration),
+                )
             })
-            .collect()
+            .collect();
+        let rows_json = serde_json::to_string(&rows).map_err(|source| Error::Json {
+            what: "results",
+            source,
+        })?;
+        db::insert_succeeded_results(c, &rows_json, now)?;
+        per_item(c, &leases, &done, |_| ())
     })
 }
 
-/// Extends many leases in ONE transaction; one result per lease, in order (a lost lease fails
+/// Extends many leases in ONE statement; one result per lease, in order (a lost lease fails
 /// only its own slot).
 pub fn heartbeat_many(
     conn: &mut SqliteConnection,
     leases: &[Lease],
     lease_for: Duration,
 ) -> Result<Vec<Result<DateTime<Utc>>>> {
+    let leases_json = leases_json(leases)?;
     let now = now();
     let until = after(now, lease_for);
     db::write_transaction(conn, |c| {
-        leases
-            .iter()
-            .map(|&lease| {
-                let changed = db::heartbeat(c, lease.job_id, lease.attempt, now, until)?;
-                Ok(fenced(c, changed, lease).map(|()| until.and_utc()))
-            })
-            .collect()
+        let extended: HashSet<i64> = db::heartbeat_set(c, &leases_json, now, until)?
+            .into_iter()
+            .collect();
+        per_item(c, leases, &extended, |_| until.and_utc())
     })
+}
+
+fn leases_json(leases: &[Lease]) -> Result<String> {
+    let pairs: Vec<(i64, i32)> = leases.iter().map(|l| (l.job_id, l.attempt)).collect();
+    serde_json::to_string(&pairs).map_err(|source| Error::Json {
+        what: "leases",
+        source,
+    })
+}
+
+/// One result per lease: `ok(lease)` for those in `applied`, the fencing error for the others.
+fn per_item<T>(
+    conn: &mut SqliteConnection,
+    leases: &[Lease],
+    applied: &HashSet<i64>,
+    ok: impl Fn(Lease) -> T,
+) -> Result<Vec<Result<T>>> {
+    leases
+        .iter()
+        .map(|&lease| {
+            if applied.contains(&lease.job_id) {
+                Ok(Ok(ok(lease)))
+            } else {
+                // A query error here is the transaction's error, not this item's.
+                match fenced(conn, 0, lease) {
+                    Err(e) if e.is_lease_lost() || e.is_not_found() => Ok(Err(e)),
+                    Err(e) => Err(e),
+                    Ok(()) => Ok(Ok(ok(lease))),
+                }
+            }
+        })
+        .collect()
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// Records a failed attempt: one `failed` results row, and the job back to `queued` after
@@ -467,6 +503,6 @@ fn result_row<'a>(
         output,
         error,
         created_at: now,
-        duration_ms: i64::try_from(duration.as_millis()).unwrap_or(i64::MAX),
+        duration_ms: millis(duration),
     }
 }

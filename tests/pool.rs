@@ -136,3 +136,40 @@ fn migrations_are_applied_once_and_the_claim_uses_its_index() {
     assert!(plan.contains("jobs_claim_idx"), "claim plan: {plan}");
     assert!(!plan.contains("TEMP B-TREE"), "claim must not sort: {plan}");
 }
+
+#[test]
+fn the_background_checkpointer_backfills_the_wal_with_autocheckpoint_off() {
+    // Probe without side effects: the main database file only grows when WAL pages are
+    // checkpointed into it. With automatic checkpoints off, only our thread can do that.
+    fn main_file_after_load(checkpoint_every: Option<std::time::Duration>) -> (u64, u64) {
+        let db = TestDb::new();
+        let queue = db.queue_with(|c| {
+            c.checkpoint_every = checkpoint_every;
+            c.pragmas.wal_autocheckpoint = 0;
+        });
+        let mut conn = queue.pool().get().unwrap();
+        assert_eq!(
+            read_integer_pragma(&mut conn, IntegerPragma::WalAutocheckpoint).unwrap(),
+            0
+        );
+        drop(conn);
+        std::thread::sleep(std::time::Duration::from_millis(400));
+        let before = std::fs::metadata(&db.path).unwrap().len();
+        let jobs: Vec<_> = (0..3000)
+            .map(|i| jobdb::NewJob::new("ck", &i).unwrap())
+            .collect();
+        queue.enqueue_many(&jobs).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(600));
+        (before, std::fs::metadata(&db.path).unwrap().len())
+    }
+    let (before, after) = main_file_after_load(Some(std::time::Duration::from_millis(100)));
+    assert!(
+        after > before + 100_000,
+        "checkpointed into the database: {before} -> {after}"
+    );
+    let (before, after) = main_file_after_load(None);
+    assert_eq!(
+        after, before,
+        "control: nothing checkpoints without the thread"
+    );
+}

@@ -158,6 +158,75 @@ pub fn heartbeat(
     .execute(conn)?)
 }
 
+/// Extends many leases in one statement. `leases_json` is `[[id, attempt], …]`; returns the
+/// ids whose lease was still ours (the others are not touched).
+pub fn heartbeat_set(
+    conn: &mut SqliteConnection,
+    leases_json: &str,
+    now: NaiveDateTime,
+    lease_expires_at: NaiveDateTime,
+) -> Result<Vec<i64>> {
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = BigInt)]
+        id: i64,
+    }
+    let rows: Vec<Row> = cached(
+        "UPDATE jobs SET heartbeat_at = ?, lease_expires_at = ?, updated_at = ? \
+         FROM (SELECT value ->> 0 AS lid, value ->> 1 AS latt FROM json_each(?)) AS l \
+         WHERE jobs.id = l.lid AND jobs.attempts = l.latt AND jobs.state = 'running' \
+         RETURNING jobs.id AS id",
+        (
+            bind::<Timestamp, _>(now),
+            bind::<Timestamp, _>(lease_expires_at),
+            bind::<Timestamp, _>(now),
+            bind::<Text, _>(leases_json),
+        ),
+    )
+    .load(conn)?;
+    Ok(rows.into_iter().map(|r| r.id).collect())
+}
+
+/// Marks many jobs succeeded in one statement, each only if its lease is still ours.
+/// `leases_json` is `[[id, attempt], …]`; returns the ids that were marked.
+pub fn succeed_set(
+    conn: &mut SqliteConnection,
+    leases_json: &str,
+    now: NaiveDateTime,
+) -> Result<Vec<i64>> {
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = BigInt)]
+        id: i64,
+    }
+    let rows: Vec<Row> = cached(
+        "UPDATE jobs SET state = 'succeeded', lease_expires_at = NULL, updated_at = ?, \
+           last_error = NULL \
+         FROM (SELECT value ->> 0 AS lid, value ->> 1 AS latt FROM json_each(?)) AS l \
+         WHERE jobs.id = l.lid AND jobs.attempts = l.latt AND jobs.state = 'running' \
+         RETURNING jobs.id AS id",
+        (bind::<Timestamp, _>(now), bind::<Text, _>(leases_json)),
+    )
+    .load(conn)?;
+    Ok(rows.into_iter().map(|r| r.id).collect())
+}
+
+/// Inserts many succeeded results rows in one statement. `rows_json` is
+/// `[[job_id, attempt, output_json_text, duration_ms], …]`.
+pub fn insert_succeeded_results(
+    conn: &mut SqliteConnection,
+    rows_json: &str,
+    now: NaiveDateTime,
+) -> Result<usize> {
+    Ok(cached(
+        "INSERT INTO results (job_id, attempt, outcome, output, error, created_at, duration_ms) \
+         SELECT value ->> 0, value ->> 1, 'succeeded', value ->> 2, NULL, ?, value ->> 3 \
+         FROM json_each(?)",
+        (bind::<Timestamp, _>(now), bind::<Text, _>(rows_json)),
+    )
+    .execute(conn)?)
+}
+
 /// Marks a job succeeded if the lease is still ours. Returns rows changed (0 or 1).
 pub fn mark_succeeded(
     conn: &mut SqliteConnection,
@@ -390,4 +459,18 @@ pub fn audit(conn: &mut SqliteConnection, queue: &str) -> Result<(i64, i64, i64)
     .bind::<Text, _>(queue)
     .get_result(conn)?;
     Ok((r.jobs, r.not_succeeded, r.duplicated))
+}
+
+/// `PRAGMA wal_checkpoint(PASSIVE)`: copies what it can from the WAL into the database without
+/// waiting for any lock. Returns (WAL frames, frames checkpointed).
+pub fn checkpoint_passive(conn: &mut SqliteConnection) -> Result<(i64, i64)> {
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = BigInt)]
+        log: i64,
+        #[diesel(sql_type = BigInt)]
+        checkpointed: i64,
+    }
+    let r: Row = diesel::sql_query("PRAGMA wal_checkpoint(PASSIVE)").get_result(conn)?;
+    Ok((r.log, r.checkpointed))
 }
