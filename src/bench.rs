@@ -32,6 +32,9 @@ pub struct BenchArgs {
     /// Jobs per claim; heartbeats and completions of a claim are committed together
     #[arg(long, default_value_t = 1)]
     pub batch: u32,
+    /// Put this many already-succeeded jobs on the queue first (claim cost with a long history)
+    #[arg(long, default_value_t = 0)]
+    pub finished: u64,
     /// Print one JSON object instead of the table
     #[arg(long)]
     pub json: bool,
@@ -67,6 +70,8 @@ pub struct BenchReport {
     pub backend: &'static str,
     /// Jobs processed.
     pub jobs: usize,
+    /// Already-succeeded jobs put on the queue before the run.
+    pub finished: u64,
     /// Worker threads in all.
     pub workers: usize,
     /// OS processes.
@@ -144,6 +149,11 @@ pub fn run(args: &BenchArgs, database_url: Option<&str>) -> Result<()> {
         )
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
+    if args.finished > 0 {
+        progress.set_message("history");
+        let mut conn = queue.pool().get()?;
+        crate::queue::insert_finished(&mut conn, &queue_name, args.finished)?;
+    }
     progress.set_message("enqueue");
     let started = Instant::now();
     let payload_pad = "x".repeat(60);
@@ -421,6 +431,7 @@ fn summarize(
     BenchReport {
         backend: "sqlite",
         jobs: args.jobs,
+        finished: args.finished,
         workers: args.workers,
         processes: args.processes,
         batch: args.batch,
@@ -433,7 +444,7 @@ fn summarize(
         busy_exhausted: phases.iter().map(|p| p.busy_exhausted).sum(),
         commits: phases.iter().map(|p| p.commits).sum(),
         errors: phases.iter().map(|p| p.errors).sum(),
-        lost: audit.not_succeeded + (args.jobs as i64 - audit.jobs),
+        lost: audit.not_succeeded + (args.jobs as i64 + args.finished as i64 - audit.jobs),
         duplicated: audit.duplicated,
         peak_rss_mib: phases
             .iter()

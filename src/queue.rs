@@ -409,6 +409,17 @@ pub fn any_running(conn: &mut SqliteConnection, queue: &str) -> Result<bool> {
     db::any_running(conn, queue)
 }
 
+/// Inserts `n` jobs that already succeeded (history) on `queue`, in one transaction: for
+/// benchmarks that measure the claim with a large table.
+pub fn insert_finished(conn: &mut SqliteConnection, queue: &str, n: u64) -> Result<usize> {
+    let n = i64::try_from(n).map_err(|_| Error::InvalidArgument {
+        field: "finished",
+        reason: format!("{n} is too large"),
+    })?;
+    let now = now();
+    db::write_transaction(conn, |c| db::insert_finished(c, queue, n, now))
+}
+
 /// The version of the SQLite library in use.
 pub fn sqlite_version(conn: &mut SqliteConnection) -> Result<String> {
     db::sqlite_version(conn)

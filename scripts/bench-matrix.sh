@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The figures in README: `jobdb bench` over the configurations the targets name, alternating
+# configurations round by round (so machine noise hits all of them alike), ROUNDS rounds,
+# medians reported with the ratio to one worker. Usage: scripts/bench-matrix.sh [ROUNDS] [JOBS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds=${1:-3}
+jobs=${2:-20000}
+cargo build --release --quiet
+bin=target/release/jobdb
+configs=(
+  "--workers 1"
+  "--workers 16"
+  "--workers 64"
+  "--workers 16 --processes 4"
+  "--workers 64 --processes 8"
+  "--workers 16 --batch 32"
+  "--workers 1 --finished 1000000"
+)
+out=$(mktemp)
+for r in $(seq 1 "$rounds"); do
+  for i in "${!configs[@]}"; do
+    # shellcheck disable=SC2086
+    line=$($bin bench --jobs "$jobs" ${configs[$i]} --json 2>/dev/null) || { echo "bench failed: ${configs[$i]}" >&2; exit 1; }
+    echo "$i $line" >> "$out"
+    echo "round $r: ${configs[$i]} done" >&2
+  done
+done
+python3 - "$out" "${configs[@]}" <<'PY'
+import json, statistics, sys
+path, configs = sys.argv[1], sys.argv[2:]
+runs = {}
+for line in open(path):
+    i, js = line.split(" ", 1)
+    runs.setdefault(int(i), []).append(json.loads(js))
+med = lambda i, k: statistics.median(r[k] for r in runs[i])
+base = med(0, "jobs_per_sec")
+r0 = runs[0][0]
+print(f"SQLite {r0['sqlite_version']}, {len(runs[0])} rounds, medians, {r0['jobs']} jobs per run")
+print(f"| configuration | jobs/s | × 1 worker | claim p50 ms | claim p99 ms | claim max ms | busy retries | errors | lost | duplicated | peak RSS MiB |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
+for i, c in enumerate(configs):
+    rs = runs[i]
+    tot = lambda k: sum(r[k] for r in rs)
+    print(f"| `{c}` | {med(i,'jobs_per_sec'):.0f} | {med(i,'jobs_per_sec')/base:.2f} | {med(i,'claim_p50_ms'):.2f} | {med(i,'claim_p99_ms'):.2f} | {med(i,'claim_max_ms'):.1f} | {med(i,'busy_retries'):.0f} | {tot('errors')} | {tot('lost')} | {tot('duplicated')} | {max(r['peak_rss_mib'] for r in rs):.0f} |")
+PY
+rm -f "$out"
