@@ -193,7 +193,7 @@ impl Combiner {
         let mut writer = self.writer.lock();
         let result = checkout(&mut writer, pool)
             .and_then(|conn| retry_busy(policy, stats, name, || f(conn)));
-        discard_if_broken(&mut writer, &result);
+        discard_if_broken(&mut writer);
         drop(writer);
         if let Some(next) = lock(&self.pending).front() {
             next.kick();
@@ -210,11 +210,13 @@ impl Combiner {
         group: &[Queued],
     ) {
         let result = checkout(writer, pool).and_then(|conn| {
-            retry_busy(policy, stats, "group_commit", || {
-                write_transaction(conn, |c| group.iter().try_for_each(|op| op.run(c)))
+            retry_busy(policy, stats, "group_commit", || match group {
+                // Alone, the operation is its own BEGIN IMMEDIATE transaction: no savepoint.
+                [op] => op.run(conn),
+                _ => write_transaction(conn, |c| group.iter().try_for_each(|op| op.run(c))),
             })
         });
-        discard_if_broken(writer, &result);
+        discard_if_broken(writer);
         if let Err(e) = result {
             let e = Arc::new(e);
             group.iter().for_each(|op| op.fail(e.clone()));
@@ -237,10 +239,11 @@ fn checkout<'a>(
     })
 }
 
-/// A transaction that could not even be rolled back: give the connection back to the pool
-/// (which discards it as broken) and open a fresh one next time.
-fn discard_if_broken<T>(writer: &mut Option<PooledConnection>, result: &Result<T>) {
-    if result.is_err() && writer.as_mut().is_some_and(|c| in_transaction(c)) {
+/// A transaction left open (one that could not even be rolled back): give the connection back
+/// to the pool (which discards it as broken) and open a fresh one next time. Checked after every
+/// use, whatever the result: a lone operation keeps its own error to itself.
+fn discard_if_broken(writer: &mut Option<PooledConnection>) {
+    if writer.as_mut().is_some_and(|c| in_transaction(c)) {
         *writer = None;
     }
 }

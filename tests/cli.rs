@@ -220,19 +220,7 @@ fn sigterm_exits_within_the_grace_period_and_leaves_nothing_running() {
         ],
     );
     thread::sleep(Duration::from_millis(300));
-    let started = Instant::now();
-    unsafe_sigterm(&worker);
-    let out = worker.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "exited within grace: {:?}",
-        started.elapsed()
-    );
+    terminate_within(worker, Duration::from_secs(3));
     let s = stats(&db);
     assert_eq!(s["running"], 0, "{s}");
     assert_eq!(s["succeeded"], 2, "the two running jobs finished: {s}");
@@ -250,27 +238,32 @@ fn sigterm_exits_within_the_grace_period_and_leaves_nothing_running() {
         ],
     );
     thread::sleep(Duration::from_millis(500));
-    let started = Instant::now();
-    unsafe_sigterm(&stuck);
-    let out = stuck.wait_with_output().unwrap();
-    assert!(out.status.success());
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "{:?}",
-        started.elapsed()
-    );
+    terminate_within(stuck, Duration::from_secs(3));
     let s = stats(&db);
     assert_eq!(s["running"], 0, "the unfinished job was released: {s}");
     assert_eq!(s["queued"], 2, "{s}");
 }
 
-fn unsafe_sigterm(child: &Child) {
+/// Sends SIGTERM and checks the worker exits successfully within `limit`.
+fn terminate_within(child: Child, limit: Duration) {
+    let started = Instant::now();
     let status = Command::new("kill")
         .arg("-TERM")
         .arg(child.id().to_string())
         .status()
         .unwrap();
     assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let elapsed = started.elapsed();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        elapsed < limit,
+        "exited within the grace period: {elapsed:?}"
+    );
 }
 
 #[test]

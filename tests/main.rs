@@ -1,6 +1,7 @@
 //! Integration tests: one binary, real SQLite files in temporary directories.
 
 mod busy;
+mod chaos;
 mod cli;
 mod common;
 mod concurrency;

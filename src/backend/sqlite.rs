@@ -136,7 +136,8 @@ pub fn claim(
     Ok(rows)
 }
 
-/// Extends a lease if it is still ours. Returns rows changed (0 or 1).
+/// Extends a lease if it is still ours. Returns rows changed (0 or 1). (`heartbeat_set` does
+/// the same for many leases; this single-row form by primary key is the cheaper hot path.)
 pub fn heartbeat(
     conn: &mut SqliteConnection,
     job_id: i64,
