@@ -130,6 +130,12 @@ impl Error {
         }
     }
 
+    /// True when SQLite reported the database or disk full (SQLITE_FULL). The transaction
+    /// was rolled back; the queue works again once space is freed.
+    pub fn is_storage_full(&self) -> bool {
+        matches!(self.root(), Error::Database(e) if db_message(e) == Some(SQLITE_FULL_MESSAGE))
+    }
+
     /// True for [`Error::LeaseLost`].
     pub fn is_lease_lost(&self) -> bool {
         matches!(self.root(), Error::LeaseLost { .. })
@@ -172,14 +178,21 @@ impl Error {
 /// 2.3 has no Busy error kind: it arrives as `DatabaseError(Unknown, info)`.
 const SQLITE_BUSY_MESSAGE: &str = "database is locked";
 
+/// SQLite's message for SQLITE_FULL (also what `PRAGMA max_page_count` produces).
+const SQLITE_FULL_MESSAGE: &str = "database or disk is full";
+
+fn db_message(e: &DieselError) -> Option<&str> {
+    match e {
+        DieselError::DatabaseError(_, info) => Some(info.message()),
+        _ => None,
+    }
+}
+
 /// The classification, in one place. Only SQLITE_BUSY is busy. SQLITE_LOCKED ("database table
 /// is locked") is a conflict inside one connection, a programming error that waiting cannot
 /// cure, so it is deliberately not matched.
 pub(crate) fn is_busy_diesel(e: &DieselError) -> bool {
-    match e {
-        DieselError::DatabaseError(_, info) => info.message() == SQLITE_BUSY_MESSAGE,
-        _ => false,
-    }
+    db_message(e) == Some(SQLITE_BUSY_MESSAGE)
 }
 
 impl From<DieselError> for Error {

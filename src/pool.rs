@@ -325,10 +325,20 @@ fn prepare_file(url: &str, path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The first statements on a new database: pragmas (busy_timeout first) and WAL, verified.
+/// The first statements on a new database: pragmas (busy_timeout first) and WAL, verified;
+/// then proof that we can take the write lock, so a read-only file or directory is refused
+/// here with a clear error rather than at the first enqueue.
 fn bootstrap(conn: &mut SqliteConnection, pragmas: &Pragmas) -> Result<()> {
+    use diesel::connection::SimpleConnection;
     pragmas.apply(conn)?;
-    enable_wal(conn)
+    enable_wal(conn)?;
+    // SQLite grants BEGIN IMMEDIATE even on a read-only file and fails only on a real write,
+    // so write something and roll it back (nothing is committed).
+    conn.batch_execute("BEGIN IMMEDIATE; CREATE TABLE jobdb_write_probe (x); ROLLBACK;")
+        .inspect_err(|_| {
+            let _ = conn.batch_execute("ROLLBACK");
+        })?;
+    Ok(())
 }
 
 /// Gives SQLite's terse open-time messages the context a user needs.

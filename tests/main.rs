@@ -6,6 +6,7 @@ mod cli;
 mod common;
 mod concurrency;
 mod diesel_cli;
+mod faults;
 mod lifecycle;
 mod pool;
 mod worker;
