@@ -29,8 +29,10 @@ mod backend;
 #[cfg(feature = "cli")]
 pub mod bench;
 mod combine;
+pub mod doctor;
 mod error;
 pub mod exec;
+pub mod fsinfo;
 mod handle;
 pub mod models;
 pub mod pool;

@@ -43,6 +43,9 @@ pub struct Config {
     pub max_payload_bytes: usize,
     /// Run pending embedded migrations when a [`crate::Queue`] is opened.
     pub run_migrations: bool,
+    /// Open databases on network filesystems (NFS, SMB, FUSE, …). WAL's shared memory does not
+    /// work across hosts and is unreliable there; off by default (`JOBDB_ALLOW_NETWORK_FS=1`).
+    pub allow_network_filesystem: bool,
     /// Checkpoint the WAL from a background thread this often (PASSIVE: it never blocks
     /// writers), with automatic checkpoints turned off on the queue's connections. `None`
     /// keeps SQLite's automatic checkpoints (`pragmas.wal_autocheckpoint`), which run inside
@@ -61,6 +64,7 @@ impl Default for Config {
             max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
             run_migrations: true,
             checkpoint_every: Some(Duration::from_millis(500)),
+            allow_network_filesystem: false,
         }
     }
 }
@@ -121,6 +125,9 @@ impl Config {
         if let Some(ms) = env_u64("JOBDB_CHECKPOINT_EVERY_MS")? {
             // 0 means: no background checkpoints, SQLite's automatic ones instead.
             c.checkpoint_every = (ms > 0).then(|| Duration::from_millis(ms));
+        }
+        if let Some(v) = env_u64("JOBDB_ALLOW_NETWORK_FS")? {
+            c.allow_network_filesystem = v != 0;
         }
         if let Some(v) = env_u64("JOBDB_MAX_PAYLOAD_BYTES")? {
             c.max_payload_bytes = usize::try_from(v).unwrap_or(usize::MAX);
@@ -230,6 +237,17 @@ pub fn build_pool(url: &str, config: &Config) -> Result<SqlitePool> {
     config.validate()?;
     let DatabaseUrl::Sqlite(target) = DatabaseUrl::parse(url)?;
     if let Some(path) = DatabaseUrl::Sqlite(target.clone()).file_path() {
+        if let Some(fs) = crate::fsinfo::filesystem_of(&path) {
+            if fs.network && !config.allow_network_filesystem {
+                return Err(Error::InvalidDatabaseUrl {
+                    url: url.to_owned(),
+                    reason: format!(
+                        "it is on a network filesystem ({}); SQLite's WAL needs shared memory on one host. Use a local disk, or set JOBDB_ALLOW_NETWORK_FS=1 if you are sure",
+                        fs.name
+                    ),
+                });
+            }
+        }
         prepare_file(url, &path)?;
     }
     let mut conn = SqliteConnection::establish(&target).map_err(|source| Error::Connection {

@@ -491,3 +491,41 @@ fn many_processes_opening_a_fresh_file_at_once_all_succeed() {
         assert_eq!(stats(&db)["queued"], 8);
     }
 }
+
+#[test]
+fn doctor_passes_a_healthy_file_and_names_what_is_wrong() {
+    let db = TestDb::new();
+    drop(db.queue());
+    let out = ok_stdout(jobdb(&db).arg("doctor"));
+    assert!(out.contains("journal_mode wal"), "{out}");
+    let report: Value =
+        serde_json::from_str(&ok_stdout(jobdb(&db).args(["doctor", "--json"]))).unwrap();
+    assert!(report["write_lock_wait_ms"].as_f64().is_some(), "{report}");
+
+    // A lock held by someone else.
+    let mut holder = SqliteConnection::establish(&db.url()).unwrap();
+    holder.batch_execute("BEGIN IMMEDIATE").unwrap();
+    let out = run(jobdb(&db).arg("doctor"));
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("FAIL write_lock still held"), "{text}");
+    holder.batch_execute("ROLLBACK").unwrap();
+    drop(holder);
+
+    // A database in DELETE journal mode (made by someone else), which doctor must not change.
+    let plain = TestDb::new();
+    let mut conn = SqliteConnection::establish(&plain.url()).unwrap();
+    conn.batch_execute("PRAGMA journal_mode = DELETE; CREATE TABLE t (x);")
+        .unwrap();
+    drop(conn);
+    let out = run(jobdb(&plain).arg("doctor"));
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("FAIL journal_mode delete"), "{text}");
+    let mut conn = SqliteConnection::establish(&plain.url()).unwrap();
+    assert_eq!(
+        jobdb::pragmas::journal_mode(&mut conn).unwrap(),
+        "delete",
+        "doctor changed nothing"
+    );
+}

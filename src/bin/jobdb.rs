@@ -63,6 +63,12 @@ enum Command {
     },
     /// Requeue running jobs whose lease expired (prints how many)
     Reap,
+    /// Check a database and say what is wrong (changes nothing; exit 1 when something is)
+    Doctor {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
     /// Measure throughput: many workers on one database (see README)
     Bench(jobdb::bench::BenchArgs),
 }
@@ -225,6 +231,7 @@ fn run(cli: Cli, url_given: bool) -> Result<()> {
         }
         Command::Show { id, json } => show(&cli.database_url, id, json)?,
         Command::Reap => println!("{}", open(&cli.database_url)?.reap()?),
+        Command::Doctor { json } => doctor(&cli.database_url, json)?,
         Command::Bench(args) => {
             jobdb::bench::run(&args, url_given.then_some(cli.database_url.as_str()))?
         }
@@ -357,6 +364,42 @@ fn show(url: &str, id: i64, json: bool) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn doctor(url: &str, json: bool) -> Result<()> {
+    let d = jobdb::doctor::diagnose(url, &Config::from_env()?)?;
+    if json {
+        println!("{}", serde_json::to_string(&d)?);
+    } else {
+        println!(
+            "sqlite {} ({})",
+            d.sqlite_version,
+            d.compile_options.join(", ")
+        );
+        for c in &d.checks {
+            let mark = if c.ok { "ok  " } else { "FAIL" };
+            println!(
+                "{mark} {} {} (recommended: {})",
+                c.name, c.actual, c.recommended
+            );
+        }
+        println!(
+            "database {} bytes, wal {} bytes",
+            d.database_bytes, d.wal_bytes
+        );
+        if !d.pending_migrations.is_empty() {
+            println!(
+                "pending migrations (any jobdb command applies them): {}",
+                d.pending_migrations.join(", ")
+            );
+        }
+    }
+    if d.healthy() {
+        Ok(())
+    } else {
+        let names: Vec<&str> = d.problems().map(|c| c.name.as_str()).collect();
+        Err(anyhow::anyhow!("unhealthy: {}", names.join(", ")))
+    }
 }
 
 /// `500ms`, `30s`, `5m`, `2h`, `7d`.

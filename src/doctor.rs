@@ -1,0 +1,190 @@
+//! `jobdb doctor`: looks at a database and says what is wrong, changing nothing.
+//!
+//! It opens one plain connection (no journal-mode switch, no migrations), applies jobdb's
+//! per-connection pragmas to that connection only (to show the values jobdb's connections get),
+//! and reads: SQLite version and compile options, pragmas against what we recommend, the
+//! filesystem, file sizes, pending migrations, and how long it waits right now for the write
+//! lock.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use diesel::connection::SimpleConnection;
+use diesel::sqlite::SqliteConnection;
+use diesel::{Connection, QueryableByName, RunQueryDsl};
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::pool::{pending_migrations, Config, DatabaseUrl};
+use crate::pragmas::{journal_mode, read_integer_pragma, IntegerPragma};
+
+/// How long doctor waits for the write lock before calling it a problem.
+pub const LOCK_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One checked value.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    /// What was checked.
+    pub name: String,
+    /// What it is.
+    pub actual: String,
+    /// What jobdb recommends.
+    pub recommended: String,
+    /// Whether `actual` is acceptable.
+    pub ok: bool,
+}
+
+/// Everything doctor found.
+#[derive(Debug, Clone, Serialize)]
+pub struct Diagnosis {
+    /// `sqlite_version()`.
+    pub sqlite_version: String,
+    /// Compile options that matter to jobdb.
+    pub compile_options: Vec<String>,
+    /// Each check, in order.
+    pub checks: Vec<Check>,
+    /// Size of the database file, bytes.
+    pub database_bytes: u64,
+    /// Size of the `-wal` file, bytes (0 when there is none).
+    pub wal_bytes: u64,
+    /// Migrations embedded in this build that the database has not applied (any jobdb command
+    /// applies them).
+    pub pending_migrations: Vec<String>,
+    /// How long taking the write lock took now, ms (`None`: not within the probe timeout).
+    pub write_lock_wait_ms: Option<f64>,
+}
+
+impl Diagnosis {
+    /// The checks that failed.
+    pub fn problems(&self) -> impl Iterator<Item = &Check> {
+        self.checks.iter().filter(|c| !c.ok)
+    }
+
+    /// True when nothing is wrong.
+    pub fn healthy(&self) -> bool {
+        self.problems().next().is_none()
+    }
+}
+
+fn check(name: &str, actual: impl ToString, recommended: impl ToString, ok: bool) -> Check {
+    Check {
+        name: name.to_owned(),
+        actual: actual.to_string(),
+        recommended: recommended.to_string(),
+        ok,
+    }
+}
+
+/// Examines the database at `url` with the pragmas of `config`.
+pub fn diagnose(url: &str, config: &Config) -> Result<Diagnosis> {
+    let DatabaseUrl::Sqlite(target) = DatabaseUrl::parse(url)?;
+    let path: Option<PathBuf> = DatabaseUrl::Sqlite(target.clone()).file_path();
+    if let Some(p) = &path {
+        if !p.is_file() {
+            return Err(Error::InvalidDatabaseUrl {
+                url: url.to_owned(),
+                reason: "no database file there (doctor creates nothing)".into(),
+            });
+        }
+    }
+    let mut conn = SqliteConnection::establish(&target).map_err(|source| Error::Connection {
+        url: url.to_owned(),
+        source,
+    })?;
+    let mut pragmas = config.pragmas.clone();
+    pragmas.busy_timeout = LOCK_PROBE_TIMEOUT;
+    pragmas.apply(&mut conn)?;
+
+    let mut checks = Vec::new();
+    let mode = journal_mode(&mut conn)?;
+    checks.push(check("journal_mode", &mode, "wal", mode == "wal"));
+    let sync = read_integer_pragma(&mut conn, IntegerPragma::Synchronous)?;
+    checks.push(check(
+        "synchronous",
+        sync,
+        "1 (NORMAL) or 2 (FULL)",
+        sync >= 1,
+    ));
+    let fk = read_integer_pragma(&mut conn, IntegerPragma::ForeignKeys)?;
+    checks.push(check("foreign_keys", fk, 1, fk == 1));
+    let busy = read_integer_pragma(&mut conn, IntegerPragma::BusyTimeout)?;
+    checks.push(check("busy_timeout_ms", busy, "> 0", busy > 0));
+    if let Some(fs) = path.as_deref().and_then(crate::fsinfo::filesystem_of) {
+        checks.push(check(
+            "filesystem",
+            fs.name,
+            "a local filesystem",
+            !fs.network,
+        ));
+    }
+    let sqlite_version = crate::queue::sqlite_version(&mut conn)?;
+    let compile_options = compile_options(&mut conn)?;
+    let threadsafe = !compile_options.iter().any(|o| o == "THREADSAFE=0");
+    checks.push(check("threadsafe", threadsafe, true, threadsafe));
+
+    // The write lock, now: BEGIN IMMEDIATE waits up to LOCK_PROBE_TIMEOUT in SQLite's handler.
+    let started = Instant::now();
+    let write_lock_wait_ms = match conn.batch_execute("BEGIN IMMEDIATE") {
+        Ok(()) => {
+            conn.batch_execute("ROLLBACK")?;
+            Some(started.elapsed().as_secs_f64() * 1000.0)
+        }
+        Err(e) if crate::error::is_busy_diesel(&e) => None,
+        Err(e) => return Err(e.into()),
+    };
+    checks.push(check(
+        "write_lock",
+        match write_lock_wait_ms {
+            Some(ms) => format!("acquired in {ms:.1} ms"),
+            None => format!("still held by another connection after {LOCK_PROBE_TIMEOUT:?}"),
+        },
+        "acquired quickly",
+        write_lock_wait_ms.is_some(),
+    ));
+
+    let pending = pending_migrations(&mut conn)?;
+    let size = |p: Option<PathBuf>| {
+        p.and_then(|p| std::fs::metadata(p).ok())
+            .map_or(0, |m| m.len())
+    };
+    Ok(Diagnosis {
+        sqlite_version,
+        compile_options,
+        checks,
+        database_bytes: size(path.clone()),
+        wal_bytes: size(path.map(|p| {
+            let mut s = p.into_os_string();
+            s.push("-wal");
+            PathBuf::from(s)
+        })),
+        pending_migrations: pending,
+        write_lock_wait_ms,
+    })
+}
+
+/// The compile options that bear on jobdb (threading, sleeping, defaults).
+fn compile_options(conn: &mut SqliteConnection) -> Result<Vec<String>> {
+    #[derive(QueryableByName)]
+    struct Opt {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        compile_options: String,
+    }
+    let all: Vec<Opt> =
+        diesel::sql_query("SELECT compile_options FROM pragma_compile_options").load(conn)?;
+    Ok(all
+        .into_iter()
+        .map(|o| o.compile_options)
+        .filter(|o| {
+            [
+                "THREADSAFE",
+                "HAVE_USLEEP",
+                "DEFAULT_FOREIGN_KEYS",
+                "DEFAULT_WAL_SYNCHRONOUS",
+                "ENABLE_STAT4",
+                "DEFAULT_SYNCHRONOUS",
+            ]
+            .iter()
+            .any(|k| o.starts_with(k))
+        })
+        .collect())
+}
