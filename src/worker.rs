@@ -251,6 +251,7 @@ where
         let counters = Arc::new(Counters::default());
         let drained = Arc::new(AtomicBool::new(false));
         let in_flight = Arc::new(AtomicUsize::new(0));
+        let last_running_scan = Arc::new(Mutex::new(None));
         let stop_heartbeats = Arc::new(AtomicBool::new(false));
 
         let heartbeater = {
@@ -275,6 +276,7 @@ where
                     counters: counters.clone(),
                     drained: drained.clone(),
                     in_flight: in_flight.clone(),
+                    last_running_scan: last_running_scan.clone(),
                 };
                 thread::spawn(move || ctx.run())
             })
@@ -336,6 +338,7 @@ struct ThreadCtx<H> {
     counters: Arc<Counters>,
     drained: Arc<AtomicBool>,
     in_flight: Arc<AtomicUsize>,
+    last_running_scan: Arc<Mutex<Option<Instant>>>,
 }
 
 impl<H, O> ThreadCtx<H>
@@ -376,12 +379,25 @@ where
     }
 
     /// Drained when no thread of ours is between a claim and its result, nothing is queued
-    /// (cheap, by index) and nothing runs anywhere (a scan, reached only when the first two
-    /// hold, i.e. in the last moments of a run).
+    /// (cheap, by index) and nothing runs anywhere. The last is a table scan, so it runs only
+    /// when the first two hold, and at most once per `poll_max` for the whole worker.
     fn queue_is_drained(&self) -> bool {
-        self.in_flight.load(Ordering::SeqCst) == 0
-            && matches!(self.queue.queued(&self.config.queue), Ok(0))
-            && matches!(self.queue.any_running(&self.config.queue), Ok(false))
+        if self.in_flight.load(Ordering::SeqCst) != 0
+            || !matches!(self.queue.queued(&self.config.queue), Ok(0))
+        {
+            return false;
+        }
+        {
+            let mut last = self
+                .last_running_scan
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if last.is_some_and(|t| t.elapsed() < self.config.poll_max) {
+                return false;
+            }
+            *last = Some(Instant::now());
+        }
+        matches!(self.queue.any_running(&self.config.queue), Ok(false))
     }
 
     fn process(&self, job: Job) {

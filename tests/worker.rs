@@ -112,15 +112,16 @@ fn a_lease_lost_while_the_handler_runs_abandons_the_result() {
     };
     let shutdown = worker.shutdown_handle();
     let runner = thread::spawn(move || worker.run().unwrap());
-    // Wait until it runs, then steal the job: expire the lease, reap, and claim it elsewhere.
+    // Wait until it runs, then steal the job: requeue it in one step, as the reaper does for
+    // an expired lease (expiring it and reaping separately would race the worker's own
+    // heartbeats and reaper), and claim it elsewhere.
     while q.get_job(id).unwrap().state != JobState::Running {
         thread::sleep(Duration::from_millis(10));
     }
-    let mut conn = q.pool().get().unwrap();
-    conn.batch_execute("UPDATE jobs SET lease_expires_at = '2000-01-01 00:00:00'")
-        .unwrap();
-    drop(conn);
-    assert_eq!(q.reap().unwrap(), 1);
+    q.run("steal", |c| {
+        Ok(c.batch_execute("UPDATE jobs SET state = 'queued', lease_expires_at = NULL")?)
+    })
+    .unwrap();
     let thief = q
         .claim("lost", 1, "thief", Duration::from_secs(60))
         .unwrap()
