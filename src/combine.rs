@@ -16,8 +16,19 @@ use diesel::sqlite::SqliteConnection;
 
 use crate::backend::sqlite::{in_transaction, write_transaction};
 use crate::error::{Error, Result};
+use crate::metrics::Metrics;
 use crate::pool::{PooledConnection, SqlitePool};
 use crate::retry::{retry_busy, RetryPolicy, RetryStats};
+
+/// What running a write transaction needs from the queue handle.
+pub(crate) struct WriteCtx<'a> {
+    pub pool: &'a SqlitePool,
+    pub policy: &'a RetryPolicy,
+    pub stats: &'a RetryStats,
+    pub metrics: &'a Metrics,
+    /// Holding the write lock longer than this logs a warning naming the transaction.
+    pub slow: std::time::Duration,
+}
 
 /// Most operations in one group: bounds how long one commit holds the write lock.
 const MAX_GROUP: usize = 128;
@@ -28,6 +39,8 @@ const EXTRA_ROUNDS: usize = 4;
 
 /// An operation waiting in the queue, type-erased.
 trait Op: Send + Sync {
+    /// What the operation is ("claim", "complete", …), for spans and slow warnings.
+    fn name(&self) -> &'static str;
     /// Runs the operation inside the group's transaction and keeps its result. Returns a
     /// retryable (busy) error to have the whole group re-run; any other error is the
     /// operation's own and is kept for its caller.
@@ -49,6 +62,7 @@ struct State<T, F> {
 }
 
 struct Task<T, F> {
+    name: &'static str,
     state: Mutex<State<T, F>>,
     wake: Condvar,
 }
@@ -58,6 +72,10 @@ where
     T: Send,
     F: FnMut(&mut SqliteConnection) -> Result<T> + Send,
 {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
     fn run(&self, conn: &mut SqliteConnection) -> Result<()> {
         let mut st = lock(&self.state);
         // Each operation opens its own savepoint (write_transaction nests), so its error rolls
@@ -103,18 +121,13 @@ impl Combiner {
     }
 
     /// Runs `f` as part of a group commit; returns its result once the group committed.
-    pub(crate) fn submit<T, F>(
-        &self,
-        pool: &SqlitePool,
-        policy: &RetryPolicy,
-        stats: &RetryStats,
-        f: F,
-    ) -> Result<T>
+    pub(crate) fn submit<T, F>(&self, ctx: &WriteCtx<'_>, name: &'static str, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnMut(&mut SqliteConnection) -> Result<T> + Send + 'static,
     {
         let task = Arc::new(Task {
+            name,
             state: Mutex::new(State {
                 f,
                 result: None,
@@ -126,7 +139,7 @@ impl Combiner {
         lock(&self.pending).push_back(task.clone());
         loop {
             if let Some(mut writer) = self.writer.try_lock() {
-                self.combine(&mut writer, pool, policy, stats, &task);
+                self.combine(&mut writer, ctx, &task);
                 drop(writer);
                 // Work that arrived after our last round: its owner may be asleep, waiting
                 // for a combiner that will not come. Hand the role over.
@@ -155,9 +168,7 @@ impl Combiner {
     fn combine<T, F>(
         &self,
         writer: &mut Option<PooledConnection>,
-        pool: &SqlitePool,
-        policy: &RetryPolicy,
-        stats: &RetryStats,
+        ctx: &WriteCtx<'_>,
         own: &Task<T, F>,
     ) {
         let mut extra = 0;
@@ -170,7 +181,7 @@ impl Combiner {
             if group.is_empty() {
                 return;
             }
-            self.run_group(writer, pool, policy, stats, &group);
+            self.run_group(writer, ctx, &group);
             if lock(&own.state).done {
                 extra += 1;
                 if extra > EXTRA_ROUNDS {
@@ -184,15 +195,16 @@ impl Combiner {
     /// handed to another thread).
     pub(crate) fn direct<T>(
         &self,
-        pool: &SqlitePool,
-        policy: &RetryPolicy,
-        stats: &RetryStats,
+        ctx: &WriteCtx<'_>,
         name: &'static str,
         mut f: impl FnMut(&mut SqliteConnection) -> Result<T>,
     ) -> Result<T> {
         let mut writer = self.writer.lock();
-        let result = checkout(&mut writer, pool)
-            .and_then(|conn| retry_busy(policy, stats, name, || f(conn)));
+        let result = checkout(&mut writer, ctx.pool).and_then(|conn| {
+            retry_busy(ctx.policy, ctx.stats, name, || {
+                timed(ctx, name, 1, || f(conn))
+            })
+        });
         discard_if_broken(&mut writer);
         drop(writer);
         if let Some(next) = lock(&self.pending).front() {
@@ -204,18 +216,27 @@ impl Combiner {
     fn run_group(
         &self,
         writer: &mut Option<PooledConnection>,
-        pool: &SqlitePool,
-        policy: &RetryPolicy,
-        stats: &RetryStats,
+        ctx: &WriteCtx<'_>,
         group: &[Queued],
     ) {
-        let result = checkout(writer, pool).and_then(|conn| {
-            retry_busy(policy, stats, "group_commit", || match group {
-                // Alone, the operation is its own BEGIN IMMEDIATE transaction: no savepoint.
-                [op] => op.run(conn),
-                _ => write_transaction(conn, |c| group.iter().try_for_each(|op| op.run(c))),
+        // Named after its first operation; `ops` says how many rode along.
+        let name = group.first().map_or("empty", |op| op.name());
+        let span = tracing::debug_span!("jobdb.write", transaction = name, ops = group.len());
+        let _entered = span.enter();
+        let result = checkout(writer, ctx.pool).and_then(|conn| {
+            retry_busy(ctx.policy, ctx.stats, name, || {
+                timed(ctx, name, group.len(), || match group {
+                    // Alone, the operation is its own BEGIN IMMEDIATE transaction: no savepoint.
+                    [op] => op.run(conn),
+                    _ => write_transaction(conn, |c| group.iter().try_for_each(|op| op.run(c))),
+                })
             })
         });
+        if result.is_ok() {
+            ctx.metrics
+                .operations
+                .fetch_add(group.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
         discard_if_broken(writer);
         if let Err(e) = result {
             let e = Arc::new(e);
@@ -224,6 +245,28 @@ impl Combiner {
         // Only now, after COMMIT, do callers see their results.
         group.iter().for_each(|op| op.publish());
     }
+}
+
+/// Runs one try of a write transaction, recording how long it held the write lock and warning
+/// when that passes the slow threshold.
+fn timed<R>(ctx: &WriteCtx<'_>, name: &'static str, ops: usize, f: impl FnOnce() -> R) -> R {
+    let started = std::time::Instant::now();
+    let r = f();
+    let held = started.elapsed();
+    ctx.metrics.lock_hold.record(held);
+    if held > ctx.slow {
+        ctx.metrics
+            .slow_transactions
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::warn!(
+            transaction = name,
+            ops,
+            held_ms = held.as_secs_f64() * 1000.0,
+            "write transaction held the write lock longer than {:?}",
+            ctx.slow
+        );
+    }
+    r
 }
 
 fn checkout<'a>(

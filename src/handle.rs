@@ -9,8 +9,9 @@ use chrono::{DateTime, Utc};
 use diesel::sqlite::SqliteConnection;
 use serde::Serialize;
 
-use crate::combine::Combiner;
+use crate::combine::{Combiner, WriteCtx};
 use crate::error::{Error, Result};
+use crate::metrics::{Metrics, MetricsSnapshot};
 use crate::models::{Job, JobResult, JobState, Lease, NewJob};
 use crate::pool::{build_pool, run_migrations, Config, SqlitePool};
 use crate::queue::{self, Stats, ENQUEUE_CHUNK};
@@ -27,6 +28,7 @@ struct Inner {
     pool: SqlitePool,
     config: Config,
     stats: RetryStats,
+    metrics: Metrics,
     /// Every write transaction of this handle runs on ONE writer connection, group-committed.
     ///
     /// Why one writer: SQLite lets one transaction write at a time anyway, and in WAL mode a
@@ -72,6 +74,7 @@ impl Queue {
                 pool,
                 config,
                 stats: RetryStats::default(),
+                metrics: Metrics::default(),
                 writer: Combiner::new(),
             }),
         };
@@ -110,18 +113,32 @@ impl Queue {
         name: &'static str,
         op: impl FnMut(&mut SqliteConnection) -> Result<T>,
     ) -> Result<T> {
+        self.inner.writer.direct(&self.ctx(), name, op)
+    }
+
+    fn ctx(&self) -> WriteCtx<'_> {
         let i = &self.inner;
-        i.writer
-            .direct(&i.pool, &i.config.retry, &i.stats, name, op)
+        WriteCtx {
+            pool: &i.pool,
+            policy: &i.config.retry,
+            stats: &i.stats,
+            metrics: &i.metrics,
+            slow: i.config.slow_transaction,
+        }
+    }
+
+    /// Counters and latency histograms of this handle's work (see [`crate::metrics`]).
+    pub fn metrics(&self) -> MetricsSnapshot {
+        self.inner.metrics.snapshot(self.inner.stats.snapshot())
     }
 
     /// Runs a write operation as part of a group commit (see `combine.rs`).
     fn write<T: Send + 'static>(
         &self,
+        name: &'static str,
         op: impl FnMut(&mut SqliteConnection) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        let i = &self.inner;
-        i.writer.submit(&i.pool, &i.config.retry, &i.stats, op)
+        self.inner.writer.submit(&self.ctx(), name, op)
     }
 
     /// Runs a read on a pooled connection (not the writer).
@@ -140,7 +157,9 @@ impl Queue {
     pub fn enqueue(&self, job: &NewJob) -> Result<i64> {
         job.validate(self.inner.config.max_payload_bytes)?;
         let job = job.clone();
-        let ids = self.write(move |c| queue::insert_validated(c, std::slice::from_ref(&job)))?;
+        let ids = self.write("enqueue", move |c| {
+            queue::insert_validated(c, std::slice::from_ref(&job))
+        })?;
         ids.into_iter().next().ok_or_else(|| Error::CorruptRow {
             table: "jobs",
             reason: "INSERT … RETURNING returned no id".into(),
@@ -156,7 +175,7 @@ impl Queue {
         let mut ids = Vec::with_capacity(jobs.len());
         for chunk in jobs.chunks(ENQUEUE_CHUNK) {
             let chunk = chunk.to_vec();
-            ids.extend(self.write(move |c| queue::insert_validated(c, &chunk))?);
+            ids.extend(self.write("enqueue_many", move |c| queue::insert_validated(c, &chunk))?);
         }
         Ok(ids)
     }
@@ -189,14 +208,18 @@ impl Queue {
         worker_id: &str,
         lease: Duration,
     ) -> Result<Vec<Job>> {
-        self.run("claim", |c| {
-            queue::claim(c, queue_name, limit, worker_id, lease)
-        })
+        let started = std::time::Instant::now();
+        let (queue_name, worker_id) = (queue_name.to_owned(), worker_id.to_owned());
+        let claimed = self.write("claim", move |c| {
+            queue::claim(c, &queue_name, limit, &worker_id, lease)
+        });
+        self.inner.metrics.claim_latency.record(started.elapsed());
+        claimed
     }
 
     /// Extends a lease; [`Error::LeaseLost`] if it is no longer ours.
     pub fn heartbeat(&self, lease: Lease, lease_for: Duration) -> Result<DateTime<Utc>> {
-        self.write(move |c| queue::heartbeat(c, lease, lease_for))
+        self.write("heartbeat", move |c| queue::heartbeat(c, lease, lease_for))
     }
 
     /// Records success with `output`; fenced by the lease.
@@ -215,15 +238,16 @@ impl Queue {
 
     /// Records success with output already serialized as JSON text.
     pub fn complete_json(&self, lease: Lease, output_json: &str, duration: Duration) -> Result<()> {
-        self.run("complete", |c| {
-            queue::complete_json(c, lease, output_json, duration)
+        let output_json = output_json.to_owned();
+        self.write("complete", move |c| {
+            queue::complete_json(c, lease, &output_json, duration)
         })
     }
 
     /// Completes many jobs in one transaction; one result per item (see
     /// [`queue::complete_many`]).
     pub fn complete_many(&self, items: Vec<queue::Completion>) -> Result<Vec<Result<()>>> {
-        self.write(move |c| queue::complete_many(c, &items))
+        self.write("complete_many", move |c| queue::complete_many(c, &items))
     }
 
     /// Extends many leases in one transaction; one result per lease.
@@ -232,8 +256,9 @@ impl Queue {
         leases: &[Lease],
         lease_for: Duration,
     ) -> Result<Vec<Result<DateTime<Utc>>>> {
-        self.run("heartbeat_many", |c| {
-            queue::heartbeat_many(c, leases, lease_for)
+        let leases = leases.to_vec();
+        self.write("heartbeat_many", move |c| {
+            queue::heartbeat_many(c, &leases, lease_for)
         })
     }
 
@@ -241,12 +266,14 @@ impl Queue {
     pub fn fail(&self, lease: Lease, error: &str, duration: Duration) -> Result<JobState> {
         let backoff = self.inner.config.job_backoff;
         let error = error.to_owned();
-        self.write(move |c| queue::fail(c, lease, &error, duration, &backoff))
+        self.write("fail", move |c| {
+            queue::fail(c, lease, &error, duration, &backoff)
+        })
     }
 
     /// Gives a running job back to the queue (shutdown).
     pub fn release(&self, lease: Lease) -> Result<()> {
-        self.write(move |c| queue::release(c, lease))
+        self.write("release", move |c| queue::release(c, lease))
     }
 
     /// Requeues jobs whose lease expired; returns how many.
@@ -256,7 +283,7 @@ impl Queue {
         if ids.is_empty() {
             return Ok(0);
         }
-        self.write(move |c| queue::reap_listed(c, &ids))
+        self.write("reap", move |c| queue::reap_listed(c, &ids))
     }
 
     /// Counts per queue and state.

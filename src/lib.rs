@@ -34,6 +34,7 @@ mod error;
 pub mod exec;
 pub mod fsinfo;
 mod handle;
+pub mod metrics;
 pub mod models;
 pub mod pool;
 pub mod pragmas;

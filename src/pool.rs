@@ -43,6 +43,9 @@ pub struct Config {
     pub max_payload_bytes: usize,
     /// Run pending embedded migrations when a [`crate::Queue`] is opened.
     pub run_migrations: bool,
+    /// A write transaction holding the write lock longer than this logs a warning naming it
+    /// (`JOBDB_SLOW_TRANSACTION_MS`).
+    pub slow_transaction: Duration,
     /// Open databases on network filesystems (NFS, SMB, FUSE, …). WAL's shared memory does not
     /// work across hosts and is unreliable there; off by default (`JOBDB_ALLOW_NETWORK_FS=1`).
     pub allow_network_filesystem: bool,
@@ -65,6 +68,7 @@ impl Default for Config {
             run_migrations: true,
             checkpoint_every: Some(Duration::from_millis(500)),
             allow_network_filesystem: false,
+            slow_transaction: Duration::from_millis(100),
         }
     }
 }
@@ -125,6 +129,9 @@ impl Config {
         if let Some(ms) = env_u64("JOBDB_CHECKPOINT_EVERY_MS")? {
             // 0 means: no background checkpoints, SQLite's automatic ones instead.
             c.checkpoint_every = (ms > 0).then(|| Duration::from_millis(ms));
+        }
+        if let Some(ms) = env_u64("JOBDB_SLOW_TRANSACTION_MS")? {
+            c.slow_transaction = Duration::from_millis(ms);
         }
         if let Some(v) = env_u64("JOBDB_ALLOW_NETWORK_FS")? {
             c.allow_network_filesystem = v != 0;

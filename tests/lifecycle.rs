@@ -379,3 +379,27 @@ fn batched_completions_fence_each_item_on_its_own() {
     );
     assert!(q.get_results(thief.id).unwrap().is_empty());
 }
+
+#[test]
+fn metrics_count_operations_claims_and_slow_transactions() {
+    let db = TestDb::new();
+    let q = db.queue_with(|c| c.slow_transaction = Duration::ZERO);
+    q.enqueue_many(&(0..10).map(email).collect::<Vec<_>>())
+        .unwrap();
+    for job in q.claim("mail", 10, "w", LEASE).unwrap() {
+        q.complete(job.lease(), &1, Duration::ZERO).unwrap();
+    }
+    let m = q.metrics();
+    assert_eq!(m.claim_latency.count, 1);
+    assert!(m.claim_latency.max_ms > 0.0);
+    assert_eq!(
+        m.operations, 12,
+        "1 enqueue chunk + 1 claim + 10 completions"
+    );
+    assert!(m.lock_hold.count >= 12, "{m:?}");
+    assert!(
+        m.slow_transactions >= 12,
+        "a zero threshold makes every transaction slow: {m:?}"
+    );
+    assert!(m.retries.transactions >= 12);
+}
