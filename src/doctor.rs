@@ -91,9 +91,7 @@ pub fn diagnose(url: &str, config: &Config) -> Result<Diagnosis> {
         url: url.to_owned(),
         source,
     })?;
-    let mut pragmas = config.pragmas.clone();
-    pragmas.busy_timeout = LOCK_PROBE_TIMEOUT;
-    pragmas.apply(&mut conn)?;
+    config.pragmas.apply(&mut conn)?;
 
     let mut checks = Vec::new();
     let mode = journal_mode(&mut conn)?;
@@ -123,6 +121,10 @@ pub fn diagnose(url: &str, config: &Config) -> Result<Diagnosis> {
     checks.push(check("threadsafe", threadsafe, true, threadsafe));
 
     // The write lock, now: BEGIN IMMEDIATE waits up to LOCK_PROBE_TIMEOUT in SQLite's handler.
+    conn.batch_execute(&format!(
+        "PRAGMA busy_timeout = {};",
+        LOCK_PROBE_TIMEOUT.as_millis()
+    ))?;
     let started = Instant::now();
     let write_lock_wait_ms = match conn.batch_execute("BEGIN IMMEDIATE") {
         Ok(()) => {

@@ -229,11 +229,7 @@ impl Queue {
         output: &impl Serialize,
         duration: Duration,
     ) -> Result<()> {
-        let json = serde_json::to_string(output).map_err(|source| Error::Json {
-            what: "output",
-            source,
-        })?;
-        self.complete_json(lease, &json, duration)
+        self.complete_json(lease, &crate::models::to_json("output", output)?, duration)
     }
 
     /// Records success with output already serialized as JSON text.

@@ -192,6 +192,11 @@ pub struct Lease {
     pub attempt: i32,
 }
 
+/// Serializes `value` as JSON text; `what` names it in the error ("payload", "output").
+pub(crate) fn to_json(what: &'static str, value: &impl Serialize) -> Result<String> {
+    serde_json::to_string(value).map_err(|source| Error::Json { what, source })
+}
+
 /// A job to enqueue. Build with [`NewJob::new`] (typed payload) or [`NewJob::from_json`]
 /// (JSON text, validated), then adjust with the builder methods.
 #[derive(Debug, Clone, PartialEq)]
@@ -211,11 +216,7 @@ pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
 impl NewJob {
     /// A job on `queue` whose payload is `payload` serialized as JSON.
     pub fn new(queue: impl Into<String>, payload: &impl Serialize) -> Result<NewJob> {
-        let payload = serde_json::to_string(payload).map_err(|source| Error::Json {
-            what: "payload",
-            source,
-        })?;
-        Ok(NewJob::with_raw(queue.into(), payload))
+        Ok(NewJob::with_raw(queue.into(), to_json("payload", payload)?))
     }
 
     /// A job whose payload is JSON text, checked to be valid JSON (stored as given).

@@ -16,7 +16,7 @@ use serde::Serialize;
 use crate::backend::sqlite as db;
 use crate::error::{Error, Result};
 use crate::models::{
-    validate_queue_name, Job, JobResult, JobState, Lease, NewJob, NewResultRow, Outcome,
+    to_json, validate_queue_name, Job, JobResult, JobState, Lease, NewJob, NewResultRow, Outcome,
     DEFAULT_MAX_PAYLOAD_BYTES,
 };
 
@@ -155,11 +155,7 @@ pub fn complete(
     output: &impl Serialize,
     duration: Duration,
 ) -> Result<()> {
-    let output = serde_json::to_string(output).map_err(|source| Error::Json {
-        what: "output",
-        source,
-    })?;
-    complete_json(conn, lease, &output, duration)
+    complete_json(conn, lease, &to_json("output", output)?, duration)
 }
 
 /// [`complete`] with output already serialized as JSON text (trusted to be valid JSON; the
