@@ -150,13 +150,5 @@ fn random_sigkills_lose_nothing_and_complete_nothing_twice() {
     );
     assert_eq!(c.partial_batches, 0, "a batch is all there or not at all");
 
-    #[derive(QueryableByName)]
-    struct Integrity {
-        #[diesel(sql_type = diesel::sql_types::Text)]
-        integrity_check: String,
-    }
-    let i: Integrity = diesel::sql_query("PRAGMA integrity_check")
-        .get_result(&mut conn)
-        .unwrap();
-    assert_eq!(i.integrity_check, "ok");
+    crate::common::assert_integrity_ok(&db);
 }

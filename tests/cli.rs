@@ -90,19 +90,6 @@ fn assert_all_succeeded_once_with_output_equal_payload(db: &TestDb, n: i64) {
     assert_eq!(row, Row { jobs: n, good: n });
 }
 
-fn integrity_ok(db: &TestDb) {
-    let mut conn = SqliteConnection::establish(&db.url()).unwrap();
-    #[derive(diesel::QueryableByName)]
-    struct R {
-        #[diesel(sql_type = diesel::sql_types::Text)]
-        integrity_check: String,
-    }
-    let r: R = diesel::sql_query("PRAGMA integrity_check")
-        .get_result(&mut conn)
-        .unwrap();
-    assert_eq!(r.integrity_check, "ok");
-}
-
 #[test]
 fn four_worker_processes_drain_two_thousand_jobs_exactly_once() {
     let db = TestDb::new();
@@ -198,7 +185,7 @@ fn killed_workers_jobs_come_back_after_the_lease() {
         assert!(f.wait_with_output().unwrap().status.success());
     }
     assert_all_succeeded_once_with_output_equal_payload(&db, 60);
-    integrity_ok(&db);
+    crate::common::assert_integrity_ok(&db);
 }
 
 #[test]

@@ -38,3 +38,18 @@ impl TestDb {
         queue.stats(None).expect("stats").total.total()
     }
 }
+
+/// Asserts `PRAGMA integrity_check` answers "ok", on a fresh connection.
+pub fn assert_integrity_ok(db: &TestDb) {
+    use diesel::{Connection, RunQueryDsl};
+    #[derive(diesel::QueryableByName)]
+    struct R {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        integrity_check: String,
+    }
+    let mut conn = diesel::SqliteConnection::establish(&db.url()).unwrap();
+    let r: R = diesel::sql_query("PRAGMA integrity_check")
+        .get_result(&mut conn)
+        .unwrap();
+    assert_eq!(r.integrity_check, "ok");
+}
