@@ -8,7 +8,9 @@
 //! Two layers:
 //! - functions on `&mut SqliteConnection` in [`queue`] ([`queue::enqueue`], [`queue::claim`],
 //!   [`queue::complete`], …), which join the caller's own Diesel transaction when one is open;
-//! - [`Queue`], a handle over an r2d2 pool that runs those functions with the retry loop.
+//! - [`Queue`], a handle over an r2d2 pool that runs those functions with the retry loop: all
+//!   writes of a process go through one writer connection, and writes that arrive together are
+//!   group-committed in one transaction (each in its own savepoint); reads use the pool.
 //!
 //! ```no_run
 //! use jobdb::{Config, NewJob, Queue};
