@@ -2,7 +2,7 @@
 //!
 //! The loop here never re-runs a statement inside a transaction: the operation it is given is
 //! a whole transaction (BEGIN IMMEDIATE … COMMIT), which either committed or changed nothing.
-//! Only busy errors are retried ([`Error::is_retryable`]); everything else, SQLITE_LOCKED
+//! Only raw SQLITE_BUSY errors are retried (see [`Error::is_busy`]); everything else, SQLITE_LOCKED
 //! included, goes straight back to the caller.
 
 use std::sync::atomic::{AtomicU64, Ordering};
