@@ -146,7 +146,8 @@ fn killed_workers_jobs_come_back_after_the_lease() {
             )
         })
         .collect();
-    thread::sleep(Duration::from_millis(900));
+    wait_until_some_running(&db);
+    thread::sleep(Duration::from_millis(100));
     for v in &mut victims {
         v.kill().unwrap(); // SIGKILL: no chance to release anything
         v.wait().unwrap();
@@ -206,7 +207,7 @@ fn sigterm_exits_within_the_grace_period_and_leaves_nothing_running() {
             "sleep 0.5; cat",
         ],
     );
-    thread::sleep(Duration::from_millis(300));
+    wait_until_running(&db, 2);
     terminate_within(worker, Duration::from_secs(3));
     let s = stats(&db);
     assert_eq!(s["running"], 0, "{s}");
@@ -224,11 +225,33 @@ fn sigterm_exits_within_the_grace_period_and_leaves_nothing_running() {
             "sleep 30",
         ],
     );
-    thread::sleep(Duration::from_millis(500));
+    wait_until_running(&db, 1);
     terminate_within(stuck, Duration::from_secs(3));
     let s = stats(&db);
     assert_eq!(s["running"], 0, "the unfinished job was released: {s}");
     assert_eq!(s["queued"], 2, "{s}");
+}
+
+/// Waits (up to 20 s) until at least one job is running.
+fn wait_until_some_running(db: &TestDb) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while stats(db)["running"].as_i64().unwrap_or(0) == 0 {
+        assert!(Instant::now() < deadline, "no job ever started");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits (up to 20 s, for loaded machines) until `n` jobs are running.
+fn wait_until_running(db: &TestDb, n: i64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while stats(db)["running"].as_i64() != Some(n) {
+        assert!(
+            Instant::now() < deadline,
+            "jobs never started: {}",
+            stats(db)
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Sends SIGTERM and checks the worker exits successfully within `limit`.

@@ -25,10 +25,15 @@ fn heartbeats_keep_a_long_handler_leased() {
     // The handler runs for 4 leases; once it runs, a competing claimer polls (and reaps) all
     // along and must get nothing.
     let stop = Arc::new(AtomicBool::new(false));
-    let worker = Worker::new(q.clone(), config("slow"), |_job| {
-        thread::sleep(Duration::from_millis(1200));
-        Ok::<_, HandlerError>("done")
-    });
+    // A 1 s lease (heartbeat every 333 ms) leaves room for a loaded CI machine.
+    let worker = Worker::new(
+        q.clone(),
+        config("slow").lease(Duration::from_secs(1)),
+        |_job| {
+            thread::sleep(Duration::from_millis(3200));
+            Ok::<_, HandlerError>("done")
+        },
+    );
     let runner = thread::spawn(move || worker.run().unwrap());
     while q.get_job(id).unwrap().state != JobState::Running {
         thread::sleep(Duration::from_millis(5));
