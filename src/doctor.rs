@@ -77,8 +77,9 @@ fn check(name: &str, actual: impl ToString, recommended: impl ToString, ok: bool
 
 /// Examines the database at `url` with the pragmas of `config`.
 pub fn diagnose(url: &str, config: &Config) -> Result<Diagnosis> {
-    let DatabaseUrl::Sqlite(target) = DatabaseUrl::parse(url)?;
-    let path: Option<PathBuf> = DatabaseUrl::Sqlite(target.clone()).file_path();
+    let parsed = DatabaseUrl::parse(url)?;
+    let path: Option<PathBuf> = parsed.file_path();
+    let DatabaseUrl::Sqlite(target) = parsed;
     if let Some(p) = &path {
         if !p.is_file() {
             return Err(Error::InvalidDatabaseUrl {

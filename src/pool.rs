@@ -242,8 +242,10 @@ impl DatabaseUrl {
 /// builds an r2d2 pool whose customizer applies the pragmas to each connection.
 pub fn build_pool(url: &str, config: &Config) -> Result<SqlitePool> {
     config.validate()?;
-    let DatabaseUrl::Sqlite(target) = DatabaseUrl::parse(url)?;
-    if let Some(path) = DatabaseUrl::Sqlite(target.clone()).file_path() {
+    let parsed = DatabaseUrl::parse(url)?;
+    let file_path = parsed.file_path();
+    let DatabaseUrl::Sqlite(target) = parsed;
+    if let Some(path) = file_path {
         if let Some(fs) = crate::fsinfo::filesystem_of(&path) {
             if fs.network && !config.allow_network_filesystem {
                 return Err(Error::InvalidDatabaseUrl {

@@ -499,21 +499,20 @@ fn heartbeat_loop(
             next_reap = now + config.reap_every;
         }
         if now >= next_beat {
-            let leases: Vec<(Lease, Arc<AtomicBool>)> =
-                active.lock().iter().map(|(l, a)| (*l, a.clone())).collect();
-            for (lease, abandon) in leases {
-                match queue.heartbeat(lease, config.lease) {
-                    Ok(_) => {}
-                    Err(e) if e.is_lease_lost() || e.is_not_found() => {
-                        abandon.store(true, Ordering::SeqCst);
-                        tracing::warn!(
-                            job_id = lease.job_id,
-                            "heartbeat: lease lost; the handler's result will be abandoned"
-                        );
+            // All live leases in one statement, each fenced on its own.
+            let (leases, flags): (Vec<Lease>, Vec<Arc<AtomicBool>>) =
+                active.lock().iter().map(|(l, a)| (*l, a.clone())).unzip();
+            if !leases.is_empty() {
+                match queue.heartbeat_many(&leases, config.lease) {
+                    Ok(each) => {
+                        for ((lease, abandon), r) in leases.iter().zip(&flags).zip(each) {
+                            if let Err(e) = r {
+                                abandon.store(true, Ordering::SeqCst);
+                                tracing::warn!(job_id = lease.job_id, error = %e, "heartbeat: lease lost; the handler's result will be abandoned");
+                            }
+                        }
                     }
-                    Err(e) => {
-                        tracing::warn!(job_id = lease.job_id, error = %e, "heartbeat failed; will retry")
-                    }
+                    Err(e) => tracing::warn!(error = %e, "heartbeat failed; will retry"),
                 }
             }
             next_beat = now + config.heartbeat_every;
