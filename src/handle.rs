@@ -9,6 +9,8 @@ use chrono::{DateTime, Utc};
 use diesel::sqlite::SqliteConnection;
 use serde::Serialize;
 
+use crate::backend::sqlite::CheckpointOutcome;
+use crate::checkpoint::{self, CheckpointTarget};
 use crate::combine::{Combiner, WriteCtx};
 use crate::error::{Error, Result};
 use crate::metrics::{Metrics, MetricsSnapshot};
@@ -43,6 +45,33 @@ struct Inner {
     writer: Combiner,
 }
 
+impl CheckpointTarget for Inner {
+    fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+    fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+    fn on_writer(
+        &self,
+        f: &mut dyn FnMut(&mut SqliteConnection) -> Result<CheckpointOutcome>,
+    ) -> Result<CheckpointOutcome> {
+        self.writer.direct(&self.ctx(), "wal_truncate", f)
+    }
+}
+
+impl Inner {
+    fn ctx(&self) -> WriteCtx<'_> {
+        WriteCtx {
+            pool: &self.pool,
+            policy: &self.config.retry,
+            stats: &self.stats,
+            metrics: &self.metrics,
+            slow: self.config.slow_transaction,
+        }
+    }
+}
+
 impl std::fmt::Debug for Queue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Queue")
@@ -68,7 +97,12 @@ impl Queue {
     /// Each handle (and its clones) has one writer connection: open one `Queue` per database
     /// per process and clone it.
     pub fn from_pool(pool: SqlitePool, config: Config) -> Queue {
-        let checkpoint_every = config.checkpoint_every;
+        let checkpoints = config.checkpoint_every.map(|every| checkpoint::Policy {
+            every,
+            truncate_above: config.wal_truncate_above,
+            truncate_wait: config.wal_truncate_wait,
+            busy_timeout: config.pragmas.busy_timeout,
+        });
         let queue = Queue {
             inner: Arc::new(Inner {
                 pool,
@@ -78,8 +112,8 @@ impl Queue {
                 writer: Combiner::new(),
             }),
         };
-        if let Some(every) = checkpoint_every {
-            start_checkpointer(Arc::downgrade(&queue.inner), every);
+        if let Some(policy) = checkpoints {
+            checkpoint::start(Arc::downgrade(&queue.inner), policy);
         }
         queue
     }
@@ -117,14 +151,7 @@ impl Queue {
     }
 
     fn ctx(&self) -> WriteCtx<'_> {
-        let i = &self.inner;
-        WriteCtx {
-            pool: &i.pool,
-            policy: &i.config.retry,
-            stats: &i.stats,
-            metrics: &i.metrics,
-            slow: i.config.slow_transaction,
-        }
+        self.inner.ctx()
     }
 
     /// Counters and latency histograms of this handle's work (see [`crate::metrics`]).
@@ -305,33 +332,5 @@ impl Queue {
     /// Whether any job of `queue` is running, in any process (a table scan: use sparingly).
     pub fn any_running(&self, queue_name: &str) -> Result<bool> {
         self.read("any_running", |c| queue::any_running(c, queue_name))
-    }
-}
-
-/// Checkpoints the WAL every `every` on a pooled connection until the queue is dropped.
-/// PASSIVE checkpoints never wait for a lock and never block writers; the fsync they do is
-/// off the commit path (automatic checkpoints are turned off on the queue's connections).
-fn start_checkpointer(queue: std::sync::Weak<Inner>, every: Duration) {
-    let spawned = std::thread::Builder::new()
-        .name("jobdb-checkpoint".into())
-        .spawn(move || loop {
-            std::thread::sleep(every);
-            let Some(inner) = queue.upgrade() else {
-                return;
-            };
-            let done = inner
-                .pool
-                .get()
-                .map_err(Error::from)
-                .and_then(|mut c| crate::backend::sqlite::checkpoint_passive(&mut c));
-            match done {
-                Ok((log, checkpointed)) => {
-                    tracing::trace!(log, checkpointed, "WAL checkpoint")
-                }
-                Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed; will retry"),
-            }
-        });
-    if let Err(e) = spawned {
-        tracing::warn!(error = %e, "cannot start the WAL checkpoint thread; SQLite's automatic checkpoints are off");
     }
 }

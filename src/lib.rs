@@ -30,6 +30,7 @@
 mod backend;
 #[cfg(feature = "cli")]
 pub mod bench;
+mod checkpoint;
 mod combine;
 pub mod doctor;
 mod error;

@@ -101,6 +101,16 @@ pub struct Metrics {
     pub slow_transactions: AtomicU64,
     /// Operations committed (several per transaction under group commit).
     pub operations: AtomicU64,
+    /// Background checkpoint rounds.
+    pub checkpoints: AtomicU64,
+    /// WAL size after the last background checkpoint, bytes.
+    pub wal_bytes: AtomicU64,
+    /// Largest WAL size seen by the checkpointer, bytes.
+    pub wal_bytes_max: AtomicU64,
+    /// TRUNCATE checkpoints that reset an oversize WAL.
+    pub wal_truncates: AtomicU64,
+    /// TRUNCATE checkpoints that gave up because a reader held the old WAL.
+    pub wal_truncate_busy: AtomicU64,
 }
 
 /// Everything measured, at one moment.
@@ -116,6 +126,23 @@ pub struct MetricsSnapshot {
     pub lock_hold: HistogramSnapshot,
     /// Transactions over the slow threshold.
     pub slow_transactions: u64,
+    /// The WAL as the background checkpointer sees it.
+    pub wal: WalSnapshot,
+}
+
+/// The WAL, as seen by the background checkpointer (all zero when it is off).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct WalSnapshot {
+    /// Checkpoint rounds run.
+    pub checkpoints: u64,
+    /// WAL size after the last round, bytes.
+    pub bytes: u64,
+    /// Largest WAL size seen, bytes.
+    pub bytes_max: u64,
+    /// Oversize WALs reset by a TRUNCATE checkpoint.
+    pub truncates: u64,
+    /// TRUNCATE checkpoints that a long read transaction made give up.
+    pub truncate_busy: u64,
 }
 
 impl Metrics {
@@ -127,6 +154,13 @@ impl Metrics {
             claim_latency: self.claim_latency.snapshot(),
             lock_hold: self.lock_hold.snapshot(),
             slow_transactions: self.slow_transactions.load(Ordering::Relaxed),
+            wal: WalSnapshot {
+                checkpoints: self.checkpoints.load(Ordering::Relaxed),
+                bytes: self.wal_bytes.load(Ordering::Relaxed),
+                bytes_max: self.wal_bytes_max.load(Ordering::Relaxed),
+                truncates: self.wal_truncates.load(Ordering::Relaxed),
+                truncate_busy: self.wal_truncate_busy.load(Ordering::Relaxed),
+            },
         }
     }
 }

@@ -54,6 +54,13 @@ pub struct Config {
     /// keeps SQLite's automatic checkpoints (`pragmas.wal_autocheckpoint`), which run inside
     /// a commit, while the write lock is held.
     pub checkpoint_every: Option<Duration>,
+    /// When the WAL still holds more than this many bytes after a background checkpoint, the
+    /// checkpointer runs `wal_checkpoint(TRUNCATE)`, which waits for readers of the old WAL and
+    /// resets it (see `checkpoint.rs`). `None` turns it off (`JOBDB_WAL_TRUNCATE_BYTES=0`).
+    pub wal_truncate_above: Option<u64>,
+    /// How long that TRUNCATE may wait for readers (and so hold writers back), at most
+    /// (`JOBDB_WAL_TRUNCATE_WAIT_MS`).
+    pub wal_truncate_wait: Duration,
 }
 
 impl Default for Config {
@@ -67,6 +74,8 @@ impl Default for Config {
             max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
             run_migrations: true,
             checkpoint_every: Some(Duration::from_millis(500)),
+            wal_truncate_above: Some(16 * 1024 * 1024),
+            wal_truncate_wait: Duration::from_secs(1),
             allow_network_filesystem: false,
             slow_transaction: Duration::from_millis(100),
         }
@@ -129,6 +138,12 @@ impl Config {
         if let Some(ms) = env_u64("JOBDB_CHECKPOINT_EVERY_MS")? {
             // 0 means: no background checkpoints, SQLite's automatic ones instead.
             c.checkpoint_every = (ms > 0).then(|| Duration::from_millis(ms));
+        }
+        if let Some(v) = env_u64("JOBDB_WAL_TRUNCATE_BYTES")? {
+            c.wal_truncate_above = (v > 0).then_some(v);
+        }
+        if let Some(ms) = env_u64("JOBDB_WAL_TRUNCATE_WAIT_MS")? {
+            c.wal_truncate_wait = Duration::from_millis(ms);
         }
         if let Some(ms) = env_u64("JOBDB_SLOW_TRANSACTION_MS")? {
             c.slow_transaction = Duration::from_millis(ms);

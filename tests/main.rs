@@ -9,4 +9,5 @@ mod diesel_cli;
 mod faults;
 mod lifecycle;
 mod pool;
+mod wal;
 mod worker;

@@ -11,7 +11,7 @@ use diesel::sql_types::{BigInt, Integer, Nullable, Text, Timestamp};
 use diesel::sqlite::SqliteConnection;
 
 use super::stmt::{bind, cached};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::models::{JobRow, NewResultRow, ResultRow};
 use crate::schema::{jobs, results};
 
@@ -462,18 +462,52 @@ pub fn audit(conn: &mut SqliteConnection, queue: &str) -> Result<(i64, i64, i64)
     Ok((r.jobs, r.not_succeeded, r.duplicated))
 }
 
-/// `PRAGMA wal_checkpoint(PASSIVE)`: copies what it can from the WAL into the database without
-/// waiting for any lock. Returns (WAL frames, frames checkpointed).
-pub fn checkpoint_passive(conn: &mut SqliteConnection) -> Result<(i64, i64)> {
+/// How hard a checkpoint tries (SQLite's `wal_checkpoint` modes we use).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckpointMode {
+    /// Copies what it can without waiting for any lock; never blocks readers or writers.
+    Passive,
+    /// Takes the write lock, copies everything, waits (busy handler) for readers of the old
+    /// WAL, then resets the WAL and truncates its file to zero bytes.
+    Truncate,
+}
+
+/// What `PRAGMA wal_checkpoint` reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, QueryableByName)]
+pub struct CheckpointOutcome {
+    /// 1 when the checkpoint could not finish (a lock or a reader was in the way), else 0.
+    /// Not an error: the work done so far stays done.
+    #[diesel(sql_type = Integer)]
+    pub busy: i32,
+    /// Frames in the WAL (-1 when not in WAL mode).
+    #[diesel(sql_type = BigInt, column_name = log)]
+    pub log_frames: i64,
+    /// Frames copied into the database so far.
+    #[diesel(sql_type = BigInt)]
+    pub checkpointed: i64,
+}
+
+/// `PRAGMA wal_checkpoint(mode)`. The statement text is fixed per mode (no user input).
+pub fn checkpoint(conn: &mut SqliteConnection, mode: CheckpointMode) -> Result<CheckpointOutcome> {
+    let sql = match mode {
+        CheckpointMode::Passive => "PRAGMA wal_checkpoint(PASSIVE)",
+        CheckpointMode::Truncate => "PRAGMA wal_checkpoint(TRUNCATE)",
+    };
+    Ok(diesel::sql_query(sql).get_result(conn)?)
+}
+
+/// `PRAGMA page_size`, in bytes.
+pub fn page_size(conn: &mut SqliteConnection) -> Result<u64> {
     #[derive(QueryableByName)]
     struct Row {
         #[diesel(sql_type = BigInt)]
-        log: i64,
-        #[diesel(sql_type = BigInt)]
-        checkpointed: i64,
+        page_size: i64,
     }
-    let r: Row = diesel::sql_query("PRAGMA wal_checkpoint(PASSIVE)").get_result(conn)?;
-    Ok((r.log, r.checkpointed))
+    let r: Row = diesel::sql_query("PRAGMA page_size").get_result(conn)?;
+    u64::try_from(r.page_size).map_err(|_| Error::CorruptRow {
+        table: "pragma page_size",
+        reason: format!("negative page size {}", r.page_size),
+    })
 }
 
 /// Inserts `n` already-succeeded jobs on `queue` in one statement (for `jobdb bench --finished`:

@@ -1,0 +1,197 @@
+//! The WAL checkpoint policy, run by one background thread per [`crate::Queue`].
+//!
+//! Why a policy and not SQLite's automatic checkpoints: an automatic checkpoint runs inside
+//! the commit that crosses `wal_autocheckpoint`, while that transaction holds the write lock,
+//! and it is PASSIVE, so it never resets the WAL while readers keep using it. Under steady
+//! writes with overlapping readers (a dashboard polling, `jobdb stats` in a loop, workers'
+//! reads) there is always a reader on the WAL and it grows without bound ("checkpoint
+//! starvation" in SQLite's WAL documentation).
+//!
+//! The policy, every `Config::checkpoint_every` (500 ms):
+//! 1. `PRAGMA wal_checkpoint(PASSIVE)`: copies what it can, never waits, never blocks anyone.
+//! 2. When the WAL still holds more than `Config::wal_truncate_above` bytes (16 MiB), a
+//!    `wal_checkpoint(TRUNCATE)` with a busy timeout of `Config::wal_truncate_wait` (1 s):
+//!    SQLite takes the write lock, copies the rest, then waits for the readers still on the
+//!    old WAL to finish (new readers no longer need it, so they do not extend the wait),
+//!    restarts the WAL and truncates the file to zero bytes. Writers wait meanwhile, at most
+//!    the wait plus the copy; they are not failed (busy_timeout and the retry loop).
+//! 3. A TRUNCATE that gives up (a read transaction that lasts longer than the wait) is retried
+//!    with doubling pauses up to a minute, with a warning naming the WAL size: one read
+//!    transaction that never ends pins the WAL in any SQLite, and only its owner can end it.
+//!
+//! `journal_size_limit` (64 MiB) additionally caps what a reset leaves on disk when some
+//! other process resets the WAL.
+
+use std::sync::atomic::Ordering;
+use std::sync::Weak;
+use std::time::{Duration, Instant};
+
+use diesel::sqlite::SqliteConnection;
+
+use crate::backend::sqlite::{checkpoint, page_size, CheckpointMode, CheckpointOutcome};
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::pool::SqlitePool;
+
+/// What the checkpoint thread needs from its queue; it holds the queue weakly and stops when
+/// the last handle is dropped.
+pub(crate) trait CheckpointTarget: Send + Sync + 'static {
+    /// The pool to borrow a connection from for each round.
+    fn pool(&self) -> &SqlitePool;
+    /// Where checkpoints are counted.
+    fn metrics(&self) -> &Metrics;
+    /// Runs `f` on the process's writer connection, in line with the queue's own write
+    /// transactions. The TRUNCATE runs there: on any other connection it would compete with
+    /// our writer for the write lock through the busy handler and could starve while the
+    /// writer, committing back to back, keeps growing the WAL.
+    fn on_writer(
+        &self,
+        f: &mut dyn FnMut(&mut SqliteConnection) -> Result<CheckpointOutcome>,
+    ) -> Result<CheckpointOutcome>;
+}
+
+/// The policy's numbers (from [`crate::Config`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Policy {
+    pub every: Duration,
+    pub truncate_above: Option<u64>,
+    pub truncate_wait: Duration,
+    pub busy_timeout: Duration,
+}
+
+/// Starts the checkpoint thread. A failure to start is logged, not fatal: SQLite still works,
+/// only the WAL is not bounded.
+pub(crate) fn start<T: CheckpointTarget>(target: Weak<T>, policy: Policy) {
+    let spawned = std::thread::Builder::new()
+        .name("jobdb-checkpoint".into())
+        .spawn(move || run(target, policy));
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the WAL checkpoint thread; the WAL is not bounded");
+    }
+}
+
+fn run<T: CheckpointTarget>(target: Weak<T>, policy: Policy) {
+    let mut truncate = TruncateSchedule::default();
+    loop {
+        std::thread::sleep(policy.every);
+        let Some(t) = target.upgrade() else {
+            return;
+        };
+        let round = one_round(&*t, &policy, &mut truncate);
+        if let Err(e) = round {
+            tracing::warn!(error = %e, "WAL checkpoint failed; will retry");
+        }
+    }
+}
+
+/// When the next TRUNCATE may be tried: right away, or after a pause that doubles with each
+/// failure, so a pinned WAL does not stall writers for `truncate_wait` every round.
+#[derive(Debug, Default)]
+struct TruncateSchedule {
+    failures: u32,
+    not_before: Option<Instant>,
+}
+
+impl TruncateSchedule {
+    fn due(&self) -> bool {
+        self.not_before.map_or(true, |t| Instant::now() >= t)
+    }
+
+    fn failed(&mut self, every: Duration) {
+        self.failures = self.failures.saturating_add(1);
+        let pause = every
+            .saturating_mul(1 << self.failures.min(7))
+            .min(Duration::from_secs(60));
+        self.not_before = Some(Instant::now() + pause);
+    }
+
+    fn succeeded(&mut self) {
+        *self = TruncateSchedule::default();
+    }
+}
+
+fn one_round<T: CheckpointTarget>(
+    target: &T,
+    policy: &Policy,
+    schedule: &mut TruncateSchedule,
+) -> Result<()> {
+    let metrics = target.metrics();
+    let wal_bytes = {
+        let mut conn = target.pool().get().map_err(Error::from)?;
+        let passive = checkpoint(&mut conn, CheckpointMode::Passive)?;
+        tracing::trace!(?passive, "WAL checkpoint");
+        passive.log_frames.max(0) as u64 * page_size(&mut conn)?
+    };
+    metrics.checkpoints.fetch_add(1, Ordering::Relaxed);
+    metrics.wal_bytes.store(wal_bytes, Ordering::Relaxed);
+    metrics
+        .wal_bytes_max
+        .fetch_max(wal_bytes, Ordering::Relaxed);
+
+    let Some(limit) = policy.truncate_above else {
+        return Ok(());
+    };
+    if wal_bytes <= limit || !schedule.due() {
+        return Ok(());
+    }
+    let truncated = target.on_writer(&mut |conn| {
+        // The busy handler bounds how long TRUNCATE waits for readers (and so how long our
+        // writers wait for it); the writer gets its usual timeout back either way.
+        set_busy_timeout(conn, policy.truncate_wait)?;
+        let outcome = checkpoint(conn, CheckpointMode::Truncate);
+        let restored = set_busy_timeout(conn, policy.busy_timeout);
+        let outcome = outcome?;
+        restored?;
+        Ok(outcome)
+    })?;
+    if truncated.busy != 0 {
+        metrics.wal_truncate_busy.fetch_add(1, Ordering::Relaxed);
+        schedule.failed(policy.every);
+        tracing::warn!(
+            wal_bytes,
+            wait_ms = policy.truncate_wait.as_millis() as u64,
+            "the WAL is over its limit and a read transaction kept it from being reset; \
+             a reader that never ends its transaction pins the WAL"
+        );
+    } else {
+        metrics.wal_truncates.fetch_add(1, Ordering::Relaxed);
+        metrics.wal_bytes.store(0, Ordering::Relaxed);
+        schedule.succeeded();
+        tracing::debug!(wal_bytes, "WAL over its limit: checkpointed and truncated");
+    }
+    Ok(())
+}
+
+fn set_busy_timeout(conn: &mut SqliteConnection, d: Duration) -> Result<()> {
+    use diesel::connection::SimpleConnection;
+    conn.batch_execute(&format!("PRAGMA busy_timeout = {};", d.as_millis()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncate_pauses_double_after_failures_and_reset_on_success() {
+        let every = Duration::from_millis(500);
+        let mut s = TruncateSchedule::default();
+        assert!(s.due());
+        s.failed(every);
+        assert!(
+            !s.due(),
+            "a failed truncate is not retried in the next round"
+        );
+        let first = s.not_before.map(|t| t - Instant::now());
+        s.failed(every);
+        let second = s.not_before.map(|t| t - Instant::now());
+        assert!(second > first);
+        for _ in 0..20 {
+            s.failed(every);
+        }
+        let capped = s.not_before.map(|t| t - Instant::now()).unwrap_or_default();
+        assert!(capped <= Duration::from_secs(60));
+        s.succeeded();
+        assert!(s.due());
+    }
+}

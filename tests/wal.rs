@@ -1,0 +1,110 @@
+//! WAL growth: steady writes while overlapping read transactions keep a reader on the WAL at
+//! every moment. PASSIVE checkpoints alone can never reset the WAL then (SQLite's "checkpoint
+//! starvation"); the checkpointer's TRUNCATE policy bounds it.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use diesel::connection::SimpleConnection;
+use diesel::{Connection, SqliteConnection};
+use jobdb::metrics::WalSnapshot;
+use jobdb::{NewJob, Queue};
+
+use crate::common::TestDb;
+
+const MIB: u64 = 1024 * 1024;
+const LIMIT: u64 = MIB;
+
+/// Runs writes for `secs` with two readers whose 200 ms read transactions overlap (one starts
+/// while the other is still open). Returns the largest `-wal` file size seen and the
+/// checkpointer's view.
+fn load_with_overlapping_readers(db: &TestDb, q: &Queue, secs: u64) -> (u64, WalSnapshot) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let reads = Arc::new(AtomicU64::new(0));
+    let readers: Vec<_> = (0..2)
+        .map(|i| {
+            let (url, stop, reads) = (db.url(), stop.clone(), reads.clone());
+            thread::spawn(move || {
+                thread::sleep(Duration::from_millis(100 * i));
+                let mut c = SqliteConnection::establish(&url).unwrap();
+                c.batch_execute("PRAGMA busy_timeout = 5000").unwrap();
+                while !stop.load(Ordering::Relaxed) {
+                    // A DEFERRED transaction takes its snapshot at the first read and keeps
+                    // the WAL frames it can see pinned until it ends.
+                    c.batch_execute("BEGIN; SELECT count(*) FROM jobs;")
+                        .unwrap();
+                    thread::sleep(Duration::from_millis(200));
+                    c.batch_execute("COMMIT").unwrap();
+                    reads.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    let writer = {
+        let (q, stop) = (q.clone(), stop.clone());
+        thread::spawn(move || {
+            let jobs: Vec<NewJob> = (0..100)
+                .map(|i| NewJob::new("wal", &format!("{i:0>300}")).unwrap())
+                .collect();
+            while !stop.load(Ordering::Relaxed) {
+                q.enqueue_batch(&jobs).unwrap();
+                for job in q.claim("wal", 100, "w", Duration::from_secs(30)).unwrap() {
+                    q.complete(job.lease(), &"done", Duration::ZERO).unwrap();
+                }
+                // Sustained, not flat out: a few MiB of WAL per checkpoint round.
+                thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    let wal_path = format!("{}-wal", db.url());
+    let mut max_file = 0;
+    let end = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < end {
+        let size = std::fs::metadata(&wal_path).map(|m| m.len()).unwrap_or(0);
+        max_file = max_file.max(size);
+        thread::sleep(Duration::from_millis(20));
+    }
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    for r in readers {
+        r.join().unwrap();
+    }
+    assert!(reads.load(Ordering::Relaxed) >= 4, "the readers ran");
+    (max_file, q.metrics().wal)
+}
+
+#[test]
+fn overlapping_readers_cannot_make_the_wal_grow_past_the_truncate_limit() {
+    let db = TestDb::new();
+    let q = db.queue_with(|c| {
+        c.checkpoint_every = Some(Duration::from_millis(100));
+        c.wal_truncate_above = Some(LIMIT);
+        c.wal_truncate_wait = Duration::from_secs(1);
+    });
+    let (max_file, wal) = load_with_overlapping_readers(&db, &q, 4);
+    eprintln!("with the TRUNCATE policy: largest WAL file {max_file} bytes, {wal:?}");
+    assert!(wal.truncates >= 1, "the policy ran: {wal:?}");
+    // The bound is the limit plus what the writer appends in a round (100 ms) and while a
+    // truncate that gave up pauses (200 ms, doubling): a few MiB at this write rate.
+    assert!(
+        max_file < 16 * LIMIT,
+        "WAL reached {max_file} bytes with a {LIMIT}-byte limit"
+    );
+    drop(q);
+
+    // The same load with PASSIVE checkpoints only: the WAL is never reset.
+    let db = TestDb::new();
+    let q = db.queue_with(|c| {
+        c.checkpoint_every = Some(Duration::from_millis(100));
+        c.wal_truncate_above = None;
+    });
+    let (unbounded, wal) = load_with_overlapping_readers(&db, &q, 4);
+    eprintln!("PASSIVE only: largest WAL file {unbounded} bytes, {wal:?}");
+    assert_eq!(wal.truncates, 0);
+    assert!(
+        unbounded > 2 * max_file,
+        "without the policy the WAL should outgrow the bounded run: {unbounded} vs {max_file}"
+    );
+}
