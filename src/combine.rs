@@ -200,11 +200,8 @@ impl Combiner {
         mut f: impl FnMut(&mut SqliteConnection) -> Result<T>,
     ) -> Result<T> {
         let mut writer = self.writer.lock();
-        let result = checkout(&mut writer, ctx.pool).and_then(|conn| {
-            retry_busy(ctx.policy, ctx.stats, name, || {
-                timed(ctx, name, 1, || f(conn))
-            })
-        });
+        let result =
+            checkout(&mut writer, ctx.pool).and_then(|conn| traced(ctx, name, 1, || f(&mut *conn)));
         discard_if_broken(&mut writer);
         drop(writer);
         if let Some(next) = lock(&self.pending).front() {
@@ -221,15 +218,11 @@ impl Combiner {
     ) {
         // Named after its first operation; `ops` says how many rode along.
         let name = group.first().map_or("empty", |op| op.name());
-        let span = tracing::debug_span!("jobdb.write", transaction = name, ops = group.len());
-        let _entered = span.enter();
         let result = checkout(writer, ctx.pool).and_then(|conn| {
-            retry_busy(ctx.policy, ctx.stats, name, || {
-                timed(ctx, name, group.len(), || match group {
-                    // Alone, the operation is its own BEGIN IMMEDIATE transaction: no savepoint.
-                    [op] => op.run(conn),
-                    _ => write_transaction(conn, |c| group.iter().try_for_each(|op| op.run(c))),
-                })
+            traced(ctx, name, group.len(), || match group {
+                // Alone, the operation is its own BEGIN IMMEDIATE transaction: no savepoint.
+                [op] => op.run(conn),
+                _ => write_transaction(conn, |c| group.iter().try_for_each(|op| op.run(c))),
             })
         });
         if result.is_ok() {
@@ -245,6 +238,33 @@ impl Combiner {
         // Only now, after COMMIT, do callers see their results.
         group.iter().for_each(|op| op.publish());
     }
+}
+
+/// Runs a write transaction under the retry loop inside a `jobdb.write` span that carries its
+/// name, how many operations ride in it, the busy retries it needed and how long it took.
+fn traced<R>(
+    ctx: &WriteCtx<'_>,
+    name: &'static str,
+    ops: usize,
+    mut f: impl FnMut() -> Result<R>,
+) -> Result<R> {
+    let span = tracing::debug_span!(
+        "jobdb.write",
+        transaction = name,
+        ops,
+        busy_retries = tracing::field::Empty,
+        duration_ms = tracing::field::Empty,
+    );
+    let _entered = span.enter();
+    let started = std::time::Instant::now();
+    let mut tries: u32 = 0;
+    let result = retry_busy(ctx.policy, ctx.stats, name, || {
+        tries += 1;
+        timed(ctx, name, ops, &mut f)
+    });
+    span.record("busy_retries", tries.saturating_sub(1));
+    span.record("duration_ms", started.elapsed().as_secs_f64() * 1000.0);
+    result
 }
 
 /// Runs one try of a write transaction, recording how long it held the write lock and warning

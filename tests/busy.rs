@@ -165,3 +165,59 @@ fn sqlite_locked_is_not_busy_and_is_not_retried() {
     assert_eq!(queue.retry_stats().busy_retries, 0);
     writer.batch_execute("ROLLBACK").unwrap();
 }
+
+/// A `MakeWriter` that appends everything to one shared buffer.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn each_write_transaction_has_a_span_with_its_name_and_busy_retries() {
+    use tracing_subscriber::fmt::format::FmtSpan;
+    let db = TestDb::new();
+    let queue = db.queue_with(|c| c.pragmas.busy_timeout = Duration::ZERO);
+    let out = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_span_events(FmtSpan::CLOSE)
+        .with_ansi(false)
+        .with_writer({
+            let out = out.clone();
+            move || out.clone()
+        })
+        .finish();
+    tracing::subscriber::with_default(subscriber, || {
+        let (release, holder) = hold_write_lock(&db);
+        let releaser = thread::spawn(move || {
+            thread::sleep(Duration::from_millis(150));
+            release.send(()).unwrap();
+        });
+        // This thread runs the transaction itself (alone, it is its own group).
+        queue.enqueue(&job()).unwrap();
+        releaser.join().unwrap();
+        holder.join().unwrap();
+    });
+    let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+    let closed = text
+        .lines()
+        .find(|l| l.contains("jobdb.write") && l.contains("close"))
+        .unwrap_or_else(|| panic!("no closed jobdb.write span in:\n{text}"));
+    assert!(closed.contains("transaction=\"enqueue\""), "{closed}");
+    let retries: u32 = closed
+        .split("busy_retries=")
+        .nth(1)
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no busy_retries field: {closed}"));
+    assert!(retries >= 1, "the lock was held for 150 ms: {closed}");
+    assert!(closed.contains("duration_ms="), "{closed}");
+}
