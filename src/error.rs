@@ -33,6 +33,40 @@ pub enum Error {
         attempt: i32,
     },
 
+    /// The job was cancelled while it ran: whatever its handler reported was recorded as a
+    /// cancelled attempt, never as success. From a heartbeat it means a cancel was requested
+    /// (the lease was still extended, so the handler can wind down).
+    #[error("job {job_id} was cancelled; its result is not recorded as success")]
+    Cancelled {
+        /// The cancelled job.
+        job_id: i64,
+    },
+
+    /// The job is not in a state the operation applies to (retrying a job that is not dead
+    /// or cancelled, cancelling a finished one). Nothing was changed.
+    #[error("job {job_id} is {state}; {operation} needs {wanted}")]
+    WrongState {
+        /// The job.
+        job_id: i64,
+        /// Its state now.
+        state: crate::models::JobState,
+        /// What was asked: "cancel", "retry", …
+        operation: &'static str,
+        /// The states it applies to, in words.
+        wanted: &'static str,
+    },
+
+    /// Waiting for a job to finish took longer than the timeout. The job is unaffected.
+    #[error("job {job_id} did not finish within {waited:?} (it is {state})")]
+    Timeout {
+        /// The job waited for.
+        job_id: i64,
+        /// Its state when the wait gave up.
+        state: crate::models::JobState,
+        /// How long was waited.
+        waited: Duration,
+    },
+
     /// No job has this id.
     #[error("no job with id {job_id}")]
     NotFound {
@@ -139,6 +173,21 @@ impl Error {
     /// True for [`Error::LeaseLost`].
     pub fn is_lease_lost(&self) -> bool {
         matches!(self.root(), Error::LeaseLost { .. })
+    }
+
+    /// True for [`Error::Cancelled`].
+    pub fn is_cancelled(&self) -> bool {
+        matches!(self.root(), Error::Cancelled { .. })
+    }
+
+    /// True for [`Error::WrongState`].
+    pub fn is_wrong_state(&self) -> bool {
+        matches!(self.root(), Error::WrongState { .. })
+    }
+
+    /// True for [`Error::Timeout`].
+    pub fn is_timeout(&self) -> bool {
+        matches!(self.root(), Error::Timeout { .. })
     }
 
     /// True for [`Error::NotFound`].

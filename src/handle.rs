@@ -2,6 +2,10 @@
 //! the `queue` functions as a whole transaction, re-run on busy by the retry loop, so callers
 //! never see "database is locked": they get the result, or [`Error::Busy`] past the deadline.
 
+mod manage;
+
+pub use manage::PruneReport;
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -101,6 +101,9 @@ pub struct JobRow {
     pub heartbeat_at: Option<NaiveDateTime>,
     pub lease_expires_at: Option<NaiveDateTime>,
     pub last_error: Option<String>,
+    pub unique_key: Option<String>,
+    pub cancel_requested_at: Option<NaiveDateTime>,
+    pub attempt_base: i32,
 }
 
 /// A job, as the API hands it out.
@@ -134,9 +137,27 @@ pub struct Job {
     pub lease_expires_at: Option<DateTime<Utc>>,
     /// The error of the last failed attempt.
     pub last_error: Option<String>,
+    /// At most one live (queued or running) job per queue has this key.
+    pub unique_key: Option<String>,
+    /// When a cancel was requested while the job was running.
+    pub cancel_requested_at: Option<DateTime<Utc>>,
+    /// `attempts` when the job was last retried by hand: attempts count on from there, so
+    /// the job gets `max_attempts` fresh tries while attempt numbers stay unique.
+    pub attempt_base: i32,
 }
 
 impl Job {
+    /// Attempts left before the job is `dead`.
+    pub fn attempts_left(&self) -> i32 {
+        (self.max_attempts - (self.attempts - self.attempt_base)).max(0)
+    }
+
+    /// Whether cancellation was requested (a running job keeps running until its handler
+    /// notices; whatever it reports is then recorded as cancelled).
+    pub fn cancel_requested(&self) -> bool {
+        self.cancel_requested_at.is_some()
+    }
+
     /// Deserializes the payload into the caller's type.
     pub fn payload<T: DeserializeOwned>(&self) -> Result<T> {
         serde_json::from_str(&self.payload_json).map_err(|source| Error::Json {
@@ -177,6 +198,9 @@ impl TryFrom<JobRow> for Job {
             heartbeat_at: r.heartbeat_at.map(|t| t.and_utc()),
             lease_expires_at: r.lease_expires_at.map(|t| t.and_utc()),
             last_error: r.last_error,
+            unique_key: r.unique_key,
+            cancel_requested_at: r.cancel_requested_at.map(|t| t.and_utc()),
+            attempt_base: r.attempt_base,
         })
     }
 }
@@ -206,6 +230,7 @@ pub struct NewJob {
     pub(crate) priority: i32,
     pub(crate) run_at: Option<DateTime<Utc>>,
     pub(crate) max_attempts: i32,
+    pub(crate) unique_key: Option<String>,
 }
 
 /// Default attempts before a job is `dead`.
@@ -235,6 +260,7 @@ impl NewJob {
             priority: 0,
             run_at: None,
             max_attempts: DEFAULT_MAX_ATTEMPTS,
+            unique_key: None,
         }
     }
 
@@ -256,6 +282,14 @@ impl NewJob {
         self
     }
 
+    /// At most one live (queued or running) job of this queue may have `key`: enqueueing a
+    /// duplicate returns the existing job's id instead of a new job. Race-free: a unique
+    /// index decides, not a lookup first. The key is freed when the job finishes.
+    pub fn unique_key(mut self, key: impl Into<String>) -> Self {
+        self.unique_key = Some(key.into());
+        self
+    }
+
     /// The queue name.
     pub fn queue(&self) -> &str {
         &self.queue
@@ -274,6 +308,17 @@ impl NewJob {
                 field: "max_attempts",
                 reason: format!("{} is less than 1", self.max_attempts),
             });
+        }
+        if let Some(key) = &self.unique_key {
+            if key.is_empty() || key.len() > 1024 || key.contains('\0') {
+                return Err(Error::InvalidArgument {
+                    field: "unique_key",
+                    reason: format!(
+                        "must be 1 to 1024 bytes with no NUL character (got {} bytes)",
+                        key.len()
+                    ),
+                });
+            }
         }
         if self.payload.len() > max_payload_bytes {
             return Err(Error::InvalidArgument {

@@ -6,7 +6,7 @@
 //! atomically with its own rows. These functions do not retry on busy; [`crate::Queue`] wraps
 //! them with the retry loop. No transaction is ever held while a job's handler runs.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDateTime, Utc};
@@ -92,6 +92,27 @@ pub fn enqueue_many(conn: &mut SqliteConnection, jobs: &[NewJob]) -> Result<Vec<
 
 /// Inserts already-validated jobs in one write transaction (a savepoint inside the caller's).
 pub(crate) fn insert_validated(conn: &mut SqliteConnection, jobs: &[NewJob]) -> Result<Vec<i64>> {
+    Ok(insert_reporting(conn, jobs)?
+        .into_iter()
+        .map(|e| e.id)
+        .collect())
+}
+
+/// What enqueueing one job did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Enqueued {
+    /// The job's id: the new job's, or the live job's that already had the unique key.
+    pub id: i64,
+    /// False when a live job with the same unique key existed and nothing was inserted.
+    pub inserted: bool,
+}
+
+/// [`insert_validated`], saying for each job whether it was inserted or a live job with its
+/// unique key already existed.
+pub(crate) fn insert_reporting(
+    conn: &mut SqliteConnection,
+    jobs: &[NewJob],
+) -> Result<Vec<Enqueued>> {
     let now = now();
     let rows: Vec<db::InsertJob<'_>> = jobs
         .iter()
@@ -105,9 +126,38 @@ pub(crate) fn insert_validated(conn: &mut SqliteConnection, jobs: &[NewJob]) -> 
             run_at: j.run_at.map(|t| t.naive_utc()).unwrap_or(now),
             created_at: now,
             updated_at: now,
+            unique_key: j.unique_key.as_deref(),
         })
         .collect();
-    db::write_transaction(conn, |c| db::insert_jobs(c, &rows))
+    db::write_transaction(conn, |c| {
+        if rows.iter().all(|r| r.unique_key.is_none()) {
+            // The common case: one multi-row INSERT.
+            let ids = db::insert_jobs(c, &rows)?;
+            return Ok(ids
+                .into_iter()
+                .map(|id| Enqueued { id, inserted: true })
+                .collect());
+        }
+        // With unique keys, row by row: ON CONFLICT DO NOTHING … RETURNING only returns the
+        // rows it inserted, so a multi-row insert could not say which id belongs to which job.
+        rows.iter()
+            .map(|r| {
+                if r.unique_key.is_some() {
+                    let (id, inserted) = db::insert_unique(c, r)?;
+                    Ok(Enqueued { id, inserted })
+                } else {
+                    let id = db::insert_jobs(c, std::slice::from_ref(r))?
+                        .into_iter()
+                        .next()
+                        .ok_or_else(|| Error::CorruptRow {
+                            table: "jobs",
+                            reason: "INSERT … RETURNING returned no id".into(),
+                        })?;
+                    Ok(Enqueued { id, inserted: true })
+                }
+            })
+            .collect()
+    })
 }
 
 /// Claims up to `limit` due jobs of `queue` for `worker_id`, leased for `lease`. Returns them
@@ -131,7 +181,9 @@ pub fn claim(
 }
 
 /// Extends a lease by `lease` from now. Fails with [`Error::LeaseLost`] when the job was
-/// reclaimed or left `running`, [`Error::NotFound`] when it does not exist. Returns the new
+/// reclaimed or left `running`, [`Error::NotFound`] when it does not exist, and
+/// [`Error::Cancelled`] when a cancel was requested (the lease is still extended, so the
+/// handler can wind down; what it reports next is recorded as cancelled). Returns the new
 /// expiry.
 pub fn heartbeat(
     conn: &mut SqliteConnection,
@@ -140,15 +192,24 @@ pub fn heartbeat(
 ) -> Result<DateTime<Utc>> {
     let now = now();
     let until = after(now, lease_for);
-    db::write_transaction(conn, |c| {
-        let changed = db::heartbeat(c, lease.job_id, lease.attempt, now, until)?;
-        fenced(c, changed, lease)
+    let cancel = db::write_transaction(conn, |c| {
+        match db::heartbeat(c, lease.job_id, lease.attempt, now, until)? {
+            Some(cancel) => Ok(cancel),
+            None => Err(lost_or_missing(c, lease)?),
+        }
     })?;
+    if cancel {
+        return Err(Error::Cancelled {
+            job_id: lease.job_id,
+        });
+    }
     Ok(until.and_utc())
 }
 
 /// Records success: one `succeeded` results row with `output`, and the job `succeeded`, in one
-/// transaction. Fenced: if the lease is lost nothing is written ([`Error::LeaseLost`]).
+/// transaction. Fenced: if the lease is lost nothing is written ([`Error::LeaseLost`]). If a
+/// cancel was requested meanwhile, the attempt is recorded as failed ("cancelled"), the job
+/// ends `cancelled`, and the caller gets [`Error::Cancelled`].
 pub fn complete(
     conn: &mut SqliteConnection,
     lease: Lease,
@@ -167,9 +228,16 @@ pub fn complete_json(
     duration: Duration,
 ) -> Result<()> {
     let now = now();
-    db::write_transaction(conn, |c| {
-        let changed = db::mark_succeeded(c, lease.job_id, lease.attempt, now)?;
-        fenced(c, changed, lease)?;
+    let cancelled = db::write_transaction(conn, |c| {
+        if db::mark_succeeded(c, lease.job_id, lease.attempt, now)? == 0 {
+            // A cancelled attempt is committed as such; any other reason writes nothing.
+            let why = settle_unapplied(c, lease, now, duration)?;
+            return if why.is_cancelled() {
+                Ok(Some(why))
+            } else {
+                Err(why)
+            };
+        }
         db::insert_result(
             c,
             &result_row(
@@ -180,8 +248,10 @@ pub fn complete_json(
                 now,
                 duration,
             ),
-        )
-    })
+        )?;
+        Ok(None)
+    })?;
+    cancelled.map_or(Ok(()), Err)
 }
 
 /// One completion for [`complete_many`].
@@ -221,7 +291,19 @@ pub fn complete_many(conn: &mut SqliteConnection, items: &[Completion]) -> Resul
             source,
         })?;
         db::insert_succeeded_results(c, &rows_json, now)?;
-        per_item(c, &leases, &done, |_| ())
+        let durations: HashMap<i64, Duration> = items
+            .iter()
+            .map(|it| (it.lease.job_id, it.duration))
+            .collect();
+        per_item(
+            c,
+            &leases,
+            |l| done.contains(&l.job_id).then_some(Ok(())),
+            |c, l| {
+                let d = durations.get(&l.job_id).copied().unwrap_or_default();
+                settle_unapplied(c, l, now, d)
+            },
+        )
     })
 }
 
@@ -236,10 +318,23 @@ pub fn heartbeat_many(
     let now = now();
     let until = after(now, lease_for);
     db::write_transaction(conn, |c| {
-        let extended: HashSet<i64> = db::heartbeat_set(c, &leases_json, now, until)?
+        let extended: HashMap<i64, bool> = db::heartbeat_set(c, &leases_json, now, until)?
             .into_iter()
             .collect();
-        per_item(c, leases, &extended, |_| until.and_utc())
+        per_item(
+            c,
+            leases,
+            |l| {
+                extended.get(&l.job_id).map(|&cancel| {
+                    if cancel {
+                        Err(Error::Cancelled { job_id: l.job_id })
+                    } else {
+                        Ok(until.and_utc())
+                    }
+                })
+            },
+            lost_or_missing,
+        )
     })
 }
 
@@ -251,26 +346,20 @@ fn leases_json(leases: &[Lease]) -> Result<String> {
     })
 }
 
-/// One result per lease: `ok(lease)` for those in `applied`, the fencing error for the others.
+/// One result per lease: `applied(lease)` for those the set statement applied to, else the
+/// error `settle` finds (lease lost, not found, cancelled) in that item's slot. A query error
+/// of `settle` is the whole transaction's error, not one item's.
 fn per_item<T>(
     conn: &mut SqliteConnection,
     leases: &[Lease],
-    applied: &HashSet<i64>,
-    ok: impl Fn(Lease) -> T,
+    applied: impl Fn(Lease) -> Option<Result<T>>,
+    settle: impl Fn(&mut SqliteConnection, Lease) -> Result<Error>,
 ) -> Result<Vec<Result<T>>> {
     leases
         .iter()
-        .map(|&lease| {
-            if applied.contains(&lease.job_id) {
-                Ok(Ok(ok(lease)))
-            } else {
-                // A query error here is the transaction's error, not this item's.
-                match fenced(conn, 0, lease) {
-                    Err(e) if e.is_lease_lost() || e.is_not_found() => Ok(Err(e)),
-                    Err(e) => Err(e),
-                    Ok(()) => Ok(Ok(ok(lease))),
-                }
-            }
+        .map(|&lease| match applied(lease) {
+            Some(r) => Ok(r),
+            None => settle(conn, lease).map(Err),
         })
         .collect()
 }
@@ -483,17 +572,54 @@ fn fenced(conn: &mut SqliteConnection, changed: usize, lease: Lease) -> Result<(
     if changed == 1 {
         return Ok(());
     }
-    if db::job_exists(conn, lease.job_id)? {
-        Err(Error::LeaseLost {
+    Err(lost_or_missing(conn, lease)?)
+}
+
+/// Why a fenced update did not apply: [`Error::NotFound`] or [`Error::LeaseLost`]. (The outer
+/// `Result` is a query error.)
+fn lost_or_missing(conn: &mut SqliteConnection, lease: Lease) -> Result<Error> {
+    Ok(if db::job_exists(conn, lease.job_id)? {
+        Error::LeaseLost {
             job_id: lease.job_id,
             attempt: lease.attempt,
-        })
+        }
     } else {
-        Err(Error::NotFound {
+        Error::NotFound {
             job_id: lease.job_id,
-        })
-    }
+        }
+    })
 }
+
+/// The error of a completion that did not apply. If the lease is still ours but a cancel was
+/// requested, the attempt is finished here as cancelled (a failed results row, the job
+/// `cancelled`) for the caller's transaction to commit, and the error is [`Error::Cancelled`].
+fn settle_unapplied(
+    conn: &mut SqliteConnection,
+    lease: Lease,
+    now: NaiveDateTime,
+    duration: Duration,
+) -> Result<Error> {
+    if db::finish_cancelled(conn, lease.job_id, lease.attempt, CANCELLED_ERROR, now)? == 1 {
+        db::insert_result(
+            conn,
+            &result_row(
+                lease,
+                Outcome::Failed,
+                None,
+                Some(CANCELLED_ERROR),
+                now,
+                duration,
+            ),
+        )?;
+        return Ok(Error::Cancelled {
+            job_id: lease.job_id,
+        });
+    }
+    lost_or_missing(conn, lease)
+}
+
+/// The `error` of an attempt that finished after its job was cancelled.
+pub const CANCELLED_ERROR: &str = "cancelled while running; the handler's result was discarded";
 
 fn result_row<'a>(
     lease: Lease,

@@ -16,6 +16,16 @@ diesel::table! {
         heartbeat_at -> Nullable<Timestamp>,
         lease_expires_at -> Nullable<Timestamp>,
         last_error -> Nullable<Text>,
+        unique_key -> Nullable<Text>,
+        cancel_requested_at -> Nullable<Timestamp>,
+        attempt_base -> Integer,
+    }
+}
+
+diesel::table! {
+    paused_queues (queue) {
+        queue -> Text,
+        paused_at -> Timestamp,
     }
 }
 
@@ -32,6 +42,14 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    schedules (name) {
+        name -> Text,
+        last_tick -> Timestamp,
+        updated_at -> Timestamp,
+    }
+}
+
 diesel::joinable!(results -> jobs (job_id));
 
-diesel::allow_tables_to_appear_in_same_query!(jobs, results,);
+diesel::allow_tables_to_appear_in_same_query!(jobs, paused_queues, results, schedules,);

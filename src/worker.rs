@@ -14,8 +14,11 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::models::{Job, Lease};
+use crate::models::{Job, JobState, Lease};
 use crate::Queue;
+
+mod background;
+use background::{heartbeat_loop, retention_loop};
 
 /// Why a handler failed; recorded as the attempt's `error`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,7 +65,16 @@ impl From<std::io::Error> for HandlerError {
 #[derive(Debug)]
 pub struct JobContext {
     job: Job,
-    abandon: Arc<AtomicBool>,
+    flags: Arc<JobFlags>,
+}
+
+/// What the heartbeat thread and shutdown tell a running handler.
+#[derive(Debug, Default)]
+struct JobFlags {
+    /// The result can no longer be recorded (lease lost, or released at shutdown).
+    abandon: AtomicBool,
+    /// A cancel was requested (seen by a heartbeat).
+    cancelled: AtomicBool,
 }
 
 impl JobContext {
@@ -71,11 +83,19 @@ impl JobContext {
         &self.job
     }
 
-    /// True once the result can no longer be recorded: the lease was lost (another worker
-    /// owns the job now) or shutdown passed its grace period and released the job. A
-    /// long-running handler should check this and stop; whatever it returns is discarded.
+    /// True once the handler should stop: the job was cancelled ([`JobContext::is_cancelled`]),
+    /// the lease was lost (another worker owns the job now), or shutdown passed its grace
+    /// period and released the job. A long-running handler should check this and return;
+    /// what it returns then is recorded as cancelled, or discarded.
     pub fn should_abandon(&self) -> bool {
-        self.abandon.load(Ordering::SeqCst)
+        self.flags.abandon.load(Ordering::SeqCst) || self.is_cancelled()
+    }
+
+    /// The cancellation token: true once someone cancelled this job while it ran (seen by the
+    /// worker's next heartbeat, so within `heartbeat_every`). Whatever the handler returns
+    /// afterwards is recorded as a cancelled attempt, never as success.
+    pub fn is_cancelled(&self) -> bool {
+        self.flags.cancelled.load(Ordering::SeqCst)
     }
 }
 
@@ -112,6 +132,8 @@ pub struct WorkerConfig {
     pub handle_signals: bool,
     /// Stored in `jobs.worker_id` (default: `pid<PID>-<random>`).
     pub worker_id: String,
+    /// Prune finished jobs on a background thread (default: off).
+    pub retention: Option<crate::manage::Retention>,
 }
 
 impl WorkerConfig {
@@ -130,6 +152,7 @@ impl WorkerConfig {
             exit_when_empty: false,
             handle_signals: false,
             worker_id: format!("pid{}-{:04x}", std::process::id(), fastrand::u16(..)),
+            retention: None,
         }
     }
 
@@ -155,6 +178,8 @@ pub struct WorkerReport {
     pub released: u64,
     /// Expired leases of other workers reaped.
     pub reaped: u64,
+    /// Jobs cancelled while their handler ran (recorded as cancelled, not succeeded).
+    pub cancelled: u64,
 }
 
 /// Asks a running [`Worker`] to stop (cloneable, usable from any thread).
@@ -179,11 +204,11 @@ impl ShutdownHandle {
 /// thread and for shutdown.
 #[derive(Default)]
 struct Active {
-    leases: Mutex<HashMap<Lease, Arc<AtomicBool>>>,
+    leases: Mutex<HashMap<Lease, Arc<JobFlags>>>,
 }
 
 impl Active {
-    fn lock(&self) -> MutexGuard<'_, HashMap<Lease, Arc<AtomicBool>>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<Lease, Arc<JobFlags>>> {
         // A panic while holding this lock cannot leave the map inconsistent (single inserts
         // and removes), so a poisoned lock is still safe to use.
         self.leases.lock().unwrap_or_else(|p| p.into_inner())
@@ -197,6 +222,7 @@ struct Counters {
     lease_lost: AtomicU64,
     released: AtomicU64,
     reaped: AtomicU64,
+    cancelled: AtomicU64,
 }
 
 /// Runs a handler over the jobs of one queue.
@@ -264,6 +290,10 @@ where
             );
             thread::spawn(move || heartbeat_loop(&queue, &config, &active, &counters, &stop))
         };
+        let retainer = self.config.retention.clone().map(|retention| {
+            let (queue, stop) = (self.queue.clone(), stop_heartbeats.clone());
+            thread::spawn(move || retention_loop(&queue, &retention, &stop))
+        });
         let threads: Vec<_> = (0..self.config.concurrency)
             .map(|i| {
                 let ctx = ThreadCtx {
@@ -295,8 +325,8 @@ where
             thread::sleep(Duration::from_millis(10));
         }
         // Past the grace period: give unfinished jobs back, and tell their handlers to stop.
-        for (lease, abandon) in active.lock().drain() {
-            abandon.store(true, Ordering::SeqCst);
+        for (lease, flags) in active.lock().drain() {
+            flags.abandon.store(true, Ordering::SeqCst);
             match self.queue.release(lease) {
                 Ok(()) => {
                     counters.released.fetch_add(1, Ordering::Relaxed);
@@ -312,6 +342,9 @@ where
         }
         stop_heartbeats.store(true, Ordering::SeqCst);
         let _ = heartbeater.join();
+        if let Some(r) = retainer {
+            let _ = r.join();
+        }
         for t in threads {
             if t.is_finished() {
                 let _ = t.join();
@@ -323,6 +356,7 @@ where
             lease_lost: counters.lease_lost.load(Ordering::Relaxed),
             released: counters.released.load(Ordering::Relaxed),
             reaped: counters.reaped.load(Ordering::Relaxed),
+            cancelled: counters.cancelled.load(Ordering::Relaxed),
         })
     }
 }
@@ -402,14 +436,15 @@ where
 
     fn process(&self, job: Job) {
         let lease = job.lease();
-        let abandon = Arc::new(AtomicBool::new(false));
-        self.active.lock().insert(lease, abandon.clone());
-        let ctx = JobContext { job, abandon };
+        let flags = Arc::new(JobFlags::default());
+        self.active.lock().insert(lease, flags.clone());
+        let ctx = JobContext { job, flags };
         let started = Instant::now();
         let outcome = catch_unwind(AssertUnwindSafe(|| (self.handler)(&ctx)));
         let elapsed = started.elapsed();
         self.active.lock().remove(&lease);
-        if ctx.should_abandon() {
+        // Cancelled handlers are not abandoned: what they return is recorded as cancelled.
+        if ctx.flags.abandon.load(Ordering::SeqCst) {
             self.counters.lease_lost.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
                 job_id = lease.job_id,
@@ -431,23 +466,30 @@ where
                         &format!("output is not serializable as JSON: {e}"),
                         elapsed,
                     )
-                    .map(|_| &self.counters.failed),
+                    .map(|state| self.failed_counter(state)),
             },
             Ok(Err(e)) => self
                 .queue
                 .fail(lease, &e.message, elapsed)
-                .map(|_| &self.counters.failed),
+                .map(|state| self.failed_counter(state)),
             Err(panic) => {
                 let msg = panic_message(&panic);
                 tracing::error!(job_id = lease.job_id, panic = %msg, "handler panicked");
                 self.queue
                     .fail(lease, &format!("handler panicked: {msg}"), elapsed)
-                    .map(|_| &self.counters.failed)
+                    .map(|state| self.failed_counter(state))
             }
         };
         match recorded {
             Ok(counter) => {
                 counter.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) if e.is_cancelled() => {
+                self.counters.cancelled.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    job_id = lease.job_id,
+                    "job was cancelled while it ran; recorded as cancelled"
+                );
             }
             Err(e) if e.is_lease_lost() => {
                 self.counters.lease_lost.fetch_add(1, Ordering::Relaxed);
@@ -464,6 +506,17 @@ where
     }
 }
 
+impl<H> ThreadCtx<H> {
+    /// A failure recorded on a job whose cancel was requested ends it `cancelled`.
+    fn failed_counter(&self, state: JobState) -> &AtomicU64 {
+        if state == JobState::Cancelled {
+            &self.counters.cancelled
+        } else {
+            &self.counters.failed
+        }
+    }
+}
+
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
     if let Some(s) = panic.downcast_ref::<&str>() {
         (*s).to_owned()
@@ -471,54 +524,5 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
         s.clone()
     } else {
         "non-string panic payload".to_owned()
-    }
-}
-
-/// Extends the leases of running handlers every `heartbeat_every`, each in its own short
-/// transaction, and reaps expired leases every `reap_every`.
-fn heartbeat_loop(
-    queue: &Queue,
-    config: &WorkerConfig,
-    active: &Active,
-    counters: &Counters,
-    stop: &AtomicBool,
-) {
-    let mut next_beat = Instant::now() + config.heartbeat_every;
-    let mut next_reap = Instant::now();
-    while !stop.load(Ordering::SeqCst) {
-        let now = Instant::now();
-        if now >= next_reap {
-            match queue.reap() {
-                Ok(0) => {}
-                Ok(n) => {
-                    counters.reaped.fetch_add(n as u64, Ordering::Relaxed);
-                    tracing::info!(reaped = n, "requeued jobs whose lease expired");
-                }
-                Err(e) => tracing::warn!(error = %e, "reap failed"),
-            }
-            next_reap = now + config.reap_every;
-        }
-        if now >= next_beat {
-            // All live leases in one statement, each fenced on its own.
-            let (leases, flags): (Vec<Lease>, Vec<Arc<AtomicBool>>) =
-                active.lock().iter().map(|(l, a)| (*l, a.clone())).unzip();
-            if !leases.is_empty() {
-                match queue.heartbeat_many(&leases, config.lease) {
-                    Ok(each) => {
-                        for ((lease, abandon), r) in leases.iter().zip(&flags).zip(each) {
-                            if let Err(e) = r {
-                                abandon.store(true, Ordering::SeqCst);
-                                tracing::warn!(job_id = lease.job_id, error = %e, "heartbeat: lease lost; the handler's result will be abandoned");
-                            }
-                        }
-                    }
-                    Err(e) => tracing::warn!(error = %e, "heartbeat failed; will retry"),
-                }
-            }
-            next_beat = now + config.heartbeat_every;
-        }
-        thread::sleep(
-            Duration::from_millis(5).max(config.heartbeat_every.min(Duration::from_millis(50))),
-        );
     }
 }

@@ -13,7 +13,10 @@ use diesel::sqlite::SqliteConnection;
 use super::stmt::{bind, cached};
 use crate::error::{Error, Result};
 use crate::models::{JobRow, NewResultRow, ResultRow};
+
+mod manage;
 use crate::schema::{jobs, results};
+pub use manage::*;
 
 /// Runs `f` as one write transaction. Outside a transaction it is `BEGIN IMMEDIATE`, which
 /// takes the write lock up front: a read followed by a write in a DEFERRED transaction can fail
@@ -59,6 +62,7 @@ pub struct InsertJob<'a> {
     pub run_at: NaiveDateTime,
     pub created_at: NaiveDateTime,
     pub updated_at: NaiveDateTime,
+    pub unique_key: Option<&'a str>,
 }
 
 /// Inserts the rows in one statement and returns their ids in the order given. AUTOINCREMENT
@@ -72,11 +76,13 @@ pub fn insert_jobs(conn: &mut SqliteConnection, rows: &[InsertJob<'_>]) -> Resul
     Ok(ids)
 }
 
-/// The claim statement. Its inner SELECT is served by `jobs_claim_idx` with no sort step.
+/// The claim statement. Its inner SELECT is served by `jobs_claim_idx` with no sort step; the
+/// paused check is a constant subquery (one primary-key probe per claim, not per row).
 const CLAIM_SQL: &str =
     "UPDATE jobs SET state = 'running', attempts = attempts + 1, worker_id = ?, \
      heartbeat_at = ?, lease_expires_at = ?, updated_at = ? \
      WHERE id IN (SELECT id FROM jobs WHERE queue = ? AND state = 'queued' AND run_at <= ? \
+                  AND NOT EXISTS (SELECT 1 FROM paused_queues p WHERE p.queue = ?) \
                   ORDER BY priority, run_at, id LIMIT {limit}) \
      RETURNING *";
 
@@ -102,6 +108,7 @@ pub fn explain_claim(conn: &mut SqliteConnection) -> Result<String> {
         .bind::<Timestamp, _>(NaiveDateTime::default())
         .bind::<Text, _>("default")
         .bind::<Timestamp, _>(NaiveDateTime::default())
+        .bind::<Text, _>("default")
         .load(conn)?;
     Ok(steps
         .into_iter()
@@ -129,6 +136,7 @@ pub fn claim(
             bind::<Timestamp, _>(now),
             bind::<Text, _>(queue),
             bind::<Timestamp, _>(now),
+            bind::<Text, _>(queue),
         ),
     )
     .load(conn)?;
@@ -136,18 +144,26 @@ pub fn claim(
     Ok(rows)
 }
 
-/// Extends a lease if it is still ours. Returns rows changed (0 or 1). (`heartbeat_set` does
-/// the same for many leases; this single-row form by primary key is the cheaper hot path.)
+/// Extends a lease if it is still ours. Returns `None` if it was not, else whether a cancel
+/// was requested (the lease is extended either way, so the handler can wind down).
+/// (`heartbeat_set` does the same for many leases; this single-row form by primary key is the
+/// cheaper hot path.)
 pub fn heartbeat(
     conn: &mut SqliteConnection,
     job_id: i64,
     attempt: i32,
     now: NaiveDateTime,
     lease_expires_at: NaiveDateTime,
-) -> Result<usize> {
-    Ok(cached(
+) -> Result<Option<bool>> {
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = Integer)]
+        cancel: i32,
+    }
+    let row: Option<Row> = cached(
         "UPDATE jobs SET heartbeat_at = ?, lease_expires_at = ?, updated_at = ? \
-         WHERE id = ? AND state = 'running' AND attempts = ?",
+         WHERE id = ? AND state = 'running' AND attempts = ? \
+         RETURNING cancel_requested_at IS NOT NULL AS cancel",
         (
             bind::<Timestamp, _>(now),
             bind::<Timestamp, _>(lease_expires_at),
@@ -156,27 +172,31 @@ pub fn heartbeat(
             bind::<Integer, _>(attempt),
         ),
     )
-    .execute(conn)?)
+    .get_result(conn)
+    .optional()?;
+    Ok(row.map(|r| r.cancel != 0))
 }
 
-/// Extends many leases in one statement. `leases_json` is `[[id, attempt], …]`; returns the
-/// ids whose lease was still ours (the others are not touched).
+/// Extends many leases in one statement. `leases_json` is `[[id, attempt], …]`; returns
+/// `(id, cancel requested)` for each lease that was still ours (the others are not touched).
 pub fn heartbeat_set(
     conn: &mut SqliteConnection,
     leases_json: &str,
     now: NaiveDateTime,
     lease_expires_at: NaiveDateTime,
-) -> Result<Vec<i64>> {
+) -> Result<Vec<(i64, bool)>> {
     #[derive(QueryableByName)]
     struct Row {
         #[diesel(sql_type = BigInt)]
         id: i64,
+        #[diesel(sql_type = Integer)]
+        cancel: i32,
     }
     let rows: Vec<Row> = cached(
         "UPDATE jobs SET heartbeat_at = ?, lease_expires_at = ?, updated_at = ? \
          FROM (SELECT value ->> 0 AS lid, value ->> 1 AS latt FROM json_each(?)) AS l \
          WHERE jobs.id = l.lid AND jobs.attempts = l.latt AND jobs.state = 'running' \
-         RETURNING jobs.id AS id",
+         RETURNING jobs.id AS id, jobs.cancel_requested_at IS NOT NULL AS cancel",
         (
             bind::<Timestamp, _>(now),
             bind::<Timestamp, _>(lease_expires_at),
@@ -185,7 +205,7 @@ pub fn heartbeat_set(
         ),
     )
     .load(conn)?;
-    Ok(rows.into_iter().map(|r| r.id).collect())
+    Ok(rows.into_iter().map(|r| (r.id, r.cancel != 0)).collect())
 }
 
 /// Marks many jobs succeeded in one statement, each only if its lease is still ours.
@@ -205,6 +225,7 @@ pub fn succeed_set(
            last_error = NULL \
          FROM (SELECT value ->> 0 AS lid, value ->> 1 AS latt FROM json_each(?)) AS l \
          WHERE jobs.id = l.lid AND jobs.attempts = l.latt AND jobs.state = 'running' \
+           AND jobs.cancel_requested_at IS NULL \
          RETURNING jobs.id AS id",
         (bind::<Timestamp, _>(now), bind::<Text, _>(leases_json)),
     )
@@ -228,7 +249,8 @@ pub fn insert_succeeded_results(
     .execute(conn)?)
 }
 
-/// Marks a job succeeded if the lease is still ours. Returns rows changed (0 or 1).
+/// Marks a job succeeded if the lease is still ours and no cancel was requested. Returns rows
+/// changed (0 or 1).
 pub fn mark_succeeded(
     conn: &mut SqliteConnection,
     job_id: i64,
@@ -237,7 +259,8 @@ pub fn mark_succeeded(
 ) -> Result<usize> {
     Ok(cached(
         "UPDATE jobs SET state = 'succeeded', lease_expires_at = NULL, updated_at = ?, \
-         last_error = NULL WHERE id = ? AND state = 'running' AND attempts = ?",
+         last_error = NULL \
+         WHERE id = ? AND state = 'running' AND attempts = ? AND cancel_requested_at IS NULL",
         (
             bind::<Timestamp, _>(now),
             bind::<BigInt, _>(job_id),
@@ -247,8 +270,9 @@ pub fn mark_succeeded(
     .execute(conn)?)
 }
 
-/// Marks a failed attempt if the lease is still ours: back to `queued` at `retry_at` while
-/// attempts remain, else `dead`. Returns the new state, or `None` if the lease was not ours.
+/// Marks a failed attempt if the lease is still ours: `cancelled` if a cancel was requested,
+/// else back to `queued` at `retry_at` while attempts remain, else `dead`. Returns the new
+/// state, or `None` if the lease was not ours.
 pub fn mark_failed(
     conn: &mut SqliteConnection,
     job_id: i64,
@@ -264,8 +288,10 @@ pub fn mark_failed(
     }
     let row: Option<Row> = cached(
         "UPDATE jobs SET \
-           state = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'queued' END, \
-           run_at = CASE WHEN attempts >= max_attempts THEN run_at ELSE ? END, \
+           state = CASE WHEN cancel_requested_at IS NOT NULL THEN 'cancelled' \
+                        WHEN attempts - attempt_base >= max_attempts THEN 'dead' ELSE 'queued' END, \
+           run_at = CASE WHEN cancel_requested_at IS NOT NULL \
+                           OR attempts - attempt_base >= max_attempts THEN run_at ELSE ? END, \
            last_error = ?, lease_expires_at = NULL, updated_at = ? \
          WHERE id = ? AND state = 'running' AND attempts = ? RETURNING state",
         (
@@ -281,7 +307,8 @@ pub fn mark_failed(
     Ok(row.map(|r| r.state))
 }
 
-/// Puts a running job back to `queued` (shutdown), if the lease is still ours.
+/// Puts a running job back to `queued` (shutdown), if the lease is still ours; a job whose
+/// cancel was requested becomes `cancelled` instead.
 pub fn release(
     conn: &mut SqliteConnection,
     job_id: i64,
@@ -289,7 +316,9 @@ pub fn release(
     now: NaiveDateTime,
 ) -> Result<usize> {
     Ok(cached(
-        "UPDATE jobs SET state = 'queued', run_at = ?, lease_expires_at = NULL, updated_at = ? \
+        "UPDATE jobs SET \
+           state = CASE WHEN cancel_requested_at IS NULL THEN 'queued' ELSE 'cancelled' END, \
+           run_at = ?, lease_expires_at = NULL, updated_at = ? \
          WHERE id = ? AND state = 'running' AND attempts = ?",
         (
             bind::<Timestamp, _>(now),
@@ -331,7 +360,8 @@ pub fn expired_leases(conn: &mut SqliteConnection, now: NaiveDateTime) -> Result
 }
 
 /// Reaps the listed jobs (a JSON array of ids) whose lease is still expired: records a failed
-/// attempt for each, then requeues it (or marks it dead when out of attempts). Both statements
+/// attempt for each, then requeues it (or marks it dead when out of attempts, or cancelled when
+/// a cancel was requested). Both statements
 /// re-check the predicate inside the write transaction, so a stale id list is harmless.
 /// Returns the number of jobs reaped.
 pub fn reap_ids(
@@ -355,7 +385,8 @@ pub fn reap_ids(
     .execute(conn)?;
     Ok(cached(
         "UPDATE jobs SET \
-           state = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'queued' END, \
+           state = CASE WHEN cancel_requested_at IS NOT NULL THEN 'cancelled' \
+                        WHEN attempts - attempt_base >= max_attempts THEN 'dead' ELSE 'queued' END, \
            run_at = ?, last_error = ?, lease_expires_at = NULL, updated_at = ? \
          WHERE id IN (SELECT value FROM json_each(?)) \
            AND state = 'running' AND lease_expires_at < ?",

@@ -1,0 +1,174 @@
+//! The operator side of [`Queue`]: unique enqueue, cancel, retry, prune, pause and resume,
+//! periodic ticks, waiting for a job, and per-queue activity.
+
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use super::Queue;
+use crate::error::{Error, Result};
+use crate::manage::{self, CancelOutcome, PruneBatch, QueueActivity, Retention};
+use crate::models::{Job, JobState, NewJob};
+use crate::queue::{self, Enqueued};
+use crate::schedule::Schedule;
+
+/// What [`Queue::prune`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct PruneReport {
+    /// Jobs deleted (their results rows went with them).
+    pub deleted: u64,
+    /// Write transactions used.
+    pub transactions: u64,
+    /// The longest any of them held the write lock, ms (BEGIN IMMEDIATE to COMMIT).
+    pub max_lock_hold_ms: f64,
+}
+
+impl Queue {
+    /// Enqueues one job and says whether it was inserted: with a unique key, a live job of
+    /// the same queue and key is returned instead (`inserted: false`). Race-free: the unique
+    /// index decides inside the insert.
+    pub fn enqueue_unique(&self, job: &NewJob) -> Result<Enqueued> {
+        job.validate(self.inner.config.max_payload_bytes)?;
+        let job = job.clone();
+        let done = self.write("enqueue", move |c| {
+            queue::insert_reporting(c, std::slice::from_ref(&job))
+        })?;
+        done.into_iter().next().ok_or_else(|| Error::CorruptRow {
+            table: "jobs",
+            reason: "enqueue returned no id".into(),
+        })
+    }
+
+    /// Cancels a job (see [`manage::cancel`]).
+    pub fn cancel(&self, job_id: i64) -> Result<CancelOutcome> {
+        self.write("cancel", move |c| manage::cancel(c, job_id))
+    }
+
+    /// Puts a dead or cancelled job back to queued with fresh attempts (see [`manage::retry`]).
+    pub fn retry(&self, job_id: i64) -> Result<()> {
+        self.write("retry", move |c| manage::retry(c, job_id))
+    }
+
+    /// Deletes jobs in `states` (finished ones only) last changed more than `older_than` ago,
+    /// with their results, `batch.jobs_per_transaction` per write transaction. Candidates are
+    /// found on a reader (a scan, outside the write lock); each transaction deletes by id and
+    /// re-checks the condition, so it holds the write lock for a few milliseconds and the
+    /// queue's workers keep going in between.
+    pub fn prune(
+        &self,
+        older_than: Duration,
+        states: &[JobState],
+        batch: PruneBatch,
+    ) -> Result<PruneReport> {
+        let states_json = manage::prune_states_json(states)?;
+        let per_tx = batch.jobs_per_transaction.max(1);
+        let cutoff = manage::prune_cutoff(older_than);
+        let mut report = PruneReport::default();
+        let mut after_id = 0;
+        loop {
+            let ids = self.read("prune_scan", |c| {
+                manage::prunable_ids(c, &states_json, cutoff, after_id, per_tx)
+            })?;
+            let Some(&last) = ids.last() else {
+                return Ok(report);
+            };
+            // Alone on the writer (not group-committed), so the time measured is this
+            // transaction's own hold on the write lock.
+            let (deleted, held) = self.run("prune", |c| {
+                let started = Instant::now();
+                let n = manage::delete_prunable(c, &ids, &states_json, cutoff)?;
+                Ok((n, started.elapsed()))
+            })?;
+            report.deleted += deleted as u64;
+            report.transactions += 1;
+            report.max_lock_hold_ms = report.max_lock_hold_ms.max(held.as_secs_f64() * 1000.0);
+            after_id = last;
+            if !batch.pause.is_zero() {
+                std::thread::sleep(batch.pause);
+            }
+        }
+    }
+
+    /// Prunes each state of `retention` that has a limit; returns jobs deleted.
+    pub fn apply_retention(&self, retention: &Retention) -> Result<u64> {
+        let mut deleted = 0;
+        for (state, keep) in retention.limits() {
+            deleted += self.prune(keep, &[state], retention.batch)?.deleted;
+        }
+        Ok(deleted)
+    }
+
+    /// Pauses `queue`: nothing is claimed from it until [`Queue::resume`]. Returns false if it
+    /// was already paused.
+    pub fn pause(&self, queue_name: &str) -> Result<bool> {
+        let q = queue_name.to_owned();
+        self.write("pause", move |c| manage::pause(c, &q))
+    }
+
+    /// Resumes a paused queue. Returns false if it was not paused.
+    pub fn resume(&self, queue_name: &str) -> Result<bool> {
+        let q = queue_name.to_owned();
+        self.write("resume", move |c| manage::resume(c, &q))
+    }
+
+    /// Names of the paused queues.
+    pub fn paused(&self) -> Result<Vec<String>> {
+        self.read("paused", manage::paused)
+    }
+
+    /// Enqueues `schedule`'s job for `tick` unless some scheduler already did: a
+    /// compare-and-set on the schedule's last tick and the insert, in one transaction.
+    /// Returns the new job's id, or `None` when the tick was already taken.
+    pub fn enqueue_tick(&self, schedule: &Schedule, tick: DateTime<Utc>) -> Result<Option<i64>> {
+        let job = schedule.job_for(tick);
+        job.validate(self.inner.config.max_payload_bytes)?;
+        let name = schedule.name().to_owned();
+        self.write("enqueue_tick", move |c| {
+            crate::backend::sqlite::write_transaction(c, |c| {
+                let now = Utc::now().naive_utc();
+                if !crate::backend::sqlite::advance_schedule(c, &name, tick.naive_utc(), now)? {
+                    return Ok(None);
+                }
+                let done = queue::insert_reporting(c, std::slice::from_ref(&job))?;
+                Ok(done.first().map(|e| e.id))
+            })
+        })
+    }
+
+    /// Waits until the job is finished (succeeded, dead or cancelled) and returns it; polls
+    /// with a backoff of 5 ms doubling to 200 ms. [`Error::Timeout`] after `timeout`, with
+    /// the job unaffected; [`Error::NotFound`] for an unknown id.
+    pub fn wait_for(&self, job_id: i64, timeout: Duration) -> Result<Job> {
+        let started = Instant::now();
+        let mut pause = Duration::from_millis(5);
+        loop {
+            let job = self.get_job(job_id)?;
+            if matches!(
+                job.state,
+                JobState::Succeeded | JobState::Dead | JobState::Cancelled
+            ) {
+                return Ok(job);
+            }
+            let waited = started.elapsed();
+            if waited >= timeout {
+                return Err(Error::Timeout {
+                    job_id,
+                    state: job.state,
+                    waited,
+                });
+            }
+            std::thread::sleep(pause.min(timeout - waited));
+            pause = (pause * 2).min(Duration::from_millis(200));
+        }
+    }
+
+    /// Per-queue activity: the oldest due job's wait, jobs finished in the last minute,
+    /// paused or not (see [`manage::activity`]).
+    pub fn activity(
+        &self,
+        queue_name: Option<&str>,
+    ) -> Result<std::collections::BTreeMap<String, QueueActivity>> {
+        self.read("activity", |c| manage::activity(c, queue_name))
+    }
+}

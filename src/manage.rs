@@ -1,0 +1,271 @@
+//! Operator features, as functions on a connection like those of `queue.rs`: cancel, retry,
+//! prune, pause and resume, and the per-queue activity numbers of `stats`. Each write is one
+//! short transaction (a savepoint inside the caller's).
+
+use std::time::Duration;
+
+use chrono::NaiveDateTime;
+use diesel::sqlite::SqliteConnection;
+use serde::Serialize;
+
+use crate::backend::sqlite as db;
+use crate::error::{Error, Result};
+use crate::models::{validate_queue_name, JobState};
+
+fn now() -> NaiveDateTime {
+    chrono::Utc::now().naive_utc()
+}
+
+fn before(t: NaiveDateTime, d: Duration) -> NaiveDateTime {
+    t - chrono::Duration::from_std(d).unwrap_or(chrono::Duration::days(365 * 100))
+}
+
+/// What [`cancel`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CancelOutcome {
+    /// The job was queued and is now `cancelled`; it will never run.
+    Cancelled,
+    /// The job is running: it is flagged, its next heartbeat tells the worker, and whatever
+    /// the handler reports is recorded as cancelled (never as success).
+    Requested,
+}
+
+/// Cancels a job: a queued job becomes `cancelled` at once; a running job is flagged (see
+/// [`CancelOutcome::Requested`]). A finished job is [`Error::WrongState`]; an unknown id
+/// [`Error::NotFound`].
+pub fn cancel(conn: &mut SqliteConnection, job_id: i64) -> Result<CancelOutcome> {
+    let now = now();
+    db::write_transaction(conn, |c| {
+        if db::cancel_queued(c, job_id, now)? == 1 {
+            return Ok(CancelOutcome::Cancelled);
+        }
+        if db::request_cancel(c, job_id, now)? == 1 {
+            return Ok(CancelOutcome::Requested);
+        }
+        Err(wrong_state(c, job_id, "cancel", "a queued or running job")?)
+    })
+}
+
+/// Puts a `dead` or `cancelled` job back to `queued`, due now, with `max_attempts` fresh
+/// attempts (attempt numbers go on counting: they are fencing tokens and never reused). A job
+/// in another state is [`Error::WrongState`]. If a live job of the same queue took its unique
+/// key meanwhile, [`Error::InvalidArgument`] names the key conflict and nothing changes.
+pub fn retry(conn: &mut SqliteConnection, job_id: i64) -> Result<()> {
+    let now = now();
+    db::write_transaction(conn, |c| match db::requeue_finished(c, job_id, now) {
+        Ok(1) => Ok(()),
+        Ok(_) => Err(wrong_state(c, job_id, "retry", "a dead or cancelled job")?),
+        Err(Error::Database(diesel::result::Error::DatabaseError(
+            diesel::result::DatabaseErrorKind::UniqueViolation,
+            _,
+        ))) => Err(Error::InvalidArgument {
+            field: "unique_key",
+            reason: format!(
+                "job {job_id} cannot be retried: a live job of its queue has the same unique key"
+            ),
+        }),
+        Err(e) => Err(e),
+    })
+}
+
+fn wrong_state(
+    c: &mut SqliteConnection,
+    job_id: i64,
+    operation: &'static str,
+    wanted: &'static str,
+) -> Result<Error> {
+    let job = crate::queue::get_job(c, job_id)?;
+    Ok(Error::WrongState {
+        job_id,
+        state: job.state,
+        operation,
+        wanted,
+    })
+}
+
+/// Finished states [`prune`] may delete.
+pub const PRUNABLE: [JobState; 3] = [JobState::Succeeded, JobState::Dead, JobState::Cancelled];
+
+/// How [`prune`] works through the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PruneBatch {
+    /// Jobs deleted per write transaction (their results go with them).
+    pub jobs_per_transaction: usize,
+    /// Pause between transactions, so other writers get the lock in between.
+    pub pause: Duration,
+}
+
+impl Default for PruneBatch {
+    /// 500 jobs per transaction (a few ms of write lock), no pause.
+    fn default() -> Self {
+        PruneBatch {
+            jobs_per_transaction: 500,
+            pause: Duration::ZERO,
+        }
+    }
+}
+
+/// Checks and encodes the states to prune as a JSON array.
+pub(crate) fn prune_states_json(states: &[JobState]) -> Result<String> {
+    if states.is_empty() {
+        return Err(Error::InvalidArgument {
+            field: "state",
+            reason: "name at least one state to prune".into(),
+        });
+    }
+    if let Some(s) = states.iter().find(|s| !PRUNABLE.contains(s)) {
+        return Err(Error::InvalidArgument {
+            field: "state",
+            reason: format!(
+                "{s} jobs are not finished; only succeeded, dead and cancelled jobs can be pruned"
+            ),
+        });
+    }
+    let names: Vec<&str> = states.iter().map(|s| s.as_str()).collect();
+    serde_json::to_string(&names).map_err(|source| Error::Json {
+        what: "states",
+        source,
+    })
+}
+
+/// The cut-off time of a prune: jobs last changed before now minus `older_than`.
+pub(crate) fn prune_cutoff(older_than: Duration) -> NaiveDateTime {
+    before(now(), older_than)
+}
+
+/// Up to `limit` ids above `after_id` of jobs in `states_json` older than `cutoff` (a read).
+pub(crate) fn prunable_ids(
+    conn: &mut SqliteConnection,
+    states_json: &str,
+    cutoff: NaiveDateTime,
+    after_id: i64,
+    limit: usize,
+) -> Result<Vec<i64>> {
+    db::finished_before(conn, states_json, cutoff, after_id, limit as i64)
+}
+
+/// Deletes those of `ids` still prunable, with their results, in one write transaction.
+pub(crate) fn delete_prunable(
+    conn: &mut SqliteConnection,
+    ids: &[i64],
+    states_json: &str,
+    cutoff: NaiveDateTime,
+) -> Result<usize> {
+    let ids_json = serde_json::to_string(ids).map_err(|source| Error::Json {
+        what: "job ids",
+        source,
+    })?;
+    db::write_transaction(conn, |c| {
+        db::delete_finished(c, &ids_json, states_json, cutoff)
+    })
+}
+
+/// Pauses `queue`: no job of it is claimed until [`resume`]. Running jobs finish normally.
+/// Returns false if it was already paused.
+pub fn pause(conn: &mut SqliteConnection, queue: &str) -> Result<bool> {
+    validate_queue_name(queue)?;
+    let now = now();
+    db::write_transaction(conn, |c| db::pause_queue(c, queue, now))
+}
+
+/// Resumes a paused queue. Returns false if it was not paused.
+pub fn resume(conn: &mut SqliteConnection, queue: &str) -> Result<bool> {
+    validate_queue_name(queue)?;
+    db::write_transaction(conn, |c| db::resume_queue(c, queue))
+}
+
+/// Names of the paused queues.
+pub fn paused(conn: &mut SqliteConnection) -> Result<Vec<String>> {
+    db::paused_queues(conn)
+}
+
+/// Activity of one queue, for `stats`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct QueueActivity {
+    /// Seconds the oldest due job has been waiting to be claimed (`None`: nothing is due).
+    pub oldest_due_age_s: Option<f64>,
+    /// Jobs that succeeded in the last 60 seconds.
+    pub succeeded_last_minute: i64,
+    /// Jobs that went dead in the last 60 seconds.
+    pub dead_last_minute: i64,
+    /// Succeeded per second over the last minute.
+    pub throughput_per_sec: f64,
+    /// Whether the queue is paused.
+    pub paused: bool,
+}
+
+/// Per-queue activity (every queue, or only `queue`): oldest due job's wait, jobs finished in
+/// the last minute, paused or not. One scan of `jobs`; run it on a reader.
+pub fn activity(
+    conn: &mut SqliteConnection,
+    queue: Option<&str>,
+) -> Result<std::collections::BTreeMap<String, QueueActivity>> {
+    let now = now();
+    let since = before(now, Duration::from_secs(60));
+    let paused = db::paused_queues(conn)?;
+    let mut out: std::collections::BTreeMap<String, QueueActivity> =
+        db::queue_activity(conn, queue, now, since)?
+            .into_iter()
+            .map(|(q, oldest, succeeded, dead)| {
+                let activity = QueueActivity {
+                    oldest_due_age_s: oldest,
+                    succeeded_last_minute: succeeded,
+                    dead_last_minute: dead,
+                    throughput_per_sec: succeeded as f64 / 60.0,
+                    paused: paused.contains(&q),
+                };
+                (q, activity)
+            })
+            .collect();
+    // A paused queue with no jobs yet still shows up as paused.
+    for q in paused
+        .into_iter()
+        .filter(|q| queue.map_or(true, |only| only == q))
+    {
+        out.entry(q).or_default().paused = true;
+    }
+    Ok(out)
+}
+
+/// How long finished jobs are kept, per state; applied by [`crate::Queue::apply_retention`]
+/// and, when set in [`crate::WorkerConfig::retention`], by the worker every `every`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retention {
+    /// Keep succeeded jobs this long (`None`: forever).
+    pub succeeded: Option<Duration>,
+    /// Keep dead jobs this long (`None`: forever).
+    pub dead: Option<Duration>,
+    /// Keep cancelled jobs this long (`None`: forever).
+    pub cancelled: Option<Duration>,
+    /// How often the worker prunes.
+    pub every: Duration,
+    /// Transaction size and pacing.
+    pub batch: PruneBatch,
+}
+
+impl Default for Retention {
+    /// Succeeded jobs for 1 day, dead and cancelled for 7 days, pruned every 5 minutes.
+    fn default() -> Self {
+        Retention {
+            succeeded: Some(Duration::from_secs(24 * 3600)),
+            dead: Some(Duration::from_secs(7 * 24 * 3600)),
+            cancelled: Some(Duration::from_secs(7 * 24 * 3600)),
+            every: Duration::from_secs(300),
+            batch: PruneBatch::default(),
+        }
+    }
+}
+
+impl Retention {
+    /// (state, keep for) for each state with a limit.
+    pub fn limits(&self) -> impl Iterator<Item = (JobState, Duration)> + '_ {
+        [
+            (JobState::Succeeded, self.succeeded),
+            (JobState::Dead, self.dead),
+            (JobState::Cancelled, self.cancelled),
+        ]
+        .into_iter()
+        .filter_map(|(s, d)| d.map(|d| (s, d)))
+    }
+}

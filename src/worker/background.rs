@@ -1,0 +1,85 @@
+//! The worker's background threads: heartbeats and reaping, and optional retention.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use super::{Active, Counters, JobFlags, WorkerConfig};
+use crate::manage::Retention;
+use crate::models::Lease;
+use crate::Queue;
+
+/// Extends the leases of running handlers every `heartbeat_every`, each in its own short
+/// transaction, and reaps expired leases every `reap_every`.
+pub(super) fn heartbeat_loop(
+    queue: &Queue,
+    config: &WorkerConfig,
+    active: &Active,
+    counters: &Counters,
+    stop: &AtomicBool,
+) {
+    let mut next_beat = Instant::now() + config.heartbeat_every;
+    let mut next_reap = Instant::now();
+    while !stop.load(Ordering::SeqCst) {
+        let now = Instant::now();
+        if now >= next_reap {
+            match queue.reap() {
+                Ok(0) => {}
+                Ok(n) => {
+                    counters.reaped.fetch_add(n as u64, Ordering::Relaxed);
+                    tracing::info!(reaped = n, "requeued jobs whose lease expired");
+                }
+                Err(e) => tracing::warn!(error = %e, "reap failed"),
+            }
+            next_reap = now + config.reap_every;
+        }
+        if now >= next_beat {
+            // All live leases in one statement, each fenced on its own.
+            let (leases, flags): (Vec<Lease>, Vec<Arc<JobFlags>>) =
+                active.lock().iter().map(|(l, a)| (*l, a.clone())).unzip();
+            if !leases.is_empty() {
+                match queue.heartbeat_many(&leases, config.lease) {
+                    Ok(each) => {
+                        for ((lease, flags), r) in leases.iter().zip(&flags).zip(each) {
+                            if let Err(e) = r {
+                                if e.is_cancelled() {
+                                    flags.cancelled.store(true, Ordering::SeqCst);
+                                    tracing::info!(
+                                        job_id = lease.job_id,
+                                        "heartbeat: the job was cancelled; telling its handler"
+                                    );
+                                    continue;
+                                }
+                                flags.abandon.store(true, Ordering::SeqCst);
+                                tracing::warn!(job_id = lease.job_id, error = %e, "heartbeat: lease lost; the handler's result will be abandoned");
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "heartbeat failed; will retry"),
+                }
+            }
+            next_beat = now + config.heartbeat_every;
+        }
+        thread::sleep(
+            Duration::from_millis(5).max(config.heartbeat_every.min(Duration::from_millis(50))),
+        );
+    }
+}
+
+/// Applies `retention` every `retention.every` until `stop`, on its own thread so a long
+/// prune never delays heartbeats. Each prune transaction is short (see [`Queue::prune`]).
+pub(super) fn retention_loop(queue: &Queue, retention: &Retention, stop: &AtomicBool) {
+    let mut next = Instant::now();
+    while !stop.load(Ordering::SeqCst) {
+        if Instant::now() >= next {
+            match queue.apply_retention(retention) {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(pruned = n, "retention: deleted finished jobs"),
+                Err(e) => tracing::warn!(error = %e, "retention: prune failed; will retry"),
+            }
+            next = Instant::now() + retention.every;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
