@@ -16,7 +16,7 @@ use crate::worker::{HandlerError, JobContext};
 pub const STDERR_TAIL_BYTES: usize = 2048;
 
 /// Runs `sh -c command` for the job in `ctx`. If the job must be abandoned while the command
-/// runs (lease lost, shutdown past grace), the command is killed.
+/// runs (cancelled, lease lost, shutdown past grace), the command is killed.
 pub fn run_shell(command: &str, ctx: &JobContext) -> Result<serde_json::Value, HandlerError> {
     let mut child = Command::new("sh")
         .arg("-c")
@@ -53,9 +53,11 @@ pub fn run_shell(command: &str, ctx: &JobContext) -> Result<serde_json::Value, H
         if ctx.should_abandon() {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(HandlerError::msg(
-                "abandoned: lease lost or shutdown grace period passed",
-            ));
+            return Err(HandlerError::msg(if ctx.is_cancelled() {
+                "command killed: the job was cancelled"
+            } else {
+                "abandoned: lease lost or shutdown grace period passed"
+            }));
         }
         thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(20));

@@ -207,15 +207,16 @@ pub fn activity(
     let mut out: std::collections::BTreeMap<String, QueueActivity> =
         db::queue_activity(conn, queue, now, since)?
             .into_iter()
-            .map(|(q, oldest, succeeded, dead)| {
+            .map(|r| {
                 let activity = QueueActivity {
-                    oldest_due_age_s: oldest,
-                    succeeded_last_minute: succeeded,
-                    dead_last_minute: dead,
-                    throughput_per_sec: succeeded as f64 / 60.0,
-                    paused: paused.contains(&q),
+                    // Clock skew between writers can make a due time look slightly ahead.
+                    oldest_due_age_s: r.oldest_due_s.map(|s| s.max(0.0)),
+                    succeeded_last_minute: r.succeeded,
+                    dead_last_minute: r.dead,
+                    throughput_per_sec: r.succeeded as f64 / 60.0,
+                    paused: paused.contains(&r.queue),
                 };
-                (q, activity)
+                (r.queue, activity)
             })
             .collect();
     // A paused queue with no jobs yet still shows up as paused.

@@ -198,6 +198,19 @@ impl ShutdownHandle {
     pub fn is_requested(&self) -> bool {
         self.flag.load(Ordering::SeqCst)
     }
+
+    /// Requests shutdown on SIGINT or SIGTERM.
+    pub fn stop_on_signals(&self) -> Result<()> {
+        for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+            signal_hook::flag::register(sig, self.flag.clone()).map_err(|e| {
+                Error::InvalidArgument {
+                    field: "handle_signals",
+                    reason: format!("cannot install the signal handler: {e}"),
+                }
+            })?;
+        }
+        Ok(())
+    }
 }
 
 /// Leases of the handlers running now, each with its "abandon" flag, for the heartbeat
@@ -264,14 +277,7 @@ where
             });
         }
         if self.config.handle_signals {
-            for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-                signal_hook::flag::register(sig, self.shutdown.flag.clone()).map_err(|e| {
-                    Error::InvalidArgument {
-                        field: "handle_signals",
-                        reason: format!("cannot install the signal handler: {e}"),
-                    }
-                })?;
-            }
+            self.shutdown.stop_on_signals()?;
         }
         let active = Arc::new(Active::default());
         let counters = Arc::new(Counters::default());

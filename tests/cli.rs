@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use crate::common::TestDb;
 
-fn jobdb(db: &TestDb) -> Command {
+pub(crate) fn jobdb(db: &TestDb) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_jobdb"));
     cmd.arg("--database-url")
         .arg(db.url())
@@ -21,11 +21,11 @@ fn jobdb(db: &TestDb) -> Command {
     cmd
 }
 
-fn run(cmd: &mut Command) -> Output {
+pub(crate) fn run(cmd: &mut Command) -> Output {
     cmd.output().expect("run jobdb")
 }
 
-fn ok_stdout(cmd: &mut Command) -> String {
+pub(crate) fn ok_stdout(cmd: &mut Command) -> String {
     let out = run(cmd);
     assert!(
         out.status.success(),
@@ -36,11 +36,11 @@ fn ok_stdout(cmd: &mut Command) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-fn stats(db: &TestDb) -> Value {
+pub(crate) fn stats(db: &TestDb) -> Value {
     serde_json::from_str(&ok_stdout(jobdb(db).args(["stats", "--json"]))).unwrap()
 }
 
-fn show(db: &TestDb, id: i64) -> Value {
+pub(crate) fn show(db: &TestDb, id: i64) -> Value {
     serde_json::from_str(&ok_stdout(jobdb(db).args([
         "show",
         &id.to_string(),
@@ -49,7 +49,7 @@ fn show(db: &TestDb, id: i64) -> Value {
     .unwrap()
 }
 
-fn spawn_worker(db: &TestDb, args: &[&str]) -> Child {
+pub(crate) fn spawn_worker(db: &TestDb, args: &[&str]) -> Child {
     jobdb(db)
         .arg("work")
         .args(args)
@@ -119,10 +119,11 @@ fn four_worker_processes_drain_two_thousand_jobs_exactly_once() {
     }
     assert_all_succeeded_once_with_output_equal_payload(&db, 2000);
     let s = stats(&db);
-    assert_eq!(
-        s,
-        serde_json::json!({"queued":0,"running":0,"succeeded":2000,"dead":0,"cancelled":0})
-    );
+    let counts: Vec<&Value> = ["queued", "running", "succeeded", "dead", "cancelled"]
+        .iter()
+        .map(|k| &s[*k])
+        .collect();
+    assert_eq!(counts, [0, 0, 2000, 0, 0], "{s}");
 }
 
 #[test]
@@ -242,7 +243,7 @@ fn wait_until_some_running(db: &TestDb) {
 }
 
 /// Waits (up to 20 s, for loaded machines) until `n` jobs are running.
-fn wait_until_running(db: &TestDb, n: i64) {
+pub(crate) fn wait_until_running(db: &TestDb, n: i64) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while stats(db)["running"].as_i64() != Some(n) {
         assert!(
@@ -255,7 +256,7 @@ fn wait_until_running(db: &TestDb, n: i64) {
 }
 
 /// Sends SIGTERM and checks the worker exits successfully within `limit`.
-fn terminate_within(child: Child, limit: Duration) {
+pub(crate) fn terminate_within(child: Child, limit: Duration) {
     let started = Instant::now();
     let status = Command::new("kill")
         .arg("-TERM")
@@ -341,10 +342,20 @@ fn show_and_stats_print_the_documented_json() {
         jobdb(&db).args(["stats", "--queue", "q1", "--json"]),
     ))
     .unwrap();
-    assert_eq!(
-        s,
-        serde_json::json!({"queued":0,"running":0,"succeeded":1,"dead":0,"cancelled":0})
-    );
+    for (key, n) in [
+        ("queued", 0),
+        ("running", 0),
+        ("succeeded", 1),
+        ("dead", 0),
+        ("cancelled", 0),
+    ] {
+        assert_eq!(s[key], n, "{key} in {s}");
+        assert_eq!(s["queues"]["q1"][key], n, "{key} of q1 in {s}");
+    }
+    assert_eq!(s["queues"]["q1"]["succeeded_last_minute"], 1, "{s}");
+    assert_eq!(s["queues"]["q1"]["paused"], false, "{s}");
+    assert!(s["metrics"]["retries"]["transactions"].is_u64(), "{s}");
+    assert!(s["metrics"]["wal"].is_object(), "{s}");
 
     // Non-JSON stdout is stored as a JSON string.
     let id2: i64 = ok_stdout(jobdb(&db).args(["enqueue", "{}"]))
@@ -380,7 +391,7 @@ fn delayed_jobs_wait_for_their_time() {
 }
 
 /// Runs a command that must fail: returns (exit code, the single stderr line).
-fn fails(cmd: &mut Command) -> (i32, String) {
+pub(crate) fn fails(cmd: &mut Command) -> (i32, String) {
     let out = run(cmd);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(

@@ -234,26 +234,31 @@ pub fn advance_schedule(
     Ok(advanced.is_some())
 }
 
-/// Per-queue activity: (queue, seconds the oldest due queued job has waited, jobs succeeded
-/// since `since`, jobs that went dead since `since`). One scan, on a reader.
+/// One queue's row of [`queue_activity`].
+#[derive(Debug, QueryableByName)]
+pub struct ActivityRow {
+    /// The queue.
+    #[diesel(sql_type = Text)]
+    pub queue: String,
+    /// Seconds the oldest due queued job has waited (`None`: nothing due).
+    #[diesel(sql_type = Nullable<Double>)]
+    pub oldest_due_s: Option<f64>,
+    /// Jobs succeeded since `since`.
+    #[diesel(sql_type = BigInt)]
+    pub succeeded: i64,
+    /// Jobs that went dead since `since`.
+    #[diesel(sql_type = BigInt)]
+    pub dead: i64,
+}
+
+/// Per-queue activity. One scan, on a reader.
 pub fn queue_activity(
     conn: &mut SqliteConnection,
     queue: Option<&str>,
     now: NaiveDateTime,
     since: NaiveDateTime,
-) -> Result<Vec<(String, Option<f64>, i64, i64)>> {
-    #[derive(QueryableByName)]
-    struct Row {
-        #[diesel(sql_type = Text)]
-        queue: String,
-        #[diesel(sql_type = Nullable<Double>)]
-        oldest_due_s: Option<f64>,
-        #[diesel(sql_type = BigInt)]
-        succeeded: i64,
-        #[diesel(sql_type = BigInt)]
-        dead: i64,
-    }
-    let rows: Vec<Row> = cached(
+) -> Result<Vec<ActivityRow>> {
+    let rows: Vec<ActivityRow> = cached(
         "SELECT queue, \
            (julianday(?) - julianday(min(CASE WHEN state = 'queued' AND run_at <= ? \
                                            THEN run_at END))) * 86400.0 AS oldest_due_s, \
@@ -270,15 +275,5 @@ pub fn queue_activity(
         ),
     )
     .load(conn)?;
-    Ok(rows
-        .into_iter()
-        .map(|r| {
-            (
-                r.queue,
-                r.oldest_due_s.map(|s| s.max(0.0)),
-                r.succeeded,
-                r.dead,
-            )
-        })
-        .collect())
+    Ok(rows)
 }

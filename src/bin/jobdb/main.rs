@@ -3,7 +3,8 @@
 //! Every command that touches the database applies pending migrations first, so a fresh file
 //! works with any command. Results go to stdout, logs (`RUST_LOG`) and errors to stderr.
 //! Exit codes: 0 ok, 2 bad usage or input, 3 no such job, 75 database busy past the retry
-//! deadline, 1 anything else.
+//! deadline, 124 `wait` timed out, 1 anything else (including a job in the wrong state for the
+//! command, and `wait` on a job that ended dead or cancelled).
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
@@ -14,6 +15,8 @@ use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
 use jobdb::{Config, NewJob, Queue, Worker, WorkerConfig};
+
+mod ops;
 
 #[derive(Parser)]
 #[command(
@@ -44,12 +47,54 @@ enum Command {
     Enqueue(EnqueueArgs),
     /// Run a shell command for each job: payload on stdin, stdout is the output
     Work(WorkArgs),
-    /// Count jobs per state
+    /// Count jobs per state, per queue: oldest due job's wait, jobs finished in the last
+    /// minute, paused queues
     Stats {
         /// Only this queue
         #[arg(long)]
         queue: Option<String>,
-        /// Print one JSON object: {"queued":n,"running":n,"succeeded":n,"dead":n,"cancelled":n}
+        /// Print one JSON object: {"queued":n,"running":n,"succeeded":n,"dead":n,"cancelled":n,
+        /// "queues":{NAME:{counts…, "oldest_due_age_s", "succeeded_last_minute",
+        /// "dead_last_minute", "throughput_per_sec", "paused"}}, "metrics":{…this process…}}
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a job: a queued job never runs; a running job is told at its next heartbeat and
+    /// ends cancelled (its result is not recorded as success)
+    Cancel {
+        /// The job id
+        id: i64,
+    },
+    /// Put a dead or cancelled job back to queued, with fresh attempts
+    Retry {
+        /// The job id
+        id: i64,
+    },
+    /// Delete finished jobs (and their results) older than a duration, in short
+    /// transactions; prints how many
+    Prune(ops::PruneArgs),
+    /// Stop claiming from a queue (running jobs finish)
+    Pause {
+        /// Queue name
+        queue: String,
+    },
+    /// Claim from a paused queue again
+    Resume {
+        /// Queue name
+        queue: String,
+    },
+    /// Enqueue a job at every tick of an interval or cron schedule, exactly once per tick
+    /// however many schedulers run; until SIGINT/SIGTERM or --for
+    Schedule(ops::ScheduleArgs),
+    /// Wait for a job to finish and print it (exit 0 succeeded, 1 dead or cancelled, 124
+    /// timed out)
+    Wait {
+        /// The job id
+        id: i64,
+        /// Give up after this long (500ms, 30s, 5m, 2h, 7d)
+        #[arg(long, value_parser = parse_duration, default_value = "30s")]
+        timeout: Duration,
+        /// Print the job as JSON (as `show --json`)
         #[arg(long)]
         json: bool,
     },
@@ -96,6 +141,10 @@ struct EnqueueArgs {
     /// Attempts before the job is dead
     #[arg(long, default_value_t = 5, allow_negative_numbers = true)]
     max_attempts: i32,
+    /// At most one live (queued or running) job per queue with this key: a duplicate prints
+    /// the existing job's id and enqueues nothing
+    #[arg(long)]
+    unique_key: Option<String>,
 }
 
 #[derive(Args)]
@@ -118,6 +167,15 @@ struct WorkArgs {
     /// Shell command run with `sh -c` for each job
     #[arg(long)]
     exec: String,
+    /// While working, delete succeeded jobs older than this (checked every 5 minutes)
+    #[arg(long, value_parser = parse_duration)]
+    keep_succeeded: Option<Duration>,
+    /// While working, delete dead jobs older than this
+    #[arg(long, value_parser = parse_duration)]
+    keep_dead: Option<Duration>,
+    /// While working, delete cancelled jobs older than this
+    #[arg(long, value_parser = parse_duration)]
+    keep_cancelled: Option<Duration>,
 }
 
 /// A mistake in what the user gave us (exit code 2).
@@ -182,6 +240,7 @@ fn exit_code(err: &anyhow::Error) -> u8 {
     match err.downcast_ref::<jobdb::Error>() {
         Some(e) if e.is_busy() => 75,
         Some(e) if e.is_not_found() => 3,
+        Some(e) if e.is_timeout() => 124,
         Some(e) if e.is_invalid_input() || matches!(e, jobdb::Error::WalUnavailable { .. }) => 2,
         _ => 1,
     }
@@ -208,25 +267,28 @@ fn run(cli: Cli, url_given: bool) -> Result<()> {
         }
         Command::Enqueue(args) => enqueue(&cli.database_url, args)?,
         Command::Work(args) => work(&cli.database_url, args)?,
-        Command::Stats { queue, json } => {
-            let stats = open(&cli.database_url)?.stats(queue.as_deref())?;
-            if json {
-                println!("{}", serde_json::to_string(&stats.total)?);
-            } else {
-                println!(
-                    "{:<24} {:>9} {:>9} {:>10} {:>9} {:>10}",
-                    "queue", "queued", "running", "succeeded", "dead", "cancelled"
-                );
-                for (name, c) in stats
-                    .queues
-                    .iter()
-                    .chain([(&"TOTAL".to_owned(), &stats.total)])
-                {
-                    println!(
-                        "{name:<24} {:>9} {:>9} {:>10} {:>9} {:>10}",
-                        c.queued, c.running, c.succeeded, c.dead, c.cancelled
-                    );
-                }
+        Command::Stats { queue, json } => ops::stats(&open(&cli.database_url)?, queue, json)?,
+        Command::Cancel { id } => ops::cancel(&open(&cli.database_url)?, id)?,
+        Command::Retry { id } => {
+            open(&cli.database_url)?.retry(id)?;
+            println!("job {id} queued");
+        }
+        Command::Prune(args) => ops::prune(&open(&cli.database_url)?, args)?,
+        Command::Pause { queue } => {
+            let changed = open(&cli.database_url)?.pause(&queue)?;
+            println!("{}", if changed { "paused" } else { "already paused" });
+        }
+        Command::Resume { queue } => {
+            let changed = open(&cli.database_url)?.resume(&queue)?;
+            println!("{}", if changed { "resumed" } else { "was not paused" });
+        }
+        Command::Schedule(args) => ops::schedule(&open(&cli.database_url)?, args)?,
+        Command::Wait { id, timeout, json } => {
+            let queue = open(&cli.database_url)?;
+            let job = queue.wait_for(id, timeout)?;
+            print_job(&queue, id, json)?;
+            if job.state != jobdb::JobState::Succeeded {
+                return Err(anyhow::anyhow!("job {id} ended {}", job.state));
             }
         }
         Command::Show { id, json } => show(&cli.database_url, id, json)?,
@@ -253,12 +315,21 @@ fn enqueue(url: &str, args: EnqueueArgs) -> Result<()> {
         if let Some(at) = run_at {
             job = job.run_at(at);
         }
+        if let Some(key) = &args.unique_key {
+            job = job.unique_key(key.as_str());
+        }
         Ok(job)
     };
     if let Some(payload) = &args.payload {
         let job = build(payload)?;
-        let id = open(url)?.enqueue(&job)?;
-        println!("{id}");
+        let done = open(url)?.enqueue_unique(&job)?;
+        if !done.inserted {
+            tracing::info!(
+                id = done.id,
+                "a live job has this unique key; nothing enqueued"
+            );
+        }
+        println!("{}", done.id);
         return Ok(());
     }
     let Some(path) = &args.file else {
@@ -302,6 +373,14 @@ fn work(url: &str, args: WorkArgs) -> Result<()> {
     config.grace = args.grace;
     config.exit_when_empty = args.exit_when_empty;
     config.handle_signals = true;
+    if args.keep_succeeded.is_some() || args.keep_dead.is_some() || args.keep_cancelled.is_some() {
+        config.retention = Some(jobdb::Retention {
+            succeeded: args.keep_succeeded,
+            dead: args.keep_dead,
+            cancelled: args.keep_cancelled,
+            ..jobdb::Retention::default()
+        });
+    }
     let command = args.exec;
     let worker = Worker::new(queue, config, move |ctx| {
         jobdb::exec::run_shell(&command, ctx)
@@ -309,14 +388,22 @@ fn work(url: &str, args: WorkArgs) -> Result<()> {
     let report = worker.run()?;
     tracing::info!(?report, "worker stopped");
     eprintln!(
-        "jobdb work: {} succeeded, {} failed, {} lease lost, {} released, {} reaped",
-        report.succeeded, report.failed, report.lease_lost, report.released, report.reaped
+        "jobdb work: {} succeeded, {} failed, {} cancelled, {} lease lost, {} released, {} reaped",
+        report.succeeded,
+        report.failed,
+        report.cancelled,
+        report.lease_lost,
+        report.released,
+        report.reaped
     );
     Ok(())
 }
 
 fn show(url: &str, id: i64, json: bool) -> Result<()> {
-    let queue = open(url)?;
+    print_job(&open(url)?, id, json)
+}
+
+fn print_job(queue: &Queue, id: i64, json: bool) -> Result<()> {
     let job = queue.get_job(id)?;
     let results = queue.get_results(id)?;
     if json {
@@ -332,6 +419,9 @@ fn show(url: &str, id: i64, json: bool) -> Result<()> {
             "run_at": job.run_at,
             "created_at": job.created_at,
             "last_error": job.last_error,
+            "unique_key": job.unique_key,
+            "cancel_requested_at": job.cancel_requested_at,
+            "attempts_left": job.attempts_left(),
             "payload": as_value(&job.payload_json),
             "results": results.iter().map(|r| serde_json::json!({
                 "attempt": r.attempt,
@@ -403,7 +493,7 @@ fn doctor(url: &str, json: bool) -> Result<()> {
 }
 
 /// `500ms`, `30s`, `5m`, `2h`, `7d`.
-fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
