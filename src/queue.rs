@@ -6,7 +6,6 @@
 //! atomically with its own rows. These functions do not retry on busy; [`crate::Queue`] wraps
 //! them with the retry loop. No transaction is ever held while a job's handler runs.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDateTime, Utc};
@@ -16,8 +15,17 @@ use serde::Serialize;
 use crate::backend::sqlite as db;
 use crate::error::{Error, Result};
 use crate::models::{
-    to_json, validate_queue_name, Job, JobResult, JobState, Lease, NewJob, NewResultRow, Outcome,
+    to_json, validate_queue_name, Job, JobState, Lease, NewJob, NewResultRow, Outcome,
     DEFAULT_MAX_PAYLOAD_BYTES,
+};
+
+mod batch;
+mod read;
+
+pub use batch::{complete_many, heartbeat_many, Completion};
+pub use read::{
+    any_running, audit, explain_claim, get_job, get_results, insert_finished, queued_count,
+    sqlite_version, stats, Audit, StateCounts, Stats,
 };
 
 /// Largest number of rows inserted by one transaction of [`enqueue_many`]: long enough to
@@ -254,116 +262,6 @@ pub fn complete_json(
     cancelled.map_or(Ok(()), Err)
 }
 
-/// One completion for [`complete_many`].
-#[derive(Debug, Clone)]
-pub struct Completion {
-    /// The lease the job was claimed under.
-    pub lease: Lease,
-    /// The output as JSON text.
-    pub output_json: String,
-    /// How long the handler ran.
-    pub duration: Duration,
-}
-
-/// Completes many jobs in ONE transaction with set-based statements: each is fenced on its
-/// own, so a lost lease fails only its own item ([`Error::LeaseLost`] in its slot) and the
-/// rest commit. Returns one result per item, in order.
-pub fn complete_many(conn: &mut SqliteConnection, items: &[Completion]) -> Result<Vec<Result<()>>> {
-    let leases: Vec<Lease> = items.iter().map(|it| it.lease).collect();
-    let leases_json = leases_json(&leases)?;
-    let now = now();
-    db::write_transaction(conn, |c| {
-        let done: HashSet<i64> = db::succeed_set(c, &leases_json, now)?.into_iter().collect();
-        let rows: Vec<(i64, i32, &str, i64)> = items
-            .iter()
-            .filter(|it| done.contains(&it.lease.job_id))
-            .map(|it| {
-                (
-                    it.lease.job_id,
-                    it.lease.attempt,
-                    it.output_json.as_str(),
-                    millis(it.duration),
-                )
-            })
-            .collect();
-        let rows_json = serde_json::to_string(&rows).map_err(|source| Error::Json {
-            what: "results",
-            source,
-        })?;
-        db::insert_succeeded_results(c, &rows_json, now)?;
-        let durations: HashMap<i64, Duration> = items
-            .iter()
-            .map(|it| (it.lease.job_id, it.duration))
-            .collect();
-        per_item(
-            c,
-            &leases,
-            |l| done.contains(&l.job_id).then_some(Ok(())),
-            |c, l| {
-                let d = durations.get(&l.job_id).copied().unwrap_or_default();
-                settle_unapplied(c, l, now, d)
-            },
-        )
-    })
-}
-
-/// Extends many leases in ONE statement; one result per lease, in order (a lost lease fails
-/// only its own slot).
-pub fn heartbeat_many(
-    conn: &mut SqliteConnection,
-    leases: &[Lease],
-    lease_for: Duration,
-) -> Result<Vec<Result<DateTime<Utc>>>> {
-    let leases_json = leases_json(leases)?;
-    let now = now();
-    let until = after(now, lease_for);
-    db::write_transaction(conn, |c| {
-        let extended: HashMap<i64, bool> = db::heartbeat_set(c, &leases_json, now, until)?
-            .into_iter()
-            .collect();
-        per_item(
-            c,
-            leases,
-            |l| {
-                extended.get(&l.job_id).map(|&cancel| {
-                    if cancel {
-                        Err(Error::Cancelled { job_id: l.job_id })
-                    } else {
-                        Ok(until.and_utc())
-                    }
-                })
-            },
-            lost_or_missing,
-        )
-    })
-}
-
-fn leases_json(leases: &[Lease]) -> Result<String> {
-    let pairs: Vec<(i64, i32)> = leases.iter().map(|l| (l.job_id, l.attempt)).collect();
-    serde_json::to_string(&pairs).map_err(|source| Error::Json {
-        what: "leases",
-        source,
-    })
-}
-
-/// One result per lease: `applied(lease)` for those the set statement applied to, else the
-/// error `settle` finds (lease lost, not found, cancelled) in that item's slot. A query error
-/// of `settle` is the whole transaction's error, not one item's.
-fn per_item<T>(
-    conn: &mut SqliteConnection,
-    leases: &[Lease],
-    applied: impl Fn(Lease) -> Option<Result<T>>,
-    settle: impl Fn(&mut SqliteConnection, Lease) -> Result<Error>,
-) -> Result<Vec<Result<T>>> {
-    leases
-        .iter()
-        .map(|&lease| match applied(lease) {
-            Some(r) => Ok(r),
-            None => settle(conn, lease).map(Err),
-        })
-        .collect()
-}
-
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
@@ -437,132 +335,6 @@ pub fn reap_listed(conn: &mut SqliteConnection, ids: &[i64]) -> Result<usize> {
     db::write_transaction(conn, |c| {
         db::reap_ids(c, &ids_json, LEASE_EXPIRED_ERROR, now)
     })
-}
-
-/// One job by id ([`Error::NotFound`] if there is none).
-pub fn get_job(conn: &mut SqliteConnection, job_id: i64) -> Result<Job> {
-    db::find_job(conn, job_id)?
-        .ok_or(Error::NotFound { job_id })
-        .and_then(Job::try_from)
-}
-
-/// All finished attempts of a job, oldest first ([`Error::NotFound`] if there is no job).
-pub fn get_results(conn: &mut SqliteConnection, job_id: i64) -> Result<Vec<JobResult>> {
-    if !db::job_exists(conn, job_id)? {
-        return Err(Error::NotFound { job_id });
-    }
-    db::results_of(conn, job_id)?
-        .into_iter()
-        .map(JobResult::try_from)
-        .collect()
-}
-
-/// `EXPLAIN QUERY PLAN` of the claim statement: shows it is served by `jobs_claim_idx`
-/// without a sort, whatever the number of finished jobs.
-pub fn explain_claim(conn: &mut SqliteConnection) -> Result<String> {
-    db::explain_claim(conn)
-}
-
-/// Result of [`audit`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct Audit {
-    /// Jobs on the queue.
-    pub jobs: i64,
-    /// Jobs not in state `succeeded` (lost, if every job should have run).
-    pub not_succeeded: i64,
-    /// Jobs with more than one succeeded results row (completed twice).
-    pub duplicated: i64,
-}
-
-/// Checks exactly-once completion of a queue in SQL, independently of what workers reported.
-pub fn audit(conn: &mut SqliteConnection, queue: &str) -> Result<Audit> {
-    let (jobs, not_succeeded, duplicated) = db::audit(conn, queue)?;
-    Ok(Audit {
-        jobs,
-        not_succeeded,
-        duplicated,
-    })
-}
-
-/// Queued jobs of `queue`, due or scheduled.
-pub fn queued_count(conn: &mut SqliteConnection, queue: &str) -> Result<i64> {
-    db::queued_count(conn, queue)
-}
-
-/// Whether any job of `queue` is running.
-pub fn any_running(conn: &mut SqliteConnection, queue: &str) -> Result<bool> {
-    db::any_running(conn, queue)
-}
-
-/// Inserts `n` jobs that already succeeded (history) on `queue`, in one transaction: for
-/// benchmarks that measure the claim with a large table.
-pub fn insert_finished(conn: &mut SqliteConnection, queue: &str, n: u64) -> Result<usize> {
-    let n = i64::try_from(n).map_err(|_| Error::InvalidArgument {
-        field: "finished",
-        reason: format!("{n} is too large"),
-    })?;
-    let now = now();
-    db::write_transaction(conn, |c| db::insert_finished(c, queue, n, now))
-}
-
-/// The version of the SQLite library in use.
-pub fn sqlite_version(conn: &mut SqliteConnection) -> Result<String> {
-    db::sqlite_version(conn)
-}
-
-/// Job counts per state.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct StateCounts {
-    /// `queued` jobs (due or scheduled).
-    pub queued: i64,
-    /// `running` jobs.
-    pub running: i64,
-    /// `succeeded` jobs.
-    pub succeeded: i64,
-    /// `dead` jobs.
-    pub dead: i64,
-    /// `cancelled` jobs.
-    pub cancelled: i64,
-}
-
-impl StateCounts {
-    fn add(&mut self, state: JobState, n: i64) {
-        match state {
-            JobState::Queued => self.queued += n,
-            JobState::Running => self.running += n,
-            JobState::Succeeded => self.succeeded += n,
-            JobState::Dead => self.dead += n,
-            JobState::Cancelled => self.cancelled += n,
-        }
-    }
-
-    /// All jobs counted.
-    pub fn total(&self) -> i64 {
-        self.queued + self.running + self.succeeded + self.dead + self.cancelled
-    }
-}
-
-/// Counts per queue and state.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct Stats {
-    /// Sum over the queues counted.
-    pub total: StateCounts,
-    /// Per queue name.
-    pub queues: BTreeMap<String, StateCounts>,
-}
-
-/// Counts jobs per queue and state (every queue, or only `queue`).
-pub fn stats(conn: &mut SqliteConnection, queue: Option<&str>) -> Result<Stats> {
-    let mut stats = Stats::default();
-    for (q, state, n) in db::count_by_queue_state(conn, queue)? {
-        let state = JobState::parse(&state).ok_or_else(|| Error::CorruptRow {
-            table: "jobs",
-            reason: format!("unknown state {state:?} in queue {q:?}"),
-        })?;
-        stats.total.add(state, n);
-        stats.queues.entry(q).or_default().add(state, n);
-    }
-    Ok(stats)
 }
 
 /// Turns "rows changed" of a fenced update into `Ok` or the right error: [`Error::NotFound`]

@@ -11,12 +11,18 @@ use diesel::sql_types::{BigInt, Integer, Nullable, Text, Timestamp};
 use diesel::sqlite::SqliteConnection;
 
 use super::stmt::{bind, cached};
-use crate::error::{Error, Result};
-use crate::models::{JobRow, NewResultRow, ResultRow};
+use crate::error::Result;
+use crate::models::{JobRow, NewResultRow};
 
+use crate::schema::jobs;
+
+mod batch;
 mod manage;
-use crate::schema::{jobs, results};
+mod read;
+
+pub use batch::*;
 pub use manage::*;
+pub use read::*;
 
 /// Runs `f` as one write transaction. Outside a transaction it is `BEGIN IMMEDIATE`, which
 /// takes the write lock up front: a read followed by a write in a DEFERRED transaction can fail
@@ -177,78 +183,6 @@ pub fn heartbeat(
     Ok(row.map(|r| r.cancel != 0))
 }
 
-/// Extends many leases in one statement. `leases_json` is `[[id, attempt], …]`; returns
-/// `(id, cancel requested)` for each lease that was still ours (the others are not touched).
-pub fn heartbeat_set(
-    conn: &mut SqliteConnection,
-    leases_json: &str,
-    now: NaiveDateTime,
-    lease_expires_at: NaiveDateTime,
-) -> Result<Vec<(i64, bool)>> {
-    #[derive(QueryableByName)]
-    struct Row {
-        #[diesel(sql_type = BigInt)]
-        id: i64,
-        #[diesel(sql_type = Integer)]
-        cancel: i32,
-    }
-    let rows: Vec<Row> = cached(
-        "UPDATE jobs SET heartbeat_at = ?, lease_expires_at = ?, updated_at = ? \
-         FROM (SELECT value ->> 0 AS lid, value ->> 1 AS latt FROM json_each(?)) AS l \
-         WHERE jobs.id = l.lid AND jobs.attempts = l.latt AND jobs.state = 'running' \
-         RETURNING jobs.id AS id, jobs.cancel_requested_at IS NOT NULL AS cancel",
-        (
-            bind::<Timestamp, _>(now),
-            bind::<Timestamp, _>(lease_expires_at),
-            bind::<Timestamp, _>(now),
-            bind::<Text, _>(leases_json),
-        ),
-    )
-    .load(conn)?;
-    Ok(rows.into_iter().map(|r| (r.id, r.cancel != 0)).collect())
-}
-
-/// Marks many jobs succeeded in one statement, each only if its lease is still ours.
-/// `leases_json` is `[[id, attempt], …]`; returns the ids that were marked.
-pub fn succeed_set(
-    conn: &mut SqliteConnection,
-    leases_json: &str,
-    now: NaiveDateTime,
-) -> Result<Vec<i64>> {
-    #[derive(QueryableByName)]
-    struct Row {
-        #[diesel(sql_type = BigInt)]
-        id: i64,
-    }
-    let rows: Vec<Row> = cached(
-        "UPDATE jobs SET state = 'succeeded', lease_expires_at = NULL, updated_at = ?, \
-           last_error = NULL \
-         FROM (SELECT value ->> 0 AS lid, value ->> 1 AS latt FROM json_each(?)) AS l \
-         WHERE jobs.id = l.lid AND jobs.attempts = l.latt AND jobs.state = 'running' \
-           AND jobs.cancel_requested_at IS NULL \
-         RETURNING jobs.id AS id",
-        (bind::<Timestamp, _>(now), bind::<Text, _>(leases_json)),
-    )
-    .load(conn)?;
-    Ok(rows.into_iter().map(|r| r.id).collect())
-}
-
-/// Inserts many succeeded results rows in one statement. `rows_json` is
-/// `[[job_id, attempt, output_json_text, duration_ms], …]`.
-pub fn insert_succeeded_results(
-    conn: &mut SqliteConnection,
-    rows_json: &str,
-    now: NaiveDateTime,
-) -> Result<usize> {
-    Ok(cached(
-        "INSERT INTO results (job_id, attempt, outcome, output, error, created_at, duration_ms) \
-         SELECT value ->> 0, value ->> 1, 'succeeded', value ->> 2, NULL, ?, value ->> 3 \
-         FROM json_each(?)",
-        (bind::<Timestamp, _>(now), bind::<Text, _>(rows_json)),
-    )
-    .execute(conn)?)
-}
-
 /// Marks a job succeeded if the lease is still ours and no cancel was requested. Returns rows
 /// changed (0 or 1).
 pub fn mark_succeeded(
@@ -357,208 +291,4 @@ pub fn expired_leases(conn: &mut SqliteConnection, now: NaiveDateTime) -> Result
         .filter(jobs::lease_expires_at.lt(now))
         .select(jobs::id)
         .load(conn)?)
-}
-
-/// Reaps the listed jobs (a JSON array of ids) whose lease is still expired: records a failed
-/// attempt for each, then requeues it (or marks it dead when out of attempts, or cancelled when
-/// a cancel was requested). Both statements
-/// re-check the predicate inside the write transaction, so a stale id list is harmless.
-/// Returns the number of jobs reaped.
-pub fn reap_ids(
-    conn: &mut SqliteConnection,
-    ids_json: &str,
-    error: &str,
-    now: NaiveDateTime,
-) -> Result<usize> {
-    cached(
-        "INSERT INTO results (job_id, attempt, outcome, output, error, created_at, duration_ms) \
-         SELECT id, attempts, 'failed', NULL, ?, ?, 0 FROM jobs \
-         WHERE id IN (SELECT value FROM json_each(?)) \
-           AND state = 'running' AND lease_expires_at < ?",
-        (
-            bind::<Text, _>(error),
-            bind::<Timestamp, _>(now),
-            bind::<Text, _>(ids_json),
-            bind::<Timestamp, _>(now),
-        ),
-    )
-    .execute(conn)?;
-    Ok(cached(
-        "UPDATE jobs SET \
-           state = CASE WHEN cancel_requested_at IS NOT NULL THEN 'cancelled' \
-                        WHEN attempts - attempt_base >= max_attempts THEN 'dead' ELSE 'queued' END, \
-           run_at = ?, last_error = ?, lease_expires_at = NULL, updated_at = ? \
-         WHERE id IN (SELECT value FROM json_each(?)) \
-           AND state = 'running' AND lease_expires_at < ?",
-        (
-            bind::<Timestamp, _>(now),
-            bind::<Text, _>(error),
-            bind::<Timestamp, _>(now),
-            bind::<Text, _>(ids_json),
-            bind::<Timestamp, _>(now),
-        ),
-    )
-    .execute(conn)?)
-}
-
-/// One job row, `None` if no such id.
-pub fn find_job(conn: &mut SqliteConnection, job_id: i64) -> Result<Option<JobRow>> {
-    Ok(jobs::table
-        .find(job_id)
-        .select(JobRow::as_select())
-        .first(conn)
-        .optional()?)
-}
-
-/// Whether a job with this id exists.
-pub fn job_exists(conn: &mut SqliteConnection, job_id: i64) -> Result<bool> {
-    Ok(diesel::select(diesel::dsl::exists(jobs::table.find(job_id))).get_result(conn)?)
-}
-
-/// All results rows of a job, by attempt.
-pub fn results_of(conn: &mut SqliteConnection, job_id: i64) -> Result<Vec<ResultRow>> {
-    Ok(results::table
-        .filter(results::job_id.eq(job_id))
-        .order((results::attempt, results::id))
-        .select(ResultRow::as_select())
-        .load(conn)?)
-}
-
-/// `(queue, state, count)` for every queue (or one).
-pub fn count_by_queue_state(
-    conn: &mut SqliteConnection,
-    queue: Option<&str>,
-) -> Result<Vec<(String, String, i64)>> {
-    let mut q = jobs::table
-        .group_by((jobs::queue, jobs::state))
-        .select((jobs::queue, jobs::state, diesel::dsl::count_star()))
-        .into_boxed();
-    if let Some(queue) = queue {
-        q = q.filter(jobs::queue.eq(queue));
-    }
-    Ok(q.load(conn)?)
-}
-
-/// Queued jobs of `queue`, due or not (served by the claim index).
-pub fn queued_count(conn: &mut SqliteConnection, queue: &str) -> Result<i64> {
-    #[derive(QueryableByName)]
-    struct Row {
-        #[diesel(sql_type = BigInt)]
-        n: i64,
-    }
-    let row: Row = cached(
-        "SELECT count(*) AS n FROM jobs WHERE queue = ? AND state = 'queued'",
-        (bind::<Text, _>(queue),),
-    )
-    .get_result(conn)?;
-    Ok(row.n)
-}
-
-/// Whether any job of `queue` is running (a scan: no index on running jobs).
-pub fn any_running(conn: &mut SqliteConnection, queue: &str) -> Result<bool> {
-    Ok(diesel::select(diesel::dsl::exists(
-        jobs::table
-            .filter(jobs::queue.eq(queue))
-            .filter(jobs::state.eq("running")),
-    ))
-    .get_result(conn)?)
-}
-
-/// `sqlite_version()`.
-pub fn sqlite_version(conn: &mut SqliteConnection) -> Result<String> {
-    Ok(diesel::select(diesel::dsl::sql::<Text>("sqlite_version()")).get_result(conn)?)
-}
-
-/// Exactly-once audit of one queue, in SQL: (jobs, jobs not succeeded, jobs with more than one
-/// succeeded results row).
-pub fn audit(conn: &mut SqliteConnection, queue: &str) -> Result<(i64, i64, i64)> {
-    #[derive(QueryableByName)]
-    struct Row {
-        #[diesel(sql_type = BigInt)]
-        jobs: i64,
-        #[diesel(sql_type = BigInt)]
-        not_succeeded: i64,
-        #[diesel(sql_type = BigInt)]
-        duplicated: i64,
-    }
-    let r: Row = diesel::sql_query(
-        "SELECT count(*) AS jobs, \
-                coalesce(sum(state <> 'succeeded'), 0) AS not_succeeded, \
-                coalesce(sum((SELECT count(*) FROM results r WHERE r.job_id = j.id \
-                              AND r.outcome = 'succeeded') > 1), 0) AS duplicated \
-         FROM jobs j WHERE queue = ?",
-    )
-    .bind::<Text, _>(queue)
-    .get_result(conn)?;
-    Ok((r.jobs, r.not_succeeded, r.duplicated))
-}
-
-/// How hard a checkpoint tries (SQLite's `wal_checkpoint` modes we use).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CheckpointMode {
-    /// Copies what it can without waiting for any lock; never blocks readers or writers.
-    Passive,
-    /// Takes the write lock, copies everything, waits (busy handler) for readers of the old
-    /// WAL, then resets the WAL and truncates its file to zero bytes.
-    Truncate,
-}
-
-/// What `PRAGMA wal_checkpoint` reported.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, QueryableByName)]
-pub struct CheckpointOutcome {
-    /// 1 when the checkpoint could not finish (a lock or a reader was in the way), else 0.
-    /// Not an error: the work done so far stays done.
-    #[diesel(sql_type = Integer)]
-    pub busy: i32,
-    /// Frames in the WAL (-1 when not in WAL mode).
-    #[diesel(sql_type = BigInt, column_name = log)]
-    pub log_frames: i64,
-    /// Frames copied into the database so far.
-    #[diesel(sql_type = BigInt)]
-    pub checkpointed: i64,
-}
-
-/// `PRAGMA wal_checkpoint(mode)`. The statement text is fixed per mode (no user input).
-pub fn checkpoint(conn: &mut SqliteConnection, mode: CheckpointMode) -> Result<CheckpointOutcome> {
-    let sql = match mode {
-        CheckpointMode::Passive => "PRAGMA wal_checkpoint(PASSIVE)",
-        CheckpointMode::Truncate => "PRAGMA wal_checkpoint(TRUNCATE)",
-    };
-    Ok(diesel::sql_query(sql).get_result(conn)?)
-}
-
-/// `PRAGMA page_size`, in bytes.
-pub fn page_size(conn: &mut SqliteConnection) -> Result<u64> {
-    #[derive(QueryableByName)]
-    struct Row {
-        #[diesel(sql_type = BigInt)]
-        page_size: i64,
-    }
-    let r: Row = diesel::sql_query("PRAGMA page_size").get_result(conn)?;
-    u64::try_from(r.page_size).map_err(|_| Error::CorruptRow {
-        table: "pragma page_size",
-        reason: format!("negative page size {}", r.page_size),
-    })
-}
-
-/// Inserts `n` already-succeeded jobs on `queue` in one statement (for `jobdb bench --finished`:
-/// measuring the claim with a large history in the table).
-pub fn insert_finished(
-    conn: &mut SqliteConnection,
-    queue: &str,
-    n: i64,
-    now: NaiveDateTime,
-) -> Result<usize> {
-    Ok(diesel::sql_query(
-        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?) \
-         INSERT INTO jobs (queue, state, priority, payload, attempts, max_attempts, run_at, \
-                           created_at, updated_at) \
-         SELECT ?, 'succeeded', 0, '{\"history\":true}', 1, 5, ?, ?, ? FROM n",
-    )
-    .bind::<BigInt, _>(n)
-    .bind::<Text, _>(queue)
-    .bind::<Timestamp, _>(now)
-    .bind::<Timestamp, _>(now)
-    .bind::<Timestamp, _>(now)
-    .execute(conn)?)
 }

@@ -16,7 +16,10 @@ use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
 use jobdb::{Config, NewJob, Queue, Worker, WorkerConfig};
 
+mod inspect;
 mod ops;
+
+use inspect::{doctor, print_job};
 
 #[derive(Parser)]
 #[command(
@@ -401,95 +404,6 @@ fn work(url: &str, args: WorkArgs) -> Result<()> {
 
 fn show(url: &str, id: i64, json: bool) -> Result<()> {
     print_job(&open(url)?, id, json)
-}
-
-fn print_job(queue: &Queue, id: i64, json: bool) -> Result<()> {
-    let job = queue.get_job(id)?;
-    let results = queue.get_results(id)?;
-    if json {
-        let as_value =
-            |s: &str| serde_json::from_str::<serde_json::Value>(s).unwrap_or_else(|_| s.into());
-        let out = serde_json::json!({
-            "id": job.id,
-            "queue": job.queue,
-            "state": job.state,
-            "attempts": job.attempts,
-            "max_attempts": job.max_attempts,
-            "priority": job.priority,
-            "run_at": job.run_at,
-            "created_at": job.created_at,
-            "last_error": job.last_error,
-            "unique_key": job.unique_key,
-            "cancel_requested_at": job.cancel_requested_at,
-            "attempts_left": job.attempts_left(),
-            "payload": as_value(&job.payload_json),
-            "results": results.iter().map(|r| serde_json::json!({
-                "attempt": r.attempt,
-                "outcome": r.outcome,
-                "output": r.output_json.as_deref().map(as_value),
-                "error": r.error,
-                "duration_ms": r.duration_ms,
-                "created_at": r.created_at,
-            })).collect::<Vec<_>>(),
-        });
-        println!("{out}");
-    } else {
-        println!(
-            "job {} on {:?}: {} (attempt {}/{}), priority {}",
-            job.id, job.queue, job.state, job.attempts, job.max_attempts, job.priority
-        );
-        println!("payload: {}", job.payload_json);
-        for r in &results {
-            println!(
-                "  attempt {}: {} in {} ms{}",
-                r.attempt,
-                r.outcome.as_str(),
-                r.duration_ms,
-                match (&r.output_json, &r.error) {
-                    (Some(o), _) => format!(", output {o}"),
-                    (None, Some(e)) => format!(", error {e}"),
-                    _ => String::new(),
-                }
-            );
-        }
-    }
-    Ok(())
-}
-
-fn doctor(url: &str, json: bool) -> Result<()> {
-    let d = jobdb::doctor::diagnose(url, &Config::from_env()?)?;
-    if json {
-        println!("{}", serde_json::to_string(&d)?);
-    } else {
-        println!(
-            "sqlite {} ({})",
-            d.sqlite_version,
-            d.compile_options.join(", ")
-        );
-        for c in &d.checks {
-            let mark = if c.ok { "ok  " } else { "FAIL" };
-            println!(
-                "{mark} {} {} (recommended: {})",
-                c.name, c.actual, c.recommended
-            );
-        }
-        println!(
-            "database {} bytes, wal {} bytes",
-            d.database_bytes, d.wal_bytes
-        );
-        if !d.pending_migrations.is_empty() {
-            println!(
-                "pending migrations (any jobdb command applies them): {}",
-                d.pending_migrations.join(", ")
-            );
-        }
-    }
-    if d.healthy() {
-        Ok(())
-    } else {
-        let names: Vec<&str> = d.problems().map(|c| c.name.as_str()).collect();
-        Err(anyhow::anyhow!("unhealthy: {}", names.join(", ")))
-    }
 }
 
 /// `500ms`, `30s`, `5m`, `2h`, `7d`.

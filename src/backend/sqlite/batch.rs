@@ -1,0 +1,124 @@
+//! Set-based statements: one statement for many leases or jobs, passed as a JSON array and
+//! read back with `json_each`, each row fenced on its own.
+
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Integer, Text, Timestamp};
+use diesel::sqlite::SqliteConnection;
+
+use crate::backend::stmt::{bind, cached};
+use crate::error::Result;
+
+/// Extends many leases in one statement. `leases_json` is `[[id, attempt], …]`; returns
+/// `(id, cancel requested)` for each lease that was still ours (the others are not touched).
+pub fn heartbeat_set(
+    conn: &mut SqliteConnection,
+    leases_json: &str,
+    now: NaiveDateTime,
+    lease_expires_at: NaiveDateTime,
+) -> Result<Vec<(i64, bool)>> {
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = BigInt)]
+        id: i64,
+        #[diesel(sql_type = Integer)]
+        cancel: i32,
+    }
+    let rows: Vec<Row> = cached(
+        "UPDATE jobs SET heartbeat_at = ?, lease_expires_at = ?, updated_at = ? \
+         FROM (SELECT value ->> 0 AS lid, value ->> 1 AS latt FROM json_each(?)) AS l \
+         WHERE jobs.id = l.lid AND jobs.attempts = l.latt AND jobs.state = 'running' \
+         RETURNING jobs.id AS id, jobs.cancel_requested_at IS NOT NULL AS cancel",
+        (
+            bind::<Timestamp, _>(now),
+            bind::<Timestamp, _>(lease_expires_at),
+            bind::<Timestamp, _>(now),
+            bind::<Text, _>(leases_json),
+        ),
+    )
+    .load(conn)?;
+    Ok(rows.into_iter().map(|r| (r.id, r.cancel != 0)).collect())
+}
+
+/// Marks many jobs succeeded in one statement, each only if its lease is still ours.
+/// `leases_json` is `[[id, attempt], …]`; returns the ids that were marked.
+pub fn succeed_set(
+    conn: &mut SqliteConnection,
+    leases_json: &str,
+    now: NaiveDateTime,
+) -> Result<Vec<i64>> {
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = BigInt)]
+        id: i64,
+    }
+    let rows: Vec<Row> = cached(
+        "UPDATE jobs SET state = 'succeeded', lease_expires_at = NULL, updated_at = ?, \
+           last_error = NULL \
+         FROM (SELECT value ->> 0 AS lid, value ->> 1 AS latt FROM json_each(?)) AS l \
+         WHERE jobs.id = l.lid AND jobs.attempts = l.latt AND jobs.state = 'running' \
+           AND jobs.cancel_requested_at IS NULL \
+         RETURNING jobs.id AS id",
+        (bind::<Timestamp, _>(now), bind::<Text, _>(leases_json)),
+    )
+    .load(conn)?;
+    Ok(rows.into_iter().map(|r| r.id).collect())
+}
+
+/// Inserts many succeeded results rows in one statement. `rows_json` is
+/// `[[job_id, attempt, output_json_text, duration_ms], …]`.
+pub fn insert_succeeded_results(
+    conn: &mut SqliteConnection,
+    rows_json: &str,
+    now: NaiveDateTime,
+) -> Result<usize> {
+    Ok(cached(
+        "INSERT INTO results (job_id, attempt, outcome, output, error, created_at, duration_ms) \
+         SELECT value ->> 0, value ->> 1, 'succeeded', value ->> 2, NULL, ?, value ->> 3 \
+         FROM json_each(?)",
+        (bind::<Timestamp, _>(now), bind::<Text, _>(rows_json)),
+    )
+    .execute(conn)?)
+}
+
+/// Reaps the listed jobs (a JSON array of ids) whose lease is still expired: records a failed
+/// attempt for each, then requeues it (or marks it dead when out of attempts, or cancelled when
+/// a cancel was requested). Both statements
+/// re-check the predicate inside the write transaction, so a stale id list is harmless.
+/// Returns the number of jobs reaped.
+pub fn reap_ids(
+    conn: &mut SqliteConnection,
+    ids_json: &str,
+    error: &str,
+    now: NaiveDateTime,
+) -> Result<usize> {
+    cached(
+        "INSERT INTO results (job_id, attempt, outcome, output, error, created_at, duration_ms) \
+         SELECT id, attempts, 'failed', NULL, ?, ?, 0 FROM jobs \
+         WHERE id IN (SELECT value FROM json_each(?)) \
+           AND state = 'running' AND lease_expires_at < ?",
+        (
+            bind::<Text, _>(error),
+            bind::<Timestamp, _>(now),
+            bind::<Text, _>(ids_json),
+            bind::<Timestamp, _>(now),
+        ),
+    )
+    .execute(conn)?;
+    Ok(cached(
+        "UPDATE jobs SET \
+           state = CASE WHEN cancel_requested_at IS NOT NULL THEN 'cancelled' \
+                        WHEN attempts - attempt_base >= max_attempts THEN 'dead' ELSE 'queued' END, \
+           run_at = ?, last_error = ?, lease_expires_at = NULL, updated_at = ? \
+         WHERE id IN (SELECT value FROM json_each(?)) \
+           AND state = 'running' AND lease_expires_at < ?",
+        (
+            bind::<Timestamp, _>(now),
+            bind::<Text, _>(error),
+            bind::<Timestamp, _>(now),
+            bind::<Text, _>(ids_json),
+            bind::<Timestamp, _>(now),
+        ),
+    )
+    .execute(conn)?)
+}

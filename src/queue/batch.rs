@@ -1,0 +1,123 @@
+//! Batched lease operations: many completions or heartbeats in ONE transaction with
+//! set-based statements, each item fenced on its own.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use diesel::sqlite::SqliteConnection;
+
+use super::{after, lost_or_missing, millis, now, settle_unapplied};
+use crate::backend::sqlite as db;
+use crate::error::{Error, Result};
+use crate::models::Lease;
+
+/// One completion for [`complete_many`].
+#[derive(Debug, Clone)]
+pub struct Completion {
+    /// The lease the job was claimed under.
+    pub lease: Lease,
+    /// The output as JSON text.
+    pub output_json: String,
+    /// How long the handler ran.
+    pub duration: Duration,
+}
+
+/// Completes many jobs in ONE transaction with set-based statements: each is fenced on its
+/// own, so a lost lease fails only its own item ([`Error::LeaseLost`] in its slot) and the
+/// rest commit. Returns one result per item, in order.
+pub fn complete_many(conn: &mut SqliteConnection, items: &[Completion]) -> Result<Vec<Result<()>>> {
+    let leases: Vec<Lease> = items.iter().map(|it| it.lease).collect();
+    let leases_json = leases_json(&leases)?;
+    let now = now();
+    db::write_transaction(conn, |c| {
+        let done: HashSet<i64> = db::succeed_set(c, &leases_json, now)?.into_iter().collect();
+        let rows: Vec<(i64, i32, &str, i64)> = items
+            .iter()
+            .filter(|it| done.contains(&it.lease.job_id))
+            .map(|it| {
+                (
+                    it.lease.job_id,
+                    it.lease.attempt,
+                    it.output_json.as_str(),
+                    millis(it.duration),
+                )
+            })
+            .collect();
+        let rows_json = serde_json::to_string(&rows).map_err(|source| Error::Json {
+            what: "results",
+            source,
+        })?;
+        db::insert_succeeded_results(c, &rows_json, now)?;
+        let durations: HashMap<i64, Duration> = items
+            .iter()
+            .map(|it| (it.lease.job_id, it.duration))
+            .collect();
+        per_item(
+            c,
+            &leases,
+            |l| done.contains(&l.job_id).then_some(Ok(())),
+            |c, l| {
+                let d = durations.get(&l.job_id).copied().unwrap_or_default();
+                settle_unapplied(c, l, now, d)
+            },
+        )
+    })
+}
+
+/// Extends many leases in ONE statement; one result per lease, in order (a lost lease fails
+/// only its own slot).
+pub fn heartbeat_many(
+    conn: &mut SqliteConnection,
+    leases: &[Lease],
+    lease_for: Duration,
+) -> Result<Vec<Result<DateTime<Utc>>>> {
+    let leases_json = leases_json(leases)?;
+    let now = now();
+    let until = after(now, lease_for);
+    db::write_transaction(conn, |c| {
+        let extended: HashMap<i64, bool> = db::heartbeat_set(c, &leases_json, now, until)?
+            .into_iter()
+            .collect();
+        per_item(
+            c,
+            leases,
+            |l| {
+                extended.get(&l.job_id).map(|&cancel| {
+                    if cancel {
+                        Err(Error::Cancelled { job_id: l.job_id })
+                    } else {
+                        Ok(until.and_utc())
+                    }
+                })
+            },
+            lost_or_missing,
+        )
+    })
+}
+
+fn leases_json(leases: &[Lease]) -> Result<String> {
+    let pairs: Vec<(i64, i32)> = leases.iter().map(|l| (l.job_id, l.attempt)).collect();
+    serde_json::to_string(&pairs).map_err(|source| Error::Json {
+        what: "leases",
+        source,
+    })
+}
+
+/// One result per lease: `applied(lease)` for those the set statement applied to, else the
+/// error `settle` finds (lease lost, not found, cancelled) in that item's slot. A query error
+/// of `settle` is the whole transaction's error, not one item's.
+fn per_item<T>(
+    conn: &mut SqliteConnection,
+    leases: &[Lease],
+    applied: impl Fn(Lease) -> Option<Result<T>>,
+    settle: impl Fn(&mut SqliteConnection, Lease) -> Result<Error>,
+) -> Result<Vec<Result<T>>> {
+    leases
+        .iter()
+        .map(|&lease| match applied(lease) {
+            Some(r) => Ok(r),
+            None => settle(conn, lease).map(Err),
+        })
+        .collect()
+}

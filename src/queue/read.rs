@@ -1,0 +1,137 @@
+//! Reads: jobs, results, counts, the exactly-once audit, and the benchmark's helpers.
+
+use std::collections::BTreeMap;
+
+use diesel::sqlite::SqliteConnection;
+use serde::Serialize;
+
+use super::now;
+use crate::backend::sqlite as db;
+use crate::error::{Error, Result};
+use crate::models::{Job, JobResult, JobState};
+
+/// One job by id ([`Error::NotFound`] if there is none).
+pub fn get_job(conn: &mut SqliteConnection, job_id: i64) -> Result<Job> {
+    db::find_job(conn, job_id)?
+        .ok_or(Error::NotFound { job_id })
+        .and_then(Job::try_from)
+}
+
+/// All finished attempts of a job, oldest first ([`Error::NotFound`] if there is no job).
+pub fn get_results(conn: &mut SqliteConnection, job_id: i64) -> Result<Vec<JobResult>> {
+    if !db::job_exists(conn, job_id)? {
+        return Err(Error::NotFound { job_id });
+    }
+    db::results_of(conn, job_id)?
+        .into_iter()
+        .map(JobResult::try_from)
+        .collect()
+}
+
+/// `EXPLAIN QUERY PLAN` of the claim statement: shows it is served by `jobs_claim_idx`
+/// without a sort, whatever the number of finished jobs.
+pub fn explain_claim(conn: &mut SqliteConnection) -> Result<String> {
+    db::explain_claim(conn)
+}
+
+/// Result of [`audit`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Audit {
+    /// Jobs on the queue.
+    pub jobs: i64,
+    /// Jobs not in state `succeeded` (lost, if every job should have run).
+    pub not_succeeded: i64,
+    /// Jobs with more than one succeeded results row (completed twice).
+    pub duplicated: i64,
+}
+
+/// Checks exactly-once completion of a queue in SQL, independently of what workers reported.
+pub fn audit(conn: &mut SqliteConnection, queue: &str) -> Result<Audit> {
+    let (jobs, not_succeeded, duplicated) = db::audit(conn, queue)?;
+    Ok(Audit {
+        jobs,
+        not_succeeded,
+        duplicated,
+    })
+}
+
+/// Queued jobs of `queue`, due or scheduled.
+pub fn queued_count(conn: &mut SqliteConnection, queue: &str) -> Result<i64> {
+    db::queued_count(conn, queue)
+}
+
+/// Whether any job of `queue` is running.
+pub fn any_running(conn: &mut SqliteConnection, queue: &str) -> Result<bool> {
+    db::any_running(conn, queue)
+}
+
+/// Inserts `n` jobs that already succeeded (history) on `queue`, in one transaction: for
+/// benchmarks that measure the claim with a large table.
+pub fn insert_finished(conn: &mut SqliteConnection, queue: &str, n: u64) -> Result<usize> {
+    let n = i64::try_from(n).map_err(|_| Error::InvalidArgument {
+        field: "finished",
+        reason: format!("{n} is too large"),
+    })?;
+    let now = now();
+    db::write_transaction(conn, |c| db::insert_finished(c, queue, n, now))
+}
+
+/// The version of the SQLite library in use.
+pub fn sqlite_version(conn: &mut SqliteConnection) -> Result<String> {
+    db::sqlite_version(conn)
+}
+
+/// Job counts per state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct StateCounts {
+    /// `queued` jobs (due or scheduled).
+    pub queued: i64,
+    /// `running` jobs.
+    pub running: i64,
+    /// `succeeded` jobs.
+    pub succeeded: i64,
+    /// `dead` jobs.
+    pub dead: i64,
+    /// `cancelled` jobs.
+    pub cancelled: i64,
+}
+
+impl StateCounts {
+    fn add(&mut self, state: JobState, n: i64) {
+        match state {
+            JobState::Queued => self.queued += n,
+            JobState::Running => self.running += n,
+            JobState::Succeeded => self.succeeded += n,
+            JobState::Dead => self.dead += n,
+            JobState::Cancelled => self.cancelled += n,
+        }
+    }
+
+    /// All jobs counted.
+    pub fn total(&self) -> i64 {
+        self.queued + self.running + self.succeeded + self.dead + self.cancelled
+    }
+}
+
+/// Counts per queue and state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Stats {
+    /// Sum over the queues counted.
+    pub total: StateCounts,
+    /// Per queue name.
+    pub queues: BTreeMap<String, StateCounts>,
+}
+
+/// Counts jobs per queue and state (every queue, or only `queue`).
+pub fn stats(conn: &mut SqliteConnection, queue: Option<&str>) -> Result<Stats> {
+    let mut stats = Stats::default();
+    for (q, state, n) in db::count_by_queue_state(conn, queue)? {
+        let state = JobState::parse(&state).ok_or_else(|| Error::CorruptRow {
+            table: "jobs",
+            reason: format!("unknown state {state:?} in queue {q:?}"),
+        })?;
+        stats.total.add(state, n);
+        stats.queues.entry(q).or_default().add(state, n);
+    }
+    Ok(stats)
+}

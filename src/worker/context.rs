@@ -1,0 +1,125 @@
+//! What a handler sees ([`JobContext`]) and returns on failure ([`HandlerError`]), and the
+//! [`ShutdownHandle`] that stops a worker or scheduler.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::models::Job;
+
+/// Why a handler failed; recorded as the attempt's `error`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandlerError {
+    /// The message stored in `results.error` and `jobs.last_error`.
+    pub message: String,
+}
+
+impl HandlerError {
+    /// A failure with this message.
+    pub fn msg(message: impl std::fmt::Display) -> Self {
+        HandlerError {
+            message: message.to_string(),
+        }
+    }
+}
+
+impl From<String> for HandlerError {
+    fn from(message: String) -> Self {
+        HandlerError { message }
+    }
+}
+
+impl From<&str> for HandlerError {
+    fn from(message: &str) -> Self {
+        HandlerError::msg(message)
+    }
+}
+
+impl From<Error> for HandlerError {
+    fn from(e: Error) -> Self {
+        HandlerError::msg(e)
+    }
+}
+
+impl From<std::io::Error> for HandlerError {
+    fn from(e: std::io::Error) -> Self {
+        HandlerError::msg(e)
+    }
+}
+
+/// What a handler sees: the job (through `Deref`, so `ctx.payload()` works) and whether it
+/// should stop early.
+#[derive(Debug)]
+pub struct JobContext {
+    pub(super) job: Job,
+    pub(super) flags: Arc<JobFlags>,
+}
+
+/// What the heartbeat thread and shutdown tell a running handler.
+#[derive(Debug, Default)]
+pub(super) struct JobFlags {
+    /// The result can no longer be recorded (lease lost, or released at shutdown).
+    pub(super) abandon: AtomicBool,
+    /// A cancel was requested (seen by a heartbeat).
+    pub(super) cancelled: AtomicBool,
+}
+
+impl JobContext {
+    /// The job being run.
+    pub fn job(&self) -> &Job {
+        &self.job
+    }
+
+    /// True once the handler should stop: the job was cancelled ([`JobContext::is_cancelled`]),
+    /// the lease was lost (another worker owns the job now), or shutdown passed its grace
+    /// period and released the job. A long-running handler should check this and return;
+    /// what it returns then is recorded as cancelled, or discarded.
+    pub fn should_abandon(&self) -> bool {
+        self.flags.abandon.load(Ordering::SeqCst) || self.is_cancelled()
+    }
+
+    /// The cancellation token: true once someone cancelled this job while it ran (seen by the
+    /// worker's next heartbeat, so within `heartbeat_every`). Whatever the handler returns
+    /// afterwards is recorded as a cancelled attempt, never as success.
+    pub fn is_cancelled(&self) -> bool {
+        self.flags.cancelled.load(Ordering::SeqCst)
+    }
+}
+
+impl std::ops::Deref for JobContext {
+    type Target = Job;
+    fn deref(&self) -> &Job {
+        &self.job
+    }
+}
+
+/// Asks a running [`Worker`] to stop (cloneable, usable from any thread).
+#[derive(Debug, Clone, Default)]
+pub struct ShutdownHandle {
+    pub(super) flag: Arc<AtomicBool>,
+}
+
+impl ShutdownHandle {
+    /// Stop claiming; let running handlers finish within the grace period.
+    pub fn shutdown(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether shutdown was requested.
+    pub fn is_requested(&self) -> bool {
+        self.flag.load(Ordering::SeqCst)
+    }
+
+    /// Requests shutdown on SIGINT or SIGTERM.
+    pub fn stop_on_signals(&self) -> Result<()> {
+        for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+            signal_hook::flag::register(sig, self.flag.clone()).map_err(|e| {
+                Error::InvalidArgument {
+                    field: "handle_signals",
+                    reason: format!("cannot install the signal handler: {e}"),
+                }
+            })?;
+        }
+        Ok(())
+    }
+}
