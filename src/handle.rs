@@ -184,17 +184,10 @@ impl Queue {
         })
     }
 
-    /// Enqueues one job; returns its id.
+    /// Enqueues one job; returns its id (with a unique key that a live job already has, that
+    /// job's id: see [`Queue::enqueue_unique`]).
     pub fn enqueue(&self, job: &NewJob) -> Result<i64> {
-        job.validate(self.inner.config.max_payload_bytes)?;
-        let job = job.clone();
-        let ids = self.write("enqueue", move |c| {
-            queue::insert_validated(c, std::slice::from_ref(&job))
-        })?;
-        ids.into_iter().next().ok_or_else(|| Error::CorruptRow {
-            table: "jobs",
-            reason: "INSERT … RETURNING returned no id".into(),
-        })
+        self.enqueue_unique(job).map(|e| e.id)
     }
 
     /// Enqueues many jobs, [`ENQUEUE_CHUNK`] per transaction; returns their ids in order. All
