@@ -16,7 +16,7 @@ use serde::Serialize;
 use crate::backend::sqlite::CheckpointOutcome;
 use crate::checkpoint::{self, CheckpointTarget};
 use crate::combine::{Combiner, WriteCtx};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::metrics::{Metrics, MetricsSnapshot};
 use crate::models::{Job, JobResult, JobState, Lease, NewJob};
 use crate::pool::{build_pool, run_migrations, Config, SqlitePool};
