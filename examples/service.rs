@@ -25,7 +25,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
 
     // Enqueue inside your own transaction, atomically with your own rows.
-    let mut conn = queue.pool().get()?;
+    let pool = queue.pool().ok_or("this example opens a SQLite file")?;
+    let mut conn = pool.get()?;
     conn.batch_execute("CREATE TABLE IF NOT EXISTS orders (id INTEGER PRIMARY KEY, email TEXT)")?;
     conn.immediate_transaction(|conn| {
         conn.batch_execute("INSERT INTO orders (email) VALUES ('bob@example.com')")?;

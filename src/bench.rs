@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::queue::{audit, sqlite_version, Completion};
+use crate::queue::Completion;
 use crate::{Config, NewJob, Queue};
 
 /// Arguments of `jobdb bench`.
@@ -66,7 +66,7 @@ struct PhaseReport {
 /// The final report (`--json` prints it as one object).
 #[derive(Debug, Serialize)]
 pub struct BenchReport {
-    /// Always "sqlite" in this build.
+    /// "sqlite" or "postgres".
     pub backend: &'static str,
     /// Jobs processed.
     pub jobs: usize,
@@ -103,8 +103,10 @@ pub struct BenchReport {
     pub duplicated: i64,
     /// Largest peak RSS of any process, in MiB.
     pub peak_rss_mib: f64,
-    /// `sqlite_version()`.
-    pub sqlite_version: String,
+    /// `sqlite_version()` (null on PostgreSQL).
+    pub sqlite_version: Option<String>,
+    /// The SQLite library or PostgreSQL server version.
+    pub backend_version: String,
     /// The database used.
     pub database: String,
 }
@@ -151,8 +153,7 @@ pub fn run(args: &BenchArgs, database_url: Option<&str>) -> Result<()> {
     );
     if args.finished > 0 {
         progress.set_message("history");
-        let mut conn = queue.pool().get()?;
-        crate::queue::insert_finished(&mut conn, &queue_name, args.finished)?;
+        queue.insert_finished(&queue_name, args.finished)?;
     }
     progress.set_message("enqueue");
     let started = Instant::now();
@@ -186,15 +187,15 @@ pub fn run(args: &BenchArgs, database_url: Option<&str>) -> Result<()> {
     };
     progress.finish_and_clear();
 
-    let mut conn = queue.pool().get()?;
-    let audit = audit(&mut conn, &queue_name)?;
+    let audit = queue.audit(&queue_name)?;
     let report = summarize(
         args,
         &url,
         &phases,
         enqueue_secs,
         audit,
-        sqlite_version(&mut conn)?,
+        queue.backend(),
+        queue.backend_version()?,
     );
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -411,7 +412,8 @@ fn summarize(
     phases: &[PhaseReport],
     enqueue_secs: f64,
     audit: crate::queue::Audit,
-    sqlite_version: String,
+    backend: &'static str,
+    backend_version: String,
 ) -> BenchReport {
     let start = phases
         .iter()
@@ -429,7 +431,6 @@ fn summarize(
             .map_or(0.0, |&us| us as f64 / 1000.0)
     };
     BenchReport {
-        backend: "sqlite",
         jobs: args.jobs,
         finished: args.finished,
         workers: args.workers,
@@ -453,15 +454,17 @@ fn summarize(
             .unwrap_or(0)
             .max(peak_rss_kib()) as f64
             / 1024.0,
-        sqlite_version,
-        database: url.to_owned(),
+        sqlite_version: (backend == "sqlite").then(|| backend_version.clone()),
+        backend,
+        backend_version,
+        database: redacted(url),
     }
 }
 
 fn print_table(r: &BenchReport) {
     println!(
-        "jobdb bench: lifecycle (claim → heartbeat → complete), {} backend, SQLite {}",
-        r.backend, r.sqlite_version
+        "jobdb bench: lifecycle (claim → heartbeat → complete), {} backend, version {}",
+        r.backend, r.backend_version
     );
     println!(
         "  jobs {}  workers {}  processes {}  batch {}",
@@ -507,4 +510,12 @@ fn peak_rss_kib() -> u64 {
                 .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         })
         .unwrap_or(0)
+}
+
+/// The URL without its password, for the report.
+fn redacted(url: &str) -> String {
+    #[cfg(feature = "postgres")]
+    return crate::pool::redact(url);
+    #[cfg(not(feature = "postgres"))]
+    url.to_owned()
 }

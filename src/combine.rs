@@ -12,17 +12,19 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
-use diesel::sqlite::SqliteConnection;
+use diesel::r2d2::{ConnectionManager, R2D2Connection};
 
-use crate::backend::sqlite::{in_transaction, write_transaction};
+use crate::backend::QueueConnection;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::pool::{PooledConnection, SqlitePool};
 use crate::retry::{retry_busy, RetryPolicy, RetryStats};
 
+type Pool<C> = r2d2::Pool<ConnectionManager<C>>;
+type PooledConnection<C> = r2d2::PooledConnection<ConnectionManager<C>>;
+
 /// What running a write transaction needs from the queue handle.
-pub(crate) struct WriteCtx<'a> {
-    pub pool: &'a SqlitePool,
+pub(crate) struct WriteCtx<'a, C: QueueConnection> {
+    pub pool: &'a Pool<C>,
     pub policy: &'a RetryPolicy,
     pub stats: &'a RetryStats,
     pub metrics: &'a Metrics,
@@ -38,13 +40,13 @@ const MAX_GROUP: usize = 128;
 const EXTRA_ROUNDS: usize = 4;
 
 /// An operation waiting in the queue, type-erased.
-trait Op: Send + Sync {
+trait Op<C>: Send + Sync {
     /// What the operation is ("claim", "complete", …), for spans and slow warnings.
     fn name(&self) -> &'static str;
     /// Runs the operation inside the group's transaction and keeps its result. Returns a
     /// retryable (busy) error to have the whole group re-run; any other error is the
     /// operation's own and is kept for its caller.
-    fn run(&self, conn: &mut SqliteConnection) -> Result<()>;
+    fn run(&self, conn: &mut C) -> Result<()>;
     /// The group failed: this is the operation's result.
     fn fail(&self, err: Arc<Error>);
     /// The group committed (or failed): wake the caller.
@@ -67,16 +69,16 @@ struct Task<T, F> {
     wake: Condvar,
 }
 
-impl<T, F> Op for Task<T, F>
+impl<C, T, F> Op<C> for Task<T, F>
 where
     T: Send,
-    F: FnMut(&mut SqliteConnection) -> Result<T> + Send,
+    F: FnMut(&mut C) -> Result<T> + Send,
 {
     fn name(&self) -> &'static str {
         self.name
     }
 
-    fn run(&self, conn: &mut SqliteConnection) -> Result<()> {
+    fn run(&self, conn: &mut C) -> Result<()> {
         let mut st = lock(&self.state);
         // Each operation opens its own savepoint (write_transaction nests), so its error rolls
         // back its own writes only.
@@ -104,15 +106,15 @@ where
     }
 }
 
-type Queued = Arc<dyn Op>;
+type Queued<C> = Arc<dyn Op<C>>;
 
 /// The writer connection and the operations waiting for it.
-pub(crate) struct Combiner {
-    pending: Mutex<VecDeque<Queued>>,
-    writer: parking_lot::Mutex<Option<PooledConnection>>,
+pub(crate) struct Combiner<C: QueueConnection> {
+    pending: Mutex<VecDeque<Queued<C>>>,
+    writer: parking_lot::Mutex<Option<PooledConnection<C>>>,
 }
 
-impl Combiner {
+impl<C: QueueConnection> Combiner<C> {
     pub(crate) fn new() -> Self {
         Combiner {
             pending: Mutex::new(VecDeque::new()),
@@ -121,10 +123,10 @@ impl Combiner {
     }
 
     /// Runs `f` as part of a group commit; returns its result once the group committed.
-    pub(crate) fn submit<T, F>(&self, ctx: &WriteCtx<'_>, name: &'static str, f: F) -> Result<T>
+    pub(crate) fn submit<T, F>(&self, ctx: &WriteCtx<'_, C>, name: &'static str, f: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnMut(&mut SqliteConnection) -> Result<T> + Send + 'static,
+        F: FnMut(&mut C) -> Result<T> + Send + 'static,
     {
         let task = Arc::new(Task {
             name,
@@ -167,13 +169,13 @@ impl Combiner {
     /// arriving.
     fn combine<T, F>(
         &self,
-        writer: &mut Option<PooledConnection>,
-        ctx: &WriteCtx<'_>,
+        writer: &mut Option<PooledConnection<C>>,
+        ctx: &WriteCtx<'_, C>,
         own: &Task<T, F>,
     ) {
         let mut extra = 0;
         loop {
-            let group: Vec<Queued> = {
+            let group: Vec<Queued<C>> = {
                 let mut pending = lock(&self.pending);
                 let n = pending.len().min(MAX_GROUP);
                 pending.drain(..n).collect()
@@ -195,9 +197,9 @@ impl Combiner {
     /// handed to another thread).
     pub(crate) fn direct<T>(
         &self,
-        ctx: &WriteCtx<'_>,
+        ctx: &WriteCtx<'_, C>,
         name: &'static str,
-        mut f: impl FnMut(&mut SqliteConnection) -> Result<T>,
+        mut f: impl FnMut(&mut C) -> Result<T>,
     ) -> Result<T> {
         let mut writer = self.writer.lock();
         let result =
@@ -212,9 +214,9 @@ impl Combiner {
 
     fn run_group(
         &self,
-        writer: &mut Option<PooledConnection>,
-        ctx: &WriteCtx<'_>,
-        group: &[Queued],
+        writer: &mut Option<PooledConnection<C>>,
+        ctx: &WriteCtx<'_, C>,
+        group: &[Queued<C>],
     ) {
         // Named after its first operation; `ops` says how many rode along.
         let name = group.first().map_or("empty", |op| op.name());
@@ -222,7 +224,7 @@ impl Combiner {
             traced(ctx, name, group.len(), || match group {
                 // Alone, the operation is its own BEGIN IMMEDIATE transaction: no savepoint.
                 [op] => op.run(conn),
-                _ => write_transaction(conn, |c| group.iter().try_for_each(|op| op.run(c))),
+                _ => conn.write_transaction(|c| group.iter().try_for_each(|op| op.run(c))),
             })
         });
         if result.is_ok() {
@@ -242,8 +244,8 @@ impl Combiner {
 
 /// Runs a write transaction under the retry loop inside a `jobdb.write` span that carries its
 /// name, how many operations ride in it, the busy retries it needed and how long it took.
-fn traced<R>(
-    ctx: &WriteCtx<'_>,
+fn traced<C: QueueConnection, R>(
+    ctx: &WriteCtx<'_, C>,
     name: &'static str,
     ops: usize,
     mut f: impl FnMut() -> Result<R>,
@@ -269,7 +271,12 @@ fn traced<R>(
 
 /// Runs one try of a write transaction, recording how long it held the write lock and warning
 /// when that passes the slow threshold.
-fn timed<R>(ctx: &WriteCtx<'_>, name: &'static str, ops: usize, f: impl FnOnce() -> R) -> R {
+fn timed<C: QueueConnection, R>(
+    ctx: &WriteCtx<'_, C>,
+    name: &'static str,
+    ops: usize,
+    f: impl FnOnce() -> R,
+) -> R {
     let started = std::time::Instant::now();
     let r = f();
     let held = started.elapsed();
@@ -289,10 +296,10 @@ fn timed<R>(ctx: &WriteCtx<'_>, name: &'static str, ops: usize, f: impl FnOnce()
     r
 }
 
-fn checkout<'a>(
-    writer: &'a mut Option<PooledConnection>,
-    pool: &SqlitePool,
-) -> Result<&'a mut PooledConnection> {
+fn checkout<'a, C: QueueConnection>(
+    writer: &'a mut Option<PooledConnection<C>>,
+    pool: &Pool<C>,
+) -> Result<&'a mut PooledConnection<C>> {
     if writer.is_none() {
         *writer = Some(pool.get()?);
     }
@@ -305,8 +312,12 @@ fn checkout<'a>(
 /// A transaction left open (one that could not even be rolled back): give the connection back
 /// to the pool (which discards it as broken) and open a fresh one next time. Checked after every
 /// use, whatever the result: a lone operation keeps its own error to itself.
-fn discard_if_broken(writer: &mut Option<PooledConnection>) {
-    if writer.as_mut().is_some_and(|c| in_transaction(c)) {
+fn discard_if_broken<C: QueueConnection>(writer: &mut Option<PooledConnection<C>>) {
+    // `is_broken`: a connection the server closed (a PostgreSQL restart) is not reused either.
+    if writer
+        .as_mut()
+        .is_some_and(|c| c.in_transaction() || R2D2Connection::is_broken(&mut **c))
+    {
         *writer = None;
     }
 }

@@ -10,13 +10,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use diesel::r2d2::ConnectionManager;
 use diesel::sqlite::SqliteConnection;
 use serde::Serialize;
 
 use crate::backend::sqlite::CheckpointOutcome;
+use crate::backend::QueueConnection;
 use crate::checkpoint::{self, CheckpointTarget};
 use crate::combine::{Combiner, WriteCtx};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::metrics::{Metrics, MetricsSnapshot};
 use crate::models::{Job, JobResult, JobState, Lease, NewJob};
 use crate::pool::{build_pool, run_migrations, Config, SqlitePool};
@@ -24,14 +26,38 @@ use crate::queue::{self, Stats, ENQUEUE_CHUNK};
 use crate::retry::{retry_busy, RetrySnapshot, RetryStats};
 
 /// A cheap-to-clone handle to a queue database: a connection pool, the process's writer
-/// connection, the configuration, and the retry counters shared by every clone.
+/// connection, the configuration, and the retry counters shared by every clone. The same API
+/// on SQLite (a path or `sqlite://…`) and, with the `postgres` feature, PostgreSQL
+/// (`postgres://…`).
 #[derive(Clone)]
 pub struct Queue {
-    inner: Arc<Inner>,
+    store: Store,
 }
 
-struct Inner {
-    pool: SqlitePool,
+/// The backend behind a [`Queue`]: one [`Engine`] per connection type.
+#[derive(Clone)]
+enum Store {
+    Sqlite(Arc<Engine<SqliteConnection>>),
+    #[cfg(feature = "postgres")]
+    Postgres(Arc<Engine<diesel::pg::PgConnection>>),
+}
+
+/// Runs `$body` with `$e` bound to the queue's engine, whichever backend it is. The body is
+/// compiled once per backend, so its closures get that backend's connection type.
+macro_rules! with_engine {
+    ($self:expr, $e:ident => $body:expr) => {
+        match &$self.store {
+            Store::Sqlite($e) => $body,
+            #[cfg(feature = "postgres")]
+            Store::Postgres($e) => $body,
+        }
+    };
+}
+pub(crate) use with_engine;
+
+/// One backend's pool, writer and counters. All queue logic runs through it.
+struct Engine<C: QueueConnection> {
+    pool: r2d2::Pool<ConnectionManager<C>>,
     config: Config,
     stats: RetryStats,
     metrics: Metrics,
@@ -46,10 +72,13 @@ struct Inner {
     /// that queue up while one commits are committed together (see `combine.rs`). Other
     /// processes still meet at the file lock (busy_timeout and the retry loop). Reads use the
     /// rest of the pool and never wait for the writer (WAL).
-    writer: Combiner,
+    ///
+    /// On PostgreSQL the same group commit saves a commit (and its WAL flush) per operation;
+    /// other processes' claims meet at `FOR UPDATE SKIP LOCKED` and never wait on our rows.
+    writer: Combiner<C>,
 }
 
-impl CheckpointTarget for Inner {
+impl CheckpointTarget for Engine<SqliteConnection> {
     fn pool(&self) -> &SqlitePool {
         &self.pool
     }
@@ -64,8 +93,18 @@ impl CheckpointTarget for Inner {
     }
 }
 
-impl Inner {
-    fn ctx(&self) -> WriteCtx<'_> {
+impl<C: QueueConnection> Engine<C> {
+    fn new(pool: r2d2::Pool<ConnectionManager<C>>, config: Config) -> Engine<C> {
+        Engine {
+            pool,
+            config,
+            stats: RetryStats::default(),
+            metrics: Metrics::default(),
+            writer: Combiner::new(),
+        }
+    }
+
+    fn ctx(&self) -> WriteCtx<'_, C> {
         WriteCtx {
             pool: &self.pool,
             policy: &self.config.retry,
@@ -74,32 +113,66 @@ impl Inner {
             slow: self.config.slow_transaction,
         }
     }
+
+    /// Runs `op` alone on the writer connection (for closures that cannot be sent to another
+    /// thread), re-run whole while the database is busy.
+    fn run<T>(&self, name: &'static str, op: impl FnMut(&mut C) -> Result<T>) -> Result<T> {
+        self.writer.direct(&self.ctx(), name, op)
+    }
+
+    /// Runs a write operation as part of a group commit (see `combine.rs`).
+    fn write<T: Send + 'static>(
+        &self,
+        name: &'static str,
+        op: impl FnMut(&mut C) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        self.writer.submit(&self.ctx(), name, op)
+    }
+
+    /// Runs a read on a pooled connection (not the writer).
+    fn read<T>(&self, name: &'static str, mut op: impl FnMut(&mut C) -> Result<T>) -> Result<T> {
+        let mut conn = self.pool.get()?;
+        retry_busy(&self.config.retry, &self.stats, name, || op(&mut conn))
+    }
+
+    fn validate_all(&self, jobs: &[NewJob]) -> Result<()> {
+        jobs.iter()
+            .try_for_each(|j| j.validate(self.config.max_payload_bytes))
+    }
 }
 
 impl std::fmt::Debug for Queue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Queue")
-            .field("config", &self.inner.config)
-            .field("retry_stats", &self.inner.stats.snapshot())
-            .finish_non_exhaustive()
+        with_engine!(self, e => f
+            .debug_struct("Queue")
+            .field("backend", &self.backend())
+            .field("config", &e.config)
+            .field("retry_stats", &e.stats.snapshot())
+            .finish_non_exhaustive())
     }
 }
 
 impl Queue {
-    /// Opens the database at `url` (a path, `sqlite://path` or a `file:` URI), builds the pool
-    /// and, if `config.run_migrations`, applies pending migrations.
+    /// Opens the database at `url`: a SQLite path, `sqlite://path` or `file:` URI, or (feature
+    /// `postgres`) a `postgres://` URL. Builds the pool and, if `config.run_migrations`,
+    /// applies pending migrations.
     pub fn open(url: &str, config: Config) -> Result<Queue> {
+        #[cfg(feature = "postgres")]
+        if crate::pool::is_postgres_url(url) {
+            let pool = crate::pool::build_postgres_pool(url, &config)?;
+            return Queue::from_postgres_pool(pool, config);
+        }
         let pool = build_pool(url, &config)?;
         let queue = Queue::from_pool(pool, config);
-        if queue.inner.config.run_migrations {
+        if queue.config().run_migrations {
             queue.migrate()?;
         }
         Ok(queue)
     }
 
-    /// Wraps a pool built by [`build_pool`] (or by the caller, with the same customizer).
-    /// Each handle (and its clones) has one writer connection: open one `Queue` per database
-    /// per process and clone it.
+    /// Wraps a SQLite pool built by [`build_pool`] (or by the caller, with the same
+    /// customizer). Each handle (and its clones) has one writer connection: open one `Queue`
+    /// per database per process and clone it.
     pub fn from_pool(pool: SqlitePool, config: Config) -> Queue {
         let checkpoints = config.checkpoint_every.map(|every| checkpoint::Policy {
             every,
@@ -107,81 +180,116 @@ impl Queue {
             truncate_wait: config.wal_truncate_wait,
             busy_timeout: config.pragmas.busy_timeout,
         });
-        let queue = Queue {
-            inner: Arc::new(Inner {
-                pool,
-                config,
-                stats: RetryStats::default(),
-                metrics: Metrics::default(),
-                writer: Combiner::new(),
-            }),
-        };
+        let engine = Arc::new(Engine::new(pool, config));
         if let Some(policy) = checkpoints {
-            checkpoint::start(Arc::downgrade(&queue.inner), policy);
+            checkpoint::start(Arc::downgrade(&engine), policy);
         }
-        queue
+        Queue {
+            store: Store::Sqlite(engine),
+        }
+    }
+
+    /// Wraps a PostgreSQL pool built by [`crate::pool::build_postgres_pool`] and, if
+    /// `config.run_migrations`, applies pending migrations.
+    #[cfg(feature = "postgres")]
+    pub fn from_postgres_pool(pool: crate::pool::PgPool, config: Config) -> Result<Queue> {
+        let queue = Queue {
+            store: Store::Postgres(Arc::new(Engine::new(pool, config))),
+        };
+        if queue.config().run_migrations {
+            queue.migrate()?;
+        }
+        Ok(queue)
+    }
+
+    /// Which backend this queue is on: `"sqlite"` or `"postgres"`.
+    pub fn backend(&self) -> &'static str {
+        match &self.store {
+            Store::Sqlite(_) => "sqlite",
+            #[cfg(feature = "postgres")]
+            Store::Postgres(_) => "postgres",
+        }
     }
 
     /// Applies pending embedded migrations; returns the versions applied.
     pub fn migrate(&self) -> Result<Vec<String>> {
-        let mut conn = self.inner.pool.get()?;
-        run_migrations(&mut conn, &self.inner.config.retry, &self.inner.stats)
+        match &self.store {
+            Store::Sqlite(e) => {
+                let mut conn = e.pool.get()?;
+                run_migrations(&mut conn, &e.config.retry, &e.stats)
+            }
+            #[cfg(feature = "postgres")]
+            Store::Postgres(e) => {
+                let mut conn = e.pool.get()?;
+                crate::pool::run_postgres_migrations(&mut conn)
+            }
+        }
     }
 
-    /// The pool, for the caller's own queries.
-    pub fn pool(&self) -> &SqlitePool {
-        &self.inner.pool
+    /// The SQLite pool, for the caller's own queries (`None` on PostgreSQL).
+    pub fn pool(&self) -> Option<&SqlitePool> {
+        match &self.store {
+            Store::Sqlite(e) => Some(&e.pool),
+            #[cfg(feature = "postgres")]
+            Store::Postgres(_) => None,
+        }
+    }
+
+    /// The PostgreSQL pool, for the caller's own queries (`None` on SQLite).
+    #[cfg(feature = "postgres")]
+    pub fn postgres_pool(&self) -> Option<&crate::pool::PgPool> {
+        match &self.store {
+            Store::Sqlite(_) => None,
+            Store::Postgres(e) => Some(&e.pool),
+        }
     }
 
     /// The configuration in use.
     pub fn config(&self) -> &Config {
-        &self.inner.config
+        with_engine!(self, e => &e.config)
     }
 
     /// Transactions, busy retries and busy give-ups so far, over every clone of this handle.
     pub fn retry_stats(&self) -> RetrySnapshot {
-        self.inner.stats.snapshot()
+        with_engine!(self, e => e.stats.snapshot())
     }
 
     /// Runs `op`, a whole write transaction (every `queue` function is one), on the writer
-    /// connection, re-running it whole while the database is busy. `op` must not call this
-    /// `Queue` itself (the writer is not re-entrant).
+    /// connection of a SQLite queue, re-running it whole while the database is busy. `op`
+    /// must not call this `Queue` itself (the writer is not re-entrant). On PostgreSQL:
+    /// [`Queue::run_postgres`].
     pub fn run<T>(
         &self,
         name: &'static str,
         op: impl FnMut(&mut SqliteConnection) -> Result<T>,
     ) -> Result<T> {
-        self.inner.writer.direct(&self.ctx(), name, op)
+        match &self.store {
+            Store::Sqlite(e) => e.run(name, op),
+            #[cfg(feature = "postgres")]
+            Store::Postgres(_) => Err(Error::Unsupported {
+                what: "Queue::run on a PostgreSQL queue (use Queue::run_postgres)",
+            }),
+        }
     }
 
-    fn ctx(&self) -> WriteCtx<'_> {
-        self.inner.ctx()
+    /// [`Queue::run`] for a PostgreSQL queue.
+    #[cfg(feature = "postgres")]
+    pub fn run_postgres<T>(
+        &self,
+        name: &'static str,
+        op: impl FnMut(&mut diesel::pg::PgConnection) -> Result<T>,
+    ) -> Result<T> {
+        match &self.store {
+            Store::Postgres(e) => e.run(name, op),
+            Store::Sqlite(_) => Err(Error::Unsupported {
+                what: "Queue::run_postgres on a SQLite queue (use Queue::run)",
+            }),
+        }
     }
 
     /// Counters and latency histograms of this handle's work (see [`crate::metrics`]).
     pub fn metrics(&self) -> MetricsSnapshot {
-        self.inner.metrics.snapshot(self.inner.stats.snapshot())
-    }
-
-    /// Runs a write operation as part of a group commit (see `combine.rs`).
-    fn write<T: Send + 'static>(
-        &self,
-        name: &'static str,
-        op: impl FnMut(&mut SqliteConnection) -> Result<T> + Send + 'static,
-    ) -> Result<T> {
-        self.inner.writer.submit(&self.ctx(), name, op)
-    }
-
-    /// Runs a read on a pooled connection (not the writer).
-    fn read<T>(
-        &self,
-        name: &'static str,
-        mut op: impl FnMut(&mut SqliteConnection) -> Result<T>,
-    ) -> Result<T> {
-        let mut conn = self.inner.pool.get()?;
-        retry_busy(&self.inner.config.retry, &self.inner.stats, name, || {
-            op(&mut conn)
-        })
+        with_engine!(self, e => e.metrics.snapshot(e.stats.snapshot()))
     }
 
     /// Enqueues one job; returns its id (with a unique key that a live job already has, that
@@ -195,33 +303,32 @@ impl Queue {
     /// if a later chunk fails, the ids of the earlier, committed ones are not returned, so use
     /// [`Queue::enqueue_batch`] when the whole set must be all-or-nothing.
     pub fn enqueue_many(&self, jobs: &[NewJob]) -> Result<Vec<i64>> {
-        self.validate_all(jobs)?;
-        let mut ids = Vec::with_capacity(jobs.len());
-        for chunk in jobs.chunks(ENQUEUE_CHUNK) {
-            let chunk = chunk.to_vec();
-            ids.extend(self.write("enqueue_many", move |c| queue::insert_validated(c, &chunk))?);
-        }
-        Ok(ids)
+        with_engine!(self, e => {
+            e.validate_all(jobs)?;
+            let mut ids = Vec::with_capacity(jobs.len());
+            for chunk in jobs.chunks(ENQUEUE_CHUNK) {
+                let chunk = chunk.to_vec();
+                ids.extend(e.write("enqueue_many", move |c| queue::insert_validated(c, &chunk))?);
+            }
+            Ok(ids)
+        })
     }
 
     /// Enqueues all `jobs` in ONE transaction: all or nothing (for files of jobs where a
     /// partial enqueue would be wrong). Holds the write lock for the whole insert.
     pub fn enqueue_batch(&self, jobs: &[NewJob]) -> Result<Vec<i64>> {
-        self.validate_all(jobs)?;
-        self.run("enqueue_batch", |c| {
-            crate::backend::sqlite::write_transaction(c, |c| {
-                let mut ids = Vec::with_capacity(jobs.len());
-                for chunk in jobs.chunks(ENQUEUE_CHUNK) {
-                    ids.extend(queue::insert_validated(c, chunk)?);
-                }
-                Ok(ids)
+        with_engine!(self, e => {
+            e.validate_all(jobs)?;
+            e.run("enqueue_batch", |c| {
+                c.write_transaction(|c| {
+                    let mut ids = Vec::with_capacity(jobs.len());
+                    for chunk in jobs.chunks(ENQUEUE_CHUNK) {
+                        ids.extend(queue::insert_validated(c, chunk)?);
+                    }
+                    Ok(ids)
+                })
             })
         })
-    }
-
-    fn validate_all(&self, jobs: &[NewJob]) -> Result<()> {
-        jobs.iter()
-            .try_for_each(|j| j.validate(self.inner.config.max_payload_bytes))
     }
 
     /// Claims up to `limit` due jobs of `queue`, leased to `worker_id` for `lease`.
@@ -232,18 +339,22 @@ impl Queue {
         worker_id: &str,
         lease: Duration,
     ) -> Result<Vec<Job>> {
-        let started = std::time::Instant::now();
-        let (queue_name, worker_id) = (queue_name.to_owned(), worker_id.to_owned());
-        let claimed = self.write("claim", move |c| {
-            queue::claim(c, &queue_name, limit, &worker_id, lease)
-        });
-        self.inner.metrics.claim_latency.record(started.elapsed());
-        claimed
+        with_engine!(self, e => {
+            let started = std::time::Instant::now();
+            let (queue_name, worker_id) = (queue_name.to_owned(), worker_id.to_owned());
+            let claimed = e.write("claim", move |c| {
+                queue::claim(c, &queue_name, limit, &worker_id, lease)
+            });
+            e.metrics.claim_latency.record(started.elapsed());
+            claimed
+        })
     }
 
     /// Extends a lease; [`Error::LeaseLost`] if it is no longer ours.
     pub fn heartbeat(&self, lease: Lease, lease_for: Duration) -> Result<DateTime<Utc>> {
-        self.write("heartbeat", move |c| queue::heartbeat(c, lease, lease_for))
+        with_engine!(self, e => {
+            e.write("heartbeat", move |c| queue::heartbeat(c, lease, lease_for))
+        })
     }
 
     /// Records success with `output`; fenced by the lease.
@@ -258,16 +369,20 @@ impl Queue {
 
     /// Records success with output already serialized as JSON text.
     pub fn complete_json(&self, lease: Lease, output_json: &str, duration: Duration) -> Result<()> {
-        let output_json = output_json.to_owned();
-        self.write("complete", move |c| {
-            queue::complete_json(c, lease, &output_json, duration)
+        with_engine!(self, e => {
+            let output_json = output_json.to_owned();
+            e.write("complete", move |c| {
+                queue::complete_json(c, lease, &output_json, duration)
+            })
         })
     }
 
     /// Completes many jobs in one transaction; one result per item (see
     /// [`queue::complete_many`]).
     pub fn complete_many(&self, items: Vec<queue::Completion>) -> Result<Vec<Result<()>>> {
-        self.write("complete_many", move |c| queue::complete_many(c, &items))
+        with_engine!(self, e => {
+            e.write("complete_many", move |c| queue::complete_many(c, &items))
+        })
     }
 
     /// Extends many leases in one transaction; one result per lease.
@@ -276,58 +391,91 @@ impl Queue {
         leases: &[Lease],
         lease_for: Duration,
     ) -> Result<Vec<Result<DateTime<Utc>>>> {
-        let leases = leases.to_vec();
-        self.write("heartbeat_many", move |c| {
-            queue::heartbeat_many(c, &leases, lease_for)
+        with_engine!(self, e => {
+            let leases = leases.to_vec();
+            e.write("heartbeat_many", move |c| {
+                queue::heartbeat_many(c, &leases, lease_for)
+            })
         })
     }
 
     /// Records a failed attempt; the job is retried with backoff or ends `dead`.
     pub fn fail(&self, lease: Lease, error: &str, duration: Duration) -> Result<JobState> {
-        let backoff = self.inner.config.job_backoff;
-        let error = error.to_owned();
-        self.write("fail", move |c| {
-            queue::fail(c, lease, &error, duration, &backoff)
+        with_engine!(self, e => {
+            let backoff = e.config.job_backoff;
+            let error = error.to_owned();
+            e.write("fail", move |c| {
+                queue::fail(c, lease, &error, duration, &backoff)
+            })
         })
     }
 
     /// Gives a running job back to the queue (shutdown).
     pub fn release(&self, lease: Lease) -> Result<()> {
-        self.write("release", move |c| queue::release(c, lease))
+        with_engine!(self, e => {
+            e.write("release", move |c| queue::release(c, lease))
+        })
     }
 
     /// Requeues jobs whose lease expired; returns how many.
     pub fn reap(&self) -> Result<usize> {
-        // Find expired leases on a reader (a scan), then take the write lock only for them.
-        let ids = self.read("expired_leases", queue::expired_leases)?;
-        if ids.is_empty() {
-            return Ok(0);
-        }
-        self.write("reap", move |c| queue::reap_listed(c, &ids))
+        with_engine!(self, e => {
+            // Find expired leases on a reader (a scan), then take the write lock only for them.
+            let ids = e.read("expired_leases", queue::expired_leases)?;
+            if ids.is_empty() {
+                return Ok(0);
+            }
+            e.write("reap", move |c| queue::reap_listed(c, &ids))
+        })
     }
 
     /// Counts per queue and state.
     pub fn stats(&self, queue_name: Option<&str>) -> Result<Stats> {
-        self.read("stats", |c| queue::stats(c, queue_name))
+        with_engine!(self, e => {
+            e.read("stats", |c| queue::stats(c, queue_name))
+        })
     }
 
     /// One job by id.
     pub fn get_job(&self, job_id: i64) -> Result<Job> {
-        self.read("get_job", |c| queue::get_job(c, job_id))
+        with_engine!(self, e => {
+            e.read("get_job", |c| queue::get_job(c, job_id))
+        })
     }
 
     /// All finished attempts of a job.
     pub fn get_results(&self, job_id: i64) -> Result<Vec<JobResult>> {
-        self.read("get_results", |c| queue::get_results(c, job_id))
+        with_engine!(self, e => {
+            e.read("get_results", |c| queue::get_results(c, job_id))
+        })
     }
 
     /// Queued jobs of `queue`, due or scheduled (cheap: served by the claim index).
     pub fn queued(&self, queue_name: &str) -> Result<i64> {
-        self.read("queued", |c| queue::queued_count(c, queue_name))
+        with_engine!(self, e => {
+            e.read("queued", |c| queue::queued_count(c, queue_name))
+        })
     }
 
     /// Whether any job of `queue` is running, in any process (a table scan: use sparingly).
     pub fn any_running(&self, queue_name: &str) -> Result<bool> {
-        self.read("any_running", |c| queue::any_running(c, queue_name))
+        with_engine!(self, e => {
+            e.read("any_running", |c| queue::any_running(c, queue_name))
+        })
+    }
+
+    /// Checks exactly-once completion of a queue in SQL (see [`queue::audit`]).
+    pub fn audit(&self, queue_name: &str) -> Result<queue::Audit> {
+        with_engine!(self, e => e.read("audit", |c| queue::audit(c, queue_name)))
+    }
+
+    /// Inserts `n` already-succeeded jobs on `queue` (benchmark history).
+    pub fn insert_finished(&self, queue_name: &str, n: u64) -> Result<usize> {
+        with_engine!(self, e => e.run("insert_finished", |c| queue::insert_finished(c, queue_name, n)))
+    }
+
+    /// The SQLite library version, or the PostgreSQL server version.
+    pub fn backend_version(&self) -> Result<String> {
+        with_engine!(self, e => e.read("version", |c| c.version()))
     }
 }

@@ -49,6 +49,7 @@ pub mod schedule;
 pub mod schema;
 pub mod worker;
 
+pub use backend::QueueConnection;
 pub use error::{Error, Result};
 pub use handle::{PruneReport, Queue};
 pub use manage::{CancelOutcome, PruneBatch, QueueActivity, Retention};

@@ -4,11 +4,10 @@
 
 use std::time::Duration;
 
+use crate::backend::QueueConnection;
 use chrono::NaiveDateTime;
-use diesel::sqlite::SqliteConnection;
 use serde::Serialize;
 
-use crate::backend::sqlite as db;
 use crate::error::{Error, Result};
 use crate::models::{validate_queue_name, JobState};
 
@@ -34,13 +33,13 @@ pub enum CancelOutcome {
 /// Cancels a job: a queued job becomes `cancelled` at once; a running job is flagged (see
 /// [`CancelOutcome::Requested`]). A finished job is [`Error::WrongState`]; an unknown id
 /// [`Error::NotFound`].
-pub fn cancel(conn: &mut SqliteConnection, job_id: i64) -> Result<CancelOutcome> {
+pub fn cancel<C: QueueConnection>(conn: &mut C, job_id: i64) -> Result<CancelOutcome> {
     let now = now();
-    db::write_transaction(conn, |c| {
-        if db::cancel_queued(c, job_id, now)? == 1 {
+    conn.write_transaction(|c| {
+        if c.cancel_queued(job_id, now)? == 1 {
             return Ok(CancelOutcome::Cancelled);
         }
-        if db::request_cancel(c, job_id, now)? == 1 {
+        if c.request_cancel(job_id, now)? == 1 {
             return Ok(CancelOutcome::Requested);
         }
         Err(wrong_state(c, job_id, "cancel", "a queued or running job")?)
@@ -51,9 +50,9 @@ pub fn cancel(conn: &mut SqliteConnection, job_id: i64) -> Result<CancelOutcome>
 /// attempts (attempt numbers go on counting: they are fencing tokens and never reused). A job
 /// in another state is [`Error::WrongState`]. If a live job of the same queue took its unique
 /// key meanwhile, [`Error::InvalidArgument`] names the key conflict and nothing changes.
-pub fn retry(conn: &mut SqliteConnection, job_id: i64) -> Result<()> {
+pub fn retry<C: QueueConnection>(conn: &mut C, job_id: i64) -> Result<()> {
     let now = now();
-    db::write_transaction(conn, |c| match db::requeue_finished(c, job_id, now) {
+    conn.write_transaction(|c| match c.requeue_finished(job_id, now) {
         Ok(1) => Ok(()),
         Ok(_) => Err(wrong_state(c, job_id, "retry", "a dead or cancelled job")?),
         Err(Error::Database(diesel::result::Error::DatabaseError(
@@ -69,8 +68,8 @@ pub fn retry(conn: &mut SqliteConnection, job_id: i64) -> Result<()> {
     })
 }
 
-fn wrong_state(
-    c: &mut SqliteConnection,
+fn wrong_state<C: QueueConnection>(
+    c: &mut C,
     job_id: i64,
     operation: &'static str,
     wanted: &'static str,
@@ -135,19 +134,19 @@ pub(crate) fn prune_cutoff(older_than: Duration) -> NaiveDateTime {
 }
 
 /// Up to `limit` ids above `after_id` of jobs in `states_json` older than `cutoff` (a read).
-pub(crate) fn prunable_ids(
-    conn: &mut SqliteConnection,
+pub(crate) fn prunable_ids<C: QueueConnection>(
+    conn: &mut C,
     states_json: &str,
     cutoff: NaiveDateTime,
     after_id: i64,
     limit: usize,
 ) -> Result<Vec<i64>> {
-    db::finished_before(conn, states_json, cutoff, after_id, limit as i64)
+    conn.finished_before(states_json, cutoff, after_id, limit as i64)
 }
 
 /// Deletes those of `ids` still prunable, with their results, in one write transaction.
-pub(crate) fn delete_prunable(
-    conn: &mut SqliteConnection,
+pub(crate) fn delete_prunable<C: QueueConnection>(
+    conn: &mut C,
     ids: &[i64],
     states_json: &str,
     cutoff: NaiveDateTime,
@@ -156,28 +155,26 @@ pub(crate) fn delete_prunable(
         what: "job ids",
         source,
     })?;
-    db::write_transaction(conn, |c| {
-        db::delete_finished(c, &ids_json, states_json, cutoff)
-    })
+    conn.write_transaction(|c| c.delete_finished(&ids_json, states_json, cutoff))
 }
 
 /// Pauses `queue`: no job of it is claimed until [`resume`]. Running jobs finish normally.
 /// Returns false if it was already paused.
-pub fn pause(conn: &mut SqliteConnection, queue: &str) -> Result<bool> {
+pub fn pause<C: QueueConnection>(conn: &mut C, queue: &str) -> Result<bool> {
     validate_queue_name(queue)?;
     let now = now();
-    db::write_transaction(conn, |c| db::pause_queue(c, queue, now))
+    conn.write_transaction(|c| c.pause_queue(queue, now))
 }
 
 /// Resumes a paused queue. Returns false if it was not paused.
-pub fn resume(conn: &mut SqliteConnection, queue: &str) -> Result<bool> {
+pub fn resume<C: QueueConnection>(conn: &mut C, queue: &str) -> Result<bool> {
     validate_queue_name(queue)?;
-    db::write_transaction(conn, |c| db::resume_queue(c, queue))
+    conn.write_transaction(|c| c.resume_queue(queue))
 }
 
 /// Names of the paused queues.
-pub fn paused(conn: &mut SqliteConnection) -> Result<Vec<String>> {
-    db::paused_queues(conn)
+pub fn paused<C: QueueConnection>(conn: &mut C) -> Result<Vec<String>> {
+    conn.paused_queues()
 }
 
 /// Activity of one queue, for `stats`.
@@ -197,28 +194,28 @@ pub struct QueueActivity {
 
 /// Per-queue activity (every queue, or only `queue`): oldest due job's wait, jobs finished in
 /// the last minute, paused or not. One scan of `jobs`; run it on a reader.
-pub fn activity(
-    conn: &mut SqliteConnection,
+pub fn activity<C: QueueConnection>(
+    conn: &mut C,
     queue: Option<&str>,
 ) -> Result<std::collections::BTreeMap<String, QueueActivity>> {
     let now = now();
     let since = before(now, Duration::from_secs(60));
-    let paused = db::paused_queues(conn)?;
-    let mut out: std::collections::BTreeMap<String, QueueActivity> =
-        db::queue_activity(conn, queue, now, since)?
-            .into_iter()
-            .map(|r| {
-                let activity = QueueActivity {
-                    // Clock skew between writers can make a due time look slightly ahead.
-                    oldest_due_age_s: r.oldest_due_s.map(|s| s.max(0.0)),
-                    succeeded_last_minute: r.succeeded,
-                    dead_last_minute: r.dead,
-                    throughput_per_sec: r.succeeded as f64 / 60.0,
-                    paused: paused.contains(&r.queue),
-                };
-                (r.queue, activity)
-            })
-            .collect();
+    let paused = conn.paused_queues()?;
+    let mut out: std::collections::BTreeMap<String, QueueActivity> = conn
+        .queue_activity(queue, now, since)?
+        .into_iter()
+        .map(|r| {
+            let activity = QueueActivity {
+                // Clock skew between writers can make a due time look slightly ahead.
+                oldest_due_age_s: r.oldest_due_s.map(|s| s.max(0.0)),
+                succeeded_last_minute: r.succeeded,
+                dead_last_minute: r.dead,
+                throughput_per_sec: r.succeeded as f64 / 60.0,
+                paused: paused.contains(&r.queue),
+            };
+            (r.queue, activity)
+        })
+        .collect();
     // A paused queue with no jobs yet still shows up as paused.
     for q in paused
         .into_iter()

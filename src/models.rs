@@ -345,7 +345,7 @@ pub fn validate_queue_name(queue: &str) -> Result<()> {
 }
 
 /// A row of `results`, as Diesel reads it.
-#[derive(Debug, Clone, Queryable, Selectable)]
+#[derive(Debug, Clone, Queryable, QueryableByName, Selectable)]
 #[diesel(table_name = results, check_for_backend(diesel::sqlite::Sqlite))]
 #[allow(missing_docs)] // the columns are documented in the migration
 pub struct ResultRow {
@@ -362,7 +362,8 @@ pub struct ResultRow {
 /// A row to insert into `results`.
 #[derive(Debug, Clone, Insertable)]
 #[diesel(table_name = results)]
-pub(crate) struct NewResultRow<'a> {
+#[allow(missing_docs)] // the columns are documented in the migration
+pub struct NewResultRow<'a> {
     pub job_id: i64,
     pub attempt: i32,
     pub outcome: &'a str,

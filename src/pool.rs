@@ -16,6 +16,14 @@ use crate::pragmas::{enable_wal, ConnectionCustomizer, Pragmas, Synchronous};
 use crate::queue::JobBackoff;
 use crate::retry::{retry_busy, RetryPolicy, RetryStats};
 
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(feature = "postgres")]
+pub use postgres::{
+    build_postgres_pool, is_postgres_url, redact, run_postgres_migrations, PgPool,
+    POSTGRES_MIGRATIONS,
+};
+
 /// A pool of SQLite connections, each set up by [`ConnectionCustomizer`].
 pub type SqlitePool = r2d2::Pool<ConnectionManager<SqliteConnection>>;
 
@@ -228,9 +236,11 @@ impl DatabaseUrl {
         }
         let lower = url.to_ascii_lowercase();
         if lower.starts_with("postgres://") || lower.starts_with("postgresql://") {
-            return Err(invalid(
-                "PostgreSQL is not supported by this build; use a SQLite path",
-            ));
+            return Err(invalid(if cfg!(feature = "postgres") {
+                "a PostgreSQL URL: open it with Queue::open or build_postgres_pool"
+            } else {
+                "PostgreSQL is not supported by this build (feature `postgres` is off)"
+            }));
         }
         let path = url
             .strip_prefix("sqlite://")

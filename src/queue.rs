@@ -1,4 +1,4 @@
-//! The queue's logic, as functions on a `&mut SqliteConnection`: state transitions, leases and
+//! The queue's logic, as functions on a `&mut C`: state transitions, leases and
 //! retry scheduling. Backend SQL lives in `backend::sqlite`.
 //!
 //! Each function that writes runs as one short write transaction (`BEGIN IMMEDIATE`), or as a
@@ -8,11 +8,10 @@
 
 use std::time::Duration;
 
+use crate::backend::QueueConnection;
 use chrono::{DateTime, NaiveDateTime, Utc};
-use diesel::sqlite::SqliteConnection;
 use serde::Serialize;
 
-use crate::backend::sqlite as db;
 use crate::error::{Error, Result};
 use crate::models::{
     to_json, validate_queue_name, Job, JobState, Lease, NewJob, NewResultRow, Outcome,
@@ -75,7 +74,7 @@ fn after(t: NaiveDateTime, d: Duration) -> NaiveDateTime {
 
 /// Enqueues one job; returns its id. Payloads over [`DEFAULT_MAX_PAYLOAD_BYTES`] are refused
 /// ([`crate::Queue`] uses its configured limit instead).
-pub fn enqueue(conn: &mut SqliteConnection, job: &NewJob) -> Result<i64> {
+pub fn enqueue<C: QueueConnection>(conn: &mut C, job: &NewJob) -> Result<i64> {
     job.validate(DEFAULT_MAX_PAYLOAD_BYTES)?;
     let ids = insert_validated(conn, std::slice::from_ref(job))?;
     ids.into_iter().next().ok_or_else(|| Error::CorruptRow {
@@ -87,7 +86,7 @@ pub fn enqueue(conn: &mut SqliteConnection, job: &NewJob) -> Result<i64> {
 /// Enqueues many jobs in transactions of at most [`ENQUEUE_CHUNK`] rows; returns their ids in
 /// order. Every job is validated before anything is written. Inside a caller's transaction
 /// all chunks commit or roll back with it.
-pub fn enqueue_many(conn: &mut SqliteConnection, jobs: &[NewJob]) -> Result<Vec<i64>> {
+pub fn enqueue_many<C: QueueConnection>(conn: &mut C, jobs: &[NewJob]) -> Result<Vec<i64>> {
     for job in jobs {
         job.validate(DEFAULT_MAX_PAYLOAD_BYTES)?;
     }
@@ -99,7 +98,10 @@ pub fn enqueue_many(conn: &mut SqliteConnection, jobs: &[NewJob]) -> Result<Vec<
 }
 
 /// Inserts already-validated jobs in one write transaction (a savepoint inside the caller's).
-pub(crate) fn insert_validated(conn: &mut SqliteConnection, jobs: &[NewJob]) -> Result<Vec<i64>> {
+pub(crate) fn insert_validated<C: QueueConnection>(
+    conn: &mut C,
+    jobs: &[NewJob],
+) -> Result<Vec<i64>> {
     Ok(insert_reporting(conn, jobs)?
         .into_iter()
         .map(|e| e.id)
@@ -117,44 +119,30 @@ pub struct Enqueued {
 
 /// [`insert_validated`], saying for each job whether it was inserted or a live job with its
 /// unique key already existed.
-pub(crate) fn insert_reporting(
-    conn: &mut SqliteConnection,
+pub(crate) fn insert_reporting<C: QueueConnection>(
+    conn: &mut C,
     jobs: &[NewJob],
 ) -> Result<Vec<Enqueued>> {
     let now = now();
-    let rows: Vec<db::InsertJob<'_>> = jobs
-        .iter()
-        .map(|j| db::InsertJob {
-            queue: &j.queue,
-            state: JobState::Queued.as_str(),
-            priority: j.priority,
-            payload: &j.payload,
-            attempts: 0,
-            max_attempts: j.max_attempts,
-            run_at: j.run_at.map(|t| t.naive_utc()).unwrap_or(now),
-            created_at: now,
-            updated_at: now,
-            unique_key: j.unique_key.as_deref(),
-        })
-        .collect();
-    db::write_transaction(conn, |c| {
-        if rows.iter().all(|r| r.unique_key.is_none()) {
+    conn.write_transaction(|c| {
+        if jobs.iter().all(|j| j.unique_key.is_none()) {
             // The common case: one multi-row INSERT.
-            let ids = db::insert_jobs(c, &rows)?;
+            let ids = c.insert_new(jobs, now)?;
             return Ok(ids
                 .into_iter()
                 .map(|id| Enqueued { id, inserted: true })
                 .collect());
         }
-        // With unique keys, row by row: ON CONFLICT DO NOTHING … RETURNING only returns the
+        // With unique keys, job by job: ON CONFLICT DO NOTHING … RETURNING only returns the
         // rows it inserted, so a multi-row insert could not say which id belongs to which job.
-        rows.iter()
-            .map(|r| {
-                if r.unique_key.is_some() {
-                    let (id, inserted) = db::insert_unique(c, r)?;
+        jobs.iter()
+            .map(|j| {
+                if j.unique_key.is_some() {
+                    let (id, inserted) = c.insert_new_unique(j, now)?;
                     Ok(Enqueued { id, inserted })
                 } else {
-                    let id = db::insert_jobs(c, std::slice::from_ref(r))?
+                    let id = c
+                        .insert_new(std::slice::from_ref(j), now)?
                         .into_iter()
                         .next()
                         .ok_or_else(|| Error::CorruptRow {
@@ -170,8 +158,8 @@ pub(crate) fn insert_reporting(
 
 /// Claims up to `limit` due jobs of `queue` for `worker_id`, leased for `lease`. Returns them
 /// in claim order (priority, run_at, id); empty when nothing is due.
-pub fn claim(
-    conn: &mut SqliteConnection,
+pub fn claim<C: QueueConnection>(
+    conn: &mut C,
     queue: &str,
     limit: u32,
     worker_id: &str,
@@ -182,9 +170,8 @@ pub fn claim(
         return Ok(Vec::new());
     }
     let now = now();
-    let rows = db::write_transaction(conn, |c| {
-        db::claim(c, queue, limit, worker_id, now, after(now, lease))
-    })?;
+    let rows =
+        conn.write_transaction(|c| c.claim(queue, limit, worker_id, now, after(now, lease)))?;
     rows.into_iter().map(Job::try_from).collect()
 }
 
@@ -193,15 +180,15 @@ pub fn claim(
 /// [`Error::Cancelled`] when a cancel was requested (the lease is still extended, so the
 /// handler can wind down; what it reports next is recorded as cancelled). Returns the new
 /// expiry.
-pub fn heartbeat(
-    conn: &mut SqliteConnection,
+pub fn heartbeat<C: QueueConnection>(
+    conn: &mut C,
     lease: Lease,
     lease_for: Duration,
 ) -> Result<DateTime<Utc>> {
     let now = now();
     let until = after(now, lease_for);
-    let cancel = db::write_transaction(conn, |c| {
-        match db::heartbeat(c, lease.job_id, lease.attempt, now, until)? {
+    let cancel = conn.write_transaction(|c| {
+        match c.heartbeat(lease.job_id, lease.attempt, now, until)? {
             Some(cancel) => Ok(cancel),
             None => Err(lost_or_missing(c, lease)?),
         }
@@ -218,8 +205,8 @@ pub fn heartbeat(
 /// transaction. Fenced: if the lease is lost nothing is written ([`Error::LeaseLost`]). If a
 /// cancel was requested meanwhile, the attempt is recorded as failed ("cancelled"), the job
 /// ends `cancelled`, and the caller gets [`Error::Cancelled`].
-pub fn complete(
-    conn: &mut SqliteConnection,
+pub fn complete<C: QueueConnection>(
+    conn: &mut C,
     lease: Lease,
     output: &impl Serialize,
     duration: Duration,
@@ -229,15 +216,15 @@ pub fn complete(
 
 /// [`complete`] with output already serialized as JSON text (trusted to be valid JSON; the
 /// column's CHECK refuses anything else).
-pub fn complete_json(
-    conn: &mut SqliteConnection,
+pub fn complete_json<C: QueueConnection>(
+    conn: &mut C,
     lease: Lease,
     output_json: &str,
     duration: Duration,
 ) -> Result<()> {
     let now = now();
-    let cancelled = db::write_transaction(conn, |c| {
-        if db::mark_succeeded(c, lease.job_id, lease.attempt, now)? == 0 {
+    let cancelled = conn.write_transaction(|c| {
+        if c.mark_succeeded(lease.job_id, lease.attempt, now)? == 0 {
             // A cancelled attempt is committed as such; any other reason writes nothing.
             let why = settle_unapplied(c, lease, now, duration)?;
             return if why.is_cancelled() {
@@ -246,17 +233,14 @@ pub fn complete_json(
                 Err(why)
             };
         }
-        db::insert_result(
-            c,
-            &result_row(
-                lease,
-                Outcome::Succeeded,
-                Some(output_json),
-                None,
-                now,
-                duration,
-            ),
-        )?;
+        c.insert_result(&result_row(
+            lease,
+            Outcome::Succeeded,
+            Some(output_json),
+            None,
+            now,
+            duration,
+        ))?;
         Ok(None)
     })?;
     cancelled.map_or(Ok(()), Err)
@@ -269,8 +253,8 @@ fn millis(d: Duration) -> i64 {
 /// Records a failed attempt: one `failed` results row, and the job back to `queued` after
 /// [`JobBackoff::delay`] while attempts remain, else `dead`. Fenced like [`complete`].
 /// Returns the job's new state.
-pub fn fail(
-    conn: &mut SqliteConnection,
+pub fn fail<C: QueueConnection>(
+    conn: &mut C,
     lease: Lease,
     error: &str,
     duration: Duration,
@@ -278,15 +262,19 @@ pub fn fail(
 ) -> Result<JobState> {
     let now = now();
     let retry_at = after(now, backoff.delay(lease.attempt));
-    db::write_transaction(conn, |c| {
-        let state = match db::mark_failed(c, lease.job_id, lease.attempt, error, now, retry_at)? {
+    conn.write_transaction(|c| {
+        let state = match c.mark_failed(lease.job_id, lease.attempt, error, now, retry_at)? {
             Some(state) => state,
             None => return fenced(c, 0, lease).map(|()| JobState::Dead),
         };
-        db::insert_result(
-            c,
-            &result_row(lease, Outcome::Failed, None, Some(error), now, duration),
-        )?;
+        c.insert_result(&result_row(
+            lease,
+            Outcome::Failed,
+            None,
+            Some(error),
+            now,
+            duration,
+        ))?;
         JobState::parse(&state).ok_or_else(|| Error::CorruptRow {
             table: "jobs",
             reason: format!("job {} got unknown state {state:?}", lease.job_id),
@@ -297,10 +285,10 @@ pub fn fail(
 /// Gives a running job back to the queue untouched (used at shutdown for jobs whose handler
 /// did not start or finish). The attempt stays counted: attempt numbers are fencing tokens and
 /// are never reused, so a straggling handler can never complete the next owner's attempt.
-pub fn release(conn: &mut SqliteConnection, lease: Lease) -> Result<()> {
+pub fn release<C: QueueConnection>(conn: &mut C, lease: Lease) -> Result<()> {
     let now = now();
-    db::write_transaction(conn, |c| {
-        let changed = db::release(c, lease.job_id, lease.attempt, now)?;
+    conn.write_transaction(|c| {
+        let changed = c.release(lease.job_id, lease.attempt, now)?;
         fenced(c, changed, lease)
     })
 }
@@ -308,22 +296,22 @@ pub fn release(conn: &mut SqliteConnection, lease: Lease) -> Result<()> {
 /// Requeues (or marks dead, when out of attempts) every running job whose lease expired,
 /// recording a failed attempt for each. Returns how many were reaped. Finding them scans the
 /// table inside the transaction; [`crate::Queue::reap`] scans on a reader first instead.
-pub fn reap(conn: &mut SqliteConnection) -> Result<usize> {
+pub fn reap<C: QueueConnection>(conn: &mut C) -> Result<usize> {
     let now = now();
-    db::write_transaction(conn, |c| {
-        let ids = db::expired_leases(c, now)?;
+    conn.write_transaction(|c| {
+        let ids = c.expired_leases(now)?;
         reap_listed(c, &ids)
     })
 }
 
 /// Ids of running jobs whose lease has expired (a read).
-pub fn expired_leases(conn: &mut SqliteConnection) -> Result<Vec<i64>> {
-    db::expired_leases(conn, now())
+pub fn expired_leases<C: QueueConnection>(conn: &mut C) -> Result<Vec<i64>> {
+    conn.expired_leases(now())
 }
 
 /// Reaps those of `ids` whose lease is still expired (the condition is re-checked, so ids found
 /// by an earlier read are safe to pass). Returns how many were reaped.
-pub fn reap_listed(conn: &mut SqliteConnection, ids: &[i64]) -> Result<usize> {
+pub fn reap_listed<C: QueueConnection>(conn: &mut C, ids: &[i64]) -> Result<usize> {
     if ids.is_empty() {
         return Ok(0);
     }
@@ -332,15 +320,13 @@ pub fn reap_listed(conn: &mut SqliteConnection, ids: &[i64]) -> Result<usize> {
         source,
     })?;
     let now = now();
-    db::write_transaction(conn, |c| {
-        db::reap_ids(c, &ids_json, LEASE_EXPIRED_ERROR, now)
-    })
+    conn.write_transaction(|c| c.reap_ids(&ids_json, LEASE_EXPIRED_ERROR, now))
 }
 
 /// Turns "rows changed" of a fenced update into `Ok` or the right error: [`Error::NotFound`]
 /// when the job does not exist, else [`Error::LeaseLost`]. Returning the error from inside the
 /// transaction rolls it back, so nothing is written.
-fn fenced(conn: &mut SqliteConnection, changed: usize, lease: Lease) -> Result<()> {
+fn fenced<C: QueueConnection>(conn: &mut C, changed: usize, lease: Lease) -> Result<()> {
     if changed == 1 {
         return Ok(());
     }
@@ -349,8 +335,8 @@ fn fenced(conn: &mut SqliteConnection, changed: usize, lease: Lease) -> Result<(
 
 /// Why a fenced update did not apply: [`Error::NotFound`] or [`Error::LeaseLost`]. (The outer
 /// `Result` is a query error.)
-fn lost_or_missing(conn: &mut SqliteConnection, lease: Lease) -> Result<Error> {
-    Ok(if db::job_exists(conn, lease.job_id)? {
+fn lost_or_missing<C: QueueConnection>(conn: &mut C, lease: Lease) -> Result<Error> {
+    Ok(if conn.job_exists(lease.job_id)? {
         Error::LeaseLost {
             job_id: lease.job_id,
             attempt: lease.attempt,
@@ -365,24 +351,21 @@ fn lost_or_missing(conn: &mut SqliteConnection, lease: Lease) -> Result<Error> {
 /// The error of a completion that did not apply. If the lease is still ours but a cancel was
 /// requested, the attempt is finished here as cancelled (a failed results row, the job
 /// `cancelled`) for the caller's transaction to commit, and the error is [`Error::Cancelled`].
-fn settle_unapplied(
-    conn: &mut SqliteConnection,
+fn settle_unapplied<C: QueueConnection>(
+    conn: &mut C,
     lease: Lease,
     now: NaiveDateTime,
     duration: Duration,
 ) -> Result<Error> {
-    if db::finish_cancelled(conn, lease.job_id, lease.attempt, CANCELLED_ERROR, now)? == 1 {
-        db::insert_result(
-            conn,
-            &result_row(
-                lease,
-                Outcome::Failed,
-                None,
-                Some(CANCELLED_ERROR),
-                now,
-                duration,
-            ),
-        )?;
+    if conn.finish_cancelled(lease.job_id, lease.attempt, CANCELLED_ERROR, now)? == 1 {
+        conn.insert_result(&result_row(
+            lease,
+            Outcome::Failed,
+            None,
+            Some(CANCELLED_ERROR),
+            now,
+            duration,
+        ))?;
         return Ok(Error::Cancelled {
             job_id: lease.job_id,
         });

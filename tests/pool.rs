@@ -126,13 +126,13 @@ fn migrations_are_applied_once_and_the_claim_uses_its_index() {
         queue.migrate().unwrap().is_empty(),
         "second run applies nothing"
     );
-    let mut conn = queue.pool().get().unwrap();
+    let mut conn = queue.pool().unwrap().get().unwrap();
     conn.batch_execute("SELECT 1 FROM jobs LIMIT 1; SELECT 1 FROM results LIMIT 1;")
         .unwrap();
     assert!(jobdb::pool::pending_migrations(&mut conn)
         .unwrap()
         .is_empty());
-    let plan = jobdb::queue::explain_claim(&mut conn).unwrap();
+    let plan = jobdb::queue::explain_claim(&mut *conn).unwrap();
     assert!(plan.contains("jobs_claim_idx"), "claim plan: {plan}");
     assert!(!plan.contains("TEMP B-TREE"), "claim must not sort: {plan}");
 }
@@ -147,7 +147,7 @@ fn the_background_checkpointer_backfills_the_wal_with_autocheckpoint_off() {
             c.checkpoint_every = checkpoint_every;
             c.pragmas.wal_autocheckpoint = 0;
         });
-        let mut conn = queue.pool().get().unwrap();
+        let mut conn = queue.pool().unwrap().get().unwrap();
         assert_eq!(
             read_integer_pragma(&mut conn, IntegerPragma::WalAutocheckpoint).unwrap(),
             0

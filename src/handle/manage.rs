@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::Queue;
+use super::{with_engine, Queue, Store};
+use crate::backend::QueueConnection;
 use crate::error::{Error, Result};
 use crate::manage::{self, CancelOutcome, PruneBatch, QueueActivity, Retention};
 use crate::models::{Job, JobState, NewJob};
@@ -29,25 +30,31 @@ impl Queue {
     /// the same queue and key is returned instead (`inserted: false`). Race-free: the unique
     /// index decides inside the insert.
     pub fn enqueue_unique(&self, job: &NewJob) -> Result<Enqueued> {
-        job.validate(self.inner.config.max_payload_bytes)?;
-        let job = job.clone();
-        let done = self.write("enqueue", move |c| {
-            queue::insert_reporting(c, std::slice::from_ref(&job))
-        })?;
-        done.into_iter().next().ok_or_else(|| Error::CorruptRow {
-            table: "jobs",
-            reason: "enqueue returned no id".into(),
+        with_engine!(self, e => {
+            job.validate(e.config.max_payload_bytes)?;
+            let job = job.clone();
+            let done = e.write("enqueue", move |c| {
+                queue::insert_reporting(c, std::slice::from_ref(&job))
+            })?;
+            done.into_iter().next().ok_or_else(|| Error::CorruptRow {
+                table: "jobs",
+                reason: "enqueue returned no id".into(),
+            })
         })
     }
 
     /// Cancels a job (see [`manage::cancel`]).
     pub fn cancel(&self, job_id: i64) -> Result<CancelOutcome> {
-        self.write("cancel", move |c| manage::cancel(c, job_id))
+        with_engine!(self, e => {
+            e.write("cancel", move |c| manage::cancel(c, job_id))
+        })
     }
 
     /// Puts a dead or cancelled job back to queued with fresh attempts (see [`manage::retry`]).
     pub fn retry(&self, job_id: i64) -> Result<()> {
-        self.write("retry", move |c| manage::retry(c, job_id))
+        with_engine!(self, e => {
+            e.write("retry", move |c| manage::retry(c, job_id))
+        })
     }
 
     /// Deletes jobs in `states` (finished ones only) last changed more than `older_than` ago,
@@ -61,33 +68,35 @@ impl Queue {
         states: &[JobState],
         batch: PruneBatch,
     ) -> Result<PruneReport> {
-        let states_json = manage::prune_states_json(states)?;
-        let per_tx = batch.jobs_per_transaction.max(1);
-        let cutoff = manage::prune_cutoff(older_than);
-        let mut report = PruneReport::default();
-        let mut after_id = 0;
-        loop {
-            let ids = self.read("prune_scan", |c| {
-                manage::prunable_ids(c, &states_json, cutoff, after_id, per_tx)
-            })?;
-            let Some(&last) = ids.last() else {
-                return Ok(report);
-            };
-            // Alone on the writer (not group-committed), so the time measured is this
-            // transaction's own hold on the write lock.
-            let (deleted, held) = self.run("prune", |c| {
-                let started = Instant::now();
-                let n = manage::delete_prunable(c, &ids, &states_json, cutoff)?;
-                Ok((n, started.elapsed()))
-            })?;
-            report.deleted += deleted as u64;
-            report.transactions += 1;
-            report.max_lock_hold_ms = report.max_lock_hold_ms.max(held.as_secs_f64() * 1000.0);
-            after_id = last;
-            if !batch.pause.is_zero() {
-                std::thread::sleep(batch.pause);
+        with_engine!(self, e => {
+            let states_json = manage::prune_states_json(states)?;
+            let per_tx = batch.jobs_per_transaction.max(1);
+            let cutoff = manage::prune_cutoff(older_than);
+            let mut report = PruneReport::default();
+            let mut after_id = 0;
+            loop {
+                let ids = e.read("prune_scan", |c| {
+                    manage::prunable_ids(c, &states_json, cutoff, after_id, per_tx)
+                })?;
+                let Some(&last) = ids.last() else {
+                    return Ok(report);
+                };
+                // Alone on the writer (not group-committed), so the time measured is this
+                // transaction's own hold on the write lock.
+                let (deleted, held) = e.run("prune", |c| {
+                    let started = Instant::now();
+                    let n = manage::delete_prunable(c, &ids, &states_json, cutoff)?;
+                    Ok((n, started.elapsed()))
+                })?;
+                report.deleted += deleted as u64;
+                report.transactions += 1;
+                report.max_lock_hold_ms = report.max_lock_hold_ms.max(held.as_secs_f64() * 1000.0);
+                after_id = last;
+                if !batch.pause.is_zero() {
+                    std::thread::sleep(batch.pause);
+                }
             }
-        }
+        })
     }
 
     /// Prunes each state of `retention` that has a limit; returns jobs deleted.
@@ -102,36 +111,44 @@ impl Queue {
     /// Pauses `queue`: nothing is claimed from it until [`Queue::resume`]. Returns false if it
     /// was already paused.
     pub fn pause(&self, queue_name: &str) -> Result<bool> {
-        let q = queue_name.to_owned();
-        self.write("pause", move |c| manage::pause(c, &q))
+        with_engine!(self, e => {
+            let q = queue_name.to_owned();
+            e.write("pause", move |c| manage::pause(c, &q))
+        })
     }
 
     /// Resumes a paused queue. Returns false if it was not paused.
     pub fn resume(&self, queue_name: &str) -> Result<bool> {
-        let q = queue_name.to_owned();
-        self.write("resume", move |c| manage::resume(c, &q))
+        with_engine!(self, e => {
+            let q = queue_name.to_owned();
+            e.write("resume", move |c| manage::resume(c, &q))
+        })
     }
 
     /// Names of the paused queues.
     pub fn paused(&self) -> Result<Vec<String>> {
-        self.read("paused", manage::paused)
+        with_engine!(self, e => {
+            e.read("paused", manage::paused)
+        })
     }
 
     /// Enqueues `schedule`'s job for `tick` unless some scheduler already did: a
     /// compare-and-set on the schedule's last tick and the insert, in one transaction.
     /// Returns the new job's id, or `None` when the tick was already taken.
     pub fn enqueue_tick(&self, schedule: &Schedule, tick: DateTime<Utc>) -> Result<Option<i64>> {
-        let job = schedule.job_for(tick);
-        job.validate(self.inner.config.max_payload_bytes)?;
-        let name = schedule.name().to_owned();
-        self.write("enqueue_tick", move |c| {
-            crate::backend::sqlite::write_transaction(c, |c| {
-                let now = Utc::now().naive_utc();
-                if !crate::backend::sqlite::advance_schedule(c, &name, tick.naive_utc(), now)? {
-                    return Ok(None);
-                }
-                let done = queue::insert_reporting(c, std::slice::from_ref(&job))?;
-                Ok(done.first().map(|e| e.id))
+        with_engine!(self, e => {
+            let job = schedule.job_for(tick);
+            job.validate(e.config.max_payload_bytes)?;
+            let name = schedule.name().to_owned();
+            e.write("enqueue_tick", move |c| {
+                c.write_transaction(|c| {
+                    let now = Utc::now().naive_utc();
+                    if !c.advance_schedule(&name, tick.naive_utc(), now)? {
+                        return Ok(None);
+                    }
+                    let done = queue::insert_reporting(c, std::slice::from_ref(&job))?;
+                    Ok(done.first().map(|e| e.id))
+                })
             })
         })
     }
@@ -169,6 +186,8 @@ impl Queue {
         &self,
         queue_name: Option<&str>,
     ) -> Result<std::collections::BTreeMap<String, QueueActivity>> {
-        self.read("activity", |c| manage::activity(c, queue_name))
+        with_engine!(self, e => {
+            e.read("activity", |c| manage::activity(c, queue_name))
+        })
     }
 }

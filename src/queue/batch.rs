@@ -4,11 +4,10 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use crate::backend::QueueConnection;
 use chrono::{DateTime, Utc};
-use diesel::sqlite::SqliteConnection;
 
 use super::{after, lost_or_missing, millis, now, settle_unapplied};
-use crate::backend::sqlite as db;
 use crate::error::{Error, Result};
 use crate::models::Lease;
 
@@ -26,12 +25,15 @@ pub struct Completion {
 /// Completes many jobs in ONE transaction with set-based statements: each is fenced on its
 /// own, so a lost lease fails only its own item ([`Error::LeaseLost`] in its slot) and the
 /// rest commit. Returns one result per item, in order.
-pub fn complete_many(conn: &mut SqliteConnection, items: &[Completion]) -> Result<Vec<Result<()>>> {
+pub fn complete_many<C: QueueConnection>(
+    conn: &mut C,
+    items: &[Completion],
+) -> Result<Vec<Result<()>>> {
     let leases: Vec<Lease> = items.iter().map(|it| it.lease).collect();
     let leases_json = leases_json(&leases)?;
     let now = now();
-    db::write_transaction(conn, |c| {
-        let done: HashSet<i64> = db::succeed_set(c, &leases_json, now)?.into_iter().collect();
+    conn.write_transaction(|c| {
+        let done: HashSet<i64> = c.succeed_set(&leases_json, now)?.into_iter().collect();
         let rows: Vec<(i64, i32, &str, i64)> = items
             .iter()
             .filter(|it| done.contains(&it.lease.job_id))
@@ -48,7 +50,7 @@ pub fn complete_many(conn: &mut SqliteConnection, items: &[Completion]) -> Resul
             what: "results",
             source,
         })?;
-        db::insert_succeeded_results(c, &rows_json, now)?;
+        c.insert_succeeded_results(&rows_json, now)?;
         let durations: HashMap<i64, Duration> = items
             .iter()
             .map(|it| (it.lease.job_id, it.duration))
@@ -67,16 +69,17 @@ pub fn complete_many(conn: &mut SqliteConnection, items: &[Completion]) -> Resul
 
 /// Extends many leases in ONE statement; one result per lease, in order (a lost lease fails
 /// only its own slot).
-pub fn heartbeat_many(
-    conn: &mut SqliteConnection,
+pub fn heartbeat_many<C: QueueConnection>(
+    conn: &mut C,
     leases: &[Lease],
     lease_for: Duration,
 ) -> Result<Vec<Result<DateTime<Utc>>>> {
     let leases_json = leases_json(leases)?;
     let now = now();
     let until = after(now, lease_for);
-    db::write_transaction(conn, |c| {
-        let extended: HashMap<i64, bool> = db::heartbeat_set(c, &leases_json, now, until)?
+    conn.write_transaction(|c| {
+        let extended: HashMap<i64, bool> = c
+            .heartbeat_set(&leases_json, now, until)?
             .into_iter()
             .collect();
         per_item(
@@ -107,11 +110,11 @@ fn leases_json(leases: &[Lease]) -> Result<String> {
 /// One result per lease: `applied(lease)` for those the set statement applied to, else the
 /// error `settle` finds (lease lost, not found, cancelled) in that item's slot. A query error
 /// of `settle` is the whole transaction's error, not one item's.
-fn per_item<T>(
-    conn: &mut SqliteConnection,
+fn per_item<T, C: QueueConnection>(
+    conn: &mut C,
     leases: &[Lease],
     applied: impl Fn(Lease) -> Option<Result<T>>,
-    settle: impl Fn(&mut SqliteConnection, Lease) -> Result<Error>,
+    settle: impl Fn(&mut C, Lease) -> Result<Error>,
 ) -> Result<Vec<Result<T>>> {
     leases
         .iter()

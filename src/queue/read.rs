@@ -2,27 +2,26 @@
 
 use std::collections::BTreeMap;
 
-use diesel::sqlite::SqliteConnection;
+use crate::backend::QueueConnection;
 use serde::Serialize;
 
 use super::now;
-use crate::backend::sqlite as db;
 use crate::error::{Error, Result};
 use crate::models::{Job, JobResult, JobState};
 
 /// One job by id ([`Error::NotFound`] if there is none).
-pub fn get_job(conn: &mut SqliteConnection, job_id: i64) -> Result<Job> {
-    db::find_job(conn, job_id)?
+pub fn get_job<C: QueueConnection>(conn: &mut C, job_id: i64) -> Result<Job> {
+    conn.find_job(job_id)?
         .ok_or(Error::NotFound { job_id })
         .and_then(Job::try_from)
 }
 
 /// All finished attempts of a job, oldest first ([`Error::NotFound`] if there is no job).
-pub fn get_results(conn: &mut SqliteConnection, job_id: i64) -> Result<Vec<JobResult>> {
-    if !db::job_exists(conn, job_id)? {
+pub fn get_results<C: QueueConnection>(conn: &mut C, job_id: i64) -> Result<Vec<JobResult>> {
+    if !conn.job_exists(job_id)? {
         return Err(Error::NotFound { job_id });
     }
-    db::results_of(conn, job_id)?
+    conn.results_of(job_id)?
         .into_iter()
         .map(JobResult::try_from)
         .collect()
@@ -30,8 +29,8 @@ pub fn get_results(conn: &mut SqliteConnection, job_id: i64) -> Result<Vec<JobRe
 
 /// `EXPLAIN QUERY PLAN` of the claim statement: shows it is served by `jobs_claim_idx`
 /// without a sort, whatever the number of finished jobs.
-pub fn explain_claim(conn: &mut SqliteConnection) -> Result<String> {
-    db::explain_claim(conn)
+pub fn explain_claim<C: QueueConnection>(conn: &mut C) -> Result<String> {
+    conn.explain_claim()
 }
 
 /// Result of [`audit`].
@@ -46,8 +45,8 @@ pub struct Audit {
 }
 
 /// Checks exactly-once completion of a queue in SQL, independently of what workers reported.
-pub fn audit(conn: &mut SqliteConnection, queue: &str) -> Result<Audit> {
-    let (jobs, not_succeeded, duplicated) = db::audit(conn, queue)?;
+pub fn audit<C: QueueConnection>(conn: &mut C, queue: &str) -> Result<Audit> {
+    let (jobs, not_succeeded, duplicated) = conn.audit(queue)?;
     Ok(Audit {
         jobs,
         not_succeeded,
@@ -56,29 +55,29 @@ pub fn audit(conn: &mut SqliteConnection, queue: &str) -> Result<Audit> {
 }
 
 /// Queued jobs of `queue`, due or scheduled.
-pub fn queued_count(conn: &mut SqliteConnection, queue: &str) -> Result<i64> {
-    db::queued_count(conn, queue)
+pub fn queued_count<C: QueueConnection>(conn: &mut C, queue: &str) -> Result<i64> {
+    conn.queued_count(queue)
 }
 
 /// Whether any job of `queue` is running.
-pub fn any_running(conn: &mut SqliteConnection, queue: &str) -> Result<bool> {
-    db::any_running(conn, queue)
+pub fn any_running<C: QueueConnection>(conn: &mut C, queue: &str) -> Result<bool> {
+    conn.any_running(queue)
 }
 
 /// Inserts `n` jobs that already succeeded (history) on `queue`, in one transaction: for
 /// benchmarks that measure the claim with a large table.
-pub fn insert_finished(conn: &mut SqliteConnection, queue: &str, n: u64) -> Result<usize> {
+pub fn insert_finished<C: QueueConnection>(conn: &mut C, queue: &str, n: u64) -> Result<usize> {
     let n = i64::try_from(n).map_err(|_| Error::InvalidArgument {
         field: "finished",
         reason: format!("{n} is too large"),
     })?;
     let now = now();
-    db::write_transaction(conn, |c| db::insert_finished(c, queue, n, now))
+    conn.write_transaction(|c| c.insert_finished(queue, n, now))
 }
 
 /// The version of the SQLite library in use.
-pub fn sqlite_version(conn: &mut SqliteConnection) -> Result<String> {
-    db::sqlite_version(conn)
+pub fn sqlite_version<C: QueueConnection>(conn: &mut C) -> Result<String> {
+    conn.version()
 }
 
 /// Job counts per state.
@@ -123,9 +122,9 @@ pub struct Stats {
 }
 
 /// Counts jobs per queue and state (every queue, or only `queue`).
-pub fn stats(conn: &mut SqliteConnection, queue: Option<&str>) -> Result<Stats> {
+pub fn stats<C: QueueConnection>(conn: &mut C, queue: Option<&str>) -> Result<Stats> {
     let mut stats = Stats::default();
-    for (q, state, n) in db::count_by_queue_state(conn, queue)? {
+    for (q, state, n) in conn.count_by_queue_state(queue)? {
         let state = JobState::parse(&state).ok_or_else(|| Error::CorruptRow {
             table: "jobs",
             reason: format!("unknown state {state:?} in queue {q:?}"),

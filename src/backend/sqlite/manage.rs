@@ -4,11 +4,12 @@
 
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Double, Nullable, Text, Timestamp};
+use diesel::sql_types::{BigInt, Nullable, Text, Timestamp};
 use diesel::sqlite::SqliteConnection;
 
 use super::InsertJob;
 use crate::backend::stmt::{bind, cached};
+use crate::backend::ActivityRow;
 use crate::error::Result;
 use crate::schema::jobs;
 
@@ -232,23 +233,6 @@ pub fn advance_schedule(
     .get_result(conn)
     .optional()?;
     Ok(advanced.is_some())
-}
-
-/// One queue's row of [`queue_activity`].
-#[derive(Debug, QueryableByName)]
-pub struct ActivityRow {
-    /// The queue.
-    #[diesel(sql_type = Text)]
-    pub queue: String,
-    /// Seconds the oldest due queued job has waited (`None`: nothing due).
-    #[diesel(sql_type = Nullable<Double>)]
-    pub oldest_due_s: Option<f64>,
-    /// Jobs succeeded since `since`.
-    #[diesel(sql_type = BigInt)]
-    pub succeeded: i64,
-    /// Jobs that went dead since `since`.
-    #[diesel(sql_type = BigInt)]
-    pub dead: i64,
 }
 
 /// Per-queue activity. One scan, on a reader.

@@ -12,7 +12,7 @@ use diesel::sqlite::SqliteConnection;
 
 use super::stmt::{bind, cached};
 use crate::error::Result;
-use crate::models::{JobRow, NewResultRow};
+use crate::models::{JobRow, NewJob, NewResultRow, ResultRow};
 
 use crate::schema::jobs;
 
@@ -47,11 +47,43 @@ pub fn write_transaction<T>(
 
 /// Whether a transaction is open on `conn` (or left in error, needing a rollback).
 pub fn in_transaction(conn: &mut SqliteConnection) -> bool {
-    use diesel::connection::TransactionManagerStatus;
-    match AnsiTransactionManager::transaction_manager_status_mut(conn) {
-        TransactionManagerStatus::Valid(status) => status.transaction_depth().is_some(),
-        // An in-error status means a transaction is open and must be rolled back.
-        TransactionManagerStatus::InError => true,
+    super::in_transaction(conn)
+}
+
+impl super::QueueConnection for SqliteConnection {
+    delegate_queue_connection!();
+
+    fn insert_new(&mut self, jobs: &[NewJob], now: NaiveDateTime) -> Result<Vec<i64>> {
+        insert_jobs(self, &insert_rows(jobs, now))
+    }
+
+    fn insert_new_unique(&mut self, job: &NewJob, now: NaiveDateTime) -> Result<(i64, bool)> {
+        insert_unique(self, &insert_row(job, now))
+    }
+
+    fn version(&mut self) -> Result<String> {
+        sqlite_version(self)
+    }
+}
+
+/// The rows to insert for validated jobs.
+fn insert_rows(jobs: &[NewJob], now: NaiveDateTime) -> Vec<InsertJob<'_>> {
+    jobs.iter().map(|j| insert_row(j, now)).collect()
+}
+
+/// A validated job's row: queued, no attempts yet, due at `run_at` or now.
+fn insert_row(j: &NewJob, now: NaiveDateTime) -> InsertJob<'_> {
+    InsertJob {
+        queue: &j.queue,
+        state: "queued",
+        priority: j.priority,
+        payload: &j.payload,
+        attempts: 0,
+        max_attempts: j.max_attempts,
+        run_at: j.run_at.map(|t| t.naive_utc()).unwrap_or(now),
+        created_at: now,
+        updated_at: now,
+        unique_key: j.unique_key.as_deref(),
     }
 }
 
