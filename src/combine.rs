@@ -212,6 +212,29 @@ impl<C: QueueConnection> Combiner<C> {
         result
     }
 
+    /// Runs `f` as its own transaction on a connection from the pool, not the writer: for
+    /// backends whose transactions run in parallel (PostgreSQL), where funnelling every write
+    /// through one connection would serialize them.
+    pub(crate) fn pooled<T>(
+        &self,
+        ctx: &WriteCtx<'_, C>,
+        name: &'static str,
+        mut f: impl FnMut(&mut C) -> Result<T>,
+    ) -> Result<T> {
+        let mut conn = Some(ctx.pool.get()?);
+        let result =
+            checkout(&mut conn, ctx.pool).and_then(|c| traced(ctx, name, 1, || f(&mut *c)));
+        // A broken connection (a server restart) is dropped, not returned to the pool.
+        discard_if_broken(&mut conn);
+        if let Some(c) = conn.as_mut().filter(|_| result.is_err()) {
+            if R2D2Connection::is_broken(&mut **c) {
+                conn = None;
+            }
+        }
+        drop(conn);
+        result
+    }
+
     fn run_group(
         &self,
         writer: &mut Option<PooledConnection<C>>,

@@ -83,3 +83,65 @@ fn diesel_cli_runs_redoes_and_prints_the_committed_schema() {
         .unwrap();
     assert_eq!(queue.get_job(id).unwrap().queue, "cli");
 }
+
+#[test]
+fn diesel_cli_runs_the_postgres_migrations_and_prints_the_committed_postgres_schema() {
+    if !diesel_available() {
+        assert!(
+            std::env::var("JOBDB_REQUIRE_DIESEL_CLI").is_err(),
+            "JOBDB_REQUIRE_DIESEL_CLI is set but the diesel CLI is not installed"
+        );
+        eprintln!("SKIPPED diesel_cli postgres test: the `diesel` CLI is not installed");
+        return;
+    }
+    let Some(db) = crate::backends::PgTestDb::new("diesel_cli postgres") else {
+        return;
+    };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    // A copy of diesel.postgres.toml that writes the schema elsewhere (never src/).
+    let config = dir.path().join("diesel.toml");
+    let schema = dir.path().join("schema_postgres.rs");
+    let toml = std::fs::read_to_string(root.join("diesel.postgres.toml"))
+        .unwrap()
+        .replace(
+            "file = \"src/schema_postgres.rs\"",
+            &format!("file = {:?}", schema.to_str().unwrap()),
+        );
+    std::fs::write(&config, toml).unwrap();
+    let run = |args: &[&str]| {
+        let mut cmd = Command::new("diesel");
+        cmd.args(args)
+            .arg("--database-url")
+            .arg(&db.url)
+            .arg("--config-file")
+            .arg(&config)
+            .current_dir(root);
+        if args[0] == "migration" {
+            cmd.arg("--migration-dir")
+                .arg(root.join("migrations/postgres"));
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "diesel {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    run(&["migration", "run"]);
+    run(&["migration", "redo", "--all"]);
+    let printed = run(&["print-schema"]);
+    let committed = std::fs::read_to_string(root.join("src/schema_postgres.rs")).unwrap();
+    assert_eq!(
+        printed, committed,
+        "src/schema_postgres.rs differs from `diesel print-schema`"
+    );
+    // The embedded migrations agree: nothing pending, the queue works on the CLI's tables.
+    let queue = jobdb::Queue::open(&db.url, jobdb::Config::default()).unwrap();
+    assert!(queue.migrate().unwrap().is_empty());
+    let id = queue
+        .enqueue(&jobdb::NewJob::new("cli", &1).unwrap())
+        .unwrap();
+    assert_eq!(queue.get_job(id).unwrap().queue, "cli");
+}

@@ -1,15 +1,18 @@
 //! Integration tests: one binary, real SQLite files in temporary directories.
 
+mod backends;
 mod busy;
 mod chaos;
 mod cli;
 mod cli_ops;
 mod common;
 mod concurrency;
+mod conformance;
 mod diesel_cli;
 mod faults;
 mod lifecycle;
 mod peer;
 mod pool;
+mod postgres;
 mod wal;
 mod worker;

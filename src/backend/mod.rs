@@ -33,6 +33,9 @@ pub struct ActivityRow {
 /// Sets of leases or ids are passed as JSON arrays (`[[id, attempt], …]`, `[id, …]`).
 #[allow(missing_docs)] // each method is documented on the backend functions it calls
 pub trait QueueConnection: Connection + diesel::r2d2::R2D2Connection + Send + 'static {
+    /// Whether the queue's writes go through one writer connection, group-committed (SQLite:
+    /// one writer at a time anyway), or run in parallel on pooled connections (PostgreSQL).
+    const GROUP_COMMIT: bool;
     /// Runs `f` as one write transaction (a savepoint inside an open one).
     fn write_transaction<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T>;
     /// Whether a transaction is open (or left in error).

@@ -60,7 +60,7 @@ pub fn build_postgres_pool(url: &str, config: &Config) -> Result<PgPool> {
 pub fn run_postgres_migrations(conn: &mut PgConnection) -> Result<Vec<String>> {
     conn.transaction(|c| {
         // Any fixed key works: it only has to be the same in every jobdb process.
-        diesel::sql_query("SELECT pg_advisory_xact_lock(7_355_608_001)").execute(c)?;
+        diesel::sql_query("SELECT pg_advisory_xact_lock(7355608001)").execute(c)?;
         let applied = c
             .run_pending_migrations(POSTGRES_MIGRATIONS)
             .map_err(Error::Migration)?;

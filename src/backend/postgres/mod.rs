@@ -86,6 +86,8 @@ fn insert_row(j: &NewJob, now: NaiveDateTime) -> Result<InsertJob<'_>> {
 }
 
 impl super::QueueConnection for PgConnection {
+    const GROUP_COMMIT: bool = false;
+
     delegate_queue_connection!();
 
     fn insert_new(&mut self, jobs: &[NewJob], now: NaiveDateTime) -> Result<Vec<i64>> {

@@ -51,6 +51,8 @@ pub fn in_transaction(conn: &mut SqliteConnection) -> bool {
 }
 
 impl super::QueueConnection for SqliteConnection {
+    const GROUP_COMMIT: bool = true;
+
     delegate_queue_connection!();
 
     fn insert_new(&mut self, jobs: &[NewJob], now: NaiveDateTime) -> Result<Vec<i64>> {

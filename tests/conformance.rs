@@ -1,0 +1,410 @@
+//! The behavioural suite, written once and run on SQLite and PostgreSQL: the same API must
+//! give the same guarantees on both.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use chrono::{TimeZone, Utc};
+use jobdb::{
+    CancelOutcome, HandlerError, JobState, NewJob, Outcome, PruneBatch, Schedule, Worker,
+    WorkerConfig,
+};
+
+use crate::backends::Backend;
+
+crate::on_both_backends!(
+    lifecycle_enqueue_claim_heartbeat_complete,
+    claims_follow_priority_then_run_at_and_skip_future_jobs,
+    an_expired_lease_is_reaped_and_fences_off_the_old_worker,
+    a_failing_job_backs_off_then_ends_dead,
+    bad_input_is_a_typed_error_and_writes_nothing,
+    unique_keys_admit_one_live_job_even_under_a_race,
+    cancel_queued_and_running_jobs,
+    retry_gives_fresh_attempts,
+    a_paused_queue_hands_out_nothing,
+    prune_deletes_old_finished_jobs_with_their_results,
+    a_tick_is_enqueued_once,
+    sixteen_threads_claim_each_job_exactly_once,
+    a_worker_runs_handlers_and_records_results,
+    batched_heartbeats_and_completions_fence_each_item,
+);
+
+fn job(queue: &str, n: u32) -> NewJob {
+    NewJob::new(queue, &serde_json::json!({"n": n})).unwrap()
+}
+
+fn lease_for() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn lifecycle_enqueue_claim_heartbeat_complete(b: &Backend) {
+    let q = b.queue();
+    let id = q.enqueue(&job("life", 7)).unwrap();
+    let claimed = q.claim("life", 5, "w1", lease_for()).unwrap();
+    assert_eq!(claimed.len(), 1);
+    let j = &claimed[0];
+    assert_eq!((j.id, j.state, j.attempts), (id, JobState::Running, 1));
+    assert_eq!(j.payload::<serde_json::Value>().unwrap()["n"], 7);
+    assert_eq!(j.worker_id.as_deref(), Some("w1"));
+    let until = q.heartbeat(j.lease(), lease_for()).unwrap();
+    assert!(until > Utc::now() + chrono::Duration::seconds(20));
+    q.complete(
+        j.lease(),
+        &serde_json::json!({"ok": true}),
+        Duration::from_millis(3),
+    )
+    .unwrap();
+    let done = q.get_job(id).unwrap();
+    assert_eq!(done.state, JobState::Succeeded);
+    let results = q.get_results(id).unwrap();
+    assert_eq!(results.len(), 1);
+    assert_eq!(results[0].outcome, Outcome::Succeeded);
+    assert_eq!(
+        results[0].output::<serde_json::Value>().unwrap(),
+        Some(serde_json::json!({"ok": true}))
+    );
+    // Completing twice is refused: the lease no longer holds.
+    assert!(q
+        .complete(j.lease(), &1, Duration::ZERO)
+        .unwrap_err()
+        .is_lease_lost());
+    let s = q.stats(Some("life")).unwrap();
+    assert_eq!((s.total.succeeded, s.total.total()), (1, 1));
+    assert!(q.get_job(987_654).unwrap_err().is_not_found());
+}
+
+fn claims_follow_priority_then_run_at_and_skip_future_jobs(b: &Backend) {
+    let q = b.queue();
+    let past = Utc::now() - chrono::Duration::seconds(60);
+    let low = q.enqueue(&job("order", 1).priority(5)).unwrap();
+    let high_later = q.enqueue(&job("order", 2).priority(-1)).unwrap();
+    let high_older = q
+        .enqueue(&job("order", 3).priority(-1).run_at(past))
+        .unwrap();
+    q.enqueue(&job("order", 4).run_at(Utc::now() + chrono::Duration::hours(1)))
+        .unwrap();
+    let ids: Vec<i64> = q
+        .claim("order", 10, "w", lease_for())
+        .unwrap()
+        .iter()
+        .map(|j| j.id)
+        .collect();
+    assert_eq!(ids, [high_older, high_later, low]);
+    assert!(q.claim("order", 10, "w", lease_for()).unwrap().is_empty());
+    assert_eq!(q.queued("order").unwrap(), 1, "the future job waits");
+}
+
+fn an_expired_lease_is_reaped_and_fences_off_the_old_worker(b: &Backend) {
+    let q = b.queue();
+    let id = q.enqueue(&job("fence", 1)).unwrap();
+    let old = q
+        .claim("fence", 1, "old", Duration::from_millis(50))
+        .unwrap()[0]
+        .lease();
+    thread::sleep(Duration::from_millis(120));
+    assert_eq!(q.reap().unwrap(), 1);
+    let new = q.claim("fence", 1, "new", lease_for()).unwrap()[0].lease();
+    assert_eq!(new.attempt, 2);
+    assert!(q.heartbeat(old, lease_for()).unwrap_err().is_lease_lost());
+    assert!(q
+        .complete(old, &"stale", Duration::ZERO)
+        .unwrap_err()
+        .is_lease_lost());
+    assert!(q
+        .fail(old, "stale", Duration::ZERO)
+        .unwrap_err()
+        .is_lease_lost());
+    assert!(q.release(old).unwrap_err().is_lease_lost());
+    q.complete(new, &"fresh", Duration::ZERO).unwrap();
+    let results = q.get_results(id).unwrap();
+    let outcomes: Vec<(i32, Outcome)> = results.iter().map(|r| (r.attempt, r.outcome)).collect();
+    assert_eq!(outcomes, [(1, Outcome::Failed), (2, Outcome::Succeeded)]);
+}
+
+fn a_failing_job_backs_off_then_ends_dead(b: &Backend) {
+    let q = b.queue_with(|c| {
+        c.job_backoff.base = Duration::from_millis(100);
+        c.job_backoff.max = Duration::from_secs(10);
+    });
+    let id = q.enqueue(&job("fail", 1).max_attempts(3)).unwrap();
+    let mut delays = Vec::new();
+    for attempt in 1..=3 {
+        let started = Instant::now();
+        let j = loop {
+            if let Some(j) = q.claim("fail", 1, "w", lease_for()).unwrap().pop() {
+                break j;
+            }
+            assert!(started.elapsed() < Duration::from_secs(10));
+            thread::sleep(Duration::from_millis(10));
+        };
+        if attempt > 1 {
+            delays.push(started.elapsed());
+        }
+        let state = q.fail(j.lease(), "boom", Duration::ZERO).unwrap();
+        assert_eq!(
+            state,
+            if attempt < 3 {
+                JobState::Queued
+            } else {
+                JobState::Dead
+            }
+        );
+    }
+    assert!(delays[0] >= Duration::from_millis(90), "{delays:?}");
+    assert!(delays[1] >= Duration::from_millis(190), "{delays:?}");
+    let j = q.get_job(id).unwrap();
+    assert_eq!(
+        (j.state, j.last_error.as_deref()),
+        (JobState::Dead, Some("boom"))
+    );
+    assert_eq!(q.get_results(id).unwrap().len(), 3);
+}
+
+fn bad_input_is_a_typed_error_and_writes_nothing(b: &Backend) {
+    let q = b.queue();
+    assert!(NewJob::from_json("q", "{not json")
+        .unwrap_err()
+        .is_invalid_input());
+    for bad in [
+        NewJob::from_json("", "{}").unwrap(),
+        NewJob::from_json("q", "{}").unwrap().max_attempts(0),
+        NewJob::from_json("q", "{}").unwrap().unique_key(""),
+        NewJob::from_json("nul\0queue", "{}").unwrap(),
+    ] {
+        assert!(q.enqueue(&bad).unwrap_err().is_invalid_input());
+    }
+    let q_small = b.queue_with(|c| c.max_payload_bytes = 10);
+    let big = NewJob::new("q", &"x".repeat(100)).unwrap();
+    assert!(q_small.enqueue(&big).unwrap_err().is_invalid_input());
+    // Hostile text is data: stored verbatim.
+    let hostile = "'); DROP TABLE jobs; --";
+    let id = q
+        .enqueue(&NewJob::new(hostile, &serde_json::json!({"s": hostile})).unwrap())
+        .unwrap();
+    assert_eq!(q.get_job(id).unwrap().queue, hostile);
+    assert_eq!(q.stats(None).unwrap().total.total(), 1);
+}
+
+fn unique_keys_admit_one_live_job_even_under_a_race(b: &Backend) {
+    let q = b.queue();
+    let ids: Vec<i64> = (0..8)
+        .map(|_| {
+            let q = q.clone();
+            thread::spawn(move || q.enqueue(&job("u", 1).unique_key("only-one")).unwrap())
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .collect();
+    assert!(ids.iter().all(|&id| id == ids[0]), "{ids:?}");
+    assert_eq!(q.stats(Some("u")).unwrap().total.total(), 1);
+    let j = q.claim("u", 1, "w", lease_for()).unwrap().remove(0);
+    assert!(
+        !q.enqueue_unique(&job("u", 2).unique_key("only-one"))
+            .unwrap()
+            .inserted
+    );
+    q.complete(j.lease(), &1, Duration::ZERO).unwrap();
+    assert!(
+        q.enqueue_unique(&job("u", 3).unique_key("only-one"))
+            .unwrap()
+            .inserted
+    );
+}
+
+fn cancel_queued_and_running_jobs(b: &Backend) {
+    let q = b.queue();
+    let queued = q.enqueue(&job("c", 1)).unwrap();
+    assert_eq!(q.cancel(queued).unwrap(), CancelOutcome::Cancelled);
+    let running = q.enqueue(&job("c", 2)).unwrap();
+    let lease = q.claim("c", 1, "w", lease_for()).unwrap()[0].lease();
+    assert_eq!(lease.job_id, running, "the cancelled job is never claimed");
+    assert_eq!(q.cancel(running).unwrap(), CancelOutcome::Requested);
+    assert!(q.heartbeat(lease, lease_for()).unwrap_err().is_cancelled());
+    assert!(q
+        .complete(lease, &"done", Duration::ZERO)
+        .unwrap_err()
+        .is_cancelled());
+    assert_eq!(q.get_job(running).unwrap().state, JobState::Cancelled);
+    assert!(q
+        .get_results(running)
+        .unwrap()
+        .iter()
+        .all(|r| r.outcome != Outcome::Succeeded));
+    assert!(q.cancel(running).unwrap_err().is_wrong_state());
+}
+
+fn retry_gives_fresh_attempts(b: &Backend) {
+    let q = b.queue();
+    let id = q.enqueue(&job("r", 1).max_attempts(1)).unwrap();
+    let lease = q.claim("r", 1, "w", lease_for()).unwrap()[0].lease();
+    assert_eq!(
+        q.fail(lease, "once", Duration::ZERO).unwrap(),
+        JobState::Dead
+    );
+    q.retry(id).unwrap();
+    let again = q.claim("r", 1, "w", lease_for()).unwrap()[0].lease();
+    assert_eq!(again.attempt, 2);
+    q.complete(again, &"ok", Duration::ZERO).unwrap();
+    assert!(q.retry(id).unwrap_err().is_wrong_state());
+}
+
+fn a_paused_queue_hands_out_nothing(b: &Backend) {
+    let q = b.queue();
+    q.enqueue(&job("p", 1)).unwrap();
+    assert!(q.pause("p").unwrap());
+    assert!(q.claim("p", 5, "w", lease_for()).unwrap().is_empty());
+    assert_eq!(q.paused().unwrap(), ["p"]);
+    assert!(q.resume("p").unwrap());
+    assert_eq!(q.claim("p", 5, "w", lease_for()).unwrap().len(), 1);
+}
+
+fn prune_deletes_old_finished_jobs_with_their_results(b: &Backend) {
+    let q = b.queue();
+    for n in 0..5 {
+        q.enqueue(&job("old", n)).unwrap();
+    }
+    for j in q.claim("old", 5, "w", lease_for()).unwrap() {
+        q.complete(j.lease(), &1, Duration::ZERO).unwrap();
+    }
+    let kept = q.enqueue(&job("old", 9)).unwrap();
+    b.exec("UPDATE jobs SET updated_at = '2000-01-01 00:00:00' WHERE state = 'succeeded'");
+    let batch = PruneBatch {
+        jobs_per_transaction: 2,
+        ..PruneBatch::default()
+    };
+    let report = q
+        .prune(Duration::from_secs(3600), &[JobState::Succeeded], batch)
+        .unwrap();
+    assert_eq!((report.deleted, report.transactions), (5, 3));
+    let s = q.stats(None).unwrap().total;
+    assert_eq!((s.succeeded, s.queued), (0, 1));
+    assert_eq!(q.get_job(kept).unwrap().state, JobState::Queued);
+    assert!(q
+        .prune(Duration::ZERO, &[JobState::Queued], batch)
+        .unwrap_err()
+        .is_invalid_input());
+}
+
+fn a_tick_is_enqueued_once(b: &Backend) {
+    let q = b.queue();
+    let s = Schedule::interval("t", Duration::from_secs(60), job("ticks", 1)).unwrap();
+    let tick = Utc.with_ymd_and_hms(2026, 6, 1, 0, 0, 0).unwrap();
+    let won: Vec<Option<i64>> = (0..8)
+        .map(|_| {
+            let (q, s) = (q.clone(), s.clone());
+            thread::spawn(move || q.enqueue_tick(&s, tick).unwrap())
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .collect();
+    assert_eq!(won.iter().flatten().count(), 1, "{won:?}");
+    assert_eq!(q.enqueue_tick(&s, tick).unwrap(), None);
+    assert_eq!(q.stats(Some("ticks")).unwrap().total.queued, 1);
+}
+
+fn sixteen_threads_claim_each_job_exactly_once(b: &Backend) {
+    let q = b.queue();
+    let jobs: Vec<NewJob> = (0..1600).map(|n| job("many", n)).collect();
+    q.enqueue_many(&jobs).unwrap();
+    let threads: Vec<_> = (0..16)
+        .map(|t| {
+            let q = q.clone();
+            thread::spawn(move || {
+                let mut mine = Vec::new();
+                loop {
+                    let claimed = q.claim("many", 1, &format!("t{t}"), lease_for()).unwrap();
+                    let Some(j) = claimed.into_iter().next() else {
+                        return mine;
+                    };
+                    q.heartbeat(j.lease(), lease_for()).unwrap();
+                    q.complete(j.lease(), &j.id, Duration::ZERO).unwrap();
+                    mine.push(j.id);
+                }
+            })
+        })
+        .collect();
+    let mut all: Vec<i64> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    let n = all.len();
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(
+        (n, all.len()),
+        (1600, 1600),
+        "no job claimed twice, none missed"
+    );
+    let audit = q.audit("many").unwrap();
+    assert_eq!(
+        (audit.jobs, audit.not_succeeded, audit.duplicated),
+        (1600, 0, 0)
+    );
+}
+
+fn a_worker_runs_handlers_and_records_results(b: &Backend) {
+    let q = b.queue();
+    for n in 0..20 {
+        q.enqueue(&job("wk", n)).unwrap();
+    }
+    let mut config = WorkerConfig::new("wk").lease(Duration::from_secs(5));
+    config.concurrency = 4;
+    config.exit_when_empty = true;
+    let failed_once = Arc::new(AtomicBool::new(false));
+    let worker = {
+        let failed_once = failed_once.clone();
+        Worker::new(q.clone(), config, move |ctx| {
+            let n: serde_json::Value = ctx.payload()?;
+            if n["n"] == 3 && !failed_once.swap(true, Ordering::SeqCst) {
+                return Err(HandlerError::msg("first try fails"));
+            }
+            Ok::<_, HandlerError>(n)
+        })
+    };
+    let report = worker.run().unwrap();
+    assert_eq!((report.succeeded, report.failed), (20, 1), "{report:?}");
+    let audit = q.audit("wk").unwrap();
+    assert_eq!(
+        (audit.jobs, audit.not_succeeded, audit.duplicated),
+        (20, 0, 0)
+    );
+}
+
+fn batched_heartbeats_and_completions_fence_each_item(b: &Backend) {
+    let q = b.queue();
+    for n in 0..3 {
+        q.enqueue(&job("bat", n)).unwrap();
+    }
+    let claimed = q.claim("bat", 3, "w", Duration::from_millis(50)).unwrap();
+    thread::sleep(Duration::from_millis(120));
+    // All three leases ran out; two are given more time, so only the first is reaped.
+    let lost = claimed[0].lease();
+    b.exec(&format!(
+        "UPDATE jobs SET lease_expires_at = '2099-01-01 00:00:00' WHERE id <> {}",
+        lost.job_id
+    ));
+    assert_eq!(q.reap().unwrap(), 1);
+    let leases: Vec<_> = claimed.iter().map(|j| j.lease()).collect();
+    let beats = q.heartbeat_many(&leases, lease_for()).unwrap();
+    assert!(beats[0].as_ref().unwrap_err().is_lease_lost());
+    assert!(beats[1].is_ok() && beats[2].is_ok());
+    let done = q
+        .complete_many(
+            leases
+                .iter()
+                .map(|&lease| jobdb::queue::Completion {
+                    lease,
+                    output_json: "{\"ok\":1}".into(),
+                    duration: Duration::ZERO,
+                })
+                .collect(),
+        )
+        .unwrap();
+    assert!(done[0].as_ref().unwrap_err().is_lease_lost());
+    assert!(done[1].is_ok() && done[2].is_ok());
+    assert_eq!(q.stats(Some("bat")).unwrap().total.succeeded, 2);
+}

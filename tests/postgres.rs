@@ -1,0 +1,106 @@
+//! PostgreSQL through the real binary: many worker processes exactly once, and clear errors
+//! for an unreachable server, wrong credentials and a missing database.
+
+use std::process::{Child, Command, Stdio};
+
+use crate::backends::{postgres_server_url, PgTestDb};
+
+fn jobdb(url: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_jobdb"));
+    cmd.arg("--database-url")
+        .arg(url)
+        .env_remove("DATABASE_URL")
+        .env_remove("RUST_LOG");
+    cmd
+}
+
+#[test]
+fn four_worker_processes_on_postgres_run_every_job_exactly_once() {
+    let Some(db) = PgTestDb::new("four_worker_processes_on_postgres") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("jobs.ndjson");
+    let lines: String = (0..1000).map(|i| format!("{{\"n\":{i}}}\n")).collect();
+    std::fs::write(&file, lines).unwrap();
+    let out = jobdb(&db.url)
+        .args(["enqueue", "--file"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let workers: Vec<Child> = (0..4)
+        .map(|_| {
+            jobdb(&db.url)
+                .args([
+                    "work",
+                    "--concurrency",
+                    "4",
+                    "--exit-when-empty",
+                    "--exec",
+                    "cat",
+                ])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for w in workers {
+        let out = w.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let queue = jobdb::Queue::open(&db.url, jobdb::Config::default()).unwrap();
+    let audit = queue.audit("default").unwrap();
+    assert_eq!(
+        (audit.jobs, audit.not_succeeded, audit.duplicated),
+        (1000, 0, 0)
+    );
+    // Each output is its payload: the right result went to the right job.
+    for id in [1, 500, 1000] {
+        let job = queue.get_job(id).unwrap();
+        let r = queue.get_results(id).unwrap();
+        assert_eq!(r[0].output_json.as_deref(), Some(job.payload_json.as_str()));
+    }
+}
+
+fn one_clear_line(url: &str) -> String {
+    let out = jobdb(url).args(["stats"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    err
+}
+
+#[test]
+fn bad_postgres_urls_are_one_clear_line_each() {
+    let Some(server) = postgres_server_url() else {
+        eprintln!("SKIPPED bad_postgres_urls: no PostgreSQL server configured");
+        return;
+    };
+    // Nothing listens on port 1.
+    let err = one_clear_line("postgres://postgres@127.0.0.1:1/postgres");
+    assert!(
+        err.contains("cannot open database") && err.contains("127.0.0.1"),
+        "{err}"
+    );
+    // A database that does not exist on the real server.
+    let base = server.rsplit_once('/').map(|(b, _)| b).unwrap_or(&server);
+    let err = one_clear_line(&format!("{base}/jobdb_no_such_database"));
+    assert!(
+        err.contains("jobdb_no_such_database") && err.contains("does not exist"),
+        "{err}"
+    );
+    // A role that does not exist, with a password that must not be echoed.
+    let err = one_clear_line("postgres://no_such_role:hunter2@127.0.0.1:5432/postgres");
+    assert!(err.contains("no_such_role"), "{err}");
+    assert!(!err.contains("hunter2"), "the password leaked: {err}");
+}
