@@ -18,12 +18,15 @@ use crate::backend::sqlite::CheckpointOutcome;
 use crate::backend::QueueConnection;
 use crate::checkpoint::{self, CheckpointTarget};
 use crate::combine::{Combiner, WriteCtx};
-use crate::error::{Error, Result};
+#[cfg(feature = "postgres")]
+use crate::error::Error;
+use crate::error::Result;
 use crate::metrics::{Metrics, MetricsSnapshot};
 use crate::models::{Job, JobResult, JobState, Lease, NewJob};
 use crate::pool::{build_pool, run_migrations, Config, SqlitePool};
 use crate::queue::{self, Stats, ENQUEUE_CHUNK};
 use crate::retry::{retry_busy, RetrySnapshot, RetryStats};
+use crate::wakeup::Wakeup;
 
 /// A cheap-to-clone handle to a queue database: a connection pool, the process's writer
 /// connection, the configuration, and the retry counters shared by every clone. The same API
@@ -76,6 +79,14 @@ struct Engine<C: QueueConnection> {
     /// On PostgreSQL the same group commit saves a commit (and its WAL flush) per operation;
     /// other processes' claims meet at `FOR UPDATE SKIP LOCKED` and never wait on our rows.
     writer: Combiner<C>,
+    /// Wakes this process's idle workers when work arrives (see `wakeup.rs`).
+    wakeup: Arc<Wakeup>,
+    /// PostgreSQL: the URL the LISTEN thread connects to (started by the first waiting
+    /// worker). `None`: polling only.
+    #[cfg(feature = "postgres")]
+    listen_url: Option<String>,
+    #[cfg(feature = "postgres")]
+    listener: std::sync::Once,
 }
 
 impl CheckpointTarget for Engine<SqliteConnection> {
@@ -101,6 +112,11 @@ impl<C: QueueConnection> Engine<C> {
             stats: RetryStats::default(),
             metrics: Metrics::default(),
             writer: Combiner::new(),
+            wakeup: Arc::new(Wakeup::default()),
+            #[cfg(feature = "postgres")]
+            listen_url: None,
+            #[cfg(feature = "postgres")]
+            listener: std::sync::Once::new(),
         }
     }
 
@@ -168,7 +184,9 @@ impl Queue {
         #[cfg(feature = "postgres")]
         if crate::pool::is_postgres_url(url) {
             let pool = crate::pool::build_postgres_pool(url, &config)?;
-            return Queue::from_postgres_pool(pool, config);
+            let mut engine = Engine::new(pool, config);
+            engine.listen_url = Some(url.to_owned());
+            return Queue::from_postgres_engine(engine);
         }
         let pool = build_pool(url, &config)?;
         let queue = Queue::from_pool(pool, config);
@@ -199,10 +217,17 @@ impl Queue {
 
     /// Wraps a PostgreSQL pool built by [`crate::pool::build_postgres_pool`] and, if
     /// `config.run_migrations`, applies pending migrations.
+    /// Workers of a queue built this way poll (the pool does not reveal its URL to LISTEN
+    /// on); [`Queue::open`] also wakes them by LISTEN/NOTIFY.
     #[cfg(feature = "postgres")]
     pub fn from_postgres_pool(pool: crate::pool::PgPool, config: Config) -> Result<Queue> {
+        Queue::from_postgres_engine(Engine::new(pool, config))
+    }
+
+    #[cfg(feature = "postgres")]
+    fn from_postgres_engine(engine: Engine<diesel::pg::PgConnection>) -> Result<Queue> {
         let queue = Queue {
-            store: Store::Postgres(Arc::new(Engine::new(pool, config))),
+            store: Store::Postgres(Arc::new(engine)),
         };
         if queue.config().run_migrations {
             queue.migrate()?;
@@ -311,7 +336,7 @@ impl Queue {
     /// if a later chunk fails, the ids of the earlier, committed ones are not returned, so use
     /// [`Queue::enqueue_batch`] when the whole set must be all-or-nothing.
     pub fn enqueue_many(&self, jobs: &[NewJob]) -> Result<Vec<i64>> {
-        with_engine!(self, e => {
+        self.woke(with_engine!(self, e => {
             e.validate_all(jobs)?;
             let mut ids = Vec::with_capacity(jobs.len());
             for chunk in jobs.chunks(ENQUEUE_CHUNK) {
@@ -319,13 +344,13 @@ impl Queue {
                 ids.extend(e.write("enqueue_many", move |c| queue::insert_validated(c, &chunk))?);
             }
             Ok(ids)
-        })
+        }))
     }
 
     /// Enqueues all `jobs` in ONE transaction: all or nothing (for files of jobs where a
     /// partial enqueue would be wrong). Holds the write lock for the whole insert.
     pub fn enqueue_batch(&self, jobs: &[NewJob]) -> Result<Vec<i64>> {
-        with_engine!(self, e => {
+        self.woke(with_engine!(self, e => {
             e.validate_all(jobs)?;
             e.run("enqueue_batch", |c| {
                 c.write_transaction(|c| {
@@ -336,7 +361,7 @@ impl Queue {
                     Ok(ids)
                 })
             })
-        })
+        }))
     }
 
     /// Claims up to `limit` due jobs of `queue`, leased to `worker_id` for `lease`.
@@ -420,9 +445,9 @@ impl Queue {
 
     /// Gives a running job back to the queue (shutdown).
     pub fn release(&self, lease: Lease) -> Result<()> {
-        with_engine!(self, e => {
+        self.woke(with_engine!(self, e => {
             e.write("release", move |c| queue::release(c, lease))
-        })
+        }))
     }
 
     /// Requeues jobs whose lease expired; returns how many.
@@ -485,5 +510,40 @@ impl Queue {
     /// The SQLite library version, or the PostgreSQL server version.
     pub fn backend_version(&self) -> Result<String> {
         with_engine!(self, e => e.read("version", |c| c.version()))
+    }
+
+    /// The work signal: read it before looking for work, and pass it to
+    /// [`Queue::wait_for_work`] when none was found.
+    pub fn work_signal(&self) -> u64 {
+        with_engine!(self, e => {
+            #[cfg(feature = "postgres")]
+            if let Some(url) = &e.listen_url {
+                e.listener.call_once(|| {
+                    crate::wakeup::start_postgres_listener(url.clone(), Arc::downgrade(&e.wakeup))
+                });
+            }
+            e.wakeup.seen()
+        })
+    }
+
+    /// Waits until work may have arrived since `seen` (an enqueue through any clone of this
+    /// queue in this process, or on PostgreSQL in any process) or `timeout` passes; returns
+    /// whether something arrived. Idle workers wait here instead of sleeping.
+    pub fn wait_for_work(&self, seen: u64, timeout: Duration) -> bool {
+        with_engine!(self, e => e.wakeup.wait(seen, timeout))
+    }
+
+    /// Wakes this process's idle workers now (shutdown: so they notice at once).
+    pub(crate) fn wake_idle_workers(&self) {
+        with_engine!(self, e => e.wakeup.notify());
+    }
+
+    /// Wakes this process's idle workers once `r` (an enqueue, retry, resume or release)
+    /// succeeded.
+    fn woke<T>(&self, r: Result<T>) -> Result<T> {
+        if r.is_ok() {
+            with_engine!(self, e => e.wakeup.notify());
+        }
+        r
     }
 }

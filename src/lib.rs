@@ -51,6 +51,7 @@ pub mod schema;
 #[cfg(feature = "postgres")]
 #[allow(missing_docs)]
 pub mod schema_postgres;
+mod wakeup;
 pub mod worker;
 
 pub use backend::QueueConnection;

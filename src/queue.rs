@@ -125,6 +125,8 @@ pub(crate) fn insert_reporting<C: QueueConnection>(
 ) -> Result<Vec<Enqueued>> {
     let now = now();
     conn.write_transaction(|c| {
+        // Delivered at commit, so a woken worker finds the jobs.
+        c.notify_enqueued()?;
         if jobs.iter().all(|j| j.unique_key.is_none()) {
             // The common case: one multi-row INSERT.
             let ids = c.insert_new(jobs, now)?;

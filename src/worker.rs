@@ -211,6 +211,8 @@ where
             if self.shutdown.is_requested() && grace_deadline.is_none() {
                 tracing::info!(grace = ?self.config.grace, "shutdown requested; finishing running jobs");
                 grace_deadline = Some(Instant::now() + self.config.grace);
+                // Idle threads wait for work up to `poll_max`: wake them to see the request.
+                self.queue.wake_idle_workers();
             }
             if grace_deadline.is_some_and(|d| Instant::now() >= d) {
                 break;
@@ -277,6 +279,9 @@ where
         let mut idle = self.config.poll_min;
         while !self.shutdown.is_requested() && !self.drained.load(Ordering::SeqCst) {
             self.in_flight.fetch_add(1, Ordering::SeqCst);
+            // Read before claiming, so an enqueue between an empty claim and the wait below
+            // still wakes this thread.
+            let seen = self.queue.work_signal();
             let claimed =
                 self.queue
                     .claim(&self.config.queue, 1, &self.worker_id, self.config.lease);
@@ -288,8 +293,13 @@ where
                         self.drained.store(true, Ordering::SeqCst);
                         break;
                     }
-                    thread::sleep(idle);
-                    idle = (idle * 2).min(self.config.poll_max);
+                    // Idle: wait for an enqueue (this process, or any process on PostgreSQL)
+                    // or the poll delay, whichever comes first.
+                    idle = if self.queue.wait_for_work(seen, idle) {
+                        self.config.poll_min
+                    } else {
+                        (idle * 2).min(self.config.poll_max)
+                    };
                     continue;
                 }
                 Err(e) => {

@@ -104,3 +104,41 @@ fn bad_postgres_urls_are_one_clear_line_each() {
     assert!(err.contains("no_such_role"), "{err}");
     assert!(!err.contains("hunter2"), "the password leaked: {err}");
 }
+
+/// An idle worker whose poll delay is 10 s picks up a job enqueued by another process within
+/// a fraction of that: LISTEN/NOTIFY woke it.
+#[test]
+fn listen_notify_wakes_an_idle_worker_in_another_process() {
+    let Some(db) = PgTestDb::new("listen_notify_wakes_an_idle_worker") else {
+        return;
+    };
+    let queue = jobdb::Queue::open(&db.url, jobdb::Config::default()).unwrap();
+    let mut config = jobdb::WorkerConfig::new("wake");
+    config.poll_min = std::time::Duration::from_secs(10);
+    config.poll_max = std::time::Duration::from_secs(10);
+    let worker = jobdb::Worker::new(queue.clone(), config, |_ctx| {
+        Ok::<_, jobdb::HandlerError>("woke")
+    });
+    let stop = worker.shutdown_handle();
+    let runner = std::thread::spawn(move || worker.run().unwrap());
+    // Let it find the queue empty and go idle (and its LISTEN start).
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let started = std::time::Instant::now();
+    let out = jobdb(&db.url)
+        .args(["enqueue", "--queue", "wake", "{}"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let id: i64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    let job = queue
+        .wait_for(id, std::time::Duration::from_secs(8))
+        .unwrap();
+    let picked_up = started.elapsed();
+    stop.shutdown();
+    runner.join().unwrap();
+    assert_eq!(job.state, jobdb::JobState::Succeeded);
+    assert!(
+        picked_up < std::time::Duration::from_secs(3),
+        "picked up after {picked_up:?}; polling alone would take up to 10 s"
+    );
+}

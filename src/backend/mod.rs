@@ -129,6 +129,11 @@ pub trait QueueConnection: Connection + diesel::r2d2::R2D2Connection + Send + 's
         now: NaiveDateTime,
         since: NaiveDateTime,
     ) -> Result<Vec<ActivityRow>>;
+    /// Tells other processes' idle workers that jobs were enqueued, when this transaction
+    /// commits (PostgreSQL `NOTIFY`). Nothing on SQLite, which has no such channel.
+    fn notify_enqueued(&mut self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Implements the methods of [`QueueConnection`] whose backend functions have the same

@@ -30,7 +30,7 @@ impl Queue {
     /// the same queue and key is returned instead (`inserted: false`). Race-free: the unique
     /// index decides inside the insert.
     pub fn enqueue_unique(&self, job: &NewJob) -> Result<Enqueued> {
-        with_engine!(self, e => {
+        self.woke(with_engine!(self, e => {
             job.validate(e.config.max_payload_bytes)?;
             let job = job.clone();
             let done = e.write("enqueue", move |c| {
@@ -40,7 +40,7 @@ impl Queue {
                 table: "jobs",
                 reason: "enqueue returned no id".into(),
             })
-        })
+        }))
     }
 
     /// Cancels a job (see [`manage::cancel`]).
@@ -52,9 +52,9 @@ impl Queue {
 
     /// Puts a dead or cancelled job back to queued with fresh attempts (see [`manage::retry`]).
     pub fn retry(&self, job_id: i64) -> Result<()> {
-        with_engine!(self, e => {
+        self.woke(with_engine!(self, e => {
             e.write("retry", move |c| manage::retry(c, job_id))
-        })
+        }))
     }
 
     /// Deletes jobs in `states` (finished ones only) last changed more than `older_than` ago,
@@ -119,10 +119,10 @@ impl Queue {
 
     /// Resumes a paused queue. Returns false if it was not paused.
     pub fn resume(&self, queue_name: &str) -> Result<bool> {
-        with_engine!(self, e => {
+        self.woke(with_engine!(self, e => {
             let q = queue_name.to_owned();
             e.write("resume", move |c| manage::resume(c, &q))
-        })
+        }))
     }
 
     /// Names of the paused queues.
@@ -136,7 +136,7 @@ impl Queue {
     /// compare-and-set on the schedule's last tick and the insert, in one transaction.
     /// Returns the new job's id, or `None` when the tick was already taken.
     pub fn enqueue_tick(&self, schedule: &Schedule, tick: DateTime<Utc>) -> Result<Option<i64>> {
-        with_engine!(self, e => {
+        self.woke(with_engine!(self, e => {
             let job = schedule.job_for(tick);
             job.validate(e.config.max_payload_bytes)?;
             let name = schedule.name().to_owned();
@@ -150,7 +150,7 @@ impl Queue {
                     Ok(done.first().map(|e| e.id))
                 })
             })
-        })
+        }))
     }
 
     /// Waits until the job is finished (succeeded, dead or cancelled) and returns it; polls

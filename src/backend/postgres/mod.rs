@@ -105,7 +105,15 @@ impl super::QueueConnection for PgConnection {
     fn version(&mut self) -> Result<String> {
         server_version(self)
     }
+
+    fn notify_enqueued(&mut self) -> Result<()> {
+        diesel::sql_query(format!("NOTIFY {ENQUEUED_CHANNEL}")).execute(self)?;
+        Ok(())
+    }
 }
+
+/// The channel enqueues `NOTIFY` and idle workers' listeners `LISTEN` on.
+pub const ENQUEUED_CHANNEL: &str = "jobdb_enqueued";
 
 /// Inserts the rows in one statement and returns their ids in the order given (the sequence
 /// numbers rows in the order of `ord`; we sort, as RETURNING's order is unspecified).

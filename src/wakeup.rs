@@ -1,0 +1,134 @@
+//! Waking idle workers when work arrives, instead of letting them sleep out their poll delay.
+//!
+//! In one process, every enqueue (and retry, resume) through a [`crate::Queue`] bumps a
+//! counter and wakes the workers of every clone of that queue. Across processes, on
+//! PostgreSQL, enqueues also `NOTIFY jobdb_enqueued` in their transaction (delivered at
+//! commit), and a listener thread with a connection of its own `LISTEN`s and bumps the same
+//! counter. Polling stays as the fallback: a wait always ends after its timeout.
+
+use std::sync::{Condvar, Mutex};
+use std::time::Duration;
+
+/// A counter of "work may have arrived" events, with waiting.
+#[derive(Debug, Default)]
+pub(crate) struct Wakeup {
+    seq: Mutex<u64>,
+    changed: Condvar,
+}
+
+impl Wakeup {
+    /// The current count: read it before looking for work, then [`Wakeup::wait`] with it, so
+    /// an event between the two is not missed.
+    pub(crate) fn seen(&self) -> u64 {
+        *self.seq.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Work may have arrived: wake every waiter.
+    pub(crate) fn notify(&self) {
+        *self.seq.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        self.changed.notify_all();
+    }
+
+    /// Waits until the count moves past `seen` or `timeout` passes. Returns whether it moved.
+    pub(crate) fn wait(&self, seen: u64, timeout: Duration) -> bool {
+        let guard = self.seq.lock().unwrap_or_else(|p| p.into_inner());
+        let (guard, _) = self
+            .changed
+            .wait_timeout_while(guard, timeout, |seq| *seq == seen)
+            .unwrap_or_else(|p| p.into_inner());
+        *guard != seen
+    }
+}
+
+/// Starts the PostgreSQL listener: a connection of its own that `LISTEN`s on the enqueue
+/// channel and bumps `wakeup` on each notification, until the queue is dropped. A lost
+/// connection (server restart) is re-established with a backoff of 100 ms doubling to 5 s;
+/// meanwhile workers fall back to polling.
+#[cfg(feature = "postgres")]
+pub(crate) fn start_postgres_listener(url: String, wakeup: std::sync::Weak<Wakeup>) {
+    use diesel::{Connection, PgConnection, RunQueryDsl};
+    let spawned = std::thread::Builder::new()
+        .name("jobdb-listen".into())
+        .spawn(move || {
+            let mut backoff = Duration::from_millis(100);
+            while wakeup.strong_count() > 0 {
+                let listening = PgConnection::establish(&url)
+                    .map_err(|e| e.to_string())
+                    .and_then(|mut c| {
+                        let listen =
+                            format!("LISTEN {}", crate::backend::postgres::ENQUEUED_CHANNEL);
+                        diesel::sql_query(listen)
+                            .execute(&mut c)
+                            .map(|_| c)
+                            .map_err(|e| e.to_string())
+                    });
+                match listening {
+                    Ok(mut conn) => {
+                        backoff = Duration::from_millis(100);
+                        // Returns when the queue is gone or the connection broke.
+                        if !relay_notifications(&mut conn, &wakeup) {
+                            return;
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "LISTEN failed; workers poll meanwhile"),
+                }
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the LISTEN thread; workers poll");
+    }
+}
+
+/// Checks for notifications every 10 ms (a local socket read, no query) and wakes workers.
+/// Returns false when the queue is gone, true when the connection broke.
+#[cfg(feature = "postgres")]
+fn relay_notifications(conn: &mut diesel::PgConnection, wakeup: &std::sync::Weak<Wakeup>) -> bool {
+    loop {
+        let Some(w) = wakeup.upgrade() else {
+            return false;
+        };
+        let mut arrived = false;
+        for n in conn.notifications_iter() {
+            match n {
+                Ok(_) => arrived = true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "LISTEN connection lost; reconnecting");
+                    return true;
+                }
+            }
+        }
+        if arrived {
+            w.notify();
+        }
+        drop(w);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    #[test]
+    fn a_notify_ends_the_wait_and_none_is_missed_in_between() {
+        let w = Arc::new(Wakeup::default());
+        let seen = w.seen();
+        w.notify(); // before the wait: still seen by it
+        assert!(w.wait(seen, Duration::from_secs(5)));
+        let seen = w.seen();
+        let started = Instant::now();
+        assert!(!w.wait(seen, Duration::from_millis(30)));
+        assert!(started.elapsed() >= Duration::from_millis(30));
+        let w2 = w.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            w2.notify();
+        });
+        assert!(w.wait(seen, Duration::from_secs(5)));
+        t.join().unwrap();
+    }
+}
