@@ -30,6 +30,25 @@ pub(crate) struct WriteCtx<'a, C: QueueConnection> {
     pub metrics: &'a Metrics,
     /// Holding the write lock longer than this logs a warning naming the transaction.
     pub slow: std::time::Duration,
+    /// Where to open a replacement for a connection the server dropped (PostgreSQL).
+    pub reconnect: Option<&'a str>,
+}
+
+/// After `err` on `conn`: if the server dropped the connection (a restart), replace it in
+/// place with a fresh one, so the pool gets a live connection back. (The pool's own
+/// check-out ping would find it too, at the cost of a round trip on every operation; Diesel
+/// reports a dead PostgreSQL connection as broken only inside a transaction.)
+pub(crate) fn heal<C: QueueConnection>(conn: &mut C, err: &Error, reconnect: Option<&str>) {
+    let Some(url) = reconnect.filter(|_| err.is_connection_lost()) else {
+        return;
+    };
+    match C::establish(url) {
+        Ok(fresh) => {
+            *conn = fresh;
+            tracing::warn!(error = %err, "database connection lost; reconnected");
+        }
+        Err(e) => tracing::warn!(error = %e, "database connection lost; reconnecting failed"),
+    }
 }
 
 /// Most operations in one group: bounds how long one commit holds the write lock.
@@ -204,6 +223,9 @@ impl<C: QueueConnection> Combiner<C> {
         let mut writer = self.writer.lock();
         let result =
             checkout(&mut writer, ctx.pool).and_then(|conn| traced(ctx, name, 1, || f(&mut *conn)));
+        if let (Err(e), Some(c)) = (&result, writer.as_mut()) {
+            heal(&mut **c, e, ctx.reconnect);
+        }
         discard_if_broken(&mut writer);
         drop(writer);
         if let Some(next) = lock(&self.pending).front() {
@@ -224,14 +246,11 @@ impl<C: QueueConnection> Combiner<C> {
         let mut conn = Some(ctx.pool.get()?);
         let result =
             checkout(&mut conn, ctx.pool).and_then(|c| traced(ctx, name, 1, || f(&mut *c)));
-        // A broken connection (a server restart) is dropped, not returned to the pool.
-        discard_if_broken(&mut conn);
-        if let Some(c) = conn.as_mut().filter(|_| result.is_err()) {
-            if R2D2Connection::is_broken(&mut **c) {
-                conn = None;
-            }
+        if let (Err(e), Some(c)) = (&result, conn.as_mut()) {
+            heal(&mut **c, e, ctx.reconnect);
         }
-        drop(conn);
+        // A transaction left open is dropped, not returned to the pool.
+        discard_if_broken(&mut conn);
         result
     }
 

@@ -222,10 +222,47 @@ impl Error {
         }
     }
 
-    /// True when a raw retryable busy error is inside (not the final [`Error::Busy`]): this is
-    /// what the retry loop retries on.
+    /// True when a raw retryable error is inside (not the final [`Error::Busy`]): SQLite's
+    /// busy, or PostgreSQL's serialization failure or deadlock (the server rolled the whole
+    /// transaction back, so re-running it is safe). This is what the retry loop retries on.
     pub(crate) fn is_retryable(&self) -> bool {
-        matches!(self, Error::Database(e) if is_busy_diesel(e))
+        matches!(self, Error::Database(e) if is_busy_diesel(e) || is_pg_transient(e))
+    }
+
+    /// True when the connection to a database server was lost (a PostgreSQL restart). What
+    /// the statement did is unknown, so it is not retried; the connection is replaced.
+    pub fn is_connection_lost(&self) -> bool {
+        match self.root() {
+            Error::Database(DieselError::DatabaseError(kind, info)) => {
+                matches!(kind, diesel::result::DatabaseErrorKind::ClosedConnection)
+                    || CONNECTION_LOST_MESSAGES
+                        .iter()
+                        .any(|m| info.message().contains(m))
+            }
+            _ => false,
+        }
+    }
+}
+
+/// libpq's and PostgreSQL's words for a connection that is gone.
+const CONNECTION_LOST_MESSAGES: [&str; 6] = [
+    "server closed the connection",
+    "no connection to the server",
+    "terminating connection",
+    "could not receive data from server",
+    "could not send data to server",
+    "connection to server was lost",
+];
+
+/// PostgreSQL errors that roll back the whole transaction and go away when it is re-run:
+/// serialization_failure (40001) and deadlock_detected (40P01).
+fn is_pg_transient(e: &DieselError) -> bool {
+    match e {
+        DieselError::DatabaseError(diesel::result::DatabaseErrorKind::SerializationFailure, _) => {
+            true
+        }
+        DieselError::DatabaseError(_, info) => info.message().starts_with("deadlock detected"),
+        _ => false,
     }
 }
 

@@ -127,7 +127,16 @@ impl<C: QueueConnection> Engine<C> {
             stats: &self.stats,
             metrics: &self.metrics,
             slow: self.config.slow_transaction,
+            reconnect: self.reconnect_url(),
         }
+    }
+
+    /// PostgreSQL: the URL to reopen a dropped connection with.
+    fn reconnect_url(&self) -> Option<&str> {
+        #[cfg(feature = "postgres")]
+        return self.listen_url.as_deref();
+        #[cfg(not(feature = "postgres"))]
+        None
     }
 
     /// Runs `op` alone on the writer connection (for closures that cannot be sent to another
@@ -153,10 +162,18 @@ impl<C: QueueConnection> Engine<C> {
         }
     }
 
-    /// Runs a read on a pooled connection (not the writer).
+    /// Runs a read on a pooled connection (not the writer). A read on a connection the
+    /// server dropped is run once more on a fresh one (reads are safe to repeat).
     fn read<T>(&self, name: &'static str, mut op: impl FnMut(&mut C) -> Result<T>) -> Result<T> {
         let mut conn = self.pool.get()?;
-        retry_busy(&self.config.retry, &self.stats, name, || op(&mut conn))
+        let first = retry_busy(&self.config.retry, &self.stats, name, || op(&mut conn));
+        match first {
+            Err(e) if e.is_connection_lost() && self.reconnect_url().is_some() => {
+                crate::combine::heal(&mut *conn, &e, self.reconnect_url());
+                retry_busy(&self.config.retry, &self.stats, name, || op(&mut conn))
+            }
+            r => r,
+        }
     }
 
     fn validate_all(&self, jobs: &[NewJob]) -> Result<()> {

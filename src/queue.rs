@@ -173,7 +173,7 @@ pub fn claim<C: QueueConnection>(
     }
     let now = now();
     let rows =
-        conn.write_transaction(|c| c.claim(queue, limit, worker_id, now, after(now, lease)))?;
+        conn.single_statement(|c| c.claim(queue, limit, worker_id, now, after(now, lease)))?;
     rows.into_iter().map(Job::try_from).collect()
 }
 
@@ -189,12 +189,13 @@ pub fn heartbeat<C: QueueConnection>(
 ) -> Result<DateTime<Utc>> {
     let now = now();
     let until = after(now, lease_for);
-    let cancel = conn.write_transaction(|c| {
-        match c.heartbeat(lease.job_id, lease.attempt, now, until)? {
-            Some(cancel) => Ok(cancel),
-            None => Err(lost_or_missing(c, lease)?),
-        }
-    })?;
+    let cancel =
+        conn.single_statement(
+            |c| match c.heartbeat(lease.job_id, lease.attempt, now, until)? {
+                Some(cancel) => Ok(cancel),
+                None => Err(lost_or_missing(c, lease)?),
+            },
+        )?;
     if cancel {
         return Err(Error::Cancelled {
             job_id: lease.job_id,
@@ -225,24 +226,25 @@ pub fn complete_json<C: QueueConnection>(
     duration: Duration,
 ) -> Result<()> {
     let now = now();
-    let cancelled = conn.write_transaction(|c| {
-        if c.mark_succeeded(lease.job_id, lease.attempt, now)? == 0 {
-            // A cancelled attempt is committed as such; any other reason writes nothing.
-            let why = settle_unapplied(c, lease, now, duration)?;
+    let row = result_row(
+        lease,
+        Outcome::Succeeded,
+        Some(output_json),
+        None,
+        now,
+        duration,
+    );
+    let cancelled = conn.single_statement(|c| {
+        if c.succeed_with_result(&row)? == 0 {
+            // A cancelled attempt is committed as such (two writes: a transaction of their
+            // own); any other reason writes nothing.
+            let why = c.write_transaction(|c| settle_unapplied(c, lease, now, duration))?;
             return if why.is_cancelled() {
                 Ok(Some(why))
             } else {
                 Err(why)
             };
         }
-        c.insert_result(&result_row(
-            lease,
-            Outcome::Succeeded,
-            Some(output_json),
-            None,
-            now,
-            duration,
-        ))?;
         Ok(None)
     })?;
     cancelled.map_or(Ok(()), Err)

@@ -12,6 +12,7 @@ mod diesel_cli;
 mod faults;
 mod lifecycle;
 mod peer;
+mod pg_restart;
 mod pool;
 mod postgres;
 mod wal;

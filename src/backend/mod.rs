@@ -40,6 +40,15 @@ pub trait QueueConnection: Connection + diesel::r2d2::R2D2Connection + Send + 's
     fn write_transaction<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T>;
     /// Whether a transaction is open (or left in error).
     fn in_transaction(&mut self) -> bool;
+    /// Runs `f`, whose writes are ONE statement (reads may follow it), atomically: on SQLite
+    /// as a write transaction (`BEGIN IMMEDIATE`, so busy handling stays whole-transaction);
+    /// on PostgreSQL, outside a transaction, as that statement alone (it commits by itself,
+    /// saving the BEGIN and COMMIT round trips), inside one as a savepoint.
+    fn single_statement<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T>;
+    /// Marks a job succeeded if the lease is still ours and no cancel was requested, and
+    /// records its `succeeded` results row (`row`): rows changed, 0 or 1. One statement on
+    /// PostgreSQL; two, inside the caller's transaction, on SQLite.
+    fn succeed_with_result(&mut self, row: &NewResultRow<'_>) -> Result<usize>;
     /// Inserts validated jobs without unique keys; ids in the order given.
     fn insert_new(&mut self, jobs: &[NewJob], now: NaiveDateTime) -> Result<Vec<i64>>;
     /// Inserts one validated job that has a unique key: `(id, inserted)`.

@@ -50,7 +50,7 @@ pub fn build_postgres_pool(url: &str, config: &Config) -> Result<PgPool> {
         .max_size(config.pool_size)
         .min_idle(Some(0))
         .connection_timeout(config.connection_timeout)
-        .test_on_check_out(true)
+        .test_on_check_out(false)
         .build(ConnectionManager::new(url))
         .map_err(Error::Pool)
 }

@@ -20,6 +20,7 @@ use diesel::pg::PgConnection;
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Integer, Nullable, Text, Timestamptz};
 
+use crate::backend::stmt::{bind, cached};
 use crate::error::{Error, Result};
 use crate::models::{JobRow, NewJob, NewResultRow, ResultRow};
 
@@ -106,6 +107,18 @@ impl super::QueueConnection for PgConnection {
         server_version(self)
     }
 
+    fn single_statement<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        if crate::backend::in_transaction(self) {
+            write_transaction(self, f)
+        } else {
+            f(self)
+        }
+    }
+
+    fn succeed_with_result(&mut self, row: &NewResultRow<'_>) -> Result<usize> {
+        succeed_with_result(self, row)
+    }
+
     fn notify_enqueued(&mut self) -> Result<()> {
         diesel::sql_query(format!("NOTIFY {ENQUEUED_CHANNEL}")).execute(self)?;
         Ok(())
@@ -157,26 +170,39 @@ pub fn claim(
     now: NaiveDateTime,
     lease_expires_at: NaiveDateTime,
 ) -> Result<Vec<JobRow>> {
-    let mut rows: Vec<JobRow> = diesel::sql_query(format!(
-        "WITH picked AS ( \
-           SELECT id FROM jobs \
-           WHERE queue = $1 AND state = 'queued' AND run_at <= $2 \
-             AND NOT EXISTS (SELECT 1 FROM paused_queues p WHERE p.queue = $1) \
-           ORDER BY priority, run_at, id LIMIT $3 \
-           FOR UPDATE SKIP LOCKED) \
-         UPDATE jobs SET state = 'running', attempts = attempts + 1, worker_id = $4, \
-           heartbeat_at = $2, lease_expires_at = $5, updated_at = $2 \
-         WHERE id IN (SELECT id FROM picked) \
-         RETURNING {JOB_COLUMNS}"
-    ))
-    .bind::<Text, _>(queue)
-    .bind::<Timestamptz, _>(utc(now))
-    .bind::<BigInt, _>(i64::from(limit))
-    .bind::<Text, _>(worker_id)
-    .bind::<Timestamptz, _>(utc(lease_expires_at))
+    let now = utc(now);
+    let mut rows: Vec<JobRow> = cached(
+        claim_sql(),
+        (
+            bind::<Text, _>(queue),
+            bind::<Timestamptz, _>(now),
+            bind::<Text, _>(queue),
+            bind::<BigInt, _>(i64::from(limit)),
+            bind::<Text, _>(worker_id),
+            bind::<Timestamptz, _>(now),
+            bind::<Timestamptz, _>(utc(lease_expires_at)),
+            bind::<Timestamptz, _>(now),
+        ),
+    )
     .load(conn)?;
     rows.sort_by_key(|r| (r.priority, r.run_at, r.id));
     Ok(rows)
+}
+
+/// The claim statement (built once: it embeds the column list).
+fn claim_sql() -> String {
+    format!(
+        "WITH picked AS ( \
+           SELECT id FROM jobs \
+           WHERE queue = ? AND state = 'queued' AND run_at <= ? \
+             AND NOT EXISTS (SELECT 1 FROM paused_queues p WHERE p.queue = ?) \
+           ORDER BY priority, run_at, id LIMIT ? \
+           FOR UPDATE SKIP LOCKED) \
+         UPDATE jobs SET state = 'running', attempts = attempts + 1, worker_id = ?, \
+           heartbeat_at = ?, lease_expires_at = ?, updated_at = ? \
+         WHERE id IN (SELECT id FROM picked) \
+         RETURNING {JOB_COLUMNS}"
+    )
 }
 
 /// `EXPLAIN` of the claim's SELECT, one line per plan node.
@@ -215,15 +241,19 @@ pub fn heartbeat(
     now: NaiveDateTime,
     lease_expires_at: NaiveDateTime,
 ) -> Result<Option<bool>> {
-    let row: Option<IdCancel> = diesel::sql_query(
-        "UPDATE jobs SET heartbeat_at = $1, lease_expires_at = $2, updated_at = $1 \
-         WHERE id = $3 AND state = 'running' AND attempts = $4 \
+    let now = utc(now);
+    let row: Option<IdCancel> = cached(
+        "UPDATE jobs SET heartbeat_at = ?, lease_expires_at = ?, updated_at = ? \
+         WHERE id = ? AND state = 'running' AND attempts = ? \
          RETURNING id, (cancel_requested_at IS NOT NULL)::int AS cancel",
+        (
+            bind::<Timestamptz, _>(now),
+            bind::<Timestamptz, _>(utc(lease_expires_at)),
+            bind::<Timestamptz, _>(now),
+            bind::<BigInt, _>(job_id),
+            bind::<Integer, _>(attempt),
+        ),
     )
-    .bind::<Timestamptz, _>(utc(now))
-    .bind::<Timestamptz, _>(utc(lease_expires_at))
-    .bind::<BigInt, _>(job_id)
-    .bind::<Integer, _>(attempt)
     .get_result(conn)
     .optional()?;
     Ok(row.map(|r| r.cancel != 0))
@@ -231,7 +261,7 @@ pub fn heartbeat(
 
 /// The leases of a `[[id, attempt], …]` JSONB array, as a derived table `l(lid, latt)`.
 const LEASES: &str = "(SELECT (e->>0)::bigint AS lid, (e->>1)::int AS latt \
-                       FROM jsonb_array_elements($1::jsonb) e) AS l";
+                       FROM jsonb_array_elements(?::jsonb) e) AS l";
 
 /// Extends many leases in one statement; returns `(id, cancel requested)` for each lease
 /// that was still ours.
@@ -241,15 +271,21 @@ pub fn heartbeat_set(
     now: NaiveDateTime,
     lease_expires_at: NaiveDateTime,
 ) -> Result<Vec<(i64, bool)>> {
-    let rows: Vec<IdCancel> = diesel::sql_query(format!(
-        "UPDATE jobs SET heartbeat_at = $2, lease_expires_at = $3, updated_at = $2 \
-         FROM {LEASES} \
-         WHERE jobs.id = l.lid AND jobs.attempts = l.latt AND jobs.state = 'running' \
-         RETURNING jobs.id AS id, (jobs.cancel_requested_at IS NOT NULL)::int AS cancel"
-    ))
-    .bind::<Text, _>(leases_json)
-    .bind::<Timestamptz, _>(utc(now))
-    .bind::<Timestamptz, _>(utc(lease_expires_at))
+    let now = utc(now);
+    let rows: Vec<IdCancel> = cached(
+        format!(
+            "UPDATE jobs SET heartbeat_at = ?, lease_expires_at = ?, updated_at = ? \
+             FROM {LEASES} \
+             WHERE jobs.id = l.lid AND jobs.attempts = l.latt AND jobs.state = 'running' \
+             RETURNING jobs.id AS id, (jobs.cancel_requested_at IS NOT NULL)::int AS cancel"
+        ),
+        (
+            bind::<Timestamptz, _>(now),
+            bind::<Timestamptz, _>(utc(lease_expires_at)),
+            bind::<Timestamptz, _>(now),
+            bind::<Text, _>(leases_json),
+        ),
+    )
     .load(conn)?;
     Ok(rows.into_iter().map(|r| (r.id, r.cancel != 0)).collect())
 }
@@ -261,16 +297,20 @@ pub fn succeed_set(
     leases_json: &str,
     now: NaiveDateTime,
 ) -> Result<Vec<i64>> {
-    let rows: Vec<Id> = diesel::sql_query(format!(
-        "UPDATE jobs SET state = 'succeeded', lease_expires_at = NULL, updated_at = $2, \
-           last_error = NULL \
-         FROM {LEASES} \
-         WHERE jobs.id = l.lid AND jobs.attempts = l.latt AND jobs.state = 'running' \
-           AND jobs.cancel_requested_at IS NULL \
-         RETURNING jobs.id AS id"
-    ))
-    .bind::<Text, _>(leases_json)
-    .bind::<Timestamptz, _>(utc(now))
+    let rows: Vec<Id> = cached(
+        format!(
+            "UPDATE jobs SET state = 'succeeded', lease_expires_at = NULL, updated_at = ?, \
+               last_error = NULL \
+             FROM {LEASES} \
+             WHERE jobs.id = l.lid AND jobs.attempts = l.latt AND jobs.state = 'running' \
+               AND jobs.cancel_requested_at IS NULL \
+             RETURNING jobs.id AS id"
+        ),
+        (
+            bind::<Timestamptz, _>(utc(now)),
+            bind::<Text, _>(leases_json),
+        ),
+    )
     .load(conn)?;
     Ok(rows.into_iter().map(|r| r.id).collect())
 }
@@ -282,14 +322,13 @@ pub fn insert_succeeded_results(
     rows_json: &str,
     now: NaiveDateTime,
 ) -> Result<usize> {
-    Ok(diesel::sql_query(
+    Ok(cached(
         "INSERT INTO results (job_id, attempt, outcome, output, error, created_at, duration_ms) \
-         SELECT (e->>0)::bigint, (e->>1)::int, 'succeeded', (e->>2)::jsonb, NULL, $2, \
+         SELECT (e->>0)::bigint, (e->>1)::int, 'succeeded', (e->>2)::jsonb, NULL, ?, \
                 (e->>3)::bigint \
-         FROM jsonb_array_elements($1::jsonb) e",
+         FROM jsonb_array_elements(?::jsonb) e",
+        (bind::<Timestamptz, _>(utc(now)), bind::<Text, _>(rows_json)),
     )
-    .bind::<Text, _>(rows_json)
-    .bind::<Timestamptz, _>(utc(now))
     .execute(conn)?)
 }
 
@@ -301,14 +340,16 @@ pub fn mark_succeeded(
     attempt: i32,
     now: NaiveDateTime,
 ) -> Result<usize> {
-    Ok(diesel::sql_query(
-        "UPDATE jobs SET state = 'succeeded', lease_expires_at = NULL, updated_at = $1, \
+    Ok(cached(
+        "UPDATE jobs SET state = 'succeeded', lease_expires_at = NULL, updated_at = ?, \
            last_error = NULL \
-         WHERE id = $2 AND state = 'running' AND attempts = $3 AND cancel_requested_at IS NULL",
+         WHERE id = ? AND state = 'running' AND attempts = ? AND cancel_requested_at IS NULL",
+        (
+            bind::<Timestamptz, _>(utc(now)),
+            bind::<BigInt, _>(job_id),
+            bind::<Integer, _>(attempt),
+        ),
     )
-    .bind::<Timestamptz, _>(utc(now))
-    .bind::<BigInt, _>(job_id)
-    .bind::<Integer, _>(attempt)
     .execute(conn)?)
 }
 
@@ -368,19 +409,47 @@ pub fn release(
     .execute(conn)?)
 }
 
+/// Marks a job succeeded (if the lease is still ours and no cancel was requested) and inserts
+/// its results row, in ONE statement. Rows changed (0 or 1).
+pub fn succeed_with_result(conn: &mut PgConnection, row: &NewResultRow<'_>) -> Result<usize> {
+    let now = utc(row.created_at);
+    Ok(cached(
+        "WITH done AS ( \
+           UPDATE jobs SET state = 'succeeded', lease_expires_at = NULL, updated_at = ?, \
+             last_error = NULL \
+           WHERE id = ? AND state = 'running' AND attempts = ? AND cancel_requested_at IS NULL \
+           RETURNING id, attempts) \
+         INSERT INTO results (job_id, attempt, outcome, output, error, created_at, duration_ms) \
+         SELECT id, attempts, ?, ?::jsonb, ?, ?, ? FROM done",
+        (
+            bind::<Timestamptz, _>(now),
+            bind::<BigInt, _>(row.job_id),
+            bind::<Integer, _>(row.attempt),
+            bind::<Text, _>(row.outcome),
+            bind::<Nullable<Text>, _>(row.output),
+            bind::<Nullable<Text>, _>(row.error),
+            bind::<Timestamptz, _>(now),
+            bind::<BigInt, _>(row.duration_ms),
+        ),
+    )
+    .execute(conn)?)
+}
+
 /// Inserts one results row (the output is JSON text; it becomes JSONB).
 pub fn insert_result(conn: &mut PgConnection, row: &NewResultRow<'_>) -> Result<()> {
-    diesel::sql_query(
+    cached(
         "INSERT INTO results (job_id, attempt, outcome, output, error, created_at, duration_ms) \
-         VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7)",
+         VALUES (?, ?, ?, ?::jsonb, ?, ?, ?)",
+        (
+            bind::<BigInt, _>(row.job_id),
+            bind::<Integer, _>(row.attempt),
+            bind::<Text, _>(row.outcome),
+            bind::<Nullable<Text>, _>(row.output),
+            bind::<Nullable<Text>, _>(row.error),
+            bind::<Timestamptz, _>(utc(row.created_at)),
+            bind::<BigInt, _>(row.duration_ms),
+        ),
     )
-    .bind::<BigInt, _>(row.job_id)
-    .bind::<Integer, _>(row.attempt)
-    .bind::<Text, _>(row.outcome)
-    .bind::<Nullable<Text>, _>(row.output)
-    .bind::<Nullable<Text>, _>(row.error)
-    .bind::<Timestamptz, _>(utc(row.created_at))
-    .bind::<BigInt, _>(row.duration_ms)
     .execute(conn)?;
     Ok(())
 }
@@ -439,7 +508,12 @@ pub fn find_job(conn: &mut PgConnection, job_id: i64) -> Result<Option<JobRow>> 
 
 /// Whether a job with this id exists.
 pub fn job_exists(conn: &mut PgConnection, job_id: i64) -> Result<bool> {
-    Ok(find_job(conn, job_id)?.is_some())
+    let r: Count = cached(
+        "SELECT count(*) AS n FROM jobs WHERE id = ?",
+        (bind::<BigInt, _>(job_id),),
+    )
+    .get_result(conn)?;
+    Ok(r.n > 0)
 }
 
 /// All results rows of a job, by attempt.
@@ -484,10 +558,11 @@ struct Count {
 
 /// Queued jobs of `queue`, due or not (served by the claim index).
 pub fn queued_count(conn: &mut PgConnection, queue: &str) -> Result<i64> {
-    let r: Count =
-        diesel::sql_query("SELECT count(*) AS n FROM jobs WHERE queue = $1 AND state = 'queued'")
-            .bind::<Text, _>(queue)
-            .get_result(conn)?;
+    let r: Count = cached(
+        "SELECT count(*) AS n FROM jobs WHERE queue = ? AND state = 'queued'",
+        (bind::<Text, _>(queue),),
+    )
+    .get_result(conn)?;
     Ok(r.n)
 }
 

@@ -66,6 +66,18 @@ impl super::QueueConnection for SqliteConnection {
     fn version(&mut self) -> Result<String> {
         sqlite_version(self)
     }
+
+    fn single_statement<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        write_transaction(self, f)
+    }
+
+    fn succeed_with_result(&mut self, row: &NewResultRow<'_>) -> Result<usize> {
+        let changed = mark_succeeded(self, row.job_id, row.attempt, row.created_at)?;
+        if changed == 1 {
+            insert_result(self, row)?;
+        }
+        Ok(changed)
+    }
 }
 
 /// The rows to insert for validated jobs.
