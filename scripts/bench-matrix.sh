@@ -2,26 +2,41 @@
 # The figures in README: `jobdb bench` over the configurations the targets name, alternating
 # configurations round by round (so machine noise hits all of them alike), ROUNDS rounds,
 # medians reported with the ratio to one worker. Usage: scripts/bench-matrix.sh [ROUNDS] [JOBS]
+# With JOBDB_BENCH_URL=postgres://… it measures that PostgreSQL database instead (1, 4, 16 and
+# 64 workers, 4 processes, and claims of 32), each run on a fresh queue of its own.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}
 jobs=${2:-20000}
 cargo build --release --quiet
 bin=target/release/jobdb
-configs=(
-  "--workers 1"
-  "--workers 16"
-  "--workers 64"
-  "--workers 16 --processes 4"
-  "--workers 64 --processes 8"
-  "--workers 16 --batch 32"
-  "--workers 1 --finished 1000000"
-)
+url_args=()
+if [[ -n "${JOBDB_BENCH_URL:-}" ]]; then
+  url_args=(--database-url "$JOBDB_BENCH_URL")
+  configs=(
+    "--workers 1"
+    "--workers 4"
+    "--workers 16"
+    "--workers 64"
+    "--workers 16 --processes 4"
+    "--workers 16 --batch 32"
+  )
+else
+  configs=(
+    "--workers 1"
+    "--workers 16"
+    "--workers 64"
+    "--workers 16 --processes 4"
+    "--workers 64 --processes 8"
+    "--workers 16 --batch 32"
+    "--workers 1 --finished 1000000"
+  )
+fi
 out=$(mktemp)
 for r in $(seq 1 "$rounds"); do
   for i in "${!configs[@]}"; do
     # shellcheck disable=SC2086
-    line=$($bin bench --jobs "$jobs" ${configs[$i]} --json 2>/dev/null) || { echo "bench failed: ${configs[$i]}" >&2; exit 1; }
+    line=$($bin bench "${url_args[@]}" --jobs "$jobs" ${configs[$i]} --json 2>/dev/null) || { echo "bench failed: ${configs[$i]}" >&2; exit 1; }
     echo "$i $line" >> "$out"
     echo "round $r: ${configs[$i]} done" >&2
   done
@@ -36,7 +51,8 @@ for line in open(path):
 med = lambda i, k: statistics.median(r[k] for r in runs[i])
 base = med(0, "jobs_per_sec")
 r0 = runs[0][0]
-print(f"SQLite {r0['sqlite_version']}, {len(runs[0])} rounds, medians, {r0['jobs']} jobs per run")
+name = "SQLite" if r0["backend"] == "sqlite" else "PostgreSQL"
+print(f"{name} {r0['backend_version']}, {len(runs[0])} rounds, medians, {r0['jobs']} jobs per run")
 print(f"| configuration | jobs/s | × 1 worker | claim p50 ms | claim p99 ms | claim max ms | busy retries | errors | lost | duplicated | peak RSS MiB |")
 print("|---|---|---|---|---|---|---|---|---|---|---|")
 for i, c in enumerate(configs):

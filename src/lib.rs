@@ -4,13 +4,17 @@
 //! many worker threads and processes share one database file, and callers never see
 //! `database is locked`: every write is a short `BEGIN IMMEDIATE` transaction, re-run whole
 //! with jittered backoff while the database is busy, up to a deadline ([`Error::Busy`]).
+//! PostgreSQL (feature `postgres`, on by default; a `postgres://` URL) gives the same API for
+//! workers on many machines.
 //!
 //! Two layers:
-//! - functions on `&mut SqliteConnection` in [`queue`] ([`queue::enqueue`], [`queue::claim`],
-//!   [`queue::complete`], …), which join the caller's own Diesel transaction when one is open;
-//! - [`Queue`], a handle over an r2d2 pool that runs those functions with the retry loop: all
-//!   writes of a process go through one writer connection, and writes that arrive together are
-//!   group-committed in one transaction (each in its own savepoint); reads use the pool.
+//! - functions on your connection in [`queue`] ([`queue::enqueue`], [`queue::claim`],
+//!   [`queue::complete`], …), generic over [`QueueConnection`] (`SqliteConnection`,
+//!   `PgConnection`), which join the caller's own Diesel transaction when one is open;
+//! - [`Queue`], a handle over an r2d2 pool that runs those functions with the retry loop. On
+//!   SQLite all writes of a process go through one writer connection, and writes that arrive
+//!   together are group-committed in one transaction (each in its own savepoint); on
+//!   PostgreSQL writes run in parallel. Reads use the pool.
 //!
 //! ```no_run
 //! use jobdb::{Config, NewJob, Queue};

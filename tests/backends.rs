@@ -61,12 +61,61 @@ impl Backend {
     }
 }
 
-/// The server URL tests create their databases on.
+/// The server URL tests create their databases on: `JOBDB_TEST_POSTGRES_URL`, else a
+/// postgres `DATABASE_URL`, else a Docker container (when a Docker engine answers).
 pub fn postgres_server_url() -> Option<String> {
     std::env::var("JOBDB_TEST_POSTGRES_URL")
         .ok()
         .or_else(|| std::env::var("DATABASE_URL").ok())
         .filter(|u| u.starts_with("postgres://") || u.starts_with("postgresql://"))
+        .or_else(docker_postgres)
+}
+
+/// The fallback for machines with Docker and no configured server: one container,
+/// `jobdb-test-postgres` (postgres:17-alpine, trust auth, a random local port), started on
+/// first use and reused by later runs; `docker rm -f jobdb-test-postgres` removes it. Uses the
+/// docker CLI rather than the testcontainers crate (no async runtime in the test build).
+/// Not exercised on our CI machine, which has no Docker engine.
+fn docker_postgres() -> Option<String> {
+    static URL: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    URL.get_or_init(|| {
+        let docker = |args: &[&str]| {
+            std::process::Command::new("docker")
+                .args(args)
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        };
+        docker(&["info", "--format", "{{.ServerVersion}}"])?;
+        const NAME: &str = "jobdb-test-postgres";
+        if docker(&["start", NAME]).is_none() {
+            docker(&[
+                "run",
+                "-d",
+                "--name",
+                NAME,
+                "-e",
+                "POSTGRES_HOST_AUTH_METHOD=trust",
+                "-p",
+                "127.0.0.1::5432",
+                "postgres:17-alpine",
+            ])?;
+        }
+        let port = docker(&["port", NAME, "5432"])?;
+        let port = port.lines().next()?.rsplit(':').next()?.to_owned();
+        let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while PgConnection::establish(&url).is_err() {
+            if std::time::Instant::now() > deadline {
+                eprintln!("the {NAME} container did not accept connections within 60 s");
+                return None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+        Some(url)
+    })
+    .clone()
 }
 
 /// A database of its own on the test server, dropped when this is dropped.
@@ -82,9 +131,9 @@ impl PgTestDb {
             if std::env::var("JOBDB_REQUIRE_POSTGRES").as_deref() == Ok("1") {
                 panic!("JOBDB_REQUIRE_POSTGRES=1 but neither JOBDB_TEST_POSTGRES_URL nor a postgres DATABASE_URL is set");
             }
-            eprintln!(
-                "SKIPPED {test} on PostgreSQL: set JOBDB_TEST_POSTGRES_URL=postgres://user@host/db \
-                 (Docker users: start postgres:17-alpine and point it there)"
+            crate::backends::loud!(
+                "SKIPPED {test} on PostgreSQL: no server (set JOBDB_TEST_POSTGRES_URL=postgres://user@host/db, \
+                 or run a Docker engine for the postgres:17-alpine fallback)"
             );
             return None;
         };
@@ -118,6 +167,16 @@ impl Drop for PgTestDb {
         }
     }
 }
+
+/// Writes a line straight to the process's stderr: libtest captures `eprintln!` and shows it
+/// only for failing tests, and a skip must be seen.
+macro_rules! loud {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+pub(crate) use loud;
 
 /// Declares each listed `fn name(b: &Backend)` as two tests, `sqlite::name` and
 /// `postgres::name`.

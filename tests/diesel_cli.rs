@@ -60,7 +60,7 @@ fn diesel_cli_runs_redoes_and_prints_the_committed_schema() {
             std::env::var("JOBDB_REQUIRE_DIESEL_CLI").is_err(),
             "JOBDB_REQUIRE_DIESEL_CLI is set but the diesel CLI is not installed"
         );
-        eprintln!("SKIPPED diesel_cli test: the `diesel` CLI is not installed (cargo install diesel_cli --no-default-features --features sqlite-bundled)");
+        crate::backends::loud!("SKIPPED diesel_cli test: the `diesel` CLI is not installed (cargo install diesel_cli --no-default-features --features sqlite-bundled)");
         return;
     }
     let db = TestDb::new();
@@ -91,7 +91,9 @@ fn diesel_cli_runs_the_postgres_migrations_and_prints_the_committed_postgres_sch
             std::env::var("JOBDB_REQUIRE_DIESEL_CLI").is_err(),
             "JOBDB_REQUIRE_DIESEL_CLI is set but the diesel CLI is not installed"
         );
-        eprintln!("SKIPPED diesel_cli postgres test: the `diesel` CLI is not installed");
+        crate::backends::loud!(
+            "SKIPPED diesel_cli postgres test: the `diesel` CLI is not installed"
+        );
         return;
     }
     let Some(db) = crate::backends::PgTestDb::new("diesel_cli postgres") else {

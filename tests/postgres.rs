@@ -21,7 +21,7 @@ fn four_worker_processes_on_postgres_run_every_job_exactly_once() {
     };
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("jobs.ndjson");
-    let lines: String = (0..1000).map(|i| format!("{{\"n\":{i}}}\n")).collect();
+    let lines: String = (0..2000).map(|i| format!("{{\"n\":{i}}}\n")).collect();
     std::fs::write(&file, lines).unwrap();
     let out = jobdb(&db.url)
         .args(["enqueue", "--file"])
@@ -62,10 +62,10 @@ fn four_worker_processes_on_postgres_run_every_job_exactly_once() {
     let audit = queue.audit("default").unwrap();
     assert_eq!(
         (audit.jobs, audit.not_succeeded, audit.duplicated),
-        (1000, 0, 0)
+        (2000, 0, 0)
     );
     // Each output is its payload: the right result went to the right job.
-    for id in [1, 500, 1000] {
+    for id in [1, 1000, 2000] {
         let job = queue.get_job(id).unwrap();
         let r = queue.get_results(id).unwrap();
         assert_eq!(r[0].output_json.as_deref(), Some(job.payload_json.as_str()));
@@ -83,7 +83,7 @@ fn one_clear_line(url: &str) -> String {
 #[test]
 fn bad_postgres_urls_are_one_clear_line_each() {
     let Some(server) = postgres_server_url() else {
-        eprintln!("SKIPPED bad_postgres_urls: no PostgreSQL server configured");
+        crate::backends::loud!("SKIPPED bad_postgres_urls: no PostgreSQL server configured");
         return;
     };
     // Nothing listens on port 1.
