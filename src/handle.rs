@@ -2,7 +2,10 @@
 //! the `queue` functions as a whole transaction, re-run on busy by the retry loop, so callers
 //! never see "database is locked": they get the result, or [`Error::Busy`] past the deadline.
 
+mod engine;
 mod manage;
+
+use engine::Engine;
 
 pub use manage::PruneReport;
 
@@ -10,23 +13,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use diesel::r2d2::ConnectionManager;
 use diesel::sqlite::SqliteConnection;
 use serde::Serialize;
 
-use crate::backend::sqlite::CheckpointOutcome;
 use crate::backend::QueueConnection;
-use crate::checkpoint::{self, CheckpointTarget};
-use crate::combine::{Combiner, WriteCtx};
+use crate::checkpoint;
 #[cfg(feature = "postgres")]
 use crate::error::Error;
 use crate::error::Result;
-use crate::metrics::{Metrics, MetricsSnapshot};
+use crate::metrics::MetricsSnapshot;
 use crate::models::{Job, JobResult, JobState, Lease, NewJob};
 use crate::pool::{build_pool, run_migrations, Config, SqlitePool};
 use crate::queue::{self, Stats, ENQUEUE_CHUNK};
-use crate::retry::{retry_busy, RetrySnapshot, RetryStats};
-use crate::wakeup::Wakeup;
+use crate::retry::RetrySnapshot;
 
 /// A cheap-to-clone handle to a queue database: a connection pool, the process's writer
 /// connection, the configuration, and the retry counters shared by every clone. The same API
@@ -57,130 +56,6 @@ macro_rules! with_engine {
     };
 }
 pub(crate) use with_engine;
-
-/// One backend's pool, writer and counters. All queue logic runs through it.
-struct Engine<C: QueueConnection> {
-    pool: r2d2::Pool<ConnectionManager<C>>,
-    config: Config,
-    stats: RetryStats,
-    metrics: Metrics,
-    /// Every write transaction of this handle runs on ONE writer connection, group-committed.
-    ///
-    /// Why one writer: SQLite lets one transaction write at a time anyway, and in WAL mode a
-    /// connection that did not make the previous commit finds the WAL changed and throws its
-    /// whole page cache away, so N connections taking turns each start every transaction
-    /// cold. One connection keeps its page cache and prepared statements warm; threads queue
-    /// in-process instead of polling the file lock through SQLite's busy handler (which sleeps
-    /// 1, 2, 5 … 100 ms per wait and lets unlucky threads starve for seconds); and operations
-    /// that queue up while one commits are committed together (see `combine.rs`). Other
-    /// processes still meet at the file lock (busy_timeout and the retry loop). Reads use the
-    /// rest of the pool and never wait for the writer (WAL).
-    ///
-    /// On PostgreSQL the same group commit saves a commit (and its WAL flush) per operation;
-    /// other processes' claims meet at `FOR UPDATE SKIP LOCKED` and never wait on our rows.
-    writer: Combiner<C>,
-    /// Wakes this process's idle workers when work arrives (see `wakeup.rs`).
-    wakeup: Arc<Wakeup>,
-    /// PostgreSQL: the URL the LISTEN thread connects to (started by the first waiting
-    /// worker). `None`: polling only.
-    #[cfg(feature = "postgres")]
-    listen_url: Option<String>,
-    #[cfg(feature = "postgres")]
-    listener: std::sync::Once,
-}
-
-impl CheckpointTarget for Engine<SqliteConnection> {
-    fn pool(&self) -> &SqlitePool {
-        &self.pool
-    }
-    fn metrics(&self) -> &Metrics {
-        &self.metrics
-    }
-    fn on_writer(
-        &self,
-        f: &mut dyn FnMut(&mut SqliteConnection) -> Result<CheckpointOutcome>,
-    ) -> Result<CheckpointOutcome> {
-        self.writer.direct(&self.ctx(), "wal_truncate", f)
-    }
-}
-
-impl<C: QueueConnection> Engine<C> {
-    fn new(pool: r2d2::Pool<ConnectionManager<C>>, config: Config) -> Engine<C> {
-        Engine {
-            pool,
-            config,
-            stats: RetryStats::default(),
-            metrics: Metrics::default(),
-            writer: Combiner::new(),
-            wakeup: Arc::new(Wakeup::default()),
-            #[cfg(feature = "postgres")]
-            listen_url: None,
-            #[cfg(feature = "postgres")]
-            listener: std::sync::Once::new(),
-        }
-    }
-
-    fn ctx(&self) -> WriteCtx<'_, C> {
-        WriteCtx {
-            pool: &self.pool,
-            policy: &self.config.retry,
-            stats: &self.stats,
-            metrics: &self.metrics,
-            slow: self.config.slow_transaction,
-            reconnect: self.reconnect_url(),
-        }
-    }
-
-    /// PostgreSQL: the URL to reopen a dropped connection with.
-    fn reconnect_url(&self) -> Option<&str> {
-        #[cfg(feature = "postgres")]
-        return self.listen_url.as_deref();
-        #[cfg(not(feature = "postgres"))]
-        None
-    }
-
-    /// Runs `op` alone on the writer connection (for closures that cannot be sent to another
-    /// thread), re-run whole while the database is busy.
-    fn run<T>(&self, name: &'static str, op: impl FnMut(&mut C) -> Result<T>) -> Result<T> {
-        self.writer.direct(&self.ctx(), name, op)
-    }
-
-    /// Runs a write operation: on SQLite as part of a group commit on the writer connection
-    /// (see `combine.rs`); on PostgreSQL as its own transaction on a pooled connection, since
-    /// PostgreSQL runs transactions in parallel (measured: group commit through one
-    /// connection ran 16 workers at a fraction of the parallel rate, each operation paying
-    /// a SAVEPOINT round trip).
-    fn write<T: Send + 'static>(
-        &self,
-        name: &'static str,
-        op: impl FnMut(&mut C) -> Result<T> + Send + 'static,
-    ) -> Result<T> {
-        if C::GROUP_COMMIT {
-            self.writer.submit(&self.ctx(), name, op)
-        } else {
-            self.writer.pooled(&self.ctx(), name, op)
-        }
-    }
-
-    /// Runs a read on a pooled connection (not the writer). A read on a connection the
-    /// server dropped is run once more on a fresh one (reads are safe to repeat).
-    fn read<T>(&self, name: &'static str, mut op: impl FnMut(&mut C) -> Result<T>) -> Result<T> {
-        let mut conn = self.pool.get()?;
-        let first = retry_busy(&self.config.retry, &self.stats, name, || op(&mut conn));
-        match first {
-            Err(e) if e.is_connection_lost() && self.reconnect_url().is_some() => {
-                crate::combine::heal(&mut *conn, &e, self.reconnect_url());
-                retry_busy(&self.config.retry, &self.stats, name, || op(&mut conn))
-            }
-            r => r,
-        }
-    }
-
-    fn validate_all(&self, jobs: &[NewJob]) -> Result<()> {
-        jobs.iter()
-            .try_for_each(|j| j.validate(self.config.max_payload_bytes))
-    }
-}
 
 impl std::fmt::Debug for Queue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
