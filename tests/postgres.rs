@@ -99,6 +99,7 @@ fn bad_postgres_urls_are_one_clear_line_each() {
         err.contains("jobdb_no_such_database") && err.contains("does not exist"),
         "{err}"
     );
+    assert_eq!(err.matches("does not exist").count(), 1, "said once: {err}");
     // A role that does not exist, with a password that must not be echoed.
     let err = one_clear_line("postgres://no_such_role:hunter2@127.0.0.1:5432/postgres");
     assert!(err.contains("no_such_role"), "{err}");

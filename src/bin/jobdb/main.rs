@@ -229,11 +229,28 @@ fn main() -> ExitCode {
     match run(cli, url_given) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            let line = format!("{err:#}").replace('\n', " ");
-            eprintln!("jobdb: error: {line}");
+            eprintln!("jobdb: error: {}", one_line(&err));
             ExitCode::from(exit_code(&err))
         }
     }
+}
+
+/// The error and its causes on one line. A cause whose text its parent's message already
+/// includes (our errors name their source in their message) is not repeated.
+fn one_line(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 fn exit_code(err: &anyhow::Error) -> u8 {
