@@ -72,12 +72,14 @@ pub(crate) fn start<T: CheckpointTarget>(target: Weak<T>, policy: Policy) {
 
 fn run<T: CheckpointTarget>(target: Weak<T>, policy: Policy) {
     let mut truncate = TruncateSchedule::default();
+    // Fixed once the database exists: read on the first round that succeeds.
+    let mut page_bytes = None;
     loop {
         std::thread::sleep(policy.every);
         let Some(t) = target.upgrade() else {
             return;
         };
-        let round = one_round(&*t, &policy, &mut truncate);
+        let round = one_round(&*t, &policy, &mut truncate, &mut page_bytes);
         if let Err(e) = round {
             tracing::warn!(error = %e, "WAL checkpoint failed; will retry");
         }
@@ -114,13 +116,18 @@ fn one_round<T: CheckpointTarget>(
     target: &T,
     policy: &Policy,
     schedule: &mut TruncateSchedule,
+    page_bytes: &mut Option<u64>,
 ) -> Result<()> {
     let metrics = target.metrics();
     let wal_bytes = {
         let mut conn = target.pool().get().map_err(Error::from)?;
         let passive = checkpoint(&mut conn, CheckpointMode::Passive)?;
         tracing::trace!(?passive, "WAL checkpoint");
-        passive.log_frames.max(0) as u64 * page_size(&mut conn)?
+        let page = match *page_bytes {
+            Some(p) => p,
+            None => *page_bytes.insert(page_size(&mut conn)?),
+        };
+        passive.log_frames.max(0) as u64 * page
     };
     metrics.checkpoints.fetch_add(1, Ordering::Relaxed);
     metrics.wal_bytes.store(wal_bytes, Ordering::Relaxed);

@@ -243,14 +243,13 @@ impl<C: QueueConnection> Combiner<C> {
         name: &'static str,
         mut f: impl FnMut(&mut C) -> Result<T>,
     ) -> Result<T> {
-        let mut conn = Some(ctx.pool.get()?);
-        let result =
-            checkout(&mut conn, ctx.pool).and_then(|c| traced(ctx, name, 1, || f(&mut *c)));
-        if let (Err(e), Some(c)) = (&result, conn.as_mut()) {
-            heal(&mut **c, e, ctx.reconnect);
+        let mut conn = ctx.pool.get()?;
+        let result = traced(ctx, name, 1, || f(&mut conn));
+        if let Err(e) = &result {
+            heal(&mut *conn, e, ctx.reconnect);
         }
         // A transaction left open is dropped, not returned to the pool.
-        discard_if_broken(&mut conn);
+        discard_if_broken(&mut Some(conn));
         result
     }
 

@@ -15,6 +15,8 @@
 //! - Sets of leases or ids travel as one JSONB array (`jsonb_array_elements`), as SQLite's
 //!   travel through `json_each`.
 
+use std::sync::OnceLock;
+
 use chrono::{DateTime, NaiveDateTime, Utc};
 use diesel::pg::PgConnection;
 use diesel::prelude::*;
@@ -120,13 +122,23 @@ impl super::QueueConnection for PgConnection {
     }
 
     fn notify_enqueued(&mut self) -> Result<()> {
-        diesel::sql_query(format!("NOTIFY {ENQUEUED_CHANNEL}")).execute(self)?;
+        diesel::sql_query(NOTIFY_ENQUEUED).execute(self)?;
         Ok(())
     }
 }
 
-/// The channel enqueues `NOTIFY` and idle workers' listeners `LISTEN` on.
-pub const ENQUEUED_CHANNEL: &str = "jobdb_enqueued";
+/// The channel enqueues `NOTIFY` and idle workers' listeners `LISTEN` on, as a literal for
+/// `concat!`.
+macro_rules! enqueued_channel {
+    () => {
+        "jobdb_enqueued"
+    };
+}
+
+/// `NOTIFY` on it, as one fixed statement.
+const NOTIFY_ENQUEUED: &str = concat!("NOTIFY ", enqueued_channel!());
+/// `LISTEN` on it.
+pub const LISTEN_ENQUEUED: &str = concat!("LISTEN ", enqueued_channel!());
 
 /// Inserts the rows in one statement and returns their ids in the order given (the sequence
 /// numbers rows in the order of `ord`; we sort, as RETURNING's order is unspecified).
@@ -189,10 +201,12 @@ pub fn claim(
     Ok(rows)
 }
 
-/// The claim statement (built once: it embeds the column list).
-fn claim_sql() -> String {
-    format!(
-        "WITH picked AS ( \
+/// The claim statement, built once (it embeds the column list).
+fn claim_sql() -> &'static str {
+    static SQL: OnceLock<String> = OnceLock::new();
+    SQL.get_or_init(|| {
+        format!(
+            "WITH picked AS ( \
            SELECT id FROM jobs \
            WHERE queue = ? AND state = 'queued' AND run_at <= ? \
              AND NOT EXISTS (SELECT 1 FROM paused_queues p WHERE p.queue = ?) \
@@ -202,7 +216,8 @@ fn claim_sql() -> String {
            heartbeat_at = ?, lease_expires_at = ?, updated_at = ? \
          WHERE id IN (SELECT id FROM picked) \
          RETURNING {JOB_COLUMNS}"
-    )
+        )
+    })
 }
 
 /// `EXPLAIN` of the claim's SELECT, one line per plan node.
@@ -272,13 +287,17 @@ pub fn heartbeat_set(
     lease_expires_at: NaiveDateTime,
 ) -> Result<Vec<(i64, bool)>> {
     let now = utc(now);
-    let rows: Vec<IdCancel> = cached(
+    static SQL: OnceLock<String> = OnceLock::new();
+    let sql = SQL.get_or_init(|| {
         format!(
             "UPDATE jobs SET heartbeat_at = ?, lease_expires_at = ?, updated_at = ? \
              FROM {LEASES} \
              WHERE jobs.id = l.lid AND jobs.attempts = l.latt AND jobs.state = 'running' \
              RETURNING jobs.id AS id, (jobs.cancel_requested_at IS NOT NULL)::int AS cancel"
-        ),
+        )
+    });
+    let rows: Vec<IdCancel> = cached(
+        sql.as_str(),
         (
             bind::<Timestamptz, _>(now),
             bind::<Timestamptz, _>(utc(lease_expires_at)),
@@ -297,7 +316,8 @@ pub fn succeed_set(
     leases_json: &str,
     now: NaiveDateTime,
 ) -> Result<Vec<i64>> {
-    let rows: Vec<Id> = cached(
+    static SQL: OnceLock<String> = OnceLock::new();
+    let sql = SQL.get_or_init(|| {
         format!(
             "UPDATE jobs SET state = 'succeeded', lease_expires_at = NULL, updated_at = ?, \
                last_error = NULL \
@@ -305,7 +325,10 @@ pub fn succeed_set(
              WHERE jobs.id = l.lid AND jobs.attempts = l.latt AND jobs.state = 'running' \
                AND jobs.cancel_requested_at IS NULL \
              RETURNING jobs.id AS id"
-        ),
+        )
+    });
+    let rows: Vec<Id> = cached(
+        sql.as_str(),
         (
             bind::<Timestamptz, _>(utc(now)),
             bind::<Text, _>(leases_json),

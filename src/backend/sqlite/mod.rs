@@ -10,6 +10,7 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Integer, Nullable, Text, Timestamp};
 use diesel::sqlite::SqliteConnection;
 
+use super::in_transaction;
 use super::stmt::{bind, cached};
 use crate::error::Result;
 use crate::models::{JobRow, NewJob, NewResultRow, ResultRow};
@@ -43,11 +44,6 @@ pub fn write_transaction<T>(
         let _ = AnsiTransactionManager::rollback_transaction(conn);
     }
     result
-}
-
-/// Whether a transaction is open on `conn` (or left in error, needing a rollback).
-pub fn in_transaction(conn: &mut SqliteConnection) -> bool {
-    super::in_transaction(conn)
 }
 
 impl super::QueueConnection for SqliteConnection {
