@@ -75,8 +75,13 @@ fn load_with_overlapping_readers(db: &TestDb, q: &Queue, secs: u64) -> (u64, Wal
     (max_file, q.metrics().wal)
 }
 
+/// Timing-sensitive: the WAL's peak is what the writer appends while a truncate waits for
+/// readers, and under the full suite's parallel load on two cores that wait stretches (it
+/// failed once in four full-suite runs). So it runs apart, after the suite, on a quiet
+/// machine: `.ci/run` calls it with `--ignored wal_bound`.
 #[test]
-fn overlapping_readers_cannot_make_the_wal_grow_past_the_truncate_limit() {
+#[ignore = "timing-sensitive: run alone (`cargo test --test main -- --ignored wal_bound`)"]
+fn wal_bound_overlapping_readers_cannot_make_the_wal_grow_past_the_truncate_limit() {
     let db = TestDb::new();
     let q = db.queue_with(|c| {
         c.checkpoint_every = Some(Duration::from_millis(100));
