@@ -174,8 +174,8 @@ impl<C: QueueConnection> Combiner<C> {
             }
             if st.done {
                 return st.result.take().unwrap_or_else(|| {
-                    Err(Error::InvalidArgument {
-                        field: "group commit",
+                    Err(Error::Internal {
+                        what: "group commit",
                         reason: "operation finished without a result".into(),
                     })
                 });
@@ -344,8 +344,8 @@ fn checkout<'a, C: QueueConnection>(
     if writer.is_none() {
         *writer = Some(pool.get()?);
     }
-    writer.as_mut().ok_or_else(|| Error::InvalidArgument {
-        field: "writer",
+    writer.as_mut().ok_or_else(|| Error::Internal {
+        what: "writer",
         reason: "no writer connection".into(),
     })
 }

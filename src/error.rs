@@ -146,6 +146,29 @@ pub enum Error {
         reason: String,
     },
 
+    /// Another live job (queued or running) of the same queue holds the job's unique key, so
+    /// the operation (e.g. `retry`) would make two live jobs with one key. Nothing changed.
+    #[error(
+        "job {job_id} cannot be {operation}: a live job of its queue holds the same unique key"
+    )]
+    UniqueConflict {
+        /// The job the operation was for.
+        job_id: i64,
+        /// What was asked: "retried", …
+        operation: &'static str,
+    },
+
+    /// A bug in jobdb: an invariant the code relies on did not hold. Never caused by the
+    /// caller's input (that is [`Error::InvalidArgument`] and friends), so it is not
+    /// [`Error::is_invalid_input`]; the CLI exits 70 (EX_SOFTWARE) for it.
+    #[error("internal error in {what}: {reason} (a bug in jobdb; please report it)")]
+    Internal {
+        /// The component whose invariant failed ("group commit", …).
+        what: &'static str,
+        /// What was found.
+        reason: String,
+    },
+
     /// Any other database error, kept whole (never stringified).
     #[error("database error: {0}")]
     Database(#[source] DieselError),
@@ -202,6 +225,29 @@ impl Error {
         matches!(self.root(), Error::NotFound { .. })
     }
 
+    /// True for [`Error::UniqueConflict`].
+    pub fn is_unique_conflict(&self) -> bool {
+        matches!(self.root(), Error::UniqueConflict { .. })
+    }
+
+    /// True for [`Error::Internal`]: a bug in jobdb, not a bad input.
+    pub fn is_internal(&self) -> bool {
+        matches!(self.root(), Error::Internal { .. })
+    }
+
+    /// True when the database refused a row because it would break a unique index
+    /// (SQLite's SQLITE_CONSTRAINT_UNIQUE / PRIMARYKEY, PostgreSQL's 23505): Diesel maps both
+    /// codes to `UniqueViolation`.
+    pub(crate) fn is_unique_violation(&self) -> bool {
+        matches!(
+            self.root(),
+            Error::Database(DieselError::DatabaseError(
+                diesel::result::DatabaseErrorKind::UniqueViolation,
+                _
+            ))
+        )
+    }
+
     /// True when the caller passed a bad value: invalid JSON, an out-of-range argument or an
     /// unusable database URL (including one where WAL cannot be enabled, such as `:memory:`).
     pub fn is_invalid_input(&self) -> bool {
@@ -244,7 +290,12 @@ impl Error {
     }
 }
 
-/// libpq's and PostgreSQL's words for a connection that is gone.
+/// libpq's and PostgreSQL's words for a connection that is gone. Diesel maps SQLSTATE class
+/// 08 and a dead libpq connection to `ClosedConnection`; these cover what it leaves as
+/// `Unknown` with only a text: the server's admin_shutdown / crash_shutdown (57P01, 57P02:
+/// "terminating connection …", in English once the pool has set `lc_messages = 'C'`) and
+/// libpq's own client-side messages, which are never translated in our libpq (pq-sys builds
+/// it without NLS).
 const CONNECTION_LOST_MESSAGES: [&str; 6] = [
     "server closed the connection",
     "no connection to the server",
@@ -255,7 +306,10 @@ const CONNECTION_LOST_MESSAGES: [&str; 6] = [
 ];
 
 /// PostgreSQL errors that roll back the whole transaction and go away when it is re-run:
-/// serialization_failure (40001) and deadlock_detected (40P01).
+/// serialization_failure (40001, by Diesel's kind, i.e. by code) and deadlock_detected
+/// (40P01). Diesel 2.3 gives 40P01 no kind and does not expose the SQLSTATE, so it is matched
+/// by its primary message, which is English because the pool sets `lc_messages = 'C'` on
+/// every connection it may (src/pool/postgres.rs).
 fn is_pg_transient(e: &DieselError) -> bool {
     match e {
         DieselError::DatabaseError(diesel::result::DatabaseErrorKind::SerializationFailure, _) => {
@@ -266,9 +320,12 @@ fn is_pg_transient(e: &DieselError) -> bool {
     }
 }
 
-/// SQLite's message for SQLITE_BUSY. `sqlite3_errmsg` masks the result code with `& 0xff`, so
-/// BUSY, BUSY_RECOVERY, BUSY_SNAPSHOT and BUSY_TIMEOUT all report this exact text, and Diesel
-/// 2.3 has no Busy error kind: it arrives as `DatabaseError(Unknown, info)`.
+/// SQLite's message for SQLITE_BUSY. Diesel 2.3 hands over only constraint codes as kinds;
+/// BUSY arrives as `DatabaseError(Unknown, info)` with `sqlite3_errmsg`'s text and no code.
+/// That text is `sqlite3_errstr(code & 0xff)`, a fixed, never-translated string per primary
+/// result code, so matching it exactly is matching the code: BUSY, BUSY_RECOVERY,
+/// BUSY_SNAPSHOT and BUSY_TIMEOUT all report it, SQLITE_LOCKED ("database table is locked")
+/// does not.
 const SQLITE_BUSY_MESSAGE: &str = "database is locked";
 
 /// SQLite's message for SQLITE_FULL (also what `PRAGMA max_page_count` produces).

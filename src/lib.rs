@@ -55,6 +55,7 @@ pub mod schema;
 #[cfg(feature = "postgres")]
 #[allow(missing_docs)]
 pub mod schema_postgres;
+pub mod timestamp;
 mod wakeup;
 pub mod worker;
 

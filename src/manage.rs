@@ -15,10 +15,6 @@ fn now() -> NaiveDateTime {
     chrono::Utc::now().naive_utc()
 }
 
-fn before(t: NaiveDateTime, d: Duration) -> NaiveDateTime {
-    t - chrono::Duration::from_std(d).unwrap_or(chrono::Duration::days(365 * 100))
-}
-
 /// What [`cancel`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -49,20 +45,15 @@ pub fn cancel<C: QueueConnection>(conn: &mut C, job_id: i64) -> Result<CancelOut
 /// Puts a `dead` or `cancelled` job back to `queued`, due now, with `max_attempts` fresh
 /// attempts (attempt numbers go on counting: they are fencing tokens and never reused). A job
 /// in another state is [`Error::WrongState`]. If a live job of the same queue took its unique
-/// key meanwhile, [`Error::InvalidArgument`] names the key conflict and nothing changes.
+/// key meanwhile, it is [`Error::UniqueConflict`] and nothing changes.
 pub fn retry<C: QueueConnection>(conn: &mut C, job_id: i64) -> Result<()> {
     let now = now();
     conn.write_transaction(|c| match c.requeue_finished(job_id, now) {
         Ok(1) => Ok(()),
         Ok(_) => Err(wrong_state(c, job_id, "retry", "a dead or cancelled job")?),
-        Err(Error::Database(diesel::result::Error::DatabaseError(
-            diesel::result::DatabaseErrorKind::UniqueViolation,
-            _,
-        ))) => Err(Error::InvalidArgument {
-            field: "unique_key",
-            reason: format!(
-                "job {job_id} cannot be retried: a live job of its queue has the same unique key"
-            ),
+        Err(e) if e.is_unique_violation() => Err(Error::UniqueConflict {
+            job_id,
+            operation: "retried",
         }),
         Err(e) => Err(e),
     })
@@ -129,8 +120,8 @@ pub(crate) fn prune_states_json(states: &[JobState]) -> Result<String> {
 }
 
 /// The cut-off time of a prune: jobs last changed before now minus `older_than`.
-pub(crate) fn prune_cutoff(older_than: Duration) -> NaiveDateTime {
-    before(now(), older_than)
+pub(crate) fn prune_cutoff(older_than: Duration) -> Result<NaiveDateTime> {
+    crate::timestamp::before("older_than", now(), older_than)
 }
 
 /// Up to `limit` ids above `after_id` of jobs in `states_json` older than `cutoff` (a read).
@@ -199,7 +190,7 @@ pub fn activity<C: QueueConnection>(
     queue: Option<&str>,
 ) -> Result<std::collections::BTreeMap<String, QueueActivity>> {
     let now = now();
-    let since = before(now, Duration::from_secs(60));
+    let since = crate::timestamp::before("since", now, Duration::from_secs(60))?;
     let paused = conn.paused_queues()?;
     let mut out: std::collections::BTreeMap<String, QueueActivity> = conn
         .queue_activity(queue, now, since)?

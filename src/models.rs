@@ -320,6 +320,9 @@ impl NewJob {
                 });
             }
         }
+        if let Some(at) = self.run_at {
+            crate::timestamp::check("run_at", at)?;
+        }
         if self.payload.len() > max_payload_bytes {
             return Err(Error::InvalidArgument {
                 field: "payload",

@@ -67,9 +67,11 @@ pub(crate) fn now() -> NaiveDateTime {
     Utc::now().naive_utc()
 }
 
-fn after(t: NaiveDateTime, d: Duration) -> NaiveDateTime {
-    // chrono::Duration covers ±292 years; anything longer is clamped far in the future.
-    t + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::days(365 * 100))
+/// When a lease taken at `t` for `d` runs out; a lease that would outlast the stored range of
+/// timestamps is [`Error::InvalidArgument`] (never clamped: a clamped lease would be a
+/// different lease than asked for).
+fn after(t: NaiveDateTime, d: Duration) -> Result<NaiveDateTime> {
+    crate::timestamp::after("lease", t, d)
 }
 
 /// Enqueues one job; returns its id. Payloads over [`DEFAULT_MAX_PAYLOAD_BYTES`] are refused
@@ -172,8 +174,8 @@ pub fn claim<C: QueueConnection>(
         return Ok(Vec::new());
     }
     let now = now();
-    let rows =
-        conn.single_statement(|c| c.claim(queue, limit, worker_id, now, after(now, lease)))?;
+    let until = after(now, lease)?;
+    let rows = conn.single_statement(|c| c.claim(queue, limit, worker_id, now, until))?;
     rows.into_iter().map(Job::try_from).collect()
 }
 
@@ -188,7 +190,7 @@ pub fn heartbeat<C: QueueConnection>(
     lease_for: Duration,
 ) -> Result<DateTime<Utc>> {
     let now = now();
-    let until = after(now, lease_for);
+    let until = after(now, lease_for)?;
     let cancel =
         conn.single_statement(
             |c| match c.heartbeat(lease.job_id, lease.attempt, now, until)? {
@@ -265,11 +267,18 @@ pub fn fail<C: QueueConnection>(
     backoff: &JobBackoff,
 ) -> Result<JobState> {
     let now = now();
-    let retry_at = after(now, backoff.delay(lease.attempt));
     conn.write_transaction(|c| {
+        // The backoff exponent counts the attempts since the last manual retry (the attempt
+        // number itself goes on counting across retries: it is the fencing token).
+        let Some(used) = c.attempts_used(lease.job_id, lease.attempt)? else {
+            return Err(lost_or_missing(c, lease)?);
+        };
+        // A backoff capped past the storable range waits as long as can be stored.
+        let retry_at = crate::timestamp::after("job_backoff", now, backoff.delay(used))
+            .unwrap_or_else(|_| crate::timestamp::latest());
         let state = match c.mark_failed(lease.job_id, lease.attempt, error, now, retry_at)? {
             Some(state) => state,
-            None => return fenced(c, 0, lease).map(|()| JobState::Dead),
+            None => return Err(lost_or_missing(c, lease)?),
         };
         c.insert_result(&result_row(
             lease,
@@ -287,8 +296,10 @@ pub fn fail<C: QueueConnection>(
 }
 
 /// Gives a running job back to the queue untouched (used at shutdown for jobs whose handler
-/// did not start or finish). The attempt stays counted: attempt numbers are fencing tokens and
-/// are never reused, so a straggling handler can never complete the next owner's attempt.
+/// did not start or finish). The attempt is given back: it does not count against
+/// `max_attempts` (`attempt_base` moves up with it). The attempt number still advances at the
+/// next claim: attempt numbers are fencing tokens and are never reused, so a straggling
+/// handler can never complete the next owner's attempt.
 pub fn release<C: QueueConnection>(conn: &mut C, lease: Lease) -> Result<()> {
     let now = now();
     conn.write_transaction(|c| {

@@ -47,6 +47,9 @@ impl Schedule {
                 reason: format!("{every:?} is shorter than the 1 s minimum"),
             });
         }
+        // Its first tick must be a storable time (the tick is the job's unique key and the
+        // schedule row's `last_tick`).
+        crate::timestamp::from_now("every", every)?;
         Schedule::new(name.into(), Every::Interval(every), job)
     }
 
@@ -87,7 +90,7 @@ impl Schedule {
             Every::Interval(every) => {
                 let step = TimeDelta::from_std(*every).ok()?;
                 let floor = t.duration_trunc(step).ok()?;
-                Some(floor + step)
+                floor.checked_add_signed(step)
             }
             Every::Cron(s) => s.after(&t).next(),
         }

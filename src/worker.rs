@@ -163,6 +163,9 @@ where
                 reason: "must be at least 1".into(),
             });
         }
+        // A lease that would run past the stored range of timestamps fails every claim: say
+        // so now, as bad input, instead of starting threads that cannot claim anything.
+        crate::timestamp::from_now("lease", self.config.lease)?;
         if self.config.handle_signals {
             self.shutdown.stop_on_signals()?;
         }

@@ -8,7 +8,7 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Double, Nullable, Text};
 
 use crate::error::Result;
-use crate::models::{JobRow, NewJob, NewResultRow, ResultRow};
+use crate::models::{JobRow, Lease, NewJob, NewResultRow, ResultRow};
 
 /// One queue's row of per-queue activity (`stats`).
 #[derive(Debug, QueryableByName)]
@@ -69,13 +69,15 @@ pub trait QueueConnection: Connection + diesel::r2d2::R2D2Connection + Send + 's
         now: NaiveDateTime,
         lease_expires_at: NaiveDateTime,
     ) -> Result<Option<bool>>;
+    /// Extends those of `leases` still held; `(lease, cancel requested)` for each.
     fn heartbeat_set(
         &mut self,
-        leases_json: &str,
+        leases: &[Lease],
         now: NaiveDateTime,
         lease_expires_at: NaiveDateTime,
-    ) -> Result<Vec<(i64, bool)>>;
-    fn succeed_set(&mut self, leases_json: &str, now: NaiveDateTime) -> Result<Vec<i64>>;
+    ) -> Result<Vec<(Lease, bool)>>;
+    /// Marks succeeded those of `leases` still held (and not cancelled); the leases marked.
+    fn succeed_set(&mut self, leases: &[Lease], now: NaiveDateTime) -> Result<Vec<Lease>>;
     fn insert_succeeded_results(&mut self, rows_json: &str, now: NaiveDateTime) -> Result<usize>;
     fn mark_succeeded(&mut self, job_id: i64, attempt: i32, now: NaiveDateTime) -> Result<usize>;
     fn mark_failed(
@@ -87,6 +89,9 @@ pub trait QueueConnection: Connection + diesel::r2d2::R2D2Connection + Send + 's
         retry_at: NaiveDateTime,
     ) -> Result<Option<String>>;
     fn release(&mut self, job_id: i64, attempt: i32, now: NaiveDateTime) -> Result<usize>;
+    /// `attempts - attempt_base` of a job while the lease holds (the attempts that count
+    /// against `max_attempts`, this one included); `None` if it does not hold.
+    fn attempts_used(&mut self, job_id: i64, attempt: i32) -> Result<Option<i32>>;
     fn insert_result(&mut self, row: &NewResultRow<'_>) -> Result<()>;
     fn expired_leases(&mut self, now: NaiveDateTime) -> Result<Vec<i64>>;
     fn reap_ids(&mut self, ids_json: &str, error: &str, now: NaiveDateTime) -> Result<usize>;
@@ -179,14 +184,18 @@ macro_rules! delegate_queue_connection {
         }
         fn heartbeat_set(
             &mut self,
-            leases_json: &str,
+            leases: &[$crate::models::Lease],
             now: NaiveDateTime,
             lease_expires_at: NaiveDateTime,
-        ) -> Result<Vec<(i64, bool)>> {
-            heartbeat_set(self, leases_json, now, lease_expires_at)
+        ) -> Result<Vec<($crate::models::Lease, bool)>> {
+            heartbeat_set(self, leases, now, lease_expires_at)
         }
-        fn succeed_set(&mut self, leases_json: &str, now: NaiveDateTime) -> Result<Vec<i64>> {
-            succeed_set(self, leases_json, now)
+        fn succeed_set(
+            &mut self,
+            leases: &[$crate::models::Lease],
+            now: NaiveDateTime,
+        ) -> Result<Vec<$crate::models::Lease>> {
+            succeed_set(self, leases, now)
         }
         fn insert_succeeded_results(
             &mut self,
@@ -215,6 +224,9 @@ macro_rules! delegate_queue_connection {
         }
         fn release(&mut self, job_id: i64, attempt: i32, now: NaiveDateTime) -> Result<usize> {
             release(self, job_id, attempt, now)
+        }
+        fn attempts_used(&mut self, job_id: i64, attempt: i32) -> Result<Option<i32>> {
+            attempts_used(self, job_id, attempt)
         }
         fn insert_result(&mut self, row: &NewResultRow<'_>) -> Result<()> {
             insert_result(self, row)
@@ -313,6 +325,37 @@ macro_rules! delegate_queue_connection {
             queue_activity(self, queue, now, since)
         }
     };
+}
+
+/// A set of leases as the JSON array `[[id, attempt], …]` the set-based statements read (with
+/// `json_each` on SQLite, `jsonb_array_elements` on PostgreSQL): one bind for any number.
+pub(crate) fn leases_json(leases: &[Lease]) -> Result<String> {
+    let pairs: Vec<(i64, i32)> = leases.iter().map(|l| (l.job_id, l.attempt)).collect();
+    serde_json::to_string(&pairs).map_err(|source| crate::Error::Json {
+        what: "leases",
+        source,
+    })
+}
+
+/// A row of a set-based statement that returns leases (`RETURNING id, attempts`) and whether
+/// a cancel was requested.
+#[derive(QueryableByName)]
+pub(crate) struct LeaseRow {
+    #[diesel(sql_type = BigInt)]
+    pub id: i64,
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    pub attempts: i32,
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    pub cancel: i32,
+}
+
+impl LeaseRow {
+    pub(crate) fn lease(&self) -> Lease {
+        Lease {
+            job_id: self.id,
+            attempt: self.attempts,
+        }
+    }
 }
 
 /// Whether a transaction is open on `conn` (or left in error, needing a rollback). Both

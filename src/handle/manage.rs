@@ -71,7 +71,7 @@ impl Queue {
         with_engine!(self, e => {
             let states_json = manage::prune_states_json(states)?;
             let per_tx = batch.jobs_per_transaction.max(1);
-            let cutoff = manage::prune_cutoff(older_than);
+            let cutoff = manage::prune_cutoff(older_than)?;
             let mut report = PruneReport::default();
             let mut after_id = 0;
             loop {

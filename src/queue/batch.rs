@@ -30,13 +30,16 @@ pub fn complete_many<C: QueueConnection>(
     items: &[Completion],
 ) -> Result<Vec<Result<()>>> {
     let leases: Vec<Lease> = items.iter().map(|it| it.lease).collect();
-    let leases_json = leases_json(&leases)?;
     let now = now();
     conn.write_transaction(|c| {
-        let done: HashSet<i64> = c.succeed_set(&leases_json, now)?.into_iter().collect();
+        // Keyed by lease: a released attempt passed beside the live one of the same job is
+        // not "done" because the job id matched.
+        let done: HashSet<Lease> = c.succeed_set(&leases, now)?.into_iter().collect();
+        // One results row per applied lease, even if the caller listed it twice.
+        let mut recorded = HashSet::new();
         let rows: Vec<(i64, i32, &str, i64)> = items
             .iter()
-            .filter(|it| done.contains(&it.lease.job_id))
+            .filter(|it| done.contains(&it.lease) && recorded.insert(it.lease))
             .map(|it| {
                 (
                     it.lease.job_id,
@@ -51,16 +54,17 @@ pub fn complete_many<C: QueueConnection>(
             source,
         })?;
         c.insert_succeeded_results(&rows_json, now)?;
-        let durations: HashMap<i64, Duration> = items
-            .iter()
-            .map(|it| (it.lease.job_id, it.duration))
-            .collect();
+        let durations: HashMap<Lease, Duration> =
+            items.iter().map(|it| (it.lease, it.duration)).collect();
+        let mut answered = HashSet::new();
         per_item(
             c,
             &leases,
-            |l| done.contains(&l.job_id).then_some(Ok(())),
+            // A lease listed twice is applied once: its first slot is Ok, a repeat is told
+            // the lease is no longer running at that attempt, as a second `complete` is.
+            |l| (done.contains(&l) && answered.insert(l)).then_some(Ok(())),
             |c, l| {
-                let d = durations.get(&l.job_id).copied().unwrap_or_default();
+                let d = durations.get(&l).copied().unwrap_or_default();
                 settle_unapplied(c, l, now, d)
             },
         )
@@ -74,19 +78,16 @@ pub fn heartbeat_many<C: QueueConnection>(
     leases: &[Lease],
     lease_for: Duration,
 ) -> Result<Vec<Result<DateTime<Utc>>>> {
-    let leases_json = leases_json(leases)?;
     let now = now();
-    let until = after(now, lease_for);
+    let until = after(now, lease_for)?;
     conn.write_transaction(|c| {
-        let extended: HashMap<i64, bool> = c
-            .heartbeat_set(&leases_json, now, until)?
-            .into_iter()
-            .collect();
+        let extended: HashMap<Lease, bool> =
+            c.heartbeat_set(leases, now, until)?.into_iter().collect();
         per_item(
             c,
             leases,
             |l| {
-                extended.get(&l.job_id).map(|&cancel| {
+                extended.get(&l).map(|&cancel| {
                     if cancel {
                         Err(Error::Cancelled { job_id: l.job_id })
                     } else {
@@ -99,21 +100,13 @@ pub fn heartbeat_many<C: QueueConnection>(
     })
 }
 
-fn leases_json(leases: &[Lease]) -> Result<String> {
-    let pairs: Vec<(i64, i32)> = leases.iter().map(|l| (l.job_id, l.attempt)).collect();
-    serde_json::to_string(&pairs).map_err(|source| Error::Json {
-        what: "leases",
-        source,
-    })
-}
-
 /// One result per lease: `applied(lease)` for those the set statement applied to, else the
 /// error `settle` finds (lease lost, not found, cancelled) in that item's slot. A query error
 /// of `settle` is the whole transaction's error, not one item's.
 fn per_item<T, C: QueueConnection>(
     conn: &mut C,
     leases: &[Lease],
-    applied: impl Fn(Lease) -> Option<Result<T>>,
+    mut applied: impl FnMut(Lease) -> Option<Result<T>>,
     settle: impl Fn(&mut C, Lease) -> Result<Error>,
 ) -> Result<Vec<Result<T>>> {
     leases

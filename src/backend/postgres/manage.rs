@@ -12,41 +12,57 @@ use crate::error::Result;
 /// index over live jobs, then, if nothing was inserted, the live job's id, in the caller's
 /// transaction. Returns `(id, inserted)`.
 ///
-/// Under READ COMMITTED a conflicting insert waits for the other transaction and then skips
-/// its row, so the live job is committed and visible to the SELECT that follows.
+/// Under READ COMMITTED each statement takes a new snapshot, so the live job that made the
+/// INSERT skip can finish (leave `queued`/`running`) before the SELECT runs: then the SELECT
+/// finds nothing and the INSERT is tried again, which now succeeds or meets the next live
+/// job. Each round needs another job to go live and finish in between, so a few rounds end it.
 pub fn insert_unique(
     conn: &mut PgConnection,
     row: &InsertJob<'_>,
     now: NaiveDateTime,
 ) -> Result<(i64, bool)> {
+    /// Rounds before giving up: each needs a live job to appear and finish in between.
+    const ROUNDS: usize = 16;
     let json = serde_json::to_string(&[row]).map_err(|source| crate::Error::Json {
         what: "job",
         source,
     })?;
-    let inserted: Option<Id> = diesel::sql_query(
-        "INSERT INTO jobs (queue, state, priority, payload, attempts, max_attempts, run_at, \
-                           created_at, updated_at, unique_key) \
-         SELECT r.queue, 'queued', r.priority, r.payload, 0, r.max_attempts, r.run_at, $2, $2, \
-                r.unique_key \
-         FROM jsonb_to_recordset($1::jsonb) AS r(queue text, priority int, payload jsonb, \
-                max_attempts int, run_at timestamptz, unique_key text) \
-         ON CONFLICT DO NOTHING RETURNING id",
-    )
-    .bind::<Text, _>(json)
-    .bind::<Timestamptz, _>(utc(now))
-    .get_result(conn)
-    .optional()?;
-    if let Some(r) = inserted {
-        return Ok((r.id, true));
+    for _ in 0..ROUNDS {
+        let inserted: Option<Id> = diesel::sql_query(
+            "INSERT INTO jobs (queue, state, priority, payload, attempts, max_attempts, run_at, \
+                               created_at, updated_at, unique_key) \
+             SELECT r.queue, 'queued', r.priority, r.payload, 0, r.max_attempts, r.run_at, $2, $2, \
+                    r.unique_key \
+             FROM jsonb_to_recordset($1::jsonb) AS r(queue text, priority int, payload jsonb, \
+                    max_attempts int, run_at timestamptz, unique_key text) \
+             ON CONFLICT DO NOTHING RETURNING id",
+        )
+        .bind::<Text, _>(&json)
+        .bind::<Timestamptz, _>(utc(now))
+        .get_result(conn)
+        .optional()?;
+        if let Some(r) = inserted {
+            return Ok((r.id, true));
+        }
+        let existing: Option<Id> = diesel::sql_query(
+            "SELECT id FROM jobs WHERE queue = $1 AND unique_key = $2 \
+             AND unique_key IS NOT NULL AND state IN ('queued', 'running')",
+        )
+        .bind::<Text, _>(row.queue)
+        .bind::<Nullable<Text>, _>(row.unique_key)
+        .get_result(conn)
+        .optional()?;
+        if let Some(existing) = existing {
+            return Ok((existing.id, false));
+        }
     }
-    let existing: Id = diesel::sql_query(
-        "SELECT id FROM jobs WHERE queue = $1 AND unique_key = $2 \
-         AND unique_key IS NOT NULL AND state IN ('queued', 'running')",
-    )
-    .bind::<Text, _>(row.queue)
-    .bind::<Nullable<Text>, _>(row.unique_key)
-    .get_result(conn)?;
-    Ok((existing.id, false))
+    Err(crate::Error::Internal {
+        what: "unique enqueue",
+        reason: format!(
+            "the live job holding the unique key changed {ROUNDS} times between an insert and \
+             its look-up"
+        ),
+    })
 }
 
 /// Cancels a queued job. Rows changed (0 or 1).

@@ -23,8 +23,9 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Integer, Nullable, Text, Timestamptz};
 
 use crate::backend::stmt::{bind, cached};
+use crate::backend::{leases_json, LeaseRow};
 use crate::error::{Error, Result};
-use crate::models::{JobRow, NewJob, NewResultRow, ResultRow};
+use crate::models::{JobRow, Lease, NewJob, NewResultRow, ResultRow};
 
 mod manage;
 pub use manage::*;
@@ -240,9 +241,7 @@ pub fn explain_claim(conn: &mut PgConnection) -> Result<String> {
 }
 
 #[derive(QueryableByName)]
-struct IdCancel {
-    #[diesel(sql_type = BigInt)]
-    id: i64,
+struct Cancel {
     #[diesel(sql_type = Integer)]
     cancel: i32,
 }
@@ -257,10 +256,10 @@ pub fn heartbeat(
     lease_expires_at: NaiveDateTime,
 ) -> Result<Option<bool>> {
     let now = utc(now);
-    let row: Option<IdCancel> = cached(
+    let row: Option<Cancel> = cached(
         "UPDATE jobs SET heartbeat_at = ?, lease_expires_at = ?, updated_at = ? \
          WHERE id = ? AND state = 'running' AND attempts = ? \
-         RETURNING id, (cancel_requested_at IS NOT NULL)::int AS cancel",
+         RETURNING (cancel_requested_at IS NOT NULL)::int AS cancel",
         (
             bind::<Timestamptz, _>(now),
             bind::<Timestamptz, _>(utc(lease_expires_at)),
@@ -278,14 +277,14 @@ pub fn heartbeat(
 const LEASES: &str = "(SELECT (e->>0)::bigint AS lid, (e->>1)::int AS latt \
                        FROM jsonb_array_elements(?::jsonb) e) AS l";
 
-/// Extends many leases in one statement; returns `(id, cancel requested)` for each lease
-/// that was still ours.
+/// Extends many leases in one statement; returns `(lease, cancel requested)` for each lease
+/// that was still ours (keyed by lease, as on SQLite).
 pub fn heartbeat_set(
     conn: &mut PgConnection,
-    leases_json: &str,
+    leases: &[Lease],
     now: NaiveDateTime,
     lease_expires_at: NaiveDateTime,
-) -> Result<Vec<(i64, bool)>> {
+) -> Result<Vec<(Lease, bool)>> {
     let now = utc(now);
     static SQL: OnceLock<String> = OnceLock::new();
     let sql = SQL.get_or_init(|| {
@@ -293,29 +292,30 @@ pub fn heartbeat_set(
             "UPDATE jobs SET heartbeat_at = ?, lease_expires_at = ?, updated_at = ? \
              FROM {LEASES} \
              WHERE jobs.id = l.lid AND jobs.attempts = l.latt AND jobs.state = 'running' \
-             RETURNING jobs.id AS id, (jobs.cancel_requested_at IS NOT NULL)::int AS cancel"
+             RETURNING jobs.id AS id, jobs.attempts AS attempts, \
+                       (jobs.cancel_requested_at IS NOT NULL)::int AS cancel"
         )
     });
-    let rows: Vec<IdCancel> = cached(
+    let rows: Vec<LeaseRow> = cached(
         sql.as_str(),
         (
             bind::<Timestamptz, _>(now),
             bind::<Timestamptz, _>(utc(lease_expires_at)),
             bind::<Timestamptz, _>(now),
-            bind::<Text, _>(leases_json),
+            bind::<Text, _>(leases_json(leases)?),
         ),
     )
     .load(conn)?;
-    Ok(rows.into_iter().map(|r| (r.id, r.cancel != 0)).collect())
+    Ok(rows.iter().map(|r| (r.lease(), r.cancel != 0)).collect())
 }
 
 /// Marks many jobs succeeded in one statement, each only if its lease is still ours and no
-/// cancel was requested; returns the ids marked.
+/// cancel was requested; returns the leases marked.
 pub fn succeed_set(
     conn: &mut PgConnection,
-    leases_json: &str,
+    leases: &[Lease],
     now: NaiveDateTime,
-) -> Result<Vec<i64>> {
+) -> Result<Vec<Lease>> {
     static SQL: OnceLock<String> = OnceLock::new();
     let sql = SQL.get_or_init(|| {
         format!(
@@ -324,18 +324,18 @@ pub fn succeed_set(
              FROM {LEASES} \
              WHERE jobs.id = l.lid AND jobs.attempts = l.latt AND jobs.state = 'running' \
                AND jobs.cancel_requested_at IS NULL \
-             RETURNING jobs.id AS id"
+             RETURNING jobs.id AS id, jobs.attempts AS attempts, 0 AS cancel"
         )
     });
-    let rows: Vec<Id> = cached(
+    let rows: Vec<LeaseRow> = cached(
         sql.as_str(),
         (
             bind::<Timestamptz, _>(utc(now)),
-            bind::<Text, _>(leases_json),
+            bind::<Text, _>(leases_json(leases)?),
         ),
     )
     .load(conn)?;
-    Ok(rows.into_iter().map(|r| r.id).collect())
+    Ok(rows.iter().map(LeaseRow::lease).collect())
 }
 
 /// Inserts many succeeded results rows in one statement. `rows_json` is
@@ -413,7 +413,8 @@ pub fn mark_failed(
 }
 
 /// Puts a running job back to `queued` (shutdown) if the lease is still ours; `cancelled`
-/// instead when a cancel was requested.
+/// instead when a cancel was requested. `attempt_base` moves up by one, so the released
+/// attempt does not count against `max_attempts`.
 pub fn release(
     conn: &mut PgConnection,
     job_id: i64,
@@ -423,6 +424,7 @@ pub fn release(
     Ok(diesel::sql_query(
         "UPDATE jobs SET \
            state = CASE WHEN cancel_requested_at IS NULL THEN 'queued' ELSE 'cancelled' END, \
+           attempt_base = attempt_base + 1, \
            run_at = $1, lease_expires_at = NULL, updated_at = $1 \
          WHERE id = $2 AND state = 'running' AND attempts = $3",
     )
@@ -430,6 +432,23 @@ pub fn release(
     .bind::<BigInt, _>(job_id)
     .bind::<Integer, _>(attempt)
     .execute(conn)?)
+}
+
+/// `attempts - attempt_base` while the lease holds, else `None`.
+pub fn attempts_used(conn: &mut PgConnection, job_id: i64, attempt: i32) -> Result<Option<i32>> {
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = Integer)]
+        used: i32,
+    }
+    let row: Option<Row> = cached(
+        "SELECT attempts - attempt_base AS used FROM jobs \
+         WHERE id = ? AND state = 'running' AND attempts = ?",
+        (bind::<BigInt, _>(job_id), bind::<Integer, _>(attempt)),
+    )
+    .get_result(conn)
+    .optional()?;
+    Ok(row.map(|r| r.used))
 }
 
 /// Marks a job succeeded (if the lease is still ours and no cancel was requested) and inserts
@@ -486,33 +505,35 @@ pub fn expired_leases(conn: &mut PgConnection, now: NaiveDateTime) -> Result<Vec
     Ok(rows.into_iter().map(|r| r.id).collect())
 }
 
-/// Reaps the listed jobs (a JSON array of ids) whose lease is still expired: a failed results
-/// row each, then requeued, dead when out of attempts, or cancelled when requested. Returns
+/// Reaps the listed jobs (a JSON array of ids) whose lease is still expired: requeued, dead
+/// when out of attempts, or cancelled when requested, each with a failed results row. Returns
 /// the number reaped.
+///
+/// ONE statement: the fenced UPDATE feeds the INSERT. Two statements (INSERT, then UPDATE)
+/// let a heartbeat commit in between under READ COMMITTED: the INSERT saw the old, expired
+/// lease and wrote a failed row, the UPDATE saw the new one and skipped the job, leaving it
+/// `running` with a stray result that broke its owner's completion and every later reap.
+/// Here the UPDATE takes each row lock and re-checks the predicate on the newest version, and
+/// only the rows it changed get a result.
 pub fn reap_ids(
     conn: &mut PgConnection,
     ids_json: &str,
     error: &str,
     now: NaiveDateTime,
 ) -> Result<usize> {
-    const IDS: &str = "id IN (SELECT value::bigint FROM jsonb_array_elements_text($1::jsonb))";
-    diesel::sql_query(format!(
-        "INSERT INTO results (job_id, attempt, outcome, output, error, created_at, duration_ms) \
-         SELECT id, attempts, 'failed', NULL, $2, $3, 0 FROM jobs \
-         WHERE {IDS} AND state = 'running' AND lease_expires_at < $3"
-    ))
-    .bind::<Text, _>(ids_json)
-    .bind::<Text, _>(error)
-    .bind::<Timestamptz, _>(utc(now))
-    .execute(conn)?;
-    Ok(diesel::sql_query(format!(
-        "UPDATE jobs SET \
-           state = CASE WHEN cancel_requested_at IS NOT NULL THEN 'cancelled' \
-                        WHEN attempts - attempt_base >= max_attempts THEN 'dead' \
-                        ELSE 'queued' END, \
-           run_at = $3, last_error = $2, lease_expires_at = NULL, updated_at = $3 \
-         WHERE {IDS} AND state = 'running' AND lease_expires_at < $3"
-    ))
+    Ok(diesel::sql_query(
+        "WITH reaped AS ( \
+           UPDATE jobs SET \
+             state = CASE WHEN cancel_requested_at IS NOT NULL THEN 'cancelled' \
+                          WHEN attempts - attempt_base >= max_attempts THEN 'dead' \
+                          ELSE 'queued' END, \
+             run_at = $3, last_error = $2, lease_expires_at = NULL, updated_at = $3 \
+           WHERE id IN (SELECT value::bigint FROM jsonb_array_elements_text($1::jsonb)) \
+             AND state = 'running' AND lease_expires_at < $3 \
+           RETURNING id, attempts) \
+         INSERT INTO results (job_id, attempt, outcome, output, error, created_at, duration_ms) \
+         SELECT id, attempts, 'failed', NULL, $2, $3, 0 FROM reaped",
+    )
     .bind::<Text, _>(ids_json)
     .bind::<Text, _>(error)
     .bind::<Timestamptz, _>(utc(now))

@@ -3,66 +3,61 @@
 
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Integer, Text, Timestamp};
+use diesel::sql_types::{Text, Timestamp};
 use diesel::sqlite::SqliteConnection;
 
 use crate::backend::stmt::{bind, cached};
+use crate::backend::{leases_json, LeaseRow};
 use crate::error::Result;
+use crate::models::Lease;
 
-/// Extends many leases in one statement. `leases_json` is `[[id, attempt], …]`; returns
-/// `(id, cancel requested)` for each lease that was still ours (the others are not touched).
+/// Extends many leases in one statement; returns `(lease, cancel requested)` for each lease
+/// that was still ours (the others are not touched). Keyed by lease, not job id: a stale lease
+/// passed beside the live lease of the same job must not be told it was extended.
 pub fn heartbeat_set(
     conn: &mut SqliteConnection,
-    leases_json: &str,
+    leases: &[Lease],
     now: NaiveDateTime,
     lease_expires_at: NaiveDateTime,
-) -> Result<Vec<(i64, bool)>> {
-    #[derive(QueryableByName)]
-    struct Row {
-        #[diesel(sql_type = BigInt)]
-        id: i64,
-        #[diesel(sql_type = Integer)]
-        cancel: i32,
-    }
-    let rows: Vec<Row> = cached(
+) -> Result<Vec<(Lease, bool)>> {
+    let rows: Vec<LeaseRow> = cached(
         "UPDATE jobs SET heartbeat_at = ?, lease_expires_at = ?, updated_at = ? \
          FROM (SELECT value ->> 0 AS lid, value ->> 1 AS latt FROM json_each(?)) AS l \
          WHERE jobs.id = l.lid AND jobs.attempts = l.latt AND jobs.state = 'running' \
-         RETURNING jobs.id AS id, jobs.cancel_requested_at IS NOT NULL AS cancel",
+         RETURNING jobs.id AS id, jobs.attempts AS attempts, \
+                   jobs.cancel_requested_at IS NOT NULL AS cancel",
         (
             bind::<Timestamp, _>(now),
             bind::<Timestamp, _>(lease_expires_at),
             bind::<Timestamp, _>(now),
-            bind::<Text, _>(leases_json),
+            bind::<Text, _>(leases_json(leases)?),
         ),
     )
     .load(conn)?;
-    Ok(rows.into_iter().map(|r| (r.id, r.cancel != 0)).collect())
+    Ok(rows.iter().map(|r| (r.lease(), r.cancel != 0)).collect())
 }
 
-/// Marks many jobs succeeded in one statement, each only if its lease is still ours.
-/// `leases_json` is `[[id, attempt], …]`; returns the ids that were marked.
+/// Marks many jobs succeeded in one statement, each only if its lease is still ours and no
+/// cancel was requested; returns the leases that were marked.
 pub fn succeed_set(
     conn: &mut SqliteConnection,
-    leases_json: &str,
+    leases: &[Lease],
     now: NaiveDateTime,
-) -> Result<Vec<i64>> {
-    #[derive(QueryableByName)]
-    struct Row {
-        #[diesel(sql_type = BigInt)]
-        id: i64,
-    }
-    let rows: Vec<Row> = cached(
+) -> Result<Vec<Lease>> {
+    let rows: Vec<LeaseRow> = cached(
         "UPDATE jobs SET state = 'succeeded', lease_expires_at = NULL, updated_at = ?, \
            last_error = NULL \
          FROM (SELECT value ->> 0 AS lid, value ->> 1 AS latt FROM json_each(?)) AS l \
          WHERE jobs.id = l.lid AND jobs.attempts = l.latt AND jobs.state = 'running' \
            AND jobs.cancel_requested_at IS NULL \
-         RETURNING jobs.id AS id",
-        (bind::<Timestamp, _>(now), bind::<Text, _>(leases_json)),
+         RETURNING jobs.id AS id, jobs.attempts AS attempts, 0 AS cancel",
+        (
+            bind::<Timestamp, _>(now),
+            bind::<Text, _>(leases_json(leases)?),
+        ),
     )
     .load(conn)?;
-    Ok(rows.into_iter().map(|r| r.id).collect())
+    Ok(rows.iter().map(LeaseRow::lease).collect())
 }
 
 /// Inserts many succeeded results rows in one statement. `rows_json` is

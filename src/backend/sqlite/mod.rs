@@ -284,7 +284,8 @@ pub fn mark_failed(
 }
 
 /// Puts a running job back to `queued` (shutdown), if the lease is still ours; a job whose
-/// cancel was requested becomes `cancelled` instead.
+/// cancel was requested becomes `cancelled` instead. `attempt_base` moves up by one, so the
+/// released attempt does not count against `max_attempts`.
 pub fn release(
     conn: &mut SqliteConnection,
     job_id: i64,
@@ -294,6 +295,7 @@ pub fn release(
     Ok(cached(
         "UPDATE jobs SET \
            state = CASE WHEN cancel_requested_at IS NULL THEN 'queued' ELSE 'cancelled' END, \
+           attempt_base = attempt_base + 1, \
            run_at = ?, lease_expires_at = NULL, updated_at = ? \
          WHERE id = ? AND state = 'running' AND attempts = ?",
         (
@@ -304,6 +306,27 @@ pub fn release(
         ),
     )
     .execute(conn)?)
+}
+
+/// `attempts - attempt_base` while the lease holds, else `None`.
+pub fn attempts_used(
+    conn: &mut SqliteConnection,
+    job_id: i64,
+    attempt: i32,
+) -> Result<Option<i32>> {
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = Integer)]
+        used: i32,
+    }
+    let row: Option<Row> = cached(
+        "SELECT attempts - attempt_base AS used FROM jobs \
+         WHERE id = ? AND state = 'running' AND attempts = ?",
+        (bind::<BigInt, _>(job_id), bind::<Integer, _>(attempt)),
+    )
+    .get_result(conn)
+    .optional()?;
+    Ok(row.map(|r| r.used))
 }
 
 /// Inserts one results row.

@@ -145,7 +145,8 @@ struct EnqueueArgs {
     #[arg(long, default_value_t = 5, allow_negative_numbers = true)]
     max_attempts: i32,
     /// At most one live (queued or running) job per queue with this key: a duplicate prints
-    /// the existing job's id and enqueues nothing
+    /// the existing job's id and enqueues nothing. With --file, only for a file of one job
+    /// (one key for many lines would drop all but one: refused, exit 2)
     #[arg(long)]
     unique_key: Option<String>,
 }
@@ -261,6 +262,8 @@ fn exit_code(err: &anyhow::Error) -> u8 {
         Some(e) if e.is_busy() => 75,
         Some(e) if e.is_not_found() => 3,
         Some(e) if e.is_timeout() => 124,
+        // A bug in jobdb, never the user's input: EX_SOFTWARE, not "bad usage".
+        Some(e) if e.is_internal() => 70,
         Some(e) if e.is_invalid_input() || matches!(e, jobdb::Error::WalUnavailable { .. }) => 2,
         _ => 1,
     }
@@ -323,9 +326,7 @@ fn run(cli: Cli, url_given: bool) -> Result<()> {
 
 fn enqueue(url: &str, args: EnqueueArgs) -> Result<()> {
     let run_at = match (args.delay, args.run_at) {
-        (Some(delay), _) => {
-            Some(Utc::now() + chrono::Duration::from_std(delay).context("--delay is too long")?)
-        }
+        (Some(delay), _) => Some(jobdb::timestamp::from_now("delay", delay)?),
         (None, at) => at,
     };
     let build = |json: &str| -> jobdb::Result<NewJob> {
@@ -377,6 +378,17 @@ fn enqueue(url: &str, args: EnqueueArgs) -> Result<()> {
             ))
         })?;
         jobs.push(job);
+    }
+    if args.unique_key.is_some() && jobs.len() > 1 {
+        // One key for every line admits one live job: the other lines would be dropped.
+        return Err(UsageError(format!(
+            "{}: --unique-key gives all {} lines the same key, so at most one could be \
+             enqueued; give each job its own key (one enqueue per line) or drop --unique-key; \
+             nothing was enqueued",
+            path.display(),
+            jobs.len()
+        ))
+        .into());
     }
     let ids = open(url)?.enqueue_batch(&jobs)?;
     println!("{}", ids.len());

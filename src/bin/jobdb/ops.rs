@@ -3,7 +3,6 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use chrono::Utc;
 use clap::Args;
 use jobdb::{CancelOutcome, JobState, NewJob, PruneBatch, Queue, Schedule, Scheduler};
 
@@ -153,7 +152,7 @@ pub fn schedule(queue: &Queue, args: ScheduleArgs) -> Result<()> {
     let stop = scheduler.shutdown_handle();
     stop.stop_on_signals()?;
     let until = match args.run_for {
-        Some(d) => Some(Utc::now() + chrono::Duration::from_std(d)?),
+        Some(d) => Some(jobdb::timestamp::from_now("for", d)?),
         None => None,
     };
     let report = scheduler.run(until);

@@ -1,0 +1,2 @@
+-- The repaired values cannot be told apart from real ones: nothing to undo.
+SELECT 1;
