@@ -11,9 +11,7 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::models::{validate_queue_name, JobState};
 
-fn now() -> NaiveDateTime {
-    chrono::Utc::now().naive_utc()
-}
+use crate::timestamp::now;
 
 /// What [`cancel`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -56,6 +54,43 @@ pub fn retry<C: QueueConnection>(conn: &mut C, job_id: i64) -> Result<()> {
             operation: "retried",
         }),
         Err(e) => Err(e),
+    })
+}
+
+/// Enqueues `schedule`'s job for `tick` unless some scheduler already did: a compare-and-set
+/// on the schedule's `last_tick` and the insert, in one write transaction (a savepoint inside
+/// the caller's), so each tick is enqueued once however many schedulers run. Returns the new
+/// job's id, or `None` when the tick was already taken.
+pub fn enqueue_tick<C: QueueConnection>(
+    conn: &mut C,
+    schedule: &crate::Schedule,
+    tick: chrono::DateTime<chrono::Utc>,
+) -> Result<Option<i64>> {
+    enqueue_tick_validated(
+        conn,
+        schedule,
+        tick,
+        crate::models::DEFAULT_MAX_PAYLOAD_BYTES,
+    )
+}
+
+/// [`enqueue_tick`] with the handle's payload limit.
+pub(crate) fn enqueue_tick_validated<C: QueueConnection>(
+    conn: &mut C,
+    schedule: &crate::Schedule,
+    tick: chrono::DateTime<chrono::Utc>,
+    max_payload_bytes: usize,
+) -> Result<Option<i64>> {
+    let tick = crate::timestamp::check("tick", tick)?.naive_utc();
+    let job = schedule.job_for(tick.and_utc());
+    job.validate(max_payload_bytes)?;
+    let now = now();
+    conn.write_transaction(|c| {
+        if !c.advance_schedule(schedule.name(), tick, now)? {
+            return Ok(None);
+        }
+        let done = crate::queue::insert_reporting(c, std::slice::from_ref(&job))?;
+        Ok(done.first().map(|e| e.id))
     })
 }
 

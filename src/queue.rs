@@ -63,9 +63,7 @@ impl JobBackoff {
     }
 }
 
-pub(crate) fn now() -> NaiveDateTime {
-    Utc::now().naive_utc()
-}
+pub(crate) use crate::timestamp::now;
 
 /// When a lease taken at `t` for `d` runs out; a lease that would outlast the stored range of
 /// timestamps is [`Error::InvalidArgument`] (never clamped: a clamped lease would be a

@@ -72,9 +72,19 @@ pub fn latest() -> NaiveDateTime {
         .unwrap_or(NaiveDateTime::MAX)
 }
 
+/// The current time as jobdb stores it: UTC, whole microseconds (PostgreSQL's precision, so
+/// both backends hand back exactly the instants they were given).
+pub fn now() -> NaiveDateTime {
+    let t = Utc::now().naive_utc();
+    t.checked_sub_signed(TimeDelta::nanoseconds(i64::from(
+        t.and_utc().timestamp_subsec_nanos() % 1000,
+    )))
+    .unwrap_or(t)
+}
+
 /// Now plus `d`, checked like [`after`] (the CLI's `--delay`, `--for`; a worker's lease).
 pub fn from_now(field: &'static str, d: Duration) -> Result<DateTime<Utc>> {
-    Ok(after(field, Utc::now().naive_utc(), d)?.and_utc())
+    Ok(after(field, now(), d)?.and_utc())
 }
 
 #[cfg(test)]

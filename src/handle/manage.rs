@@ -7,7 +7,6 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::{with_engine, Queue, Store};
-use crate::backend::QueueConnection;
 use crate::error::{Error, Result};
 use crate::manage::{self, CancelOutcome, PruneBatch, QueueActivity, Retention};
 use crate::models::{Job, JobState, NewJob};
@@ -137,18 +136,10 @@ impl Queue {
     /// Returns the new job's id, or `None` when the tick was already taken.
     pub fn enqueue_tick(&self, schedule: &Schedule, tick: DateTime<Utc>) -> Result<Option<i64>> {
         self.woke(with_engine!(self, e => {
-            let job = schedule.job_for(tick);
-            job.validate(e.config.max_payload_bytes)?;
-            let name = schedule.name().to_owned();
+            let max_payload = e.config.max_payload_bytes;
+            let schedule = schedule.clone();
             e.write("enqueue_tick", move |c| {
-                c.write_transaction(|c| {
-                    let now = Utc::now().naive_utc();
-                    if !c.advance_schedule(&name, tick.naive_utc(), now)? {
-                        return Ok(None);
-                    }
-                    let done = queue::insert_reporting(c, std::slice::from_ref(&job))?;
-                    Ok(done.first().map(|e| e.id))
-                })
+                manage::enqueue_tick_validated(c, &schedule, tick, max_payload)
             })
         }))
     }
