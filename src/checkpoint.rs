@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use diesel::sqlite::SqliteConnection;
 
-use crate::backend::sqlite::{checkpoint, page_size, CheckpointMode, CheckpointOutcome};
+use crate::driver::sqlite::{checkpoint, page_size, CheckpointMode, CheckpointOutcome};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::pool::SqlitePool;

@@ -14,7 +14,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use diesel::r2d2::{ConnectionManager, R2D2Connection};
 
-use crate::backend::QueueConnection;
+use crate::driver::QueueConnection;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::retry::{retry_busy, RetryPolicy, RetryStats};

@@ -116,7 +116,7 @@ pub fn diagnose(url: &str, config: &Config) -> Result<Diagnosis> {
             !fs.network,
         ));
     }
-    let sqlite_version = crate::queue::sqlite_version(&mut conn)?;
+    let sqlite_version = crate::queue::backend_version(&mut conn)?;
     let compile_options = compile_options(&mut conn)?;
     let threadsafe = !compile_options.iter().any(|o| o == "THREADSAFE=0");
     checks.push(check("threadsafe", threadsafe, true, threadsafe));

@@ -16,8 +16,8 @@ use chrono::{DateTime, Utc};
 use diesel::sqlite::SqliteConnection;
 use serde::Serialize;
 
-use crate::backend::QueueConnection;
 use crate::checkpoint;
+use crate::driver::{JobDriver, ReadDriver};
 #[cfg(feature = "postgres")]
 use crate::error::Error;
 use crate::error::Result;
@@ -129,11 +129,10 @@ impl Queue {
 
     /// Which backend this queue is on: `"sqlite"` or `"postgres"`.
     pub fn backend(&self) -> &'static str {
-        match &self.store {
-            Store::Sqlite(_) => "sqlite",
-            #[cfg(feature = "postgres")]
-            Store::Postgres(_) => "postgres",
+        fn name<C: crate::QueueConnection>(_: &Engine<C>) -> &'static str {
+            C::NAME
         }
+        with_engine!(self, e => name(e))
     }
 
     /// Applies pending embedded migrations; returns the versions applied.

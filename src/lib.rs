@@ -31,12 +31,12 @@
 //! ```
 #![warn(missing_docs)]
 
-mod backend;
 #[cfg(feature = "cli")]
 pub mod bench;
 mod checkpoint;
 mod combine;
 pub mod doctor;
+mod driver;
 mod error;
 pub mod exec;
 pub mod fsinfo;
@@ -59,7 +59,7 @@ pub mod timestamp;
 mod wakeup;
 pub mod worker;
 
-pub use backend::QueueConnection;
+pub use driver::QueueConnection;
 pub use error::{Error, Result};
 pub use handle::{PruneReport, Queue};
 pub use manage::{CancelOutcome, PruneBatch, QueueActivity, Retention};

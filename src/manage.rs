@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::backend::QueueConnection;
+use crate::driver::QueueConnection;
 use chrono::NaiveDateTime;
 use serde::Serialize;
 
@@ -131,8 +131,8 @@ impl Default for PruneBatch {
     }
 }
 
-/// Checks and encodes the states to prune as a JSON array.
-pub(crate) fn prune_states_json(states: &[JobState]) -> Result<String> {
+/// Checks the states to prune: at least one, finished ones only.
+pub(crate) fn check_prune_states(states: &[JobState]) -> Result<()> {
     if states.is_empty() {
         return Err(Error::InvalidArgument {
             field: "state",
@@ -147,11 +147,7 @@ pub(crate) fn prune_states_json(states: &[JobState]) -> Result<String> {
             ),
         });
     }
-    let names: Vec<&str> = states.iter().map(|s| s.as_str()).collect();
-    serde_json::to_string(&names).map_err(|source| Error::Json {
-        what: "states",
-        source,
-    })
+    Ok(())
 }
 
 /// The cut-off time of a prune: jobs last changed before now minus `older_than`.
@@ -159,29 +155,25 @@ pub(crate) fn prune_cutoff(older_than: Duration) -> Result<NaiveDateTime> {
     crate::timestamp::before("older_than", now(), older_than)
 }
 
-/// Up to `limit` ids above `after_id` of jobs in `states_json` older than `cutoff` (a read).
+/// Up to `limit` ids above `after_id` of jobs in `states` older than `cutoff` (a read).
 pub(crate) fn prunable_ids<C: QueueConnection>(
     conn: &mut C,
-    states_json: &str,
+    states: &[JobState],
     cutoff: NaiveDateTime,
     after_id: i64,
     limit: usize,
 ) -> Result<Vec<i64>> {
-    conn.finished_before(states_json, cutoff, after_id, limit as i64)
+    conn.finished_before(states, cutoff, after_id, limit as i64)
 }
 
 /// Deletes those of `ids` still prunable, with their results, in one write transaction.
 pub(crate) fn delete_prunable<C: QueueConnection>(
     conn: &mut C,
     ids: &[i64],
-    states_json: &str,
+    states: &[JobState],
     cutoff: NaiveDateTime,
 ) -> Result<usize> {
-    let ids_json = serde_json::to_string(ids).map_err(|source| Error::Json {
-        what: "job ids",
-        source,
-    })?;
-    conn.write_transaction(|c| c.delete_finished(&ids_json, states_json, cutoff))
+    conn.write_transaction(|c| c.delete_finished(ids, states, cutoff))
 }
 
 /// Pauses `queue`: no job of it is claimed until [`resume`]. Running jobs finish normally.

@@ -9,7 +9,7 @@ use diesel::sqlite::SqliteConnection;
 use diesel::Connection;
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
-use crate::backend::sqlite::write_transaction;
+use crate::driver::JobDriver;
 use crate::error::{Error, Result};
 use crate::models::DEFAULT_MAX_PAYLOAD_BYTES;
 use crate::pragmas::{enable_wal, ConnectionCustomizer, Pragmas, Synchronous};
@@ -325,7 +325,7 @@ pub fn run_migrations(
     stats: &RetryStats,
 ) -> Result<Vec<String>> {
     retry_busy(policy, stats, "migrate", || {
-        write_transaction(conn, |c| {
+        conn.write_transaction(|c| {
             let applied = c
                 .run_pending_migrations(SQLITE_MIGRATIONS)
                 .map_err(Error::Migration)?;

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use crate::backend::QueueConnection;
+use crate::driver::{ClaimParams, FailParams, QueueConnection};
 use chrono::{DateTime, NaiveDateTime, Utc};
 use serde::Serialize;
 
@@ -23,8 +23,8 @@ mod read;
 
 pub use batch::{complete_many, heartbeat_many, Completion};
 pub use read::{
-    any_running, audit, explain_claim, get_job, get_results, insert_finished, queued_count,
-    sqlite_version, stats, Audit, StateCounts, Stats,
+    any_running, audit, backend_version, explain_claim, get_job, get_results, insert_finished,
+    queued_count, stats, Audit, StateCounts, Stats,
 };
 
 /// Largest number of rows inserted by one transaction of [`enqueue_many`]: long enough to
@@ -173,7 +173,14 @@ pub fn claim<C: QueueConnection>(
     }
     let now = now();
     let until = after(now, lease)?;
-    let rows = conn.single_statement(|c| c.claim(queue, limit, worker_id, now, until))?;
+    let params = ClaimParams {
+        queue,
+        limit,
+        worker_id,
+        now,
+        lease_expires_at: until,
+    };
+    let rows = conn.atomic_write(|c| c.claim(&params))?;
     rows.into_iter().map(Job::try_from).collect()
 }
 
@@ -189,13 +196,10 @@ pub fn heartbeat<C: QueueConnection>(
 ) -> Result<DateTime<Utc>> {
     let now = now();
     let until = after(now, lease_for)?;
-    let cancel =
-        conn.single_statement(
-            |c| match c.heartbeat(lease.job_id, lease.attempt, now, until)? {
-                Some(cancel) => Ok(cancel),
-                None => Err(lost_or_missing(c, lease)?),
-            },
-        )?;
+    let cancel = conn.atomic_write(|c| match c.heartbeat(lease, now, until)? {
+        Some(cancel) => Ok(cancel),
+        None => Err(lost_or_missing(c, lease)?),
+    })?;
     if cancel {
         return Err(Error::Cancelled {
             job_id: lease.job_id,
@@ -234,7 +238,7 @@ pub fn complete_json<C: QueueConnection>(
         now,
         duration,
     );
-    let cancelled = conn.single_statement(|c| {
+    let cancelled = conn.atomic_write(|c| {
         if c.succeed_with_result(&row)? == 0 {
             // A cancelled attempt is committed as such (two writes: a transaction of their
             // own); any other reason writes nothing.
@@ -268,13 +272,19 @@ pub fn fail<C: QueueConnection>(
     conn.write_transaction(|c| {
         // The backoff exponent counts the attempts since the last manual retry (the attempt
         // number itself goes on counting across retries: it is the fencing token).
-        let Some(used) = c.attempts_used(lease.job_id, lease.attempt)? else {
+        let Some(used) = c.attempts_used(lease)? else {
             return Err(lost_or_missing(c, lease)?);
         };
         // A backoff capped past the storable range waits as long as can be stored.
         let retry_at = crate::timestamp::after("job_backoff", now, backoff.delay(used))
             .unwrap_or_else(|_| crate::timestamp::latest());
-        let state = match c.mark_failed(lease.job_id, lease.attempt, error, now, retry_at)? {
+        let failed = FailParams {
+            lease,
+            error,
+            now,
+            retry_at,
+        };
+        let state = match c.mark_failed(&failed)? {
             Some(state) => state,
             None => return Err(lost_or_missing(c, lease)?),
         };
@@ -286,10 +296,7 @@ pub fn fail<C: QueueConnection>(
             now,
             duration,
         ))?;
-        JobState::parse(&state).ok_or_else(|| Error::CorruptRow {
-            table: "jobs",
-            reason: format!("job {} got unknown state {state:?}", lease.job_id),
-        })
+        Ok(state)
     })
 }
 
@@ -301,7 +308,7 @@ pub fn fail<C: QueueConnection>(
 pub fn release<C: QueueConnection>(conn: &mut C, lease: Lease) -> Result<()> {
     let now = now();
     conn.write_transaction(|c| {
-        let changed = c.release(lease.job_id, lease.attempt, now)?;
+        let changed = c.release(lease, now)?;
         fenced(c, changed, lease)
     })
 }
@@ -328,12 +335,8 @@ pub fn reap_listed<C: QueueConnection>(conn: &mut C, ids: &[i64]) -> Result<usiz
     if ids.is_empty() {
         return Ok(0);
     }
-    let ids_json = serde_json::to_string(ids).map_err(|source| Error::Json {
-        what: "job ids",
-        source,
-    })?;
     let now = now();
-    conn.write_transaction(|c| c.reap_ids(&ids_json, LEASE_EXPIRED_ERROR, now))
+    conn.write_transaction(|c| c.reap_ids(ids, LEASE_EXPIRED_ERROR, now))
 }
 
 /// Turns "rows changed" of a fenced update into `Ok` or the right error: [`Error::NotFound`]
@@ -370,7 +373,7 @@ fn settle_unapplied<C: QueueConnection>(
     now: NaiveDateTime,
     duration: Duration,
 ) -> Result<Error> {
-    if conn.finish_cancelled(lease.job_id, lease.attempt, CANCELLED_ERROR, now)? == 1 {
+    if conn.finish_cancelled(lease, CANCELLED_ERROR, now)? == 1 {
         conn.insert_result(&result_row(
             lease,
             Outcome::Failed,

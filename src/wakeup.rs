@@ -55,7 +55,7 @@ pub(crate) fn start_postgres_listener(url: String, wakeup: std::sync::Weak<Wakeu
                 let listening = PgConnection::establish(&url)
                     .map_err(|e| e.to_string())
                     .and_then(|mut c| {
-                        diesel::sql_query(crate::backend::postgres::LISTEN_ENQUEUED)
+                        diesel::sql_query(crate::driver::postgres::LISTEN_ENQUEUED)
                             .execute(&mut c)
                             .map(|_| c)
                             .map_err(|e| e.to_string())

@@ -6,10 +6,10 @@ use std::sync::Arc;
 use diesel::r2d2::ConnectionManager;
 use diesel::sqlite::SqliteConnection;
 
-use crate::backend::sqlite::CheckpointOutcome;
-use crate::backend::QueueConnection;
 use crate::checkpoint::CheckpointTarget;
 use crate::combine::{Combiner, WriteCtx};
+use crate::driver::sqlite::CheckpointOutcome;
+use crate::driver::QueueConnection;
 use crate::error::Result;
 use crate::metrics::Metrics;
 use crate::models::NewJob;

@@ -68,14 +68,14 @@ impl Queue {
         batch: PruneBatch,
     ) -> Result<PruneReport> {
         with_engine!(self, e => {
-            let states_json = manage::prune_states_json(states)?;
+            manage::check_prune_states(states)?;
             let per_tx = batch.jobs_per_transaction.max(1);
             let cutoff = manage::prune_cutoff(older_than)?;
             let mut report = PruneReport::default();
             let mut after_id = 0;
             loop {
                 let ids = e.read("prune_scan", |c| {
-                    manage::prunable_ids(c, &states_json, cutoff, after_id, per_tx)
+                    manage::prunable_ids(c, states, cutoff, after_id, per_tx)
                 })?;
                 let Some(&last) = ids.last() else {
                     return Ok(report);
@@ -84,7 +84,7 @@ impl Queue {
                 // transaction's own hold on the write lock.
                 let (deleted, held) = e.run("prune", |c| {
                     let started = Instant::now();
-                    let n = manage::delete_prunable(c, &ids, &states_json, cutoff)?;
+                    let n = manage::delete_prunable(c, &ids, states, cutoff)?;
                     Ok((n, started.elapsed()))
                 })?;
                 report.deleted += deleted as u64;

@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use crate::backend::QueueConnection;
+use crate::driver::{QueueConnection, SucceededRow};
 use chrono::{DateTime, Utc};
 
 use super::{after, lost_or_missing, millis, now, settle_unapplied};
@@ -37,23 +37,16 @@ pub fn complete_many<C: QueueConnection>(
         let done: HashSet<Lease> = c.succeed_set(&leases, now)?.into_iter().collect();
         // One results row per applied lease, even if the caller listed it twice.
         let mut recorded = HashSet::new();
-        let rows: Vec<(i64, i32, &str, i64)> = items
+        let rows: Vec<SucceededRow<'_>> = items
             .iter()
             .filter(|it| done.contains(&it.lease) && recorded.insert(it.lease))
-            .map(|it| {
-                (
-                    it.lease.job_id,
-                    it.lease.attempt,
-                    it.output_json.as_str(),
-                    millis(it.duration),
-                )
+            .map(|it| SucceededRow {
+                lease: it.lease,
+                output_json: &it.output_json,
+                duration_ms: millis(it.duration),
             })
             .collect();
-        let rows_json = serde_json::to_string(&rows).map_err(|source| Error::Json {
-            what: "results",
-            source,
-        })?;
-        c.insert_succeeded_results(&rows_json, now)?;
+        c.insert_succeeded_results(&rows, now)?;
         let durations: HashMap<Lease, Duration> =
             items.iter().map(|it| (it.lease, it.duration)).collect();
         let mut answered = HashSet::new();

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::backend::QueueConnection;
+use crate::driver::QueueConnection;
 use serde::Serialize;
 
 use super::now;
@@ -46,12 +46,7 @@ pub struct Audit {
 
 /// Checks exactly-once completion of a queue in SQL, independently of what workers reported.
 pub fn audit<C: QueueConnection>(conn: &mut C, queue: &str) -> Result<Audit> {
-    let (jobs, not_succeeded, duplicated) = conn.audit(queue)?;
-    Ok(Audit {
-        jobs,
-        not_succeeded,
-        duplicated,
-    })
+    conn.audit(queue)
 }
 
 /// Queued jobs of `queue`, due or scheduled.
@@ -75,8 +70,8 @@ pub fn insert_finished<C: QueueConnection>(conn: &mut C, queue: &str, n: u64) ->
     conn.write_transaction(|c| c.insert_finished(queue, n, now))
 }
 
-/// The version of the SQLite library in use.
-pub fn sqlite_version<C: QueueConnection>(conn: &mut C) -> Result<String> {
+/// The version of the SQLite library, or of the PostgreSQL server, in use.
+pub fn backend_version<C: QueueConnection>(conn: &mut C) -> Result<String> {
     conn.version()
 }
 
@@ -125,10 +120,6 @@ pub struct Stats {
 pub fn stats<C: QueueConnection>(conn: &mut C, queue: Option<&str>) -> Result<Stats> {
     let mut stats = Stats::default();
     for (q, state, n) in conn.count_by_queue_state(queue)? {
-        let state = JobState::parse(&state).ok_or_else(|| Error::CorruptRow {
-            table: "jobs",
-            reason: format!("unknown state {state:?} in queue {q:?}"),
-        })?;
         stats.total.add(state, n);
         stats.queues.entry(q).or_default().add(state, n);
     }

@@ -1,0 +1,303 @@
+//! The drivers: one per backend, each a set of statements and nothing else. The queue logic in
+//! `queue.rs` and `manage.rs` decides what to call, in which transaction and with which
+//! timestamps; a driver runs its backend's SQL for it, with typed parameters (leases, ids,
+//! states) and typed results, and encodes whatever its SQL needs (the JSON arrays that carry
+//! sets of leases or ids into one statement) itself.
+//!
+//! As River's driver executors are, each is split by concern into crate-private traits that
+//! are implemented where their SQL lives (`sqlite/*.rs`, `postgres/*.rs`): the job lifecycle
+//! ([`JobDriver`]), set-based statements ([`BatchDriver`]), operator features
+//! ([`ManageDriver`]) and reads ([`ReadDriver`]). [`QueueConnection`], the public bound of the
+//! connection-level API, is sealed by them: code outside the crate can neither implement it
+//! nor call a driver method (so nothing can bypass the fencing in `queue.rs`).
+
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Double, Nullable, Text};
+
+use crate::error::Result;
+use crate::models::{JobRow, JobState, Lease, NewJob, NewResultRow, ResultRow};
+use crate::queue::Audit;
+
+/// A database connection the connection-level API ([`crate::queue`], [`crate::manage`]) runs
+/// on: `SqliteConnection` and (feature `postgres`) `PgConnection`. Sealed: its methods are the
+/// crate's drivers, not public API.
+#[allow(private_bounds)] // the point: the driver traits are crate-private
+pub trait QueueConnection:
+    JobDriver + BatchDriver + ManageDriver + ReadDriver + diesel::r2d2::R2D2Connection
+{
+}
+
+impl<C> QueueConnection for C where
+    C: JobDriver + BatchDriver + ManageDriver + ReadDriver + diesel::r2d2::R2D2Connection
+{
+}
+
+/// What a claim statement needs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ClaimParams<'a> {
+    pub queue: &'a str,
+    pub limit: u32,
+    pub worker_id: &'a str,
+    pub now: NaiveDateTime,
+    pub lease_expires_at: NaiveDateTime,
+}
+
+/// What recording a failed attempt needs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FailParams<'a> {
+    pub lease: Lease,
+    pub error: &'a str,
+    pub now: NaiveDateTime,
+    /// When the job runs again if attempts remain.
+    pub retry_at: NaiveDateTime,
+}
+
+/// One succeeded results row of a batched completion.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SucceededRow<'a> {
+    pub lease: Lease,
+    /// The output, JSON text.
+    pub output_json: &'a str,
+    pub duration_ms: i64,
+}
+
+/// One queue's row of per-queue activity (`stats`).
+#[derive(Debug, QueryableByName)]
+pub(crate) struct ActivityRow {
+    /// The queue.
+    #[diesel(sql_type = Text)]
+    pub queue: String,
+    /// Seconds the oldest due queued job has waited (`None`: nothing due).
+    #[diesel(sql_type = Nullable<Double>)]
+    pub oldest_due_s: Option<f64>,
+    /// Jobs succeeded since `since`.
+    #[diesel(sql_type = BigInt)]
+    pub succeeded: i64,
+    /// Jobs that went dead since `since`.
+    #[diesel(sql_type = BigInt)]
+    pub dead: i64,
+}
+
+/// The job lifecycle: transactions, enqueue, claim, heartbeat, completion, failure, release,
+/// reaping. Each method is one round trip of SQL (or two inside the caller's transaction,
+/// where a backend needs two); fencing and state transitions are decided by the callers.
+pub(crate) trait JobDriver: Connection + Send + 'static {
+    /// Whether the handle group-commits this backend's writes on one writer connection
+    /// (SQLite: one writer at a time anyway) or runs them in parallel on pooled connections
+    /// (PostgreSQL).
+    const GROUP_COMMIT: bool;
+    /// `"sqlite"` or `"postgres"`.
+    const NAME: &'static str;
+    /// Runs `f` as one write transaction (a savepoint inside an open one).
+    fn write_transaction<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T>;
+    /// Whether a transaction is open (or left in error).
+    fn in_transaction(&mut self) -> bool;
+    /// Runs `f`, whose writes are ONE statement (reads may follow it), atomically: on SQLite
+    /// as a write transaction (`BEGIN IMMEDIATE`, so busy handling stays whole-transaction);
+    /// on PostgreSQL, outside a transaction, as that statement alone (it commits by itself,
+    /// saving the BEGIN and COMMIT round trips), inside one as a savepoint.
+    fn atomic_write<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T>;
+    /// Inserts validated jobs without unique keys; ids in the order given.
+    fn insert_new(&mut self, jobs: &[NewJob], now: NaiveDateTime) -> Result<Vec<i64>>;
+    /// `EXPLAIN` of the claim statement, one line per plan step.
+    fn explain_claim(&mut self) -> Result<String>;
+    /// Takes up to `limit` due jobs in (priority, run_at, id) order, marks them running with a
+    /// new attempt (the fencing token) and lease; in that order.
+    fn claim(&mut self, p: &ClaimParams<'_>) -> Result<Vec<JobRow>>;
+    /// Extends a lease still held: `None` if it is not, else whether a cancel was requested.
+    fn heartbeat(
+        &mut self,
+        lease: Lease,
+        now: NaiveDateTime,
+        lease_expires_at: NaiveDateTime,
+    ) -> Result<Option<bool>>;
+    /// Marks a job succeeded if the lease holds and no cancel was requested, and records its
+    /// `succeeded` results row: rows changed, 0 or 1.
+    fn succeed_with_result(&mut self, row: &NewResultRow<'_>) -> Result<usize>;
+    /// `attempts - attempt_base` while the lease holds (the attempts that count against
+    /// `max_attempts`, this one included); `None` if it does not hold.
+    fn attempts_used(&mut self, lease: Lease) -> Result<Option<i32>>;
+    /// Ends a failed attempt if the lease holds: `cancelled` if a cancel was requested, else
+    /// `queued` at `retry_at` while attempts remain, else `dead`. The new state, or `None`.
+    fn mark_failed(&mut self, p: &FailParams<'_>) -> Result<Option<JobState>>;
+    /// Puts a running job back to `queued` (shutdown) if the lease holds, giving its attempt
+    /// back; `cancelled` instead when a cancel was requested. Rows changed.
+    fn release(&mut self, lease: Lease, now: NaiveDateTime) -> Result<usize>;
+    /// Inserts one results row.
+    fn insert_result(&mut self, row: &NewResultRow<'_>) -> Result<()>;
+    /// Ids of running jobs whose lease expired.
+    fn expired_leases(&mut self, now: NaiveDateTime) -> Result<Vec<i64>>;
+    /// Tells other processes' idle workers that jobs were enqueued, when this transaction
+    /// commits (PostgreSQL `NOTIFY`). Nothing on SQLite, which has no such channel.
+    fn notify_enqueued(&mut self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Set-based statements: one statement for many leases or jobs, each row fenced on its own.
+pub(crate) trait BatchDriver: JobDriver {
+    /// Extends those of `leases` still held; `(lease, cancel requested)` for each.
+    fn heartbeat_set(
+        &mut self,
+        leases: &[Lease],
+        now: NaiveDateTime,
+        lease_expires_at: NaiveDateTime,
+    ) -> Result<Vec<(Lease, bool)>>;
+    /// Marks succeeded those of `leases` still held (and not cancelled); the leases marked.
+    fn succeed_set(&mut self, leases: &[Lease], now: NaiveDateTime) -> Result<Vec<Lease>>;
+    /// Inserts the succeeded results rows of a batch; rows inserted.
+    fn insert_succeeded_results(
+        &mut self,
+        rows: &[SucceededRow<'_>],
+        now: NaiveDateTime,
+    ) -> Result<usize>;
+    /// Reaps those of `ids` whose lease is still expired (re-checked, so a stale list is
+    /// harmless): a failed results row each, the job requeued, dead or cancelled. How many.
+    fn reap_ids(&mut self, ids: &[i64], error: &str, now: NaiveDateTime) -> Result<usize>;
+}
+
+/// Operator features: unique enqueue, cancel, retry, prune, pause, schedules, activity.
+pub(crate) trait ManageDriver: JobDriver {
+    /// Inserts one validated job that has a unique key: `(id, inserted)`, the live job's id
+    /// when one holds the key.
+    fn insert_new_unique(&mut self, job: &NewJob, now: NaiveDateTime) -> Result<(i64, bool)>;
+    /// Cancels a queued job. Rows changed.
+    fn cancel_queued(&mut self, job_id: i64, now: NaiveDateTime) -> Result<usize>;
+    /// Flags a running job for cancellation (keeps the first request's time). Rows changed.
+    fn request_cancel(&mut self, job_id: i64, now: NaiveDateTime) -> Result<usize>;
+    /// Ends a running attempt whose cancel was requested as `cancelled`, if the lease holds.
+    fn finish_cancelled(&mut self, lease: Lease, error: &str, now: NaiveDateTime) -> Result<usize>;
+    /// Puts a `dead` or `cancelled` job back to `queued` with fresh attempts. Rows changed.
+    fn requeue_finished(&mut self, job_id: i64, now: NaiveDateTime) -> Result<usize>;
+    /// Up to `limit` ids above `after_id` of jobs finished in one of `states` before `before`.
+    fn finished_before(
+        &mut self,
+        states: &[JobState],
+        before: NaiveDateTime,
+        after_id: i64,
+        limit: i64,
+    ) -> Result<Vec<i64>>;
+    /// Deletes those of `ids` still finished in one of `states` before `before`, with their
+    /// results. Jobs deleted.
+    fn delete_finished(
+        &mut self,
+        ids: &[i64],
+        states: &[JobState],
+        before: NaiveDateTime,
+    ) -> Result<usize>;
+    /// Pauses a queue; whether it was running before.
+    fn pause_queue(&mut self, queue: &str, now: NaiveDateTime) -> Result<bool>;
+    /// Resumes a queue; whether it was paused.
+    fn resume_queue(&mut self, queue: &str) -> Result<bool>;
+    /// Names of the paused queues.
+    fn paused_queues(&mut self) -> Result<Vec<String>>;
+    /// Compare-and-set of a schedule's last tick; whether this call advanced it.
+    fn advance_schedule(
+        &mut self,
+        name: &str,
+        tick: NaiveDateTime,
+        now: NaiveDateTime,
+    ) -> Result<bool>;
+    /// Per-queue activity rows (one scan).
+    fn queue_activity(
+        &mut self,
+        queue: Option<&str>,
+        now: NaiveDateTime,
+        since: NaiveDateTime,
+    ) -> Result<Vec<ActivityRow>>;
+}
+
+/// Reads, the exactly-once audit and the benchmark's history insert.
+pub(crate) trait ReadDriver: JobDriver {
+    /// One job row, `None` if no such id.
+    fn find_job(&mut self, job_id: i64) -> Result<Option<JobRow>>;
+    /// Whether a job with this id exists.
+    fn job_exists(&mut self, job_id: i64) -> Result<bool>;
+    /// All results rows of a job, by attempt.
+    fn results_of(&mut self, job_id: i64) -> Result<Vec<ResultRow>>;
+    /// `(queue, state, count)` for every queue (or one).
+    fn count_by_queue_state(&mut self, queue: Option<&str>)
+        -> Result<Vec<(String, JobState, i64)>>;
+    /// Queued jobs of `queue`, due or not.
+    fn queued_count(&mut self, queue: &str) -> Result<i64>;
+    /// Whether any job of `queue` is running.
+    fn any_running(&mut self, queue: &str) -> Result<bool>;
+    /// The SQLite library or PostgreSQL server version.
+    fn version(&mut self) -> Result<String>;
+    /// Exactly-once audit of one queue.
+    fn audit(&mut self, queue: &str) -> Result<Audit>;
+    /// Inserts `n` already-succeeded jobs on `queue` (benchmark history).
+    fn insert_finished(&mut self, queue: &str, n: i64, now: NaiveDateTime) -> Result<usize>;
+}
+
+/// The state text of a row, parsed; an unknown one is [`crate::Error::CorruptRow`].
+pub(crate) fn parse_state(job_id: Option<i64>, state: &str) -> Result<JobState> {
+    JobState::parse(state).ok_or_else(|| crate::Error::CorruptRow {
+        table: "jobs",
+        reason: match job_id {
+            Some(id) => format!("job {id} has unknown state {state:?}"),
+            None => format!("unknown state {state:?}"),
+        },
+    })
+}
+
+/// A set of ids or state names as one JSON array bind (`json_each` / `jsonb_array_elements`).
+pub(crate) fn json_array<T: serde::Serialize>(what: &'static str, items: &[T]) -> Result<String> {
+    serde_json::to_string(items).map_err(|source| crate::Error::Json { what, source })
+}
+
+/// State names of `states`, for [`json_array`].
+pub(crate) fn state_names(states: &[JobState]) -> Vec<&'static str> {
+    states.iter().map(|s| s.as_str()).collect()
+}
+
+/// A set of leases as the JSON array `[[id, attempt], …]` the set-based statements read (with
+/// `json_each` on SQLite, `jsonb_array_elements` on PostgreSQL): one bind for any number.
+pub(crate) fn leases_json(leases: &[Lease]) -> Result<String> {
+    let pairs: Vec<(i64, i32)> = leases.iter().map(|l| (l.job_id, l.attempt)).collect();
+    serde_json::to_string(&pairs).map_err(|source| crate::Error::Json {
+        what: "leases",
+        source,
+    })
+}
+
+/// A row of a set-based statement that returns leases (`RETURNING id, attempts`) and whether
+/// a cancel was requested.
+#[derive(QueryableByName)]
+pub(crate) struct LeaseRow {
+    #[diesel(sql_type = BigInt)]
+    pub id: i64,
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    pub attempts: i32,
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    pub cancel: i32,
+}
+
+impl LeaseRow {
+    pub(crate) fn lease(&self) -> Lease {
+        Lease {
+            job_id: self.id,
+            attempt: self.attempts,
+        }
+    }
+}
+
+/// Whether a transaction is open on `conn` (or left in error, needing a rollback). Both
+/// backends use Diesel's ANSI transaction manager.
+pub fn in_transaction<C>(conn: &mut C) -> bool
+where
+    C: Connection<TransactionManager = diesel::connection::AnsiTransactionManager>,
+{
+    use diesel::connection::{TransactionManager, TransactionManagerStatus};
+    match diesel::connection::AnsiTransactionManager::transaction_manager_status_mut(conn) {
+        TransactionManagerStatus::Valid(status) => status.transaction_depth().is_some(),
+        // An in-error status means a transaction is open and must be rolled back.
+        TransactionManagerStatus::InError => true,
+    }
+}
+
+#[cfg(feature = "postgres")]
+pub(crate) mod postgres;
+pub(crate) mod sqlite;
+pub(crate) mod stmt;

@@ -1,0 +1,181 @@
+//! Reads (jobs, results, counts, the audit), WAL checkpoints, and the benchmark's history
+//! insert.
+
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Integer, Text, Timestamp};
+use diesel::sqlite::SqliteConnection;
+
+use crate::driver::stmt::{bind, cached};
+use crate::driver::{parse_state, ReadDriver};
+use crate::error::{Error, Result};
+use crate::models::JobState;
+use crate::models::{JobRow, ResultRow};
+use crate::queue::Audit;
+use crate::schema::{jobs, results};
+
+/// How hard a checkpoint tries (SQLite's `wal_checkpoint` modes we use).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckpointMode {
+    /// Copies what it can without waiting for any lock; never blocks readers or writers.
+    Passive,
+    /// Takes the write lock, copies everything, waits (busy handler) for readers of the old
+    /// WAL, then resets the WAL and truncates its file to zero bytes.
+    Truncate,
+}
+
+/// What `PRAGMA wal_checkpoint` reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, QueryableByName)]
+pub struct CheckpointOutcome {
+    /// 1 when the checkpoint could not finish (a lock or a reader was in the way), else 0.
+    /// Not an error: the work done so far stays done.
+    #[diesel(sql_type = Integer)]
+    pub busy: i32,
+    /// Frames in the WAL (-1 when not in WAL mode).
+    #[diesel(sql_type = BigInt, column_name = log)]
+    pub log_frames: i64,
+    /// Frames copied into the database so far.
+    #[diesel(sql_type = BigInt)]
+    pub checkpointed: i64,
+}
+
+/// `PRAGMA wal_checkpoint(mode)`. The statement text is fixed per mode (no user input).
+pub fn checkpoint(conn: &mut SqliteConnection, mode: CheckpointMode) -> Result<CheckpointOutcome> {
+    let sql = match mode {
+        CheckpointMode::Passive => "PRAGMA wal_checkpoint(PASSIVE)",
+        CheckpointMode::Truncate => "PRAGMA wal_checkpoint(TRUNCATE)",
+    };
+    Ok(diesel::sql_query(sql).get_result(conn)?)
+}
+
+/// `PRAGMA page_size`, in bytes.
+pub fn page_size(conn: &mut SqliteConnection) -> Result<u64> {
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = BigInt)]
+        page_size: i64,
+    }
+    let r: Row = diesel::sql_query("PRAGMA page_size").get_result(conn)?;
+    u64::try_from(r.page_size).map_err(|_| Error::CorruptRow {
+        table: "pragma page_size",
+        reason: format!("negative page size {}", r.page_size),
+    })
+}
+
+impl ReadDriver for SqliteConnection {
+    /// One job row, `None` if no such id.
+    fn find_job(&mut self, job_id: i64) -> Result<Option<JobRow>> {
+        Ok(jobs::table
+            .find(job_id)
+            .select(JobRow::as_select())
+            .first(self)
+            .optional()?)
+    }
+
+    /// Whether a job with this id exists.
+    fn job_exists(&mut self, job_id: i64) -> Result<bool> {
+        Ok(diesel::select(diesel::dsl::exists(jobs::table.find(job_id))).get_result(self)?)
+    }
+
+    /// All results rows of a job, by attempt.
+    fn results_of(&mut self, job_id: i64) -> Result<Vec<ResultRow>> {
+        Ok(results::table
+            .filter(results::job_id.eq(job_id))
+            .order((results::attempt, results::id))
+            .select(ResultRow::as_select())
+            .load(self)?)
+    }
+
+    /// `(queue, state, count)` for every queue (or one).
+    fn count_by_queue_state(
+        &mut self,
+        queue: Option<&str>,
+    ) -> Result<Vec<(String, JobState, i64)>> {
+        let mut q = jobs::table
+            .group_by((jobs::queue, jobs::state))
+            .select((jobs::queue, jobs::state, diesel::dsl::count_star()))
+            .into_boxed();
+        if let Some(queue) = queue {
+            q = q.filter(jobs::queue.eq(queue));
+        }
+        q.load::<(String, String, i64)>(self)?
+            .into_iter()
+            .map(|(q, s, n)| Ok((q, parse_state(None, &s)?, n)))
+            .collect()
+    }
+
+    /// Queued jobs of `queue`, due or not (served by the claim index).
+    fn queued_count(&mut self, queue: &str) -> Result<i64> {
+        #[derive(QueryableByName)]
+        struct Row {
+            #[diesel(sql_type = BigInt)]
+            n: i64,
+        }
+        let row: Row = cached(
+            "SELECT count(*) AS n FROM jobs WHERE queue = ? AND state = 'queued'",
+            (bind::<Text, _>(queue),),
+        )
+        .get_result(self)?;
+        Ok(row.n)
+    }
+
+    /// Whether any job of `queue` is running (a scan: no index on running jobs).
+    fn any_running(&mut self, queue: &str) -> Result<bool> {
+        Ok(diesel::select(diesel::dsl::exists(
+            jobs::table
+                .filter(jobs::queue.eq(queue))
+                .filter(jobs::state.eq("running")),
+        ))
+        .get_result(self)?)
+    }
+
+    /// `sqlite_version()`.
+    fn version(&mut self) -> Result<String> {
+        Ok(diesel::select(diesel::dsl::sql::<Text>("sqlite_version()")).get_result(self)?)
+    }
+
+    /// Exactly-once audit of one queue, in SQL: (jobs, jobs not succeeded, jobs with more than one
+    /// succeeded results row).
+    fn audit(&mut self, queue: &str) -> Result<Audit> {
+        #[derive(QueryableByName)]
+        struct Row {
+            #[diesel(sql_type = BigInt)]
+            jobs: i64,
+            #[diesel(sql_type = BigInt)]
+            not_succeeded: i64,
+            #[diesel(sql_type = BigInt)]
+            duplicated: i64,
+        }
+        let r: Row = diesel::sql_query(
+            "SELECT count(*) AS jobs, \
+                    coalesce(sum(state <> 'succeeded'), 0) AS not_succeeded, \
+                    coalesce(sum((SELECT count(*) FROM results r WHERE r.job_id = j.id \
+                                  AND r.outcome = 'succeeded') > 1), 0) AS duplicated \
+             FROM jobs j WHERE queue = ?",
+        )
+        .bind::<Text, _>(queue)
+        .get_result(self)?;
+        Ok(Audit {
+            jobs: r.jobs,
+            not_succeeded: r.not_succeeded,
+            duplicated: r.duplicated,
+        })
+    }
+
+    /// Inserts `n` already-succeeded jobs on `queue` in one statement (for `jobdb bench --finished`:
+    /// measuring the claim with a large history in the table).
+    fn insert_finished(&mut self, queue: &str, n: i64, now: NaiveDateTime) -> Result<usize> {
+        Ok(diesel::sql_query(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?) \
+             INSERT INTO jobs (queue, state, priority, payload, attempts, max_attempts, run_at, \
+                               created_at, updated_at) \
+             SELECT ?, 'succeeded', 0, '{\"history\":true}', 1, 5, ?, ?, ? FROM n",
+        )
+        .bind::<BigInt, _>(n)
+        .bind::<Text, _>(queue)
+        .bind::<Timestamp, _>(now)
+        .bind::<Timestamp, _>(now)
+        .bind::<Timestamp, _>(now)
+        .execute(self)?)
+    }
+}
