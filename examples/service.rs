@@ -12,7 +12,7 @@ struct Email {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let queue = Queue::open("service-example.sqlite3", Config::from_env()?)?; // pool + WAL + migrations
+    let queue: Queue = Queue::open("service-example.sqlite3", Config::from_env()?)?; // pool + WAL + migrations
     let id = queue.enqueue(
         &NewJob::new(
             "mail",
@@ -25,7 +25,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
 
     // Enqueue inside your own transaction, atomically with your own rows.
-    let pool = queue.pool().ok_or("this example opens a SQLite file")?;
+    let pool = queue.pool();
     let mut conn = pool.get()?;
     conn.batch_execute("CREATE TABLE IF NOT EXISTS orders (id INTEGER PRIMARY KEY, email TEXT)")?;
     conn.immediate_transaction(|conn| {

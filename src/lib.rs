@@ -7,21 +7,25 @@
 //! PostgreSQL (feature `postgres`, on by default; a `postgres://` URL) gives the same API for
 //! workers on many machines.
 //!
-//! Two layers:
+//! Three layers:
 //! - functions on your connection in [`queue`] ([`queue::enqueue`], [`queue::claim`],
-//!   [`queue::complete`], …), generic over [`QueueConnection`] (`SqliteConnection`,
-//!   `PgConnection`), which join the caller's own Diesel transaction when one is open;
-//! - [`Queue`], a handle over an r2d2 pool that runs those functions with the retry loop. On
-//!   SQLite all writes of a process go through one writer connection, and writes that arrive
-//!   together are group-committed in one transaction (each in its own savepoint); on
-//!   PostgreSQL writes run in parallel. Reads use the pool.
+//!   [`queue::complete`], …) and [`manage`], generic over [`QueueConnection`]
+//!   (`SqliteConnection`, `PgConnection`; sealed: each backend's SQL is a crate-private
+//!   driver), which join the caller's own Diesel transaction when one is open;
+//! - [`Db`], the persistence handle: an r2d2 pool with the backend's settings, the writer
+//!   (on SQLite all writes of a process go through one connection, and writes that arrive
+//!   together are group-committed in one transaction, each in its own savepoint; on
+//!   PostgreSQL writes run in parallel), the busy-retry loop, the WAL checkpointer, metrics;
+//! - [`Queue`], the queue's operations on a `Db`, each one whole transaction re-run on busy.
+//!   Generic over the backend like sqlx's `Pool<DB>`: `Queue` is SQLite's, `Queue<PgConnection>`
+//!   ([`PgQueue`]) PostgreSQL's, and [`open_any`] picks one by the URL at run time.
 //!
 //! ```no_run
 //! use jobdb::{Config, NewJob, Queue};
 //! use std::time::Duration;
 //!
 //! # fn main() -> jobdb::Result<()> {
-//! let queue = Queue::open("jobs.sqlite3", Config::default())?;
+//! let queue: Queue = Queue::open("jobs.sqlite3", Config::default())?;
 //! let id = queue.enqueue(&NewJob::new("emails", &serde_json::json!({"to": "a@b.c"}))?)?;
 //! for job in queue.claim("emails", 1, "worker-1", Duration::from_secs(30))? {
 //!     let payload: serde_json::Value = job.payload()?;
@@ -31,10 +35,10 @@
 //! ```
 #![warn(missing_docs)]
 
-#[cfg(feature = "cli")]
-pub mod bench;
+mod any;
 mod checkpoint;
 mod combine;
+pub mod db;
 pub mod doctor;
 mod driver;
 mod error;
@@ -59,9 +63,13 @@ pub mod timestamp;
 mod wakeup;
 pub mod worker;
 
+pub use any::{open_any, WithQueue};
+pub use db::Db;
 pub use driver::QueueConnection;
 pub use error::{Error, Result};
-pub use handle::{PruneReport, Queue};
+#[cfg(feature = "postgres")]
+pub use handle::PgQueue;
+pub use handle::{PruneReport, Queue, SqliteQueue};
 pub use manage::{CancelOutcome, PruneBatch, QueueActivity, Retention};
 pub use models::{Job, JobResult, JobState, Lease, NewJob, Outcome};
 pub use pool::{build_pool, Config, DatabaseUrl, SqlitePool};

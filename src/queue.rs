@@ -97,6 +97,30 @@ pub fn enqueue_many<C: QueueConnection>(conn: &mut C, jobs: &[NewJob]) -> Result
     Ok(ids)
 }
 
+/// Enqueues all `jobs` in ONE write transaction (a savepoint inside the caller's), in chunks
+/// of [`ENQUEUE_CHUNK`] rows per statement: all or nothing. Every job is validated first.
+/// Holds the write lock for the whole insert, so keep such sets to what must be atomic.
+pub fn enqueue_all<C: QueueConnection>(conn: &mut C, jobs: &[NewJob]) -> Result<Vec<i64>> {
+    for job in jobs {
+        job.validate(DEFAULT_MAX_PAYLOAD_BYTES)?;
+    }
+    insert_all_validated(conn, jobs)
+}
+
+/// [`enqueue_all`] of already-validated jobs.
+pub(crate) fn insert_all_validated<C: QueueConnection>(
+    conn: &mut C,
+    jobs: &[NewJob],
+) -> Result<Vec<i64>> {
+    conn.write_transaction(|c| {
+        let mut ids = Vec::with_capacity(jobs.len());
+        for chunk in jobs.chunks(ENQUEUE_CHUNK) {
+            ids.extend(insert_validated(c, chunk)?);
+        }
+        Ok(ids)
+    })
+}
+
 /// Inserts already-validated jobs in one write transaction (a savepoint inside the caller's).
 pub(crate) fn insert_validated<C: QueueConnection>(
     conn: &mut C,

@@ -18,7 +18,7 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::models::NewJob;
 use crate::worker::ShutdownHandle;
-use crate::Queue;
+use crate::{Queue, QueueConnection};
 
 /// When a schedule fires.
 #[derive(Debug, Clone)]
@@ -109,8 +109,8 @@ impl Schedule {
 /// Runs schedules: sleeps until the next tick of any of them, enqueues what is due (exactly
 /// once across processes), repeats until shut down.
 #[derive(Debug)]
-pub struct Scheduler {
-    queue: Queue,
+pub struct Scheduler<C: QueueConnection = diesel::SqliteConnection> {
+    queue: Queue<C>,
     schedules: Vec<Schedule>,
     shutdown: ShutdownHandle,
 }
@@ -126,9 +126,9 @@ pub struct SchedulerReport {
     pub failed: u64,
 }
 
-impl Scheduler {
+impl<C: QueueConnection> Scheduler<C> {
     /// A scheduler for `schedules` on `queue`'s database.
-    pub fn new(queue: Queue, schedules: Vec<Schedule>) -> Scheduler {
+    pub fn new(queue: Queue<C>, schedules: Vec<Schedule>) -> Scheduler<C> {
         Scheduler {
             queue,
             schedules,

@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::models::{Job, JobState, Lease};
-use crate::Queue;
+use crate::{Queue, QueueConnection};
 
 mod background;
 mod context;
@@ -126,20 +126,21 @@ struct Counters {
 }
 
 /// Runs a handler over the jobs of one queue.
-pub struct Worker<H> {
-    queue: Queue,
+pub struct Worker<H, C: QueueConnection = diesel::SqliteConnection> {
+    queue: Queue<C>,
     config: WorkerConfig,
     handler: Arc<H>,
     shutdown: ShutdownHandle,
 }
 
-impl<H, O> Worker<H>
+impl<H, O, C> Worker<H, C>
 where
     H: Fn(&JobContext) -> std::result::Result<O, HandlerError> + Send + Sync + 'static,
     O: Serialize,
+    C: QueueConnection,
 {
     /// A worker for `config.queue` running `handler`.
-    pub fn new(queue: Queue, config: WorkerConfig, handler: H) -> Self {
+    pub fn new(queue: Queue<C>, config: WorkerConfig, handler: H) -> Self {
         Worker {
             queue,
             config,
@@ -260,8 +261,8 @@ where
 }
 
 /// Everything one handler thread needs.
-struct ThreadCtx<H> {
-    queue: Queue,
+struct ThreadCtx<H, C: QueueConnection> {
+    queue: Queue<C>,
     config: WorkerConfig,
     worker_id: String,
     handler: Arc<H>,
@@ -273,10 +274,11 @@ struct ThreadCtx<H> {
     last_running_scan: Arc<Mutex<Option<Instant>>>,
 }
 
-impl<H, O> ThreadCtx<H>
+impl<H, O, C> ThreadCtx<H, C>
 where
     H: Fn(&JobContext) -> std::result::Result<O, HandlerError>,
     O: Serialize,
+    C: QueueConnection,
 {
     fn run(&self) {
         let mut idle = self.config.poll_min;
@@ -412,7 +414,7 @@ where
     }
 }
 
-impl<H> ThreadCtx<H> {
+impl<H, C: QueueConnection> ThreadCtx<H, C> {
     /// A failure recorded on a job whose cancel was requested ends it `cancelled`.
     fn failed_counter(&self, state: JobState) -> &AtomicU64 {
         if state == JobState::Cancelled {

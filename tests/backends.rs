@@ -6,58 +6,180 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use std::marker::PhantomData;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
 use diesel::connection::SimpleConnection;
-use diesel::{Connection, PgConnection};
-use jobdb::{Config, Queue};
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Integer, Text, Timestamp, Timestamptz};
+use diesel::{PgConnection, SqliteConnection};
+use jobdb::{Config, Queue, QueueConnection};
 
 use crate::common::TestDb;
 
-/// One test database on one backend.
-pub enum Backend {
+/// One test database on one backend: `C` is its connection type, so `queue()` is that
+/// backend's `Queue<C>` and the cases are generic over it (River's `riverdrivertest` style).
+pub struct Backend<C> {
+    db: Db,
+    _conn: PhantomData<C>,
+}
+
+enum Db {
     Sqlite(TestDb),
     Postgres(PgTestDb),
 }
 
-impl Backend {
-    pub fn sqlite() -> Backend {
-        Backend::Sqlite(TestDb::new())
+impl Backend<SqliteConnection> {
+    pub fn sqlite() -> Self {
+        Backend {
+            db: Db::Sqlite(TestDb::new()),
+            _conn: PhantomData,
+        }
     }
+}
 
+impl Backend<PgConnection> {
     /// `None` (after saying so on stderr) when no PostgreSQL server is configured.
-    pub fn postgres(test: &str) -> Option<Backend> {
-        PgTestDb::new(test).map(Backend::Postgres)
+    pub fn postgres(test: &str) -> Option<Self> {
+        PgTestDb::new(test).map(|db| Backend {
+            db: Db::Postgres(db),
+            _conn: PhantomData,
+        })
     }
+}
 
+impl<C: TestConn> Backend<C> {
     pub fn url(&self) -> String {
-        match self {
-            Backend::Sqlite(db) => db.url(),
-            Backend::Postgres(db) => db.url.clone(),
+        match &self.db {
+            Db::Sqlite(db) => db.url(),
+            Db::Postgres(db) => db.url.clone(),
         }
     }
 
-    pub fn queue(&self) -> Queue {
+    pub fn is_postgres(&self) -> bool {
+        matches!(self.db, Db::Postgres(_))
+    }
+
+    pub fn queue(&self) -> Queue<C> {
         self.queue_with(|_| {})
     }
 
-    pub fn queue_with(&self, f: impl FnOnce(&mut Config)) -> Queue {
+    pub fn queue_with(&self, f: impl FnOnce(&mut Config)) -> Queue<C> {
         let mut config = Config::default();
         f(&mut config);
         Queue::open(&self.url(), config).expect("open queue")
     }
 
+    /// A raw connection of its own (the test factory's, or a second session's).
+    pub fn conn(&self) -> C {
+        let mut c = C::establish(&self.url()).unwrap();
+        c.prepare();
+        c
+    }
+
     /// Runs SQL (portable between the two) on a connection of its own.
     pub fn exec(&self, sql: &str) {
-        match self {
-            Backend::Sqlite(db) => {
-                let mut c = diesel::SqliteConnection::establish(&db.url()).unwrap();
-                c.batch_execute("PRAGMA busy_timeout = 5000").unwrap();
-                c.batch_execute(sql).unwrap();
-            }
-            Backend::Postgres(db) => {
-                let mut c = PgConnection::establish(&db.url).unwrap();
-                c.batch_execute(sql).unwrap();
-            }
+        self.conn().batch_execute(sql).unwrap();
+    }
+}
+
+/// What the suites need of a raw connection on each backend: the test factory (rows put
+/// straight into a state, never reached by sleeping) and a way to see that another session
+/// waits on a lock.
+pub trait TestConn: QueueConnection + SimpleConnection + Sized {
+    /// Session settings for a test connection.
+    fn prepare(&mut self) {}
+    /// Puts job `id` into `running` at `attempt`, its lease running out at `lease_expires_at`.
+    fn set_running(&mut self, id: i64, attempt: i32, lease_expires_at: DateTime<Utc>);
+    /// Blocks until some other session waits on a lock (PostgreSQL: `pg_locks`), or, where
+    /// that cannot be seen (SQLite's busy handler), gives the other thread a moment.
+    fn until_another_waits(&mut self);
+    /// `(attempt, outcome)` of every results row of `id`, by attempt.
+    fn results(&mut self, id: i64) -> Vec<(i32, String)>;
+}
+
+#[derive(QueryableByName)]
+struct ResultRow {
+    #[diesel(sql_type = Integer)]
+    attempt: i32,
+    #[diesel(sql_type = Text)]
+    outcome: String,
+}
+
+impl TestConn for SqliteConnection {
+    fn prepare(&mut self) {
+        self.batch_execute("PRAGMA busy_timeout = 10000").unwrap();
+    }
+    fn set_running(&mut self, id: i64, attempt: i32, lease_expires_at: DateTime<Utc>) {
+        diesel::sql_query(
+            "UPDATE jobs SET state = 'running', attempts = ?, worker_id = 'factory', \
+             heartbeat_at = ?, lease_expires_at = ? WHERE id = ?",
+        )
+        .bind::<Integer, _>(attempt)
+        .bind::<Timestamp, _>(Utc::now().naive_utc())
+        .bind::<Timestamp, _>(lease_expires_at.naive_utc())
+        .bind::<BigInt, _>(id)
+        .execute(self)
+        .unwrap();
+    }
+    fn until_another_waits(&mut self) {
+        // SQLite shows no waiters; the cases hold in either order, this only makes the
+        // interesting one (the other connection already waiting) the likely one.
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    fn results(&mut self, id: i64) -> Vec<(i32, String)> {
+        diesel::sql_query("SELECT attempt, outcome FROM results WHERE job_id = ? ORDER BY attempt")
+            .bind::<BigInt, _>(id)
+            .load::<ResultRow>(self)
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.attempt, r.outcome))
+            .collect()
+    }
+}
+
+impl TestConn for PgConnection {
+    fn set_running(&mut self, id: i64, attempt: i32, lease_expires_at: DateTime<Utc>) {
+        diesel::sql_query(
+            "UPDATE jobs SET state = 'running', attempts = $1, worker_id = 'factory', \
+             heartbeat_at = now(), lease_expires_at = $2 WHERE id = $3",
+        )
+        .bind::<Integer, _>(attempt)
+        .bind::<Timestamptz, _>(lease_expires_at)
+        .bind::<BigInt, _>(id)
+        .execute(self)
+        .unwrap();
+    }
+    fn until_another_waits(&mut self) {
+        #[derive(QueryableByName)]
+        struct N {
+            #[diesel(sql_type = BigInt)]
+            n: i64,
         }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let waiting: N = diesel::sql_query(
+                "SELECT count(*) AS n FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+                 WHERE NOT l.granted AND a.datname = current_database()",
+            )
+            .get_result(self)
+            .unwrap();
+            if waiting.n > 0 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the other session never waited");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    fn results(&mut self, id: i64) -> Vec<(i32, String)> {
+        diesel::sql_query("SELECT attempt, outcome FROM results WHERE job_id = $1 ORDER BY attempt")
+            .bind::<BigInt, _>(id)
+            .load::<ResultRow>(self)
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.attempt, r.outcome))
+            .collect()
     }
 }
 

@@ -39,7 +39,7 @@ fn a_second_writer_sees_is_busy_without_a_busy_timeout() {
     let queue = db.queue_with(|c| c.pragmas.busy_timeout = Duration::ZERO);
     let (release, holder) = hold_write_lock(&db);
 
-    let mut conn = queue.pool().unwrap().get().unwrap();
+    let mut conn = queue.pool().get().unwrap();
     let err = jobdb::queue::enqueue(&mut *conn, &job()).unwrap_err();
     assert!(err.is_busy(), "expected busy, got {err:?}");
     // It is the raw diesel error, as SQLite reported it: DatabaseError(Unknown, "database is locked").

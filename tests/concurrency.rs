@@ -70,7 +70,7 @@ struct Check {
 
 /// Verification in SQL, independent of what the workers reported.
 fn check(queue: &Queue) -> Check {
-    let mut conn = queue.pool().unwrap().get().unwrap();
+    let mut conn = queue.pool().get().unwrap();
     diesel::sql_query(
         "SELECT (SELECT count(*) FROM jobs) AS jobs, \
                 (SELECT count(*) FROM jobs WHERE state = 'succeeded') AS succeeded, \

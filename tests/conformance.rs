@@ -12,7 +12,7 @@ use jobdb::{
     WorkerConfig,
 };
 
-use crate::backends::Backend;
+use crate::backends::{Backend, TestConn};
 
 crate::on_both_backends!(
     lifecycle_enqueue_claim_heartbeat_complete,
@@ -39,7 +39,7 @@ fn lease_for() -> Duration {
     Duration::from_secs(30)
 }
 
-fn lifecycle_enqueue_claim_heartbeat_complete(b: &Backend) {
+fn lifecycle_enqueue_claim_heartbeat_complete<C: TestConn>(b: &Backend<C>) {
     let q = b.queue();
     let id = q.enqueue(&job("life", 7)).unwrap();
     let claimed = q.claim("life", 5, "w1", lease_for()).unwrap();
@@ -75,7 +75,7 @@ fn lifecycle_enqueue_claim_heartbeat_complete(b: &Backend) {
     assert!(q.get_job(987_654).unwrap_err().is_not_found());
 }
 
-fn claims_follow_priority_then_run_at_and_skip_future_jobs(b: &Backend) {
+fn claims_follow_priority_then_run_at_and_skip_future_jobs<C: TestConn>(b: &Backend<C>) {
     let q = b.queue();
     let past = Utc::now() - chrono::Duration::seconds(60);
     let low = q.enqueue(&job("order", 1).priority(5)).unwrap();
@@ -96,7 +96,7 @@ fn claims_follow_priority_then_run_at_and_skip_future_jobs(b: &Backend) {
     assert_eq!(q.queued("order").unwrap(), 1, "the future job waits");
 }
 
-fn an_expired_lease_is_reaped_and_fences_off_the_old_worker(b: &Backend) {
+fn an_expired_lease_is_reaped_and_fences_off_the_old_worker<C: TestConn>(b: &Backend<C>) {
     let q = b.queue();
     let id = q.enqueue(&job("fence", 1)).unwrap();
     let old = q
@@ -123,7 +123,7 @@ fn an_expired_lease_is_reaped_and_fences_off_the_old_worker(b: &Backend) {
     assert_eq!(outcomes, [(1, Outcome::Failed), (2, Outcome::Succeeded)]);
 }
 
-fn a_failing_job_backs_off_then_ends_dead(b: &Backend) {
+fn a_failing_job_backs_off_then_ends_dead<C: TestConn>(b: &Backend<C>) {
     let q = b.queue_with(|c| {
         c.job_backoff.base = Duration::from_millis(100);
         c.job_backoff.max = Duration::from_secs(10);
@@ -162,7 +162,7 @@ fn a_failing_job_backs_off_then_ends_dead(b: &Backend) {
     assert_eq!(q.get_results(id).unwrap().len(), 3);
 }
 
-fn bad_input_is_a_typed_error_and_writes_nothing(b: &Backend) {
+fn bad_input_is_a_typed_error_and_writes_nothing<C: TestConn>(b: &Backend<C>) {
     let q = b.queue();
     assert!(NewJob::from_json("q", "{not json")
         .unwrap_err()
@@ -187,7 +187,7 @@ fn bad_input_is_a_typed_error_and_writes_nothing(b: &Backend) {
     assert_eq!(q.stats(None).unwrap().total.total(), 1);
 }
 
-fn unique_keys_admit_one_live_job_even_under_a_race(b: &Backend) {
+fn unique_keys_admit_one_live_job_even_under_a_race<C: TestConn>(b: &Backend<C>) {
     let q = b.queue();
     let ids: Vec<i64> = (0..8)
         .map(|_| {
@@ -214,7 +214,7 @@ fn unique_keys_admit_one_live_job_even_under_a_race(b: &Backend) {
     );
 }
 
-fn cancel_queued_and_running_jobs(b: &Backend) {
+fn cancel_queued_and_running_jobs<C: TestConn>(b: &Backend<C>) {
     let q = b.queue();
     let queued = q.enqueue(&job("c", 1)).unwrap();
     assert_eq!(q.cancel(queued).unwrap(), CancelOutcome::Cancelled);
@@ -236,7 +236,7 @@ fn cancel_queued_and_running_jobs(b: &Backend) {
     assert!(q.cancel(running).unwrap_err().is_wrong_state());
 }
 
-fn retry_gives_fresh_attempts(b: &Backend) {
+fn retry_gives_fresh_attempts<C: TestConn>(b: &Backend<C>) {
     let q = b.queue();
     let id = q.enqueue(&job("r", 1).max_attempts(1)).unwrap();
     let lease = q.claim("r", 1, "w", lease_for()).unwrap()[0].lease();
@@ -251,7 +251,7 @@ fn retry_gives_fresh_attempts(b: &Backend) {
     assert!(q.retry(id).unwrap_err().is_wrong_state());
 }
 
-fn a_paused_queue_hands_out_nothing(b: &Backend) {
+fn a_paused_queue_hands_out_nothing<C: TestConn>(b: &Backend<C>) {
     let q = b.queue();
     q.enqueue(&job("p", 1)).unwrap();
     assert!(q.pause("p").unwrap());
@@ -261,7 +261,7 @@ fn a_paused_queue_hands_out_nothing(b: &Backend) {
     assert_eq!(q.claim("p", 5, "w", lease_for()).unwrap().len(), 1);
 }
 
-fn prune_deletes_old_finished_jobs_with_their_results(b: &Backend) {
+fn prune_deletes_old_finished_jobs_with_their_results<C: TestConn>(b: &Backend<C>) {
     let q = b.queue();
     for n in 0..5 {
         q.enqueue(&job("old", n)).unwrap();
@@ -288,7 +288,7 @@ fn prune_deletes_old_finished_jobs_with_their_results(b: &Backend) {
         .is_invalid_input());
 }
 
-fn a_tick_is_enqueued_once(b: &Backend) {
+fn a_tick_is_enqueued_once<C: TestConn>(b: &Backend<C>) {
     let q = b.queue();
     let s = Schedule::interval("t", Duration::from_secs(60), job("ticks", 1)).unwrap();
     let tick = Utc.with_ymd_and_hms(2026, 6, 1, 0, 0, 0).unwrap();
@@ -306,7 +306,7 @@ fn a_tick_is_enqueued_once(b: &Backend) {
     assert_eq!(q.stats(Some("ticks")).unwrap().total.queued, 1);
 }
 
-fn sixteen_threads_claim_each_job_exactly_once(b: &Backend) {
+fn sixteen_threads_claim_each_job_exactly_once<C: TestConn>(b: &Backend<C>) {
     let q = b.queue();
     let jobs: Vec<NewJob> = (0..1600).map(|n| job("many", n)).collect();
     q.enqueue_many(&jobs).unwrap();
@@ -346,7 +346,7 @@ fn sixteen_threads_claim_each_job_exactly_once(b: &Backend) {
     );
 }
 
-fn a_worker_runs_handlers_and_records_results(b: &Backend) {
+fn a_worker_runs_handlers_and_records_results<C: TestConn>(b: &Backend<C>) {
     let q = b.queue();
     for n in 0..20 {
         q.enqueue(&job("wk", n)).unwrap();
@@ -374,7 +374,7 @@ fn a_worker_runs_handlers_and_records_results(b: &Backend) {
     );
 }
 
-fn batched_heartbeats_and_completions_fence_each_item(b: &Backend) {
+fn batched_heartbeats_and_completions_fence_each_item<C: TestConn>(b: &Backend<C>) {
     let q = b.queue();
     for n in 0..3 {
         q.enqueue(&job("bat", n)).unwrap();

@@ -140,7 +140,7 @@ fn diesel_cli_runs_the_postgres_migrations_and_prints_the_committed_postgres_sch
         "src/schema_postgres.rs differs from `diesel print-schema`"
     );
     // The embedded migrations agree: nothing pending, the queue works on the CLI's tables.
-    let queue = jobdb::Queue::open(&db.url, jobdb::Config::default()).unwrap();
+    let queue = jobdb::PgQueue::open(&db.url, jobdb::Config::default()).unwrap();
     assert!(queue.migrate().unwrap().is_empty());
     let id = queue
         .enqueue(&jobdb::NewJob::new("cli", &1).unwrap())

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use diesel::connection::SimpleConnection;
 use diesel::{Connection, SqliteConnection};
-use jobdb::{Config, Error, NewJob, Queue};
+use jobdb::{Config, Error, NewJob};
 
 use crate::common::TestDb;
 
@@ -53,7 +53,7 @@ fn a_read_only_database_is_refused_when_the_pool_is_built() {
     let db = TestDb::new();
     drop(db.queue()); // a valid, migrated file
     let ro = format!("file:{}?mode=ro", db.url());
-    let err = Queue::open(&ro, Config::default()).unwrap_err();
+    let err = jobdb::SqliteQueue::open(&ro, Config::default()).unwrap_err();
     assert!(
         err.to_string().contains("readonly") || err.to_string().contains("read-only"),
         "{err}"

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use jobdb::queue::Completion;
 use jobdb::{JobState, Lease, NewJob, Outcome, Queue};
 
-use crate::backends::{loud, Backend};
+use crate::backends::{loud, Backend, TestConn};
 
 crate::on_both_backends!(random_history_with_kills_and_stops_keeps_every_invariant);
 
@@ -40,7 +40,7 @@ struct Counts {
     stops: AtomicU64,
 }
 
-fn random_history_with_kills_and_stops_keeps_every_invariant(b: &Backend) {
+fn random_history_with_kills_and_stops_keeps_every_invariant<C: TestConn>(b: &Backend<C>) {
     let seed = std::env::var("JOBDB_HISTORY_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -56,7 +56,7 @@ fn random_history_with_kills_and_stops_keeps_every_invariant(b: &Backend) {
     }
 }
 
-fn history(b: &Backend, seed: u64, secs: u64) {
+fn history<C: TestConn>(b: &Backend<C>, seed: u64, secs: u64) {
     let q = b.queue_with(|c| {
         c.job_backoff.base = Duration::from_millis(20);
         c.job_backoff.max = Duration::from_millis(200);
@@ -129,7 +129,7 @@ fn history(b: &Backend, seed: u64, secs: u64) {
     assert!(counts.ops.load(Ordering::Relaxed) > 100, "the history ran");
 }
 
-fn spawn_worker(b: &Backend) -> Child {
+fn spawn_worker<C: TestConn>(b: &Backend<C>) -> Child {
     Command::new(env!("CARGO_BIN_EXE_jobdb"))
         .args(["--database-url", &b.url(), "work", "--queue", QUEUE])
         .args([
@@ -158,8 +158,8 @@ fn signal(child: &Child, sig: libc::c_int) {
 /// One thread's random walk over the API. Errors a history may give (a lease lost, a cancel,
 /// an operation on a job in the wrong state, a key conflict) are expected; any other error
 /// (busy included) fails the test.
-fn actor(
-    q: &Queue,
+fn actor<C: TestConn>(
+    q: &Queue<C>,
     seed: u64,
     counts: &Counts,
     enqueued: &Mutex<BTreeSet<i64>>,
@@ -279,8 +279,8 @@ const INVARIANTS: usize = 6;
 
 /// The checker: reads every job and its results back and proves the invariants. Returns the
 /// jobs per final state.
-fn check(
-    q: &Queue,
+fn check<C: TestConn>(
+    q: &Queue<C>,
     enqueued: &BTreeSet<i64>,
     reaped_at: chrono::DateTime<chrono::Utc>,
 ) -> BTreeMap<JobState, usize> {

@@ -8,17 +8,13 @@
 
 use std::sync::mpsc;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use diesel::connection::SimpleConnection;
-use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Integer, Text, Timestamp, Timestamptz};
-use diesel::{PgConnection, SqliteConnection};
+use chrono::Utc;
 use jobdb::queue::{self, Completion};
-use jobdb::{JobState, Lease, NewJob, Outcome, QueueConnection};
+use jobdb::{JobState, Lease, NewJob, Outcome};
 
-use crate::backends::Backend;
+use crate::backends::{Backend, TestConn};
 
 crate::on_both_backends!(
     a_heartbeat_committed_during_a_reap_keeps_the_job_and_writes_no_result,
@@ -26,108 +22,6 @@ crate::on_both_backends!(
     batched_heartbeats_tell_a_stale_lease_it_is_lost,
     a_job_finishing_between_a_unique_insert_and_its_lookup_is_not_an_error,
 );
-
-/// What the suite needs of a raw connection on each backend: the test factory (rows put
-/// straight into a state) and a way to see that another connection waits on a lock.
-pub trait TestConn: QueueConnection + Sized {
-    fn open(b: &Backend) -> Self;
-    /// Puts job `id` into `running` at `attempt`, its lease running out at `lease_expires_at`.
-    fn set_running(&mut self, id: i64, attempt: i32, lease_expires_at: DateTime<Utc>);
-    /// Blocks until some other session waits on a lock (PostgreSQL: `pg_locks`), or, where
-    /// that cannot be seen (SQLite's busy handler), gives the other thread a moment.
-    fn until_another_waits(&mut self);
-    /// `(attempt, outcome)` of every results row of `id`, by attempt.
-    fn results(&mut self, id: i64) -> Vec<(i32, String)>;
-}
-
-#[derive(QueryableByName)]
-struct ResultRow {
-    #[diesel(sql_type = Integer)]
-    attempt: i32,
-    #[diesel(sql_type = Text)]
-    outcome: String,
-}
-
-impl TestConn for SqliteConnection {
-    fn open(b: &Backend) -> Self {
-        let mut c = SqliteConnection::establish(&b.url()).unwrap();
-        c.batch_execute("PRAGMA busy_timeout = 10000").unwrap();
-        c
-    }
-    fn set_running(&mut self, id: i64, attempt: i32, lease_expires_at: DateTime<Utc>) {
-        diesel::sql_query(
-            "UPDATE jobs SET state = 'running', attempts = ?, worker_id = 'factory', \
-             heartbeat_at = ?, lease_expires_at = ? WHERE id = ?",
-        )
-        .bind::<Integer, _>(attempt)
-        .bind::<Timestamp, _>(Utc::now().naive_utc())
-        .bind::<Timestamp, _>(lease_expires_at.naive_utc())
-        .bind::<BigInt, _>(id)
-        .execute(self)
-        .unwrap();
-    }
-    fn until_another_waits(&mut self) {
-        // SQLite shows no waiters; the cases hold in either order, this only makes the
-        // interesting one (the other connection already waiting) the likely one.
-        thread::sleep(Duration::from_millis(200));
-    }
-    fn results(&mut self, id: i64) -> Vec<(i32, String)> {
-        diesel::sql_query("SELECT attempt, outcome FROM results WHERE job_id = ? ORDER BY attempt")
-            .bind::<BigInt, _>(id)
-            .load::<ResultRow>(self)
-            .unwrap()
-            .into_iter()
-            .map(|r| (r.attempt, r.outcome))
-            .collect()
-    }
-}
-
-impl TestConn for PgConnection {
-    fn open(b: &Backend) -> Self {
-        PgConnection::establish(&b.url()).unwrap()
-    }
-    fn set_running(&mut self, id: i64, attempt: i32, lease_expires_at: DateTime<Utc>) {
-        diesel::sql_query(
-            "UPDATE jobs SET state = 'running', attempts = $1, worker_id = 'factory', \
-             heartbeat_at = now(), lease_expires_at = $2 WHERE id = $3",
-        )
-        .bind::<Integer, _>(attempt)
-        .bind::<Timestamptz, _>(lease_expires_at)
-        .bind::<BigInt, _>(id)
-        .execute(self)
-        .unwrap();
-    }
-    fn until_another_waits(&mut self) {
-        #[derive(QueryableByName)]
-        struct N {
-            #[diesel(sql_type = BigInt)]
-            n: i64,
-        }
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let waiting: N = diesel::sql_query(
-                "SELECT count(*) AS n FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
-                 WHERE NOT l.granted AND a.datname = current_database()",
-            )
-            .get_result(self)
-            .unwrap();
-            if waiting.n > 0 {
-                return;
-            }
-            assert!(Instant::now() < deadline, "the other session never waited");
-            thread::sleep(Duration::from_millis(5));
-        }
-    }
-    fn results(&mut self, id: i64) -> Vec<(i32, String)> {
-        diesel::sql_query("SELECT attempt, outcome FROM results WHERE job_id = $1 ORDER BY attempt")
-            .bind::<BigInt, _>(id)
-            .load::<ResultRow>(self)
-            .unwrap()
-            .into_iter()
-            .map(|r| (r.attempt, r.outcome))
-            .collect()
-    }
-}
 
 fn job(queue: &str) -> NewJob {
     NewJob::new(queue, &serde_json::json!({"n": 1})).unwrap()
@@ -137,30 +31,18 @@ fn lease() -> Duration {
     Duration::from_secs(30)
 }
 
-/// Runs `case` with the connection type of `b`'s backend.
-macro_rules! with_conn {
-    ($b:expr, $case:ident) => {
-        match $b {
-            Backend::Sqlite(_) => $case::<SqliteConnection>($b),
-            Backend::Postgres(_) => $case::<PgConnection>($b),
-        }
-    };
-}
-
-fn a_heartbeat_committed_during_a_reap_keeps_the_job_and_writes_no_result(b: &Backend) {
-    with_conn!(b, reap_vs_heartbeat)
-}
-
 /// The reaper has found a job whose lease ran out (the factory puts it there); before its
 /// write lands, the owner's heartbeat (still holding the attempt) commits. The reap must then
 /// skip the job entirely: no failed result, the job still running, and the owner's completion
 /// applies. On 41b6fc7's PostgreSQL the reap's INSERT saw the expired lease and its UPDATE
 /// the renewed one: a stray failed row, the job left running, and the owner's complete failed
 /// on `results_job_attempt_idx`.
-fn reap_vs_heartbeat<C: TestConn>(b: &Backend) {
+fn a_heartbeat_committed_during_a_reap_keeps_the_job_and_writes_no_result<C: TestConn>(
+    b: &Backend<C>,
+) {
     let _queue = b.queue(); // migrations
-    let mut owner = C::open(b);
-    let mut reaper = C::open(b);
+    let mut owner = b.conn();
+    let mut reaper = b.conn();
     let id = queue::enqueue(&mut owner, &job("reap")).unwrap();
     owner.set_running(id, 1, Utc::now() - chrono::Duration::seconds(5));
     let held = Lease {
@@ -171,7 +53,7 @@ fn reap_vs_heartbeat<C: TestConn>(b: &Backend) {
     assert_eq!(expired, [id], "the factory's job is expired");
 
     let (tx, rx) = mpsc::channel();
-    let mut watcher = C::open(b);
+    let mut watcher = b.conn();
     owner
         .transaction::<_, jobdb::Error, _>(|c| {
             queue::heartbeat(c, held, lease()).unwrap();
@@ -207,16 +89,12 @@ fn reap_vs_heartbeat<C: TestConn>(b: &Backend) {
     );
 }
 
-fn batched_completions_are_keyed_by_lease_not_job_id(b: &Backend) {
-    with_conn!(b, batched_completions)
-}
-
 /// A released lease passed together with the live lease of the same job: only the live one
 /// applies. On 41b6fc7 both got `Ok` and a second succeeded row was written (for the released
 /// attempt), which the bench audit reported as `duplicated: 1`.
-fn batched_completions<C: TestConn>(b: &Backend) {
+fn batched_completions_are_keyed_by_lease_not_job_id<C: TestConn>(b: &Backend<C>) {
     let _queue = b.queue();
-    let mut c = C::open(b);
+    let mut c = b.conn();
     let id = queue::enqueue(&mut c, &job("batch")).unwrap();
     let stale = queue::claim(&mut c, "batch", 1, "w1", lease()).unwrap()[0].lease();
     queue::release(&mut c, stale).unwrap();
@@ -243,16 +121,12 @@ fn batched_completions<C: TestConn>(b: &Backend) {
     assert_eq!(audit.duplicated, 0, "{audit:?}");
 }
 
-fn batched_heartbeats_tell_a_stale_lease_it_is_lost(b: &Backend) {
-    with_conn!(b, batched_heartbeats)
-}
-
 /// `heartbeat_many` with a stale and a live lease of one job: the stale holder is told its
 /// lease is lost (so its handler abandons), as the single `heartbeat` says. On 41b6fc7 both
 /// were told "extended".
-fn batched_heartbeats<C: TestConn>(b: &Backend) {
+fn batched_heartbeats_tell_a_stale_lease_it_is_lost<C: TestConn>(b: &Backend<C>) {
     let _queue = b.queue();
-    let mut c = C::open(b);
+    let mut c = b.conn();
     queue::enqueue(&mut c, &job("beat")).unwrap();
     let stale = queue::claim(&mut c, "beat", 1, "w1", lease()).unwrap()[0].lease();
     queue::release(&mut c, stale).unwrap();
@@ -265,14 +139,16 @@ fn batched_heartbeats<C: TestConn>(b: &Backend) {
     assert!(out[1].is_ok(), "{out:?}");
 }
 
-fn a_job_finishing_between_a_unique_insert_and_its_lookup_is_not_an_error(b: &Backend) {
-    let Backend::Postgres(_) = b else {
+fn a_job_finishing_between_a_unique_insert_and_its_lookup_is_not_an_error<C: TestConn>(
+    b: &Backend<C>,
+) {
+    if !b.is_postgres() {
         // SQLite runs the insert and the look-up in one BEGIN IMMEDIATE transaction: nothing
         // can finish in between. The case is PostgreSQL's (READ COMMITTED).
         return;
-    };
+    }
     let _queue = b.queue();
-    let mut c = PgConnection::open(b);
+    let mut c = b.conn();
     let first = queue::enqueue(&mut c, &job("uniq").unique_key("K")).unwrap();
     // The statement-level trigger runs right after the INSERT that skips (ON CONFLICT DO
     // NOTHING), once: it finishes the live job, as a worker completing it between the insert

@@ -234,7 +234,7 @@ fn released_jobs_go_back_to_the_queue() {
 fn enqueue_inside_the_callers_transaction_rolls_back_with_it() {
     let db = TestDb::new();
     let q = db.queue();
-    let mut conn = q.pool().unwrap().get().unwrap();
+    let mut conn = q.pool().get().unwrap();
     conn.batch_execute("CREATE TABLE orders (id INTEGER PRIMARY KEY, item TEXT NOT NULL)")
         .unwrap();
 

@@ -14,7 +14,7 @@ fn postgres_restart_mid_run_loses_and_duplicates_nothing() {
     let Some(db) = PgTestDb::new("postgres_restart") else {
         return;
     };
-    let queue = jobdb::Queue::open(&db.url, jobdb::Config::default()).unwrap();
+    let queue = jobdb::PgQueue::open(&db.url, jobdb::Config::default()).unwrap();
     let jobs: Vec<jobdb::NewJob> = (0..3000)
         .map(|n| jobdb::NewJob::new("restart", &serde_json::json!({ "n": n })).unwrap())
         .collect();
@@ -57,7 +57,7 @@ fn postgres_restart_mid_run_loses_and_duplicates_nothing() {
         assert!(out.status.success(), "worker failed: {stderr}");
     }
     // A fresh handle: the old one's pooled connections died with the server.
-    let queue = jobdb::Queue::open(&db.url, jobdb::Config::default()).unwrap();
+    let queue = jobdb::PgQueue::open(&db.url, jobdb::Config::default()).unwrap();
     let audit = queue.audit("restart").unwrap();
     assert_eq!(
         (audit.jobs, audit.not_succeeded, audit.duplicated),

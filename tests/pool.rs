@@ -2,7 +2,7 @@
 
 use diesel::connection::SimpleConnection;
 use jobdb::pragmas::{journal_mode, read_integer_pragma, IntegerPragma};
-use jobdb::{build_pool, Config, Error, Queue, Synchronous};
+use jobdb::{build_pool, Config, Error, Synchronous};
 
 use crate::common::TestDb;
 
@@ -73,7 +73,7 @@ fn in_memory_databases_are_refused_because_wal_cannot_be_enabled() {
 fn a_missing_directory_is_a_clear_error_and_creates_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let url = dir.path().join("no/such/dir/jobs.sqlite3");
-    let err = Queue::open(url.to_str().unwrap(), Config::default()).unwrap_err();
+    let err = jobdb::SqliteQueue::open(url.to_str().unwrap(), Config::default()).unwrap_err();
     assert!(matches!(err, Error::InvalidDatabaseUrl { .. }), "{err:?}");
     assert!(err.to_string().contains("does not exist"), "{err}");
     assert!(!dir.path().join("no").exists());
@@ -84,7 +84,7 @@ fn a_file_that_is_not_a_database_is_refused_and_left_untouched() {
     let db = TestDb::new();
     let junk = b"this is not a sqlite database, just some text that is long enough....".repeat(20);
     std::fs::write(&db.path, &junk).unwrap();
-    let err = Queue::open(&db.url(), Config::default()).unwrap_err();
+    let err = jobdb::SqliteQueue::open(&db.url(), Config::default()).unwrap_err();
     assert!(err.to_string().contains("not a SQLite database"), "{err}");
     assert_eq!(std::fs::read(&db.path).unwrap(), junk);
 }
@@ -93,7 +93,8 @@ fn a_file_that_is_not_a_database_is_refused_and_left_untouched() {
 fn an_unreadable_path_is_a_typed_error() {
     let dir = tempfile::tempdir().unwrap();
     // A directory where the file should be.
-    let err = Queue::open(dir.path().to_str().unwrap(), Config::default()).unwrap_err();
+    let err =
+        jobdb::SqliteQueue::open(dir.path().to_str().unwrap(), Config::default()).unwrap_err();
     assert!(matches!(err, Error::InvalidDatabaseUrl { .. }), "{err:?}");
     assert!(err.is_invalid_input());
 }
@@ -126,7 +127,7 @@ fn migrations_are_applied_once_and_the_claim_uses_its_index() {
         queue.migrate().unwrap().is_empty(),
         "second run applies nothing"
     );
-    let mut conn = queue.pool().unwrap().get().unwrap();
+    let mut conn = queue.pool().get().unwrap();
     conn.batch_execute("SELECT 1 FROM jobs LIMIT 1; SELECT 1 FROM results LIMIT 1;")
         .unwrap();
     assert!(jobdb::pool::pending_migrations(&mut conn)
@@ -147,7 +148,7 @@ fn the_background_checkpointer_backfills_the_wal_with_autocheckpoint_off() {
             c.checkpoint_every = checkpoint_every;
             c.pragmas.wal_autocheckpoint = 0;
         });
-        let mut conn = queue.pool().unwrap().get().unwrap();
+        let mut conn = queue.pool().get().unwrap();
         assert_eq!(
             read_integer_pragma(&mut conn, IntegerPragma::WalAutocheckpoint).unwrap(),
             0

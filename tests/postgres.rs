@@ -58,7 +58,7 @@ fn four_worker_processes_on_postgres_run_every_job_exactly_once() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let queue = jobdb::Queue::open(&db.url, jobdb::Config::default()).unwrap();
+    let queue = jobdb::PgQueue::open(&db.url, jobdb::Config::default()).unwrap();
     let audit = queue.audit("default").unwrap();
     assert_eq!(
         (audit.jobs, audit.not_succeeded, audit.duplicated),
@@ -113,7 +113,7 @@ fn listen_notify_wakes_an_idle_worker_in_another_process() {
     let Some(db) = PgTestDb::new("listen_notify_wakes_an_idle_worker") else {
         return;
     };
-    let queue = jobdb::Queue::open(&db.url, jobdb::Config::default()).unwrap();
+    let queue = jobdb::PgQueue::open(&db.url, jobdb::Config::default()).unwrap();
     let mut config = jobdb::WorkerConfig::new("wake");
     config.poll_min = std::time::Duration::from_secs(10);
     config.poll_max = std::time::Duration::from_secs(10);

@@ -24,12 +24,12 @@ use crate::queue::Audit;
 /// crate's drivers, not public API.
 #[allow(private_bounds)] // the point: the driver traits are crate-private
 pub trait QueueConnection:
-    JobDriver + BatchDriver + ManageDriver + ReadDriver + diesel::r2d2::R2D2Connection
+    JobDriver + BatchDriver + ManageDriver + ReadDriver + crate::db::DbBackend
 {
 }
 
 impl<C> QueueConnection for C where
-    C: JobDriver + BatchDriver + ManageDriver + ReadDriver + diesel::r2d2::R2D2Connection
+    C: JobDriver + BatchDriver + ManageDriver + ReadDriver + crate::db::DbBackend
 {
 }
 

@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::{with_engine, Queue, Store};
+use super::Queue;
+use crate::driver::QueueConnection;
 use crate::error::{Error, Result};
 use crate::manage::{self, CancelOutcome, PruneBatch, QueueActivity, Retention};
 use crate::models::{Job, JobState, NewJob};
@@ -24,12 +25,13 @@ pub struct PruneReport {
     pub max_lock_hold_ms: f64,
 }
 
-impl Queue {
+impl<C: QueueConnection> Queue<C> {
     /// Enqueues one job and says whether it was inserted: with a unique key, a live job of
     /// the same queue and key is returned instead (`inserted: false`). Race-free: the unique
     /// index decides inside the insert.
     pub fn enqueue_unique(&self, job: &NewJob) -> Result<Enqueued> {
-        self.woke(with_engine!(self, e => {
+        self.woke({
+            let e = &*self.db.inner;
             job.validate(e.config.max_payload_bytes)?;
             let job = job.clone();
             let done = e.write("enqueue", move |c| {
@@ -39,21 +41,23 @@ impl Queue {
                 table: "jobs",
                 reason: "enqueue returned no id".into(),
             })
-        }))
+        })
     }
 
     /// Cancels a job (see [`manage::cancel`]).
     pub fn cancel(&self, job_id: i64) -> Result<CancelOutcome> {
-        with_engine!(self, e => {
+        {
+            let e = &*self.db.inner;
             e.write("cancel", move |c| manage::cancel(c, job_id))
-        })
+        }
     }
 
     /// Puts a dead or cancelled job back to queued with fresh attempts (see [`manage::retry`]).
     pub fn retry(&self, job_id: i64) -> Result<()> {
-        self.woke(with_engine!(self, e => {
+        self.woke({
+            let e = &*self.db.inner;
             e.write("retry", move |c| manage::retry(c, job_id))
-        }))
+        })
     }
 
     /// Deletes jobs in `states` (finished ones only) last changed more than `older_than` ago,
@@ -67,7 +71,8 @@ impl Queue {
         states: &[JobState],
         batch: PruneBatch,
     ) -> Result<PruneReport> {
-        with_engine!(self, e => {
+        {
+            let e = &*self.db.inner;
             manage::check_prune_states(states)?;
             let per_tx = batch.jobs_per_transaction.max(1);
             let cutoff = manage::prune_cutoff(older_than)?;
@@ -95,7 +100,7 @@ impl Queue {
                     std::thread::sleep(batch.pause);
                 }
             }
-        })
+        }
     }
 
     /// Prunes each state of `retention` that has a limit; returns jobs deleted.
@@ -110,38 +115,42 @@ impl Queue {
     /// Pauses `queue`: nothing is claimed from it until [`Queue::resume`]. Returns false if it
     /// was already paused.
     pub fn pause(&self, queue_name: &str) -> Result<bool> {
-        with_engine!(self, e => {
+        {
+            let e = &*self.db.inner;
             let q = queue_name.to_owned();
             e.write("pause", move |c| manage::pause(c, &q))
-        })
+        }
     }
 
     /// Resumes a paused queue. Returns false if it was not paused.
     pub fn resume(&self, queue_name: &str) -> Result<bool> {
-        self.woke(with_engine!(self, e => {
+        self.woke({
+            let e = &*self.db.inner;
             let q = queue_name.to_owned();
             e.write("resume", move |c| manage::resume(c, &q))
-        }))
+        })
     }
 
     /// Names of the paused queues.
     pub fn paused(&self) -> Result<Vec<String>> {
-        with_engine!(self, e => {
+        {
+            let e = &*self.db.inner;
             e.read("paused", manage::paused)
-        })
+        }
     }
 
     /// Enqueues `schedule`'s job for `tick` unless some scheduler already did: a
     /// compare-and-set on the schedule's last tick and the insert, in one transaction.
     /// Returns the new job's id, or `None` when the tick was already taken.
     pub fn enqueue_tick(&self, schedule: &Schedule, tick: DateTime<Utc>) -> Result<Option<i64>> {
-        self.woke(with_engine!(self, e => {
+        self.woke({
+            let e = &*self.db.inner;
             let max_payload = e.config.max_payload_bytes;
             let schedule = schedule.clone();
             e.write("enqueue_tick", move |c| {
                 manage::enqueue_tick_validated(c, &schedule, tick, max_payload)
             })
-        }))
+        })
     }
 
     /// Waits until the job is finished (succeeded, dead or cancelled) and returns it; polls
@@ -177,8 +186,9 @@ impl Queue {
         &self,
         queue_name: Option<&str>,
     ) -> Result<std::collections::BTreeMap<String, QueueActivity>> {
-        with_engine!(self, e => {
+        {
+            let e = &*self.db.inner;
             e.read("activity", |c| manage::activity(c, queue_name))
-        })
+        }
     }
 }

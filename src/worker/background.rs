@@ -8,12 +8,12 @@ use std::time::{Duration, Instant};
 use super::{Active, Counters, JobFlags, WorkerConfig};
 use crate::manage::Retention;
 use crate::models::Lease;
-use crate::Queue;
+use crate::{Queue, QueueConnection};
 
 /// Extends the leases of running handlers every `heartbeat_every`, each in its own short
 /// transaction, and reaps expired leases every `reap_every`.
-pub(super) fn heartbeat_loop(
-    queue: &Queue,
+pub(super) fn heartbeat_loop<C: QueueConnection>(
+    queue: &Queue<C>,
     config: &WorkerConfig,
     active: &Active,
     counters: &Counters,
@@ -69,7 +69,11 @@ pub(super) fn heartbeat_loop(
 
 /// Applies `retention` every `retention.every` until `stop`, on its own thread so a long
 /// prune never delays heartbeats. Each prune transaction is short (see [`Queue::prune`]).
-pub(super) fn retention_loop(queue: &Queue, retention: &Retention, stop: &AtomicBool) {
+pub(super) fn retention_loop<C: QueueConnection>(
+    queue: &Queue<C>,
+    retention: &Retention,
+    stop: &AtomicBool,
+) {
     let mut next = Instant::now();
     while !stop.load(Ordering::SeqCst) {
         if Instant::now() >= next {

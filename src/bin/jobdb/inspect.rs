@@ -1,9 +1,9 @@
 //! Looking at things: one job with its results, and `doctor`.
 
 use anyhow::Result;
-use jobdb::{Config, Queue};
+use jobdb::{Config, Queue, QueueConnection};
 
-pub fn print_job(queue: &Queue, id: i64, json: bool) -> Result<()> {
+pub fn print_job<C: QueueConnection>(queue: &Queue<C>, id: i64, json: bool) -> Result<()> {
     let job = queue.get_job(id)?;
     let results = queue.get_results(id)?;
     if json {

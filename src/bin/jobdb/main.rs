@@ -14,8 +14,9 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
-use jobdb::{Config, NewJob, Queue, Worker, WorkerConfig};
+use jobdb::{Config, NewJob, Queue, QueueConnection, WithQueue, Worker, WorkerConfig};
 
+mod bench;
 mod inspect;
 mod ops;
 
@@ -118,7 +119,7 @@ enum Command {
         json: bool,
     },
     /// Measure throughput: many workers on one database (see README)
-    Bench(jobdb::bench::BenchArgs),
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Args)]
@@ -269,62 +270,116 @@ fn exit_code(err: &anyhow::Error) -> u8 {
     }
 }
 
-fn open(url: &str) -> Result<Queue> {
-    let config = Config::from_env()?;
-    Ok(Queue::open(url, config)?)
-}
-
 fn run(cli: Cli, url_given: bool) -> Result<()> {
+    let url = cli.database_url.as_str();
     match cli.command {
+        Command::Doctor { json } => doctor(url, json),
+        Command::Bench(args) => bench::run(&args, url_given.then_some(url)),
         Command::Migrate => {
             let mut config = Config::from_env()?;
             config.run_migrations = false;
-            let queue = Queue::open(&cli.database_url, config)?;
-            let applied = queue.migrate()?;
-            if applied.is_empty() {
-                println!("database is up to date");
-            }
-            for version in applied {
-                println!("applied {version}");
-            }
+            jobdb::open_any(url, config, Migrate)?
         }
-        Command::Enqueue(args) => enqueue(&cli.database_url, args)?,
-        Command::Work(args) => work(&cli.database_url, args)?,
-        Command::Stats { queue, json } => ops::stats(&open(&cli.database_url)?, queue, json)?,
-        Command::Cancel { id } => ops::cancel(&open(&cli.database_url)?, id)?,
-        Command::Retry { id } => {
-            open(&cli.database_url)?.retry(id)?;
-            println!("job {id} queued");
+        // Read and check the input before touching the database: bad input changes nothing.
+        Command::Enqueue(args) => jobdb::open_any(url, Config::from_env()?, read_enqueue(args)?)?,
+        Command::Work(args) => {
+            let mut config = Config::from_env()?;
+            // Each handler thread plus the heartbeat thread may hold a connection at once.
+            config.pool_size = config.pool_size.max(args.concurrency as u32 + 2);
+            jobdb::open_any(url, config, args)?
         }
-        Command::Prune(args) => ops::prune(&open(&cli.database_url)?, args)?,
-        Command::Pause { queue } => {
-            let changed = open(&cli.database_url)?.pause(&queue)?;
-            println!("{}", if changed { "paused" } else { "already paused" });
-        }
-        Command::Resume { queue } => {
-            let changed = open(&cli.database_url)?.resume(&queue)?;
-            println!("{}", if changed { "resumed" } else { "was not paused" });
-        }
-        Command::Schedule(args) => ops::schedule(&open(&cli.database_url)?, args)?,
-        Command::Wait { id, timeout, json } => {
-            let queue = open(&cli.database_url)?;
-            let job = queue.wait_for(id, timeout)?;
-            print_job(&queue, id, json)?;
-            if job.state != jobdb::JobState::Succeeded {
-                return Err(anyhow::anyhow!("job {id} ended {}", job.state));
-            }
-        }
-        Command::Show { id, json } => show(&cli.database_url, id, json)?,
-        Command::Reap => println!("{}", open(&cli.database_url)?.reap()?),
-        Command::Doctor { json } => doctor(&cli.database_url, json)?,
-        Command::Bench(args) => {
-            jobdb::bench::run(&args, url_given.then_some(cli.database_url.as_str()))?
-        }
+        other => jobdb::open_any(url, Config::from_env()?, other)?,
     }
-    Ok(())
 }
 
-fn enqueue(url: &str, args: EnqueueArgs) -> Result<()> {
+/// `jobdb migrate`.
+struct Migrate;
+
+impl WithQueue for Migrate {
+    type Output = Result<()>;
+    fn with<C: QueueConnection>(self, queue: Queue<C>) -> Result<()> {
+        let applied = queue.migrate()?;
+        if applied.is_empty() {
+            println!("database is up to date");
+        }
+        for version in applied {
+            println!("applied {version}");
+        }
+        Ok(())
+    }
+}
+
+/// The commands that need nothing but the queue.
+impl WithQueue for Command {
+    type Output = Result<()>;
+    fn with<C: QueueConnection>(self, queue: Queue<C>) -> Result<()> {
+        match self {
+            Command::Stats { queue: only, json } => ops::stats(&queue, only, json)?,
+            Command::Cancel { id } => ops::cancel(&queue, id)?,
+            Command::Retry { id } => {
+                queue.retry(id)?;
+                println!("job {id} queued");
+            }
+            Command::Prune(args) => ops::prune(&queue, args)?,
+            Command::Pause { queue: name } => {
+                let changed = queue.pause(&name)?;
+                println!("{}", if changed { "paused" } else { "already paused" });
+            }
+            Command::Resume { queue: name } => {
+                let changed = queue.resume(&name)?;
+                println!("{}", if changed { "resumed" } else { "was not paused" });
+            }
+            Command::Schedule(args) => ops::schedule(&queue, args)?,
+            Command::Wait { id, timeout, json } => {
+                let job = queue.wait_for(id, timeout)?;
+                print_job(&queue, id, json)?;
+                if job.state != jobdb::JobState::Succeeded {
+                    return Err(anyhow::anyhow!("job {id} ended {}", job.state));
+                }
+            }
+            Command::Show { id, json } => print_job(&queue, id, json)?,
+            Command::Reap => println!("{}", queue.reap()?),
+            Command::Migrate
+            | Command::Enqueue(_)
+            | Command::Work(_)
+            | Command::Doctor { .. }
+            | Command::Bench(_) => {
+                unreachable!("dispatched in run() before a queue is opened")
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What `jobdb enqueue` enqueues, read and checked before the database is opened.
+enum EnqueueInput {
+    /// One job from the command line.
+    One(NewJob),
+    /// A file's jobs, enqueued all or nothing.
+    File(Vec<NewJob>),
+}
+
+impl WithQueue for EnqueueInput {
+    type Output = Result<()>;
+    fn with<C: QueueConnection>(self, queue: Queue<C>) -> Result<()> {
+        match self {
+            EnqueueInput::One(job) => {
+                let done = queue.enqueue_unique(&job)?;
+                if !done.inserted {
+                    tracing::info!(
+                        id = done.id,
+                        "a live job has this unique key; nothing enqueued"
+                    );
+                }
+                println!("{}", done.id);
+            }
+            EnqueueInput::File(jobs) => println!("{}", queue.enqueue_batch(&jobs)?.len()),
+        }
+        Ok(())
+    }
+}
+
+fn read_enqueue(args: EnqueueArgs) -> Result<EnqueueInput> {
     let run_at = match (args.delay, args.run_at) {
         (Some(delay), _) => Some(jobdb::timestamp::from_now("delay", delay)?),
         (None, at) => at,
@@ -342,16 +397,7 @@ fn enqueue(url: &str, args: EnqueueArgs) -> Result<()> {
         Ok(job)
     };
     if let Some(payload) = &args.payload {
-        let job = build(payload)?;
-        let done = open(url)?.enqueue_unique(&job)?;
-        if !done.inserted {
-            tracing::info!(
-                id = done.id,
-                "a live job has this unique key; nothing enqueued"
-            );
-        }
-        println!("{}", done.id);
-        return Ok(());
+        return Ok(EnqueueInput::One(build(payload)?));
     }
     let Some(path) = &args.file else {
         return Err(UsageError("give a PAYLOAD_JSON or --file".into()).into());
@@ -390,16 +436,18 @@ fn enqueue(url: &str, args: EnqueueArgs) -> Result<()> {
         ))
         .into());
     }
-    let ids = open(url)?.enqueue_batch(&jobs)?;
-    println!("{}", ids.len());
-    Ok(())
+    Ok(EnqueueInput::File(jobs))
 }
 
-fn work(url: &str, args: WorkArgs) -> Result<()> {
-    let mut queue_config = Config::from_env()?;
-    // Each handler thread plus the heartbeat thread may hold a connection at once.
-    queue_config.pool_size = queue_config.pool_size.max(args.concurrency as u32 + 2);
-    let queue = Queue::open(url, queue_config)?;
+/// `jobdb work`.
+impl WithQueue for WorkArgs {
+    type Output = Result<()>;
+    fn with<C: QueueConnection>(self, queue: Queue<C>) -> Result<()> {
+        work(queue, self)
+    }
+}
+
+fn work<C: QueueConnection>(queue: Queue<C>, args: WorkArgs) -> Result<()> {
     let mut config = WorkerConfig::new(args.queue).lease(args.lease);
     config.concurrency = args.concurrency;
     config.grace = args.grace;
@@ -429,10 +477,6 @@ fn work(url: &str, args: WorkArgs) -> Result<()> {
         report.reaped
     );
     Ok(())
-}
-
-fn show(url: &str, id: i64, json: bool) -> Result<()> {
-    print_job(&open(url)?, id, json)
 }
 
 /// `500ms`, `30s`, `5m`, `2h`, `7d`.

@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use anyhow::Result;
 use clap::Args;
-use jobdb::{CancelOutcome, JobState, NewJob, PruneBatch, Queue, Schedule, Scheduler};
+use jobdb::{
+    CancelOutcome, JobState, NewJob, PruneBatch, Queue, QueueConnection, Schedule, Scheduler,
+};
 
 use crate::{parse_duration, UsageError};
 
@@ -56,7 +58,7 @@ fn parse_finished_state(s: &str) -> std::result::Result<JobState, String> {
     }
 }
 
-pub fn stats(queue: &Queue, only: Option<String>, json: bool) -> Result<()> {
+pub fn stats<C: QueueConnection>(queue: &Queue<C>, only: Option<String>, json: bool) -> Result<()> {
     let stats = queue.stats(only.as_deref())?;
     let activity = queue.activity(only.as_deref())?;
     if json {
@@ -106,7 +108,7 @@ pub fn stats(queue: &Queue, only: Option<String>, json: bool) -> Result<()> {
     Ok(())
 }
 
-pub fn cancel(queue: &Queue, id: i64) -> Result<()> {
+pub fn cancel<C: QueueConnection>(queue: &Queue<C>, id: i64) -> Result<()> {
     match queue.cancel(id)? {
         CancelOutcome::Cancelled => println!("job {id} cancelled"),
         CancelOutcome::Requested => {
@@ -118,7 +120,7 @@ pub fn cancel(queue: &Queue, id: i64) -> Result<()> {
     Ok(())
 }
 
-pub fn prune(queue: &Queue, args: PruneArgs) -> Result<()> {
+pub fn prune<C: QueueConnection>(queue: &Queue<C>, args: PruneArgs) -> Result<()> {
     if args.batch == 0 {
         return Err(UsageError("--batch must be at least 1".into()).into());
     }
@@ -140,7 +142,7 @@ pub fn prune(queue: &Queue, args: PruneArgs) -> Result<()> {
     Ok(())
 }
 
-pub fn schedule(queue: &Queue, args: ScheduleArgs) -> Result<()> {
+pub fn schedule<C: QueueConnection>(queue: &Queue<C>, args: ScheduleArgs) -> Result<()> {
     let job =
         NewJob::from_json(args.queue.as_str(), &args.payload)?.max_attempts(args.max_attempts);
     let schedule = match (args.every, &args.cron) {

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::queue::Completion;
-use crate::{Config, NewJob, Queue};
+use jobdb::queue::Completion;
+use jobdb::{Config, NewJob, Queue, QueueConnection, WithQueue};
 
 /// Arguments of `jobdb bench`.
 #[derive(clap::Args, Debug, Clone)]
@@ -117,17 +117,11 @@ pub fn run(args: &BenchArgs, database_url: Option<&str>) -> Result<()> {
     if args.workers == 0 || args.processes == 0 || args.batch == 0 {
         bail!("--workers, --processes and --batch must be at least 1");
     }
+    let mut config = Config::from_env()?;
+    config.pool_size = config.pool_size.max(args.workers as u32 + 2);
     if args.child {
         let url = database_url.context("--child needs --database-url")?;
-        let report = worker_phase(
-            &open(url, args.workers)?,
-            &args.queue,
-            args.workers,
-            args.batch,
-            None,
-        )?;
-        println!("{}", serde_json::to_string(&report)?);
-        return Ok(());
+        return jobdb::open_any(url, config, Child(args))?;
     }
     let tmp = tempfile::tempdir().context("cannot create a temporary directory")?;
     let url = match database_url {
@@ -138,90 +132,110 @@ pub fn run(args: &BenchArgs, database_url: Option<&str>) -> Result<()> {
             .to_string_lossy()
             .into_owned(),
     };
-    let queue_name = format!(
-        "bench-{}",
-        SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis()
-    );
-    let queue = open(&url, args.workers)?;
-
-    let progress = indicatif::ProgressBar::new(args.jobs as u64 * 2);
-    progress.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{spinner} {msg:9} [{bar:40}] {pos}/{len} ({per_sec})",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    if args.finished > 0 {
-        progress.set_message("history");
-        queue.insert_finished(&queue_name, args.finished)?;
-    }
-    progress.set_message("enqueue");
-    let started = Instant::now();
-    let payload_pad = "x".repeat(60);
-    for chunk in (0..args.jobs).collect::<Vec<_>>().chunks(1000) {
-        let jobs = chunk
-            .iter()
-            .map(|i| {
-                NewJob::new(
-                    queue_name.as_str(),
-                    &serde_json::json!({"n": i, "kind": "bench", "pad": payload_pad}),
-                )
-            })
-            .collect::<crate::Result<Vec<_>>>()?;
-        queue.enqueue_many(&jobs)?;
-        progress.inc(jobs.len() as u64);
-    }
-    let enqueue_secs = started.elapsed().as_secs_f64();
-    progress.set_message("work");
-
-    let phases = if args.processes == 1 {
-        vec![worker_phase(
-            &queue,
-            &queue_name,
-            args.workers,
-            args.batch,
-            Some(&progress),
-        )?]
-    } else {
-        spawn_children(args, &url, &queue_name, &queue, &progress)?
-    };
-    progress.finish_and_clear();
-
-    let audit = queue.audit(&queue_name)?;
-    let report = summarize(
-        args,
-        &url,
-        &phases,
-        enqueue_secs,
-        audit,
-        queue.backend(),
-        queue.backend_version()?,
-    );
-    if args.json {
-        println!("{}", serde_json::to_string(&report)?);
-    } else {
-        print_table(&report);
-    }
-    if report.lost != 0 || report.duplicated != 0 || report.errors != 0 {
-        bail!(
-            "verification failed: {} lost, {} duplicated, {} errors",
-            report.lost,
-            report.duplicated,
-            report.errors
-        );
-    }
-    Ok(())
+    jobdb::open_any(&url.clone(), config, Parent { args, url })?
 }
 
-fn open(url: &str, workers: usize) -> Result<Queue> {
-    let mut config = Config::from_env()?;
-    config.pool_size = config.pool_size.max(workers as u32 + 2);
-    Ok(Queue::open(url, config)?)
+/// A `--child` process: one worker phase on the parent's queue, its report on stdout.
+struct Child<'a>(&'a BenchArgs);
+
+impl WithQueue for Child<'_> {
+    type Output = Result<()>;
+    fn with<C: QueueConnection>(self, queue: Queue<C>) -> Result<()> {
+        let args = self.0;
+        let report = worker_phase(&queue, &args.queue, args.workers, args.batch, None)?;
+        println!("{}", serde_json::to_string(&report)?);
+        Ok(())
+    }
+}
+
+/// The parent: enqueue, work (here or in child processes), verify, report.
+struct Parent<'a> {
+    args: &'a BenchArgs,
+    url: String,
+}
+
+impl WithQueue for Parent<'_> {
+    type Output = Result<()>;
+    fn with<C: QueueConnection>(self, queue: Queue<C>) -> Result<()> {
+        let Parent { args, url } = self;
+        let queue_name = format!(
+            "bench-{}",
+            SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis()
+        );
+
+        let progress = indicatif::ProgressBar::new(args.jobs as u64 * 2);
+        progress.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} {msg:9} [{bar:40}] {pos}/{len} ({per_sec})",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        if args.finished > 0 {
+            progress.set_message("history");
+            queue.insert_finished(&queue_name, args.finished)?;
+        }
+        progress.set_message("enqueue");
+        let started = Instant::now();
+        let payload_pad = "x".repeat(60);
+        for chunk in (0..args.jobs).collect::<Vec<_>>().chunks(1000) {
+            let jobs = chunk
+                .iter()
+                .map(|i| {
+                    NewJob::new(
+                        queue_name.as_str(),
+                        &serde_json::json!({"n": i, "kind": "bench", "pad": payload_pad}),
+                    )
+                })
+                .collect::<jobdb::Result<Vec<_>>>()?;
+            queue.enqueue_many(&jobs)?;
+            progress.inc(jobs.len() as u64);
+        }
+        let enqueue_secs = started.elapsed().as_secs_f64();
+        progress.set_message("work");
+
+        let phases = if args.processes == 1 {
+            vec![worker_phase(
+                &queue,
+                &queue_name,
+                args.workers,
+                args.batch,
+                Some(&progress),
+            )?]
+        } else {
+            spawn_children(args, &url, &queue_name, &queue, &progress)?
+        };
+        progress.finish_and_clear();
+
+        let audit = queue.audit(&queue_name)?;
+        let report = summarize(
+            args,
+            &url,
+            &phases,
+            enqueue_secs,
+            audit,
+            queue.backend(),
+            queue.backend_version()?,
+        );
+        if args.json {
+            println!("{}", serde_json::to_string(&report)?);
+        } else {
+            print_table(&report);
+        }
+        if report.lost != 0 || report.duplicated != 0 || report.errors != 0 {
+            bail!(
+                "verification failed: {} lost, {} duplicated, {} errors",
+                report.lost,
+                report.duplicated,
+                report.errors
+            );
+        }
+        Ok(())
+    }
 }
 
 /// W threads drain the queue: claim → heartbeat → complete (batched when `batch` > 1).
-fn worker_phase(
-    queue: &Queue,
+fn worker_phase<C: QueueConnection>(
+    queue: &Queue<C>,
     queue_name: &str,
     workers: usize,
     batch: u32,
@@ -275,8 +289,8 @@ fn worker_phase(
 
 /// One worker until the queue is empty. Returns its claim latencies in µs. Errors are counted
 /// and logged, never hidden: the run fails verification if any occurred.
-fn worker_loop(
-    queue: &Queue,
+fn worker_loop<C: QueueConnection>(
+    queue: &Queue<C>,
     queue_name: &str,
     worker_id: &str,
     batch: u32,
@@ -284,7 +298,7 @@ fn worker_loop(
     errors: &AtomicU64,
 ) -> Vec<u64> {
     let mut latencies = Vec::new();
-    let mut count_err = |e: &crate::Error| {
+    let mut count_err = |e: &jobdb::Error| {
         errors.fetch_add(1, Ordering::Relaxed);
         tracing::error!(error = %e, "bench worker error");
     };
@@ -346,11 +360,11 @@ fn worker_loop(
     }
 }
 
-fn spawn_children(
+fn spawn_children<C: QueueConnection>(
     args: &BenchArgs,
     url: &str,
     queue_name: &str,
-    queue: &Queue,
+    queue: &Queue<C>,
     progress: &indicatif::ProgressBar,
 ) -> Result<Vec<PhaseReport>> {
     let exe = std::env::current_exe().context("cannot find our own executable")?;
@@ -411,7 +425,7 @@ fn summarize(
     url: &str,
     phases: &[PhaseReport],
     enqueue_secs: f64,
-    audit: crate::queue::Audit,
+    audit: jobdb::queue::Audit,
     backend: &'static str,
     backend_version: String,
 ) -> BenchReport {
@@ -515,7 +529,7 @@ fn peak_rss_kib() -> u64 {
 /// The URL without its password, for the report.
 fn redacted(url: &str) -> String {
     #[cfg(feature = "postgres")]
-    return crate::pool::redact(url);
+    return jobdb::pool::redact(url);
     #[cfg(not(feature = "postgres"))]
     url.to_owned()
 }

@@ -1,0 +1,256 @@
+//! [`Db`]: the persistence handle. A pool with the backend's connection settings, the
+//! process's writer with group commit (SQLite), the busy-retry loop, the WAL checkpointer
+//! (SQLite), metrics and the wake-up signal of idle workers. [`crate::Queue`] sits on it; an
+//! app uses it for its own transactions beside the queue's.
+
+mod postgres;
+mod sqlite;
+
+use std::sync::{Arc, Once};
+
+use diesel::r2d2::ConnectionManager;
+
+use crate::combine::{Combiner, WriteCtx};
+use crate::driver::{JobDriver, QueueConnection};
+use crate::error::Result;
+use crate::metrics::{Metrics, MetricsSnapshot};
+use crate::pool::Config;
+use crate::retry::{retry_busy, RetrySnapshot, RetryStats};
+use crate::wakeup::Wakeup;
+
+/// An r2d2 pool of `C` connections.
+pub type Pool<C> = r2d2::Pool<ConnectionManager<C>>;
+
+/// What opening a [`Db`] differs in per backend: the pool (pragmas and WAL on SQLite, the
+/// session settings on PostgreSQL), the migrations, and what runs beside the handle (SQLite's
+/// checkpointer, PostgreSQL's LISTEN thread). Crate-private, like the drivers: it seals
+/// [`QueueConnection`].
+pub(crate) trait DbBackend:
+    JobDriver
+    + crate::driver::BatchDriver
+    + crate::driver::ManageDriver
+    + crate::driver::ReadDriver
+    + diesel::r2d2::R2D2Connection
+    + Sized
+{
+    /// Whether `url` names a database of this backend.
+    fn accepts(url: &str) -> bool;
+    /// Builds the pool for `url`.
+    fn build_pool(url: &str, config: &Config) -> Result<Pool<Self>>;
+    /// Applies pending embedded migrations; the versions applied.
+    fn migrate(db: &Inner<Self>) -> Result<Vec<String>>;
+    /// Starts what runs beside the handle (called once, after the handle is built).
+    fn start(_db: &Arc<Inner<Self>>) {}
+    /// Starts the cross-process wake-up listener, if this backend has one and the handle
+    /// knows its URL (called by the first idle worker; runs once).
+    fn listen(_db: &Arc<Inner<Self>>) {}
+}
+
+/// A cheap-to-clone handle to one database: every clone shares the pool, the writer, the
+/// counters and the background threads, which stop when the last clone is dropped. Open one
+/// per database per process and clone it.
+pub struct Db<C: QueueConnection = diesel::SqliteConnection> {
+    pub(crate) inner: Arc<Inner<C>>,
+}
+
+impl<C: QueueConnection> Clone for Db<C> {
+    fn clone(&self) -> Self {
+        Db {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<C: QueueConnection> std::fmt::Debug for Db<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db")
+            .field("backend", &C::NAME)
+            .field("config", &self.inner.config)
+            .field("retry_stats", &self.inner.stats.snapshot())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The shared state behind a [`Db`].
+pub(crate) struct Inner<C: QueueConnection> {
+    pub(crate) pool: Pool<C>,
+    pub(crate) config: Config,
+    pub(crate) stats: RetryStats,
+    pub(crate) metrics: Metrics,
+    /// Every write transaction of this handle runs through it: on SQLite group-committed on
+    /// ONE writer connection; on PostgreSQL in parallel on pooled connections.
+    ///
+    /// Why one writer on SQLite: SQLite lets one transaction write at a time anyway, and in
+    /// WAL mode a connection that did not make the previous commit finds the WAL changed and
+    /// throws its whole page cache away, so N connections taking turns each start every
+    /// transaction cold. One connection keeps its page cache and prepared statements warm;
+    /// threads queue in-process instead of polling the file lock through SQLite's busy
+    /// handler (which sleeps 1, 2, 5 … 100 ms per wait and lets unlucky threads starve for
+    /// seconds); and operations that queue up while one commits are committed together (see
+    /// `combine.rs`). Other processes still meet at the file lock (busy_timeout and the retry
+    /// loop). Reads use the rest of the pool and never wait for the writer (WAL).
+    ///
+    /// Why not on PostgreSQL: it runs transactions in parallel, and group commit through one
+    /// connection ran 16 workers at a fraction of the parallel rate (each operation paying a
+    /// SAVEPOINT round trip); other processes' claims meet at `FOR UPDATE SKIP LOCKED`.
+    pub(crate) writer: Combiner<C>,
+    /// Wakes this process's idle workers when work arrives (see `wakeup.rs`).
+    pub(crate) wakeup: Arc<Wakeup>,
+    /// The URL the handle was opened with, when it was (not from a caller's pool): where a
+    /// connection the server dropped is re-established, and where PostgreSQL's LISTEN thread
+    /// connects. `None`: no reconnect in place, and idle workers poll.
+    pub(crate) url: Option<String>,
+    pub(crate) listener: Once,
+}
+
+impl<C: QueueConnection> Db<C> {
+    /// Opens the database at `url` (a SQLite path, `sqlite://…` or `file:` URI for
+    /// `Db<SqliteConnection>`; a `postgres://` URL for `Db<PgConnection>`), builds the pool
+    /// and, if `config.run_migrations`, applies pending migrations. A URL of the other
+    /// backend is [`crate::Error::InvalidDatabaseUrl`]; to choose the backend by the URL at run
+    /// time, use [`crate::open_any`].
+    pub fn open(url: &str, config: Config) -> Result<Db<C>> {
+        if !C::accepts(url) {
+            return Err(crate::Error::InvalidDatabaseUrl {
+                url: crate::pool::redact(url),
+                reason: format!(
+                    "this handle is for {}; the URL names another backend",
+                    C::NAME
+                ),
+            });
+        }
+        let pool = C::build_pool(url, &config)?;
+        Db::with_pool(pool, config, Some(url.to_owned()))
+    }
+
+    /// Wraps a pool the caller built (with [`crate::build_pool`], or with the same
+    /// customizer) and, if `config.run_migrations`, applies pending migrations. Without the
+    /// URL, a connection a PostgreSQL restart dropped is not replaced in place (the pool
+    /// replaces it when r2d2 finds it broken) and idle workers poll instead of LISTENing.
+    pub fn from_pool(pool: Pool<C>, config: Config) -> Result<Db<C>> {
+        Db::with_pool(pool, config, None)
+    }
+
+    fn with_pool(pool: Pool<C>, config: Config, url: Option<String>) -> Result<Db<C>> {
+        let run_migrations = config.run_migrations;
+        let inner = Arc::new(Inner {
+            pool,
+            config,
+            stats: RetryStats::default(),
+            metrics: Metrics::default(),
+            writer: Combiner::new(),
+            wakeup: Arc::new(Wakeup::default()),
+            url,
+            listener: Once::new(),
+        });
+        let db = Db { inner };
+        if run_migrations {
+            db.migrate()?;
+        }
+        C::start(&db.inner);
+        Ok(db)
+    }
+
+    /// `"sqlite"` or `"postgres"`.
+    pub fn backend(&self) -> &'static str {
+        C::NAME
+    }
+
+    /// Applies pending embedded migrations; returns the versions applied.
+    pub fn migrate(&self) -> Result<Vec<String>> {
+        C::migrate(&self.inner)
+    }
+
+    /// The pool, for the caller's own queries (reads, or connections of its own).
+    pub fn pool(&self) -> &Pool<C> {
+        &self.inner.pool
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// Transactions, busy retries and busy give-ups so far, over every clone of this handle.
+    pub fn retry_stats(&self) -> RetrySnapshot {
+        self.inner.stats.snapshot()
+    }
+
+    /// Counters and latency histograms of this handle's work (see [`crate::metrics`]).
+    pub fn metrics(&self) -> MetricsSnapshot {
+        self.inner.metrics.snapshot(self.inner.stats.snapshot())
+    }
+
+    /// Runs `op`, a whole write transaction, on the writer connection (SQLite) or a pooled
+    /// connection (PostgreSQL), alone, re-running it whole while the database is busy. `op`
+    /// opens its transaction itself (every `jobdb::queue` function does); it must not call
+    /// this handle (the writer is not re-entrant). For closures that cannot be sent to
+    /// another thread; otherwise prefer the group-committed writes of [`crate::Queue`].
+    pub fn transaction<T>(
+        &self,
+        name: &'static str,
+        op: impl FnMut(&mut C) -> Result<T>,
+    ) -> Result<T> {
+        self.inner.run(name, op)
+    }
+
+    /// Runs `op` on a pooled connection (never the writer), re-run on busy.
+    pub fn read<T>(&self, name: &'static str, op: impl FnMut(&mut C) -> Result<T>) -> Result<T> {
+        self.inner.read(name, op)
+    }
+}
+
+impl<C: QueueConnection> Inner<C> {
+    pub(crate) fn ctx(&self) -> WriteCtx<'_, C> {
+        WriteCtx {
+            pool: &self.pool,
+            policy: &self.config.retry,
+            stats: &self.stats,
+            metrics: &self.metrics,
+            slow: self.config.slow_transaction,
+            reconnect: self.url.as_deref(),
+        }
+    }
+
+    /// Runs `op` alone on the writer connection (for closures that cannot be sent to another
+    /// thread), re-run whole while the database is busy.
+    pub(crate) fn run<T>(
+        &self,
+        name: &'static str,
+        op: impl FnMut(&mut C) -> Result<T>,
+    ) -> Result<T> {
+        self.writer.direct(&self.ctx(), name, op)
+    }
+
+    /// Runs a write operation: on SQLite as part of a group commit on the writer connection
+    /// (see `combine.rs`); on PostgreSQL as its own transaction on a pooled connection.
+    pub(crate) fn write<T: Send + 'static>(
+        &self,
+        name: &'static str,
+        op: impl FnMut(&mut C) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        if C::GROUP_COMMIT {
+            self.writer.submit(&self.ctx(), name, op)
+        } else {
+            self.writer.pooled(&self.ctx(), name, op)
+        }
+    }
+
+    /// Runs a read on a pooled connection (not the writer). A read on a connection the
+    /// server dropped is run once more on a fresh one (reads are safe to repeat).
+    pub(crate) fn read<T>(
+        &self,
+        name: &'static str,
+        mut op: impl FnMut(&mut C) -> Result<T>,
+    ) -> Result<T> {
+        let mut conn = self.pool.get()?;
+        let first = retry_busy(&self.config.retry, &self.stats, name, || op(&mut conn));
+        match first {
+            Err(e) if e.is_connection_lost() && self.url.is_some() => {
+                crate::combine::heal(&mut *conn, &e, self.url.as_deref());
+                retry_busy(&self.config.retry, &self.stats, name, || op(&mut conn))
+            }
+            r => r,
+        }
+    }
+}
