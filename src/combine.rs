@@ -245,8 +245,13 @@ impl<C: QueueConnection> Combiner<C> {
     ) -> Result<T> {
         let mut conn = ctx.pool.get()?;
         let result = traced(ctx, name, 1, || f(&mut conn));
-        if let Err(e) = &result {
-            heal(&mut *conn, e, ctx.reconnect);
+        match &result {
+            Ok(_) => {
+                ctx.metrics
+                    .operations
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            Err(e) => heal(&mut *conn, e, ctx.reconnect),
         }
         // A transaction left open is dropped, not returned to the pool.
         discard_if_broken(&mut Some(conn));

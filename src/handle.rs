@@ -4,8 +4,6 @@
 
 mod manage;
 
-pub use manage::PruneReport;
-
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};

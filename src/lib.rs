@@ -69,8 +69,8 @@ pub use driver::QueueConnection;
 pub use error::{Error, Result};
 #[cfg(feature = "postgres")]
 pub use handle::PgQueue;
-pub use handle::{PruneReport, Queue, SqliteQueue};
-pub use manage::{CancelOutcome, PruneBatch, QueueActivity, Retention};
+pub use handle::{Queue, SqliteQueue};
+pub use manage::{CancelOutcome, PruneBatch, PruneReport, QueueActivity, Retention};
 pub use models::{Job, JobResult, JobState, Lease, NewJob, Outcome};
 pub use pool::{build_pool, Config, DatabaseUrl, SqlitePool};
 pub use pragmas::{Pragmas, Synchronous, TempStore};

@@ -155,25 +155,108 @@ pub(crate) fn prune_cutoff(older_than: Duration) -> Result<NaiveDateTime> {
     crate::timestamp::before("older_than", now(), older_than)
 }
 
-/// Up to `limit` ids above `after_id` of jobs in `states` older than `cutoff` (a read).
-pub(crate) fn prunable_ids<C: QueueConnection>(
+/// What [`prune`] (and [`crate::Queue::prune`]) did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct PruneReport {
+    /// Jobs deleted (their results rows went with them).
+    pub deleted: u64,
+    /// Write transactions used.
+    pub transactions: u64,
+    /// The longest any of them held the write lock, ms (BEGIN IMMEDIATE to COMMIT).
+    pub max_lock_hold_ms: f64,
+}
+
+/// Deletes jobs in `states` (finished ones only) last changed more than `older_than` ago,
+/// with their results, `batch.jobs_per_transaction` per write transaction, on `conn`: each
+/// transaction deletes by id and re-checks the condition, so it holds the write lock for a few
+/// milliseconds and other writers go on in between. Outside a caller's transaction each
+/// batch commits on its own; inside one, everything commits with it.
+pub fn prune<C: QueueConnection>(
     conn: &mut C,
+    older_than: Duration,
     states: &[JobState],
+    batch: PruneBatch,
+) -> Result<PruneReport> {
+    // One connection for both steps: `RefCell` lends it to each in turn.
+    let conn = std::cell::RefCell::new(conn);
+    prune_with(
+        older_than,
+        states,
+        batch,
+        |scan| scan.run(&mut **conn.borrow_mut()),
+        |delete| delete.run(&mut **conn.borrow_mut()),
+    )
+}
+
+/// One scan of the prune loop: the next ids to delete (a read).
+pub(crate) struct PruneScan<'a> {
+    states: &'a [JobState],
     cutoff: NaiveDateTime,
     after_id: i64,
     limit: usize,
-) -> Result<Vec<i64>> {
-    conn.finished_before(states, cutoff, after_id, limit as i64)
 }
 
-/// Deletes those of `ids` still prunable, with their results, in one write transaction.
-pub(crate) fn delete_prunable<C: QueueConnection>(
-    conn: &mut C,
-    ids: &[i64],
-    states: &[JobState],
+impl PruneScan<'_> {
+    pub(crate) fn run<C: QueueConnection>(&self, conn: &mut C) -> Result<Vec<i64>> {
+        let limit = i64::try_from(self.limit).unwrap_or(i64::MAX);
+        conn.finished_before(self.states, self.cutoff, self.after_id, limit)
+    }
+}
+
+/// One delete of the prune loop: those of `ids` still prunable, with their results, in one
+/// write transaction; rows deleted and how long the transaction held the lock.
+pub(crate) struct PruneDelete<'a> {
+    ids: &'a [i64],
+    states: &'a [JobState],
     cutoff: NaiveDateTime,
-) -> Result<usize> {
-    conn.write_transaction(|c| c.delete_finished(ids, states, cutoff))
+}
+
+impl PruneDelete<'_> {
+    pub(crate) fn run<C: QueueConnection>(&self, conn: &mut C) -> Result<(usize, Duration)> {
+        let started = std::time::Instant::now();
+        let n =
+            conn.write_transaction(|c| c.delete_finished(self.ids, self.states, self.cutoff))?;
+        Ok((n, started.elapsed()))
+    }
+}
+
+/// The prune loop, with each scan and each delete run where the caller says (the handle
+/// scans on a reader and deletes on its writer; [`prune`] does both on one connection).
+pub(crate) fn prune_with(
+    older_than: Duration,
+    states: &[JobState],
+    batch: PruneBatch,
+    mut scan: impl FnMut(&PruneScan<'_>) -> Result<Vec<i64>>,
+    mut delete: impl FnMut(&PruneDelete<'_>) -> Result<(usize, Duration)>,
+) -> Result<PruneReport> {
+    check_prune_states(states)?;
+    let limit = batch.jobs_per_transaction.max(1);
+    let cutoff = prune_cutoff(older_than)?;
+    let mut report = PruneReport::default();
+    let mut after_id = 0;
+    loop {
+        let ids = scan(&PruneScan {
+            states,
+            cutoff,
+            after_id,
+            limit,
+        })?;
+        let Some(&last) = ids.last() else {
+            return Ok(report);
+        };
+        let (deleted, held) = delete(&PruneDelete {
+            ids: &ids,
+            states,
+            cutoff,
+        })?;
+        report.deleted += deleted as u64;
+        report.transactions += 1;
+        report.max_lock_hold_ms = report.max_lock_hold_ms.max(held.as_secs_f64() * 1000.0);
+        after_id = last;
+        if !batch.pause.is_zero() {
+            std::thread::sleep(batch.pause);
+        }
+    }
 }
 
 /// Pauses `queue`: no job of it is claimed until [`resume`]. Running jobs finish normally.

@@ -32,11 +32,6 @@ impl TestDb {
         f(&mut config);
         Queue::open(&self.url(), config).expect("open queue")
     }
-
-    /// `SELECT count(*) FROM jobs`.
-    pub fn count_jobs(&self, queue: &Queue) -> i64 {
-        queue.stats(None).expect("stats").total.total()
-    }
 }
 
 /// Asserts `PRAGMA integrity_check` answers "ok", on a fresh connection.

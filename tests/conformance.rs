@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
 use jobdb::{
@@ -16,9 +16,7 @@ use crate::backends::{Backend, TestConn};
 
 crate::on_both_backends!(
     lifecycle_enqueue_claim_heartbeat_complete,
-    claims_follow_priority_then_run_at_and_skip_future_jobs,
     an_expired_lease_is_reaped_and_fences_off_the_old_worker,
-    a_failing_job_backs_off_then_ends_dead,
     bad_input_is_a_typed_error_and_writes_nothing,
     unique_keys_admit_one_live_job_even_under_a_race,
     cancel_queued_and_running_jobs,
@@ -75,27 +73,6 @@ fn lifecycle_enqueue_claim_heartbeat_complete<C: TestConn>(b: &Backend<C>) {
     assert!(q.get_job(987_654).unwrap_err().is_not_found());
 }
 
-fn claims_follow_priority_then_run_at_and_skip_future_jobs<C: TestConn>(b: &Backend<C>) {
-    let q = b.queue();
-    let past = Utc::now() - chrono::Duration::seconds(60);
-    let low = q.enqueue(&job("order", 1).priority(5)).unwrap();
-    let high_later = q.enqueue(&job("order", 2).priority(-1)).unwrap();
-    let high_older = q
-        .enqueue(&job("order", 3).priority(-1).run_at(past))
-        .unwrap();
-    q.enqueue(&job("order", 4).run_at(Utc::now() + chrono::Duration::hours(1)))
-        .unwrap();
-    let ids: Vec<i64> = q
-        .claim("order", 10, "w", lease_for())
-        .unwrap()
-        .iter()
-        .map(|j| j.id)
-        .collect();
-    assert_eq!(ids, [high_older, high_later, low]);
-    assert!(q.claim("order", 10, "w", lease_for()).unwrap().is_empty());
-    assert_eq!(q.queued("order").unwrap(), 1, "the future job waits");
-}
-
 fn an_expired_lease_is_reaped_and_fences_off_the_old_worker<C: TestConn>(b: &Backend<C>) {
     let q = b.queue();
     let id = q.enqueue(&job("fence", 1)).unwrap();
@@ -121,45 +98,6 @@ fn an_expired_lease_is_reaped_and_fences_off_the_old_worker<C: TestConn>(b: &Bac
     let results = q.get_results(id).unwrap();
     let outcomes: Vec<(i32, Outcome)> = results.iter().map(|r| (r.attempt, r.outcome)).collect();
     assert_eq!(outcomes, [(1, Outcome::Failed), (2, Outcome::Succeeded)]);
-}
-
-fn a_failing_job_backs_off_then_ends_dead<C: TestConn>(b: &Backend<C>) {
-    let q = b.queue_with(|c| {
-        c.job_backoff.base = Duration::from_millis(100);
-        c.job_backoff.max = Duration::from_secs(10);
-    });
-    let id = q.enqueue(&job("fail", 1).max_attempts(3)).unwrap();
-    let mut delays = Vec::new();
-    for attempt in 1..=3 {
-        let started = Instant::now();
-        let j = loop {
-            if let Some(j) = q.claim("fail", 1, "w", lease_for()).unwrap().pop() {
-                break j;
-            }
-            assert!(started.elapsed() < Duration::from_secs(10));
-            thread::sleep(Duration::from_millis(10));
-        };
-        if attempt > 1 {
-            delays.push(started.elapsed());
-        }
-        let state = q.fail(j.lease(), "boom", Duration::ZERO).unwrap();
-        assert_eq!(
-            state,
-            if attempt < 3 {
-                JobState::Queued
-            } else {
-                JobState::Dead
-            }
-        );
-    }
-    assert!(delays[0] >= Duration::from_millis(90), "{delays:?}");
-    assert!(delays[1] >= Duration::from_millis(190), "{delays:?}");
-    let j = q.get_job(id).unwrap();
-    assert_eq!(
-        (j.state, j.last_error.as_deref()),
-        (JobState::Dead, Some("boom"))
-    );
-    assert_eq!(q.get_results(id).unwrap().len(), 3);
 }
 
 fn bad_input_is_a_typed_error_and_writes_nothing<C: TestConn>(b: &Backend<C>) {

@@ -6,11 +6,10 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use chrono::{TimeZone, Utc};
+use chrono::Utc;
 use diesel::connection::SimpleConnection;
 use jobdb::{
-    CancelOutcome, HandlerError, JobState, NewJob, Outcome, PruneBatch, Schedule, Worker,
-    WorkerConfig,
+    CancelOutcome, HandlerError, JobState, NewJob, Outcome, PruneBatch, Worker, WorkerConfig,
 };
 
 use crate::common::TestDb;
@@ -18,11 +17,24 @@ use crate::common::TestDb;
 fn job(queue: &str) -> NewJob {
     NewJob::new(queue, &serde_json::json!({"n": 1})).unwrap()
 }
+use crate::backends::{Backend, TestConn};
 
-#[test]
-fn a_unique_key_admits_one_live_job_and_is_free_again_once_it_finishes() {
-    let db = TestDb::new();
-    let q = db.queue();
+crate::on_both_backends!(
+    a_unique_key_admits_one_live_job_and_is_free_again_once_it_finishes,
+    hostile_unique_keys_are_stored_verbatim_or_refused,
+    a_cancelled_queued_job_never_runs,
+    a_cancelled_running_job_tells_its_handler_and_ends_cancelled_without_success,
+    complete_after_a_cancel_request_reports_cancelled_and_records_no_success,
+    retry_gives_a_dead_job_fresh_attempts_with_new_attempt_numbers,
+    a_paused_queue_is_not_claimed_from_and_resumes_cleanly,
+    wait_for_returns_the_finished_job_or_times_out_leaving_it_alone,
+    activity_shows_the_oldest_due_wait_and_last_minute_throughput,
+);
+
+fn a_unique_key_admits_one_live_job_and_is_free_again_once_it_finishes<C: TestConn>(
+    b: &Backend<C>,
+) {
+    let q = b.queue();
     let first = q.enqueue_unique(&job("u").unique_key("k")).unwrap();
     assert!(first.inserted);
     let dup = q.enqueue_unique(&job("u").unique_key("k")).unwrap();
@@ -49,27 +61,8 @@ fn a_unique_key_admits_one_live_job_and_is_free_again_once_it_finishes() {
     assert!(again.inserted && again.id != first.id);
 }
 
-#[test]
-fn many_threads_enqueueing_one_unique_key_at_once_make_exactly_one_job() {
-    let db = TestDb::new();
-    let q = db.queue();
-    let ids: Vec<i64> = (0..16)
-        .map(|_| {
-            let q = q.clone();
-            thread::spawn(move || q.enqueue(&job("race").unique_key("same")).unwrap())
-        })
-        .collect::<Vec<_>>()
-        .into_iter()
-        .map(|t| t.join().unwrap())
-        .collect();
-    assert!(ids.windows(2).all(|w| w[0] == w[1]), "{ids:?}");
-    assert_eq!(q.stats(Some("race")).unwrap().total.total(), 1);
-}
-
-#[test]
-fn hostile_unique_keys_are_stored_verbatim_or_refused() {
-    let db = TestDb::new();
-    let q = db.queue();
+fn hostile_unique_keys_are_stored_verbatim_or_refused<C: TestConn>(b: &Backend<C>) {
+    let q = b.queue();
     for key in [
         "'; DROP TABLE jobs; --",
         "\"quoted\" \\ `tick`",
@@ -85,10 +78,8 @@ fn hostile_unique_keys_are_stored_verbatim_or_refused() {
     assert_eq!(q.stats(Some("h")).unwrap().total.queued, 3);
 }
 
-#[test]
-fn a_cancelled_queued_job_never_runs() {
-    let db = TestDb::new();
-    let q = db.queue();
+fn a_cancelled_queued_job_never_runs<C: TestConn>(b: &Backend<C>) {
+    let q = b.queue();
     let id = q.enqueue(&job("c")).unwrap();
     assert_eq!(q.cancel(id).unwrap(), CancelOutcome::Cancelled);
     assert!(q
@@ -102,10 +93,10 @@ fn a_cancelled_queued_job_never_runs() {
     assert!(q.cancel(987_654).unwrap_err().is_not_found());
 }
 
-#[test]
-fn a_cancelled_running_job_tells_its_handler_and_ends_cancelled_without_success() {
-    let db = TestDb::new();
-    let q = db.queue();
+fn a_cancelled_running_job_tells_its_handler_and_ends_cancelled_without_success<C: TestConn>(
+    b: &Backend<C>,
+) {
+    let q = b.queue();
     let id = q.enqueue(&job("cr")).unwrap();
     let saw_token = Arc::new(AtomicBool::new(false));
     let mut config = WorkerConfig::new("cr").lease(Duration::from_millis(600));
@@ -143,10 +134,10 @@ fn a_cancelled_running_job_tells_its_handler_and_ends_cancelled_without_success(
     assert!(results.iter().all(|r| r.outcome != Outcome::Succeeded));
 }
 
-#[test]
-fn complete_after_a_cancel_request_reports_cancelled_and_records_no_success() {
-    let db = TestDb::new();
-    let q = db.queue();
+fn complete_after_a_cancel_request_reports_cancelled_and_records_no_success<C: TestConn>(
+    b: &Backend<C>,
+) {
+    let q = b.queue();
     let id = q.enqueue(&job("cc")).unwrap();
     let lease = q.claim("cc", 1, "w", Duration::from_secs(30)).unwrap()[0].lease();
     q.cancel(id).unwrap();
@@ -190,10 +181,8 @@ fn complete_after_a_cancel_request_reports_cancelled_and_records_no_success() {
     assert_eq!(q.get_job(b).unwrap().state, JobState::Succeeded);
 }
 
-#[test]
-fn retry_gives_a_dead_job_fresh_attempts_with_new_attempt_numbers() {
-    let db = TestDb::new();
-    let q = db.queue();
+fn retry_gives_a_dead_job_fresh_attempts_with_new_attempt_numbers<C: TestConn>(b: &Backend<C>) {
+    let q = b.queue();
     let id = q.enqueue(&job("r").max_attempts(2)).unwrap();
     for _ in 0..2 {
         let lease = q.claim("r", 1, "w", Duration::from_secs(30)).unwrap()[0].lease();
@@ -230,10 +219,8 @@ fn retry_gives_a_dead_job_fresh_attempts_with_new_attempt_numbers() {
     assert_eq!(attempts, [1, 2, 3]);
 }
 
-#[test]
-fn a_paused_queue_is_not_claimed_from_and_resumes_cleanly() {
-    let db = TestDb::new();
-    let q = db.queue();
+fn a_paused_queue_is_not_claimed_from_and_resumes_cleanly<C: TestConn>(b: &Backend<C>) {
+    let q = b.queue();
     q.enqueue(&job("p")).unwrap();
     q.enqueue(&job("other")).unwrap();
     assert!(q.pause("p").unwrap());
@@ -261,39 +248,8 @@ fn a_paused_queue_is_not_claimed_from_and_resumes_cleanly() {
     assert!(q.pause("").unwrap_err().is_invalid_input());
 }
 
-#[test]
-fn a_tick_is_enqueued_once_however_many_schedulers_race_for_it() {
-    let db = TestDb::new();
-    let q = db.queue();
-    let s = Schedule::interval("every-minute", Duration::from_secs(60), job("sched")).unwrap();
-    let tick = Utc.with_ymd_and_hms(2026, 5, 1, 12, 0, 0).unwrap();
-    let winners: Vec<Option<i64>> = (0..8)
-        .map(|_| {
-            let (q, s) = (q.clone(), s.clone());
-            thread::spawn(move || q.enqueue_tick(&s, tick).unwrap())
-        })
-        .collect::<Vec<_>>()
-        .into_iter()
-        .map(|t| t.join().unwrap())
-        .collect();
-    assert_eq!(winners.iter().flatten().count(), 1, "{winners:?}");
-    // An older tick never fires after a newer one; the next one does.
-    assert_eq!(
-        q.enqueue_tick(&s, tick - chrono::Duration::minutes(1))
-            .unwrap(),
-        None
-    );
-    let next = s.next_tick_after(tick).unwrap();
-    assert!(q.enqueue_tick(&s, next).unwrap().is_some());
-    // Even after the tick's job finished and was pruned, the tick stays taken.
-    assert_eq!(q.enqueue_tick(&s, tick).unwrap(), None);
-    assert_eq!(q.stats(Some("sched")).unwrap().total.queued, 2);
-}
-
-#[test]
-fn wait_for_returns_the_finished_job_or_times_out_leaving_it_alone() {
-    let db = TestDb::new();
-    let q = db.queue();
+fn wait_for_returns_the_finished_job_or_times_out_leaving_it_alone<C: TestConn>(b: &Backend<C>) {
+    let q = b.queue();
     let id = q.enqueue(&job("w")).unwrap();
     let err = q.wait_for(id, Duration::from_millis(100)).unwrap_err();
     assert!(err.is_timeout(), "{err:?}");
@@ -321,10 +277,8 @@ fn wait_for_returns_the_finished_job_or_times_out_leaving_it_alone() {
         .is_not_found());
 }
 
-#[test]
-fn activity_shows_the_oldest_due_wait_and_last_minute_throughput() {
-    let db = TestDb::new();
-    let q = db.queue();
+fn activity_shows_the_oldest_due_wait_and_last_minute_throughput<C: TestConn>(b: &Backend<C>) {
+    let q = b.queue();
     let old = Utc::now() - chrono::Duration::seconds(90);
     q.enqueue(&job("a").run_at(old)).unwrap();
     q.enqueue(&job("a")).unwrap();

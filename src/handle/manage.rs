@@ -4,26 +4,14 @@
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 
 use super::Queue;
 use crate::driver::QueueConnection;
 use crate::error::{Error, Result};
-use crate::manage::{self, CancelOutcome, PruneBatch, QueueActivity, Retention};
+use crate::manage::{self, CancelOutcome, PruneBatch, PruneReport, QueueActivity, Retention};
 use crate::models::{Job, JobState, NewJob};
 use crate::queue::{self, Enqueued};
 use crate::schedule::Schedule;
-
-/// What [`Queue::prune`] did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
-pub struct PruneReport {
-    /// Jobs deleted (their results rows went with them).
-    pub deleted: u64,
-    /// Write transactions used.
-    pub transactions: u64,
-    /// The longest any of them held the write lock, ms (BEGIN IMMEDIATE to COMMIT).
-    pub max_lock_hold_ms: f64,
-}
 
 impl<C: QueueConnection> Queue<C> {
     /// Enqueues one job and says whether it was inserted: with a unique key, a live job of
@@ -71,36 +59,16 @@ impl<C: QueueConnection> Queue<C> {
         states: &[JobState],
         batch: PruneBatch,
     ) -> Result<PruneReport> {
-        {
-            let e = &*self.db.inner;
-            manage::check_prune_states(states)?;
-            let per_tx = batch.jobs_per_transaction.max(1);
-            let cutoff = manage::prune_cutoff(older_than)?;
-            let mut report = PruneReport::default();
-            let mut after_id = 0;
-            loop {
-                let ids = e.read("prune_scan", |c| {
-                    manage::prunable_ids(c, states, cutoff, after_id, per_tx)
-                })?;
-                let Some(&last) = ids.last() else {
-                    return Ok(report);
-                };
-                // Alone on the writer (not group-committed), so the time measured is this
-                // transaction's own hold on the write lock.
-                let (deleted, held) = e.run("prune", |c| {
-                    let started = Instant::now();
-                    let n = manage::delete_prunable(c, &ids, states, cutoff)?;
-                    Ok((n, started.elapsed()))
-                })?;
-                report.deleted += deleted as u64;
-                report.transactions += 1;
-                report.max_lock_hold_ms = report.max_lock_hold_ms.max(held.as_secs_f64() * 1000.0);
-                after_id = last;
-                if !batch.pause.is_zero() {
-                    std::thread::sleep(batch.pause);
-                }
-            }
-        }
+        let e = &*self.db.inner;
+        manage::prune_with(
+            older_than,
+            states,
+            batch,
+            |scan| e.read("prune_scan", |c| scan.run(c)),
+            // Alone on the writer (not group-committed), so the time measured is this
+            // transaction's own hold on the write lock.
+            |delete| e.run("prune", |c| delete.run(c)),
+        )
     }
 
     /// Prunes each state of `retention` that has a limit; returns jobs deleted.
