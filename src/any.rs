@@ -19,9 +19,9 @@ pub trait WithQueue {
 /// Opens the queue at `url` (a `postgres://` URL with the `postgres` feature, else a SQLite
 /// path or URL) and runs `then` on it.
 pub fn open_any<W: WithQueue>(url: &str, config: Config, then: W) -> Result<W::Output> {
-    #[cfg(feature = "postgres")]
-    if crate::pool::is_postgres_url(url) {
-        return Ok(then.with(crate::PgQueue::open(url, config)?));
+    match crate::DatabaseUrl::parse(url)? {
+        #[cfg(feature = "postgres")]
+        crate::DatabaseUrl::Postgres(_) => Ok(then.with(crate::PgQueue::open(url, config)?)),
+        _ => Ok(then.with(crate::SqliteQueue::open(url, config)?)),
     }
-    Ok(then.with(crate::SqliteQueue::open(url, config)?))
 }

@@ -79,7 +79,12 @@ fn check(name: &str, actual: impl ToString, recommended: impl ToString, ok: bool
 pub fn diagnose(url: &str, config: &Config) -> Result<Diagnosis> {
     let parsed = DatabaseUrl::parse(url)?;
     let path: Option<PathBuf> = parsed.file_path();
-    let DatabaseUrl::Sqlite(target) = parsed;
+    let DatabaseUrl::Sqlite(target) = parsed else {
+        return Err(Error::InvalidDatabaseUrl {
+            url: crate::pool::redact(url),
+            reason: "doctor checks SQLite files; this is a PostgreSQL URL".into(),
+        });
+    };
     if let Some(p) = &path {
         if !p.is_file() {
             return Err(Error::InvalidDatabaseUrl {
@@ -92,7 +97,7 @@ pub fn diagnose(url: &str, config: &Config) -> Result<Diagnosis> {
         url: url.to_owned(),
         source,
     })?;
-    config.pragmas.apply(&mut conn)?;
+    config.sqlite.pragmas.apply(&mut conn)?;
 
     let mut checks = Vec::new();
     let mode = journal_mode(&mut conn)?;

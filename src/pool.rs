@@ -12,6 +12,7 @@ use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 use crate::driver::JobDriver;
 use crate::error::{Error, Result};
 use crate::models::DEFAULT_MAX_PAYLOAD_BYTES;
+use crate::options::{PgOptions, SqliteOptions};
 use crate::pragmas::{enable_wal, ConnectionCustomizer, Pragmas, Synchronous};
 use crate::queue::JobBackoff;
 use crate::retry::{retry_busy, RetryPolicy, RetryStats};
@@ -19,10 +20,28 @@ use crate::retry::{retry_busy, RetryPolicy, RetryStats};
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(feature = "postgres")]
-pub use postgres::{
-    build_postgres_pool, is_postgres_url, redact, run_postgres_migrations, PgPool,
-    POSTGRES_MIGRATIONS,
-};
+pub use postgres::{build_postgres_pool, run_postgres_migrations, PgPool, POSTGRES_MIGRATIONS};
+
+/// Whether `url` names a PostgreSQL database (`postgres://` or `postgresql://`).
+pub fn is_postgres_url(url: &str) -> bool {
+    let lower = url.trim_start().to_ascii_lowercase();
+    lower.starts_with("postgres://") || lower.starts_with("postgresql://")
+}
+
+/// `url` with any password replaced by `***`, for error messages and logs.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (auth, host) = match rest.rsplit_once('@') {
+        Some(parts) => parts,
+        None => return url.to_owned(),
+    };
+    match auth.split_once(':') {
+        Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
+}
 
 /// A pool of SQLite connections, each set up by [`ConnectionCustomizer`].
 pub type SqlitePool = r2d2::Pool<ConnectionManager<SqliteConnection>>;
@@ -34,11 +53,11 @@ pub type PooledConnection = r2d2::PooledConnection<ConnectionManager<SqliteConne
 pub const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 
 /// Everything tunable. [`Config::default`] is what we recommend; [`Config::from_env`] reads the
-/// `JOBDB_*` variables listed in `.env.example`.
+/// `JOBDB_*` variables listed in `.env.example`. The settings both backends share are fields
+/// here; those of one backend are in [`Config::sqlite`] and [`Config::postgres`], and a
+/// handle refuses the other backend's when they differ from their defaults.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
-    /// Pragmas applied to every connection.
-    pub pragmas: Pragmas,
     /// Retrying busy transactions.
     pub retry: RetryPolicy,
     /// When failed jobs run again.
@@ -54,38 +73,24 @@ pub struct Config {
     /// A write transaction holding the write lock longer than this logs a warning naming it
     /// (`JOBDB_SLOW_TRANSACTION_MS`).
     pub slow_transaction: Duration,
-    /// Open databases on network filesystems (NFS, SMB, FUSE, …). WAL's shared memory does not
-    /// work across hosts and is unreliable there; off by default (`JOBDB_ALLOW_NETWORK_FS=1`).
-    pub allow_network_filesystem: bool,
-    /// Checkpoint the WAL from a background thread this often (PASSIVE: it never blocks
-    /// writers), with automatic checkpoints turned off on the queue's connections. `None`
-    /// keeps SQLite's automatic checkpoints (`pragmas.wal_autocheckpoint`), which run inside
-    /// a commit, while the write lock is held.
-    pub checkpoint_every: Option<Duration>,
-    /// When the WAL still holds more than this many bytes after a background checkpoint, the
-    /// checkpointer runs `wal_checkpoint(TRUNCATE)`, which waits for readers of the old WAL and
-    /// resets it (see `checkpoint.rs`). `None` turns it off (`JOBDB_WAL_TRUNCATE_BYTES=0`).
-    pub wal_truncate_above: Option<u64>,
-    /// How long that TRUNCATE may wait for readers (and so hold writers back), at most
-    /// (`JOBDB_WAL_TRUNCATE_WAIT_MS`).
-    pub wal_truncate_wait: Duration,
+    /// SQLite's own settings (pragmas, WAL checkpoints, network filesystems).
+    pub sqlite: SqliteOptions,
+    /// PostgreSQL's own settings.
+    pub postgres: PgOptions,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Config {
-            pragmas: Pragmas::default(),
             retry: RetryPolicy::default(),
             job_backoff: JobBackoff::default(),
             pool_size: 16,
             connection_timeout: Duration::from_secs(30),
             max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
             run_migrations: true,
-            checkpoint_every: Some(Duration::from_millis(500)),
-            wal_truncate_above: Some(16 * 1024 * 1024),
-            wal_truncate_wait: Duration::from_secs(1),
-            allow_network_filesystem: false,
             slow_transaction: Duration::from_millis(100),
+            sqlite: SqliteOptions::default(),
+            postgres: PgOptions::default(),
         }
     }
 }
@@ -108,19 +113,19 @@ impl Config {
         }
         let mut c = Config::default();
         if let Some(ms) = env_u64("JOBDB_BUSY_TIMEOUT_MS")? {
-            c.pragmas.busy_timeout = Duration::from_millis(ms);
+            c.sqlite.pragmas.busy_timeout = Duration::from_millis(ms);
         }
         if let Some(v) = env_var("JOBDB_SYNCHRONOUS")? {
-            c.pragmas.synchronous = Synchronous::parse(&v)?;
+            c.sqlite.pragmas.synchronous = v.parse::<Synchronous>()?;
         }
         if let Some(v) = env_u64("JOBDB_CACHE_SIZE_KIB")? {
-            c.pragmas.cache_size_kib = to_u32("JOBDB_CACHE_SIZE_KIB", v)?;
+            c.sqlite.pragmas.cache_size_kib = to_u32("JOBDB_CACHE_SIZE_KIB", v)?;
         }
         if let Some(v) = env_u64("JOBDB_MMAP_SIZE")? {
-            c.pragmas.mmap_size = v;
+            c.sqlite.pragmas.mmap_size = v;
         }
         if let Some(v) = env_u64("JOBDB_JOURNAL_SIZE_LIMIT")? {
-            c.pragmas.journal_size_limit = v;
+            c.sqlite.pragmas.journal_size_limit = v;
         }
         if let Some(ms) = env_u64("JOBDB_RETRY_INITIAL_DELAY_MS")? {
             c.retry.initial_delay = Duration::from_millis(ms);
@@ -145,19 +150,22 @@ impl Config {
         }
         if let Some(ms) = env_u64("JOBDB_CHECKPOINT_EVERY_MS")? {
             // 0 means: no background checkpoints, SQLite's automatic ones instead.
-            c.checkpoint_every = (ms > 0).then(|| Duration::from_millis(ms));
+            c.sqlite.checkpoint_every = (ms > 0).then(|| Duration::from_millis(ms));
         }
         if let Some(v) = env_u64("JOBDB_WAL_TRUNCATE_BYTES")? {
-            c.wal_truncate_above = (v > 0).then_some(v);
+            c.sqlite.wal_truncate_above = (v > 0).then_some(v);
         }
         if let Some(ms) = env_u64("JOBDB_WAL_TRUNCATE_WAIT_MS")? {
-            c.wal_truncate_wait = Duration::from_millis(ms);
+            c.sqlite.wal_truncate_wait = Duration::from_millis(ms);
         }
         if let Some(ms) = env_u64("JOBDB_SLOW_TRANSACTION_MS")? {
             c.slow_transaction = Duration::from_millis(ms);
         }
         if let Some(v) = env_u64("JOBDB_ALLOW_NETWORK_FS")? {
-            c.allow_network_filesystem = v != 0;
+            c.sqlite.allow_network_filesystem = v != 0;
+        }
+        if let Some(v) = env_u64("JOBDB_PG_LISTEN")? {
+            c.postgres.listen = v != 0;
         }
         if let Some(v) = env_u64("JOBDB_MAX_PAYLOAD_BYTES")? {
             c.max_payload_bytes = usize::try_from(v).unwrap_or(usize::MAX);
@@ -213,15 +221,31 @@ fn to_u32(name: &'static str, v: u64) -> Result<u32> {
     })
 }
 
-/// A database location parsed from a URL: `sqlite://path`, `sqlite:path`, `file:` URIs and
-/// plain paths are SQLite.
+/// A database location parsed from a URL, for either backend: `postgres://` and
+/// `postgresql://` URLs are PostgreSQL (feature `postgres`); `sqlite://path`, `sqlite:path`,
+/// `file:` URIs and plain paths are SQLite.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DatabaseUrl {
     /// A SQLite database; the string is what SQLite opens (a path or a `file:` URI).
     Sqlite(String),
+    /// A PostgreSQL database; the string is the URL libpq connects to.
+    Postgres(String),
+}
+
+impl std::str::FromStr for DatabaseUrl {
+    type Err = Error;
+
+    fn from_str(url: &str) -> Result<DatabaseUrl> {
+        DatabaseUrl::parse(url)
+    }
 }
 
 impl DatabaseUrl {
+    /// Whether it names a PostgreSQL database.
+    pub fn is_postgres(&self) -> bool {
+        matches!(self, DatabaseUrl::Postgres(_))
+    }
+
     /// Parses a URL or path.
     pub fn parse(url: &str) -> Result<DatabaseUrl> {
         let invalid = |reason: &str| Error::InvalidDatabaseUrl {
@@ -234,13 +258,14 @@ impl DatabaseUrl {
         if url.contains('\0') {
             return Err(invalid("it contains a NUL character"));
         }
-        let lower = url.to_ascii_lowercase();
+        let lower = url.trim_start().to_ascii_lowercase();
         if lower.starts_with("postgres://") || lower.starts_with("postgresql://") {
-            return Err(invalid(if cfg!(feature = "postgres") {
-                "a PostgreSQL URL: open it with Queue::open or build_postgres_pool"
-            } else {
-                "PostgreSQL is not supported by this build (feature `postgres` is off)"
-            }));
+            if cfg!(feature = "postgres") {
+                return Ok(DatabaseUrl::Postgres(url.to_owned()));
+            }
+            return Err(invalid(
+                "PostgreSQL is not supported by this build (feature `postgres` is off)",
+            ));
         }
         let path = url
             .strip_prefix("sqlite://")
@@ -254,7 +279,9 @@ impl DatabaseUrl {
 
     /// The file path (None for `file:` URIs, whose path SQLite resolves itself).
     pub fn file_path(&self) -> Option<PathBuf> {
-        let DatabaseUrl::Sqlite(p) = self;
+        let DatabaseUrl::Sqlite(p) = self else {
+            return None;
+        };
         if p.starts_with("file:") || p == ":memory:" {
             None
         } else {
@@ -269,10 +296,17 @@ pub fn build_pool(url: &str, config: &Config) -> Result<SqlitePool> {
     config.validate()?;
     let parsed = DatabaseUrl::parse(url)?;
     let file_path = parsed.file_path();
-    let DatabaseUrl::Sqlite(target) = parsed;
+    let DatabaseUrl::Sqlite(target) = parsed else {
+        return Err(Error::InvalidDatabaseUrl {
+            url: redact(url),
+            reason: "a PostgreSQL URL: open it as Queue<PgConnection> (PgQueue), or with \
+                     open_any to choose by the URL"
+                .into(),
+        });
+    };
     if let Some(path) = file_path {
         if let Some(fs) = crate::fsinfo::filesystem_of(&path) {
-            if fs.network && !config.allow_network_filesystem {
+            if fs.network && !config.sqlite.allow_network_filesystem {
                 return Err(Error::InvalidDatabaseUrl {
                     url: url.to_owned(),
                     reason: format!(
@@ -292,13 +326,13 @@ pub fn build_pool(url: &str, config: &Config) -> Result<SqlitePool> {
     // processes opening a fresh file at the same moment can get "database is locked" here:
     // retried like any busy transaction (it is idempotent).
     retry_busy(&config.retry, &RetryStats::default(), "open", || {
-        bootstrap(&mut conn, &config.pragmas)
+        bootstrap(&mut conn, &config.sqlite.pragmas)
     })
     .map_err(|e| explain_open_error(url, e))?;
     drop(conn);
 
-    let mut pragmas = config.pragmas.clone();
-    if config.checkpoint_every.is_some() {
+    let mut pragmas = config.sqlite.pragmas.clone();
+    if config.sqlite.checkpoint_every.is_some() {
         // The queue's checkpointer thread does it, outside the write lock.
         pragmas.wal_autocheckpoint = 0;
     }

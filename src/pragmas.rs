@@ -30,9 +30,13 @@ impl Synchronous {
             Synchronous::Full => "FULL",
         }
     }
+}
+
+impl std::str::FromStr for Synchronous {
+    type Err = Error;
 
     /// Parses `normal` / `full` (any case), or the numbers 1 / 2.
-    pub fn parse(s: &str) -> Result<Self> {
+    fn from_str(s: &str) -> Result<Self> {
         match s.trim().to_ascii_lowercase().as_str() {
             "normal" | "1" => Ok(Synchronous::Normal),
             "full" | "2" => Ok(Synchronous::Full),

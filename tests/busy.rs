@@ -36,7 +36,7 @@ fn job() -> NewJob {
 #[test]
 fn a_second_writer_sees_is_busy_without_a_busy_timeout() {
     let db = TestDb::new();
-    let queue = db.queue_with(|c| c.pragmas.busy_timeout = Duration::ZERO);
+    let queue = db.queue_with(|c| c.sqlite.pragmas.busy_timeout = Duration::ZERO);
     let (release, holder) = hold_write_lock(&db);
 
     let mut conn = queue.pool().get().unwrap();
@@ -64,7 +64,7 @@ fn a_second_writer_sees_is_busy_without_a_busy_timeout() {
 fn the_retry_wrapper_succeeds_once_the_lock_is_released() {
     let db = TestDb::new();
     let queue = db.queue_with(|c| {
-        c.pragmas.busy_timeout = Duration::ZERO;
+        c.sqlite.pragmas.busy_timeout = Duration::ZERO;
         c.retry.deadline = Duration::from_secs(10);
     });
     let (release, holder) = hold_write_lock(&db);
@@ -96,7 +96,7 @@ fn the_retry_wrapper_succeeds_once_the_lock_is_released() {
 fn past_the_deadline_the_caller_gets_error_busy_and_nothing_is_written() {
     let db = TestDb::new();
     let queue = db.queue_with(|c| {
-        c.pragmas.busy_timeout = Duration::from_millis(20);
+        c.sqlite.pragmas.busy_timeout = Duration::from_millis(20);
         c.retry = RetryPolicy {
             deadline: Duration::from_millis(300),
             ..RetryPolicy::default()
@@ -184,7 +184,7 @@ impl std::io::Write for Captured {
 fn each_write_transaction_has_a_span_with_its_name_and_busy_retries() {
     use tracing_subscriber::fmt::format::FmtSpan;
     let db = TestDb::new();
-    let queue = db.queue_with(|c| c.pragmas.busy_timeout = Duration::ZERO);
+    let queue = db.queue_with(|c| c.sqlite.pragmas.busy_timeout = Duration::ZERO);
     let out = Captured::default();
     let subscriber = tracing_subscriber::fmt()
         .with_max_level(tracing::Level::DEBUG)

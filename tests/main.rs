@@ -13,6 +13,7 @@ mod faults;
 mod history;
 mod interleave;
 mod lifecycle;
+mod options;
 mod peer;
 mod pg_restart;
 mod pool;

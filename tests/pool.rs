@@ -10,7 +10,7 @@ use crate::common::TestDb;
 fn pooled_connections_report_the_configured_pragmas() {
     let db = TestDb::new();
     let mut config = Config::default();
-    config.pragmas.busy_timeout = std::time::Duration::from_millis(4321);
+    config.sqlite.pragmas.busy_timeout = std::time::Duration::from_millis(4321);
     let pool = build_pool(&db.url(), &config).unwrap();
     // Two different physical connections: the customizer runs on each.
     let mut a = pool.get().unwrap();
@@ -48,7 +48,7 @@ fn pooled_connections_report_the_configured_pragmas() {
 fn synchronous_full_is_selectable() {
     let db = TestDb::new();
     let mut config = Config::default();
-    config.pragmas.synchronous = Synchronous::Full;
+    config.sqlite.pragmas.synchronous = Synchronous::Full;
     let pool = build_pool(&db.url(), &config).unwrap();
     let mut conn = pool.get().unwrap();
     assert_eq!(
@@ -145,8 +145,8 @@ fn the_background_checkpointer_backfills_the_wal_with_autocheckpoint_off() {
     fn main_file_after_load(checkpoint_every: Option<std::time::Duration>) -> (u64, u64) {
         let db = TestDb::new();
         let queue = db.queue_with(|c| {
-            c.checkpoint_every = checkpoint_every;
-            c.pragmas.wal_autocheckpoint = 0;
+            c.sqlite.checkpoint_every = checkpoint_every;
+            c.sqlite.pragmas.wal_autocheckpoint = 0;
         });
         let mut conn = queue.pool().get().unwrap();
         assert_eq!(

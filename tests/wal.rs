@@ -84,9 +84,9 @@ fn load_with_overlapping_readers(db: &TestDb, q: &Queue, secs: u64) -> (u64, Wal
 fn wal_bound_overlapping_readers_cannot_make_the_wal_grow_past_the_truncate_limit() {
     let db = TestDb::new();
     let q = db.queue_with(|c| {
-        c.checkpoint_every = Some(Duration::from_millis(100));
-        c.wal_truncate_above = Some(LIMIT);
-        c.wal_truncate_wait = Duration::from_secs(1);
+        c.sqlite.checkpoint_every = Some(Duration::from_millis(100));
+        c.sqlite.wal_truncate_above = Some(LIMIT);
+        c.sqlite.wal_truncate_wait = Duration::from_secs(1);
     });
     let (max_file, wal) = load_with_overlapping_readers(&db, &q, 4);
     eprintln!("with the TRUNCATE policy: largest WAL file {max_file} bytes, {wal:?}");
@@ -102,8 +102,8 @@ fn wal_bound_overlapping_readers_cannot_make_the_wal_grow_past_the_truncate_limi
     // The same load with PASSIVE checkpoints only: the WAL is never reset.
     let db = TestDb::new();
     let q = db.queue_with(|c| {
-        c.checkpoint_every = Some(Duration::from_millis(100));
-        c.wal_truncate_above = None;
+        c.sqlite.checkpoint_every = Some(Duration::from_millis(100));
+        c.sqlite.wal_truncate_above = None;
     });
     let (unbounded, wal) = load_with_overlapping_readers(&db, &q, 4);
     eprintln!("PASSIVE only: largest WAL file {unbounded} bytes, {wal:?}");

@@ -35,6 +35,8 @@ pub(crate) trait DbBackend:
 {
     /// Whether `url` names a database of this backend.
     fn accepts(url: &str) -> bool;
+    /// Refuses settings of another backend that differ from their defaults.
+    fn refuse_foreign(config: &Config) -> Result<()>;
     /// Builds the pool for `url`.
     fn build_pool(url: &str, config: &Config) -> Result<Pool<Self>>;
     /// Applies pending embedded migrations; the versions applied.
@@ -100,6 +102,7 @@ pub(crate) struct Inner<C: QueueConnection> {
     /// connection the server dropped is re-established, and where PostgreSQL's LISTEN thread
     /// connects. `None`: no reconnect in place, and idle workers poll.
     pub(crate) url: Option<String>,
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))] // PostgreSQL's LISTEN thread
     pub(crate) listener: Once,
 }
 
@@ -119,6 +122,7 @@ impl<C: QueueConnection> Db<C> {
                 ),
             });
         }
+        C::refuse_foreign(&config)?;
         let pool = C::build_pool(url, &config)?;
         Db::with_pool(pool, config, Some(url.to_owned()))
     }
@@ -132,6 +136,7 @@ impl<C: QueueConnection> Db<C> {
     }
 
     fn with_pool(pool: Pool<C>, config: Config, url: Option<String>) -> Result<Db<C>> {
+        C::refuse_foreign(&config)?;
         let run_migrations = config.run_migrations;
         let inner = Arc::new(Inner {
             pool,

@@ -20,13 +20,20 @@ impl DbBackend for PgConnection {
         build_postgres_pool(url, config)
     }
 
+    fn refuse_foreign(config: &Config) -> Result<()> {
+        match config.sqlite.first_set() {
+            Some(setting) => Err(crate::options::foreign(setting, "PostgreSQL", "SQLite")),
+            None => Ok(()),
+        }
+    }
+
     fn migrate(db: &Inner<Self>) -> Result<Vec<String>> {
         let mut conn = db.pool.get()?;
         run_postgres_migrations(&mut conn)
     }
 
     fn listen(db: &Arc<Inner<Self>>) {
-        if let Some(url) = &db.url {
+        if let Some(url) = db.url.as_ref().filter(|_| db.config.postgres.listen) {
             db.listener.call_once(|| {
                 crate::wakeup::start_postgres_listener(url.clone(), Arc::downgrade(&db.wakeup))
             });

@@ -21,19 +21,26 @@ impl DbBackend for SqliteConnection {
         build_pool(url, config)
     }
 
+    fn refuse_foreign(config: &Config) -> Result<()> {
+        match config.postgres.first_set() {
+            Some(setting) => Err(crate::options::foreign(setting, "SQLite", "PostgreSQL")),
+            None => Ok(()),
+        }
+    }
+
     fn migrate(db: &Inner<Self>) -> Result<Vec<String>> {
         let mut conn = db.pool.get()?;
         run_migrations(&mut conn, &db.config.retry, &db.stats)
     }
 
     fn start(db: &Arc<Inner<Self>>) {
-        let config = &db.config;
-        if let Some(every) = config.checkpoint_every {
+        let options = &db.config.sqlite;
+        if let Some(every) = options.checkpoint_every {
             let policy = checkpoint::Policy {
                 every,
-                truncate_above: config.wal_truncate_above,
-                truncate_wait: config.wal_truncate_wait,
-                busy_timeout: config.pragmas.busy_timeout,
+                truncate_above: options.wal_truncate_above,
+                truncate_wait: options.wal_truncate_wait,
+                busy_timeout: options.pragmas.busy_timeout,
             };
             checkpoint::start(Arc::downgrade(db), policy);
         }

@@ -15,27 +15,6 @@ pub type PgPool = r2d2::Pool<ConnectionManager<PgConnection>>;
 /// migrations/postgres` uses).
 pub const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
 
-/// Whether `url` names a PostgreSQL database (`postgres://` or `postgresql://`).
-pub fn is_postgres_url(url: &str) -> bool {
-    let lower = url.trim_start().to_ascii_lowercase();
-    lower.starts_with("postgres://") || lower.starts_with("postgresql://")
-}
-
-/// `url` with any password replaced by `***`, for error messages and logs.
-pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let (auth, host) = match rest.rsplit_once('@') {
-        Some(parts) => parts,
-        None => return url.to_owned(),
-    };
-    match auth.split_once(':') {
-        Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_owned(),
-    }
-}
-
 /// Builds a pool for `url`. One connection is opened first, so an unreachable server, wrong
 /// credentials or a missing database is a clear [`Error::Connection`] now rather than a pool
 /// timeout later. Connections are not pinged at check-out (that cost 25% of throughput): a
@@ -50,7 +29,7 @@ pub fn redact(url: &str) -> String {
 pub fn build_postgres_pool(url: &str, config: &Config) -> Result<PgPool> {
     config.validate()?;
     PgConnection::establish(url).map_err(|source| Error::Connection {
-        url: redact(url),
+        url: crate::pool::redact(url),
         source,
     })?;
     r2d2::Pool::builder()
@@ -93,7 +72,8 @@ pub fn run_postgres_migrations(conn: &mut PgConnection) -> Result<Vec<String>> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+
+    use crate::pool::{is_postgres_url, redact};
 
     #[test]
     fn passwords_never_reach_messages() {
