@@ -92,20 +92,19 @@ impl<C: QueueConnection> Queue<C> {
         self.db.pool()
     }
 
+    /// The shared state of the handle underneath.
+    fn inner(&self) -> &crate::db::Inner<C> {
+        &self.db.inner
+    }
+
     /// The configuration in use.
     pub fn config(&self) -> &Config {
-        {
-            let e = &*self.db.inner;
-            &e.config
-        }
+        self.db.config()
     }
 
     /// Transactions, busy retries and busy give-ups so far, over every clone of this handle.
     pub fn retry_stats(&self) -> RetrySnapshot {
-        {
-            let e = &*self.db.inner;
-            e.stats.snapshot()
-        }
+        self.db.retry_stats()
     }
 
     /// Runs `op`, a whole write transaction (every `jobdb::queue` function is one), alone
@@ -117,10 +116,7 @@ impl<C: QueueConnection> Queue<C> {
 
     /// Counters and latency histograms of this handle's work (see [`crate::metrics`]).
     pub fn metrics(&self) -> MetricsSnapshot {
-        {
-            let e = &*self.db.inner;
-            e.metrics.snapshot(e.stats.snapshot())
-        }
+        self.db.metrics()
     }
 
     /// Enqueues one job; returns its id (with a unique key that a live job already has, that
@@ -135,7 +131,7 @@ impl<C: QueueConnection> Queue<C> {
     /// [`Queue::enqueue_batch`] when the whole set must be all-or-nothing.
     pub fn enqueue_many(&self, jobs: &[NewJob]) -> Result<Vec<i64>> {
         self.woke({
-            let e = &*self.db.inner;
+            let e = self.inner();
             validate_all(jobs, e.config.max_payload_bytes)?;
             let mut ids = Vec::with_capacity(jobs.len());
             for chunk in jobs.chunks(ENQUEUE_CHUNK) {
@@ -150,7 +146,7 @@ impl<C: QueueConnection> Queue<C> {
     /// partial enqueue would be wrong). Holds the write lock for the whole insert.
     pub fn enqueue_batch(&self, jobs: &[NewJob]) -> Result<Vec<i64>> {
         self.woke({
-            let e = &*self.db.inner;
+            let e = self.inner();
             validate_all(jobs, e.config.max_payload_bytes)?;
             e.run("enqueue_batch", |c| queue::insert_all_validated(c, jobs))
         })
@@ -164,24 +160,20 @@ impl<C: QueueConnection> Queue<C> {
         worker_id: &str,
         lease: Duration,
     ) -> Result<Vec<Job>> {
-        {
-            let e = &*self.db.inner;
-            let started = std::time::Instant::now();
-            let (queue_name, worker_id) = (queue_name.to_owned(), worker_id.to_owned());
-            let claimed = e.write("claim", move |c| {
-                queue::claim(c, &queue_name, limit, &worker_id, lease)
-            });
-            e.metrics.claim_latency.record(started.elapsed());
-            claimed
-        }
+        let e = self.inner();
+        let started = std::time::Instant::now();
+        let (queue_name, worker_id) = (queue_name.to_owned(), worker_id.to_owned());
+        let claimed = e.write("claim", move |c| {
+            queue::claim(c, &queue_name, limit, &worker_id, lease)
+        });
+        e.metrics.claim_latency.record(started.elapsed());
+        claimed
     }
 
     /// Extends a lease; [`Error::LeaseLost`] if it is no longer ours.
     pub fn heartbeat(&self, lease: Lease, lease_for: Duration) -> Result<DateTime<Utc>> {
-        {
-            let e = &*self.db.inner;
-            e.write("heartbeat", move |c| queue::heartbeat(c, lease, lease_for))
-        }
+        let e = self.inner();
+        e.write("heartbeat", move |c| queue::heartbeat(c, lease, lease_for))
     }
 
     /// Records success with `output`; fenced by the lease.
@@ -196,22 +188,18 @@ impl<C: QueueConnection> Queue<C> {
 
     /// Records success with output already serialized as JSON text.
     pub fn complete_json(&self, lease: Lease, output_json: &str, duration: Duration) -> Result<()> {
-        {
-            let e = &*self.db.inner;
-            let output_json = output_json.to_owned();
-            e.write("complete", move |c| {
-                queue::complete_json(c, lease, &output_json, duration)
-            })
-        }
+        let e = self.inner();
+        let output_json = output_json.to_owned();
+        e.write("complete", move |c| {
+            queue::complete_json(c, lease, &output_json, duration)
+        })
     }
 
     /// Completes many jobs in one transaction; one result per item (see
     /// [`queue::complete_many`]).
     pub fn complete_many(&self, items: Vec<queue::Completion>) -> Result<Vec<Result<()>>> {
-        {
-            let e = &*self.db.inner;
-            e.write("complete_many", move |c| queue::complete_many(c, &items))
-        }
+        let e = self.inner();
+        e.write("complete_many", move |c| queue::complete_many(c, &items))
     }
 
     /// Extends many leases in one transaction; one result per lease.
@@ -220,112 +208,90 @@ impl<C: QueueConnection> Queue<C> {
         leases: &[Lease],
         lease_for: Duration,
     ) -> Result<Vec<Result<DateTime<Utc>>>> {
-        {
-            let e = &*self.db.inner;
-            let leases = leases.to_vec();
-            e.write("heartbeat_many", move |c| {
-                queue::heartbeat_many(c, &leases, lease_for)
-            })
-        }
+        let e = self.inner();
+        let leases = leases.to_vec();
+        e.write("heartbeat_many", move |c| {
+            queue::heartbeat_many(c, &leases, lease_for)
+        })
     }
 
     /// Records a failed attempt; the job is retried with backoff or ends `dead`.
     pub fn fail(&self, lease: Lease, error: &str, duration: Duration) -> Result<JobState> {
-        {
-            let e = &*self.db.inner;
-            let backoff = e.config.job_backoff;
-            let error = error.to_owned();
-            e.write("fail", move |c| {
-                queue::fail(c, lease, &error, duration, &backoff)
-            })
-        }
+        let e = self.inner();
+        let backoff = e.config.job_backoff;
+        let error = error.to_owned();
+        e.write("fail", move |c| {
+            queue::fail(c, lease, &error, duration, &backoff)
+        })
     }
 
     /// Gives a running job back to the queue (shutdown).
     pub fn release(&self, lease: Lease) -> Result<()> {
         self.woke({
-            let e = &*self.db.inner;
+            let e = self.inner();
             e.write("release", move |c| queue::release(c, lease))
         })
     }
 
     /// Requeues jobs whose lease expired; returns how many.
     pub fn reap(&self) -> Result<usize> {
-        {
-            let e = &*self.db.inner;
-            // Find expired leases on a reader (a scan), then take the write lock only for them.
-            let ids = e.read("expired_leases", queue::expired_leases)?;
-            if ids.is_empty() {
-                return Ok(0);
-            }
-            e.write("reap", move |c| queue::reap_listed(c, &ids))
+        let e = self.inner();
+        // Find expired leases on a reader (a scan), then take the write lock only for them.
+        let ids = e.read("expired_leases", queue::expired_leases)?;
+        if ids.is_empty() {
+            return Ok(0);
         }
+        e.write("reap", move |c| queue::reap_listed(c, &ids))
     }
 
     /// Counts per queue and state.
     pub fn stats(&self, queue_name: Option<&str>) -> Result<Stats> {
-        {
-            let e = &*self.db.inner;
-            e.read("stats", |c| queue::stats(c, queue_name))
-        }
+        let e = self.inner();
+        e.read("stats", |c| queue::stats(c, queue_name))
     }
 
     /// One job by id.
     pub fn get_job(&self, job_id: i64) -> Result<Job> {
-        {
-            let e = &*self.db.inner;
-            e.read("get_job", |c| queue::get_job(c, job_id))
-        }
+        let e = self.inner();
+        e.read("get_job", |c| queue::get_job(c, job_id))
     }
 
     /// All finished attempts of a job.
     pub fn get_results(&self, job_id: i64) -> Result<Vec<JobResult>> {
-        {
-            let e = &*self.db.inner;
-            e.read("get_results", |c| queue::get_results(c, job_id))
-        }
+        let e = self.inner();
+        e.read("get_results", |c| queue::get_results(c, job_id))
     }
 
     /// Queued jobs of `queue`, due or scheduled (cheap: served by the claim index).
     pub fn queued(&self, queue_name: &str) -> Result<i64> {
-        {
-            let e = &*self.db.inner;
-            e.read("queued", |c| queue::queued_count(c, queue_name))
-        }
+        let e = self.inner();
+        e.read("queued", |c| queue::queued_count(c, queue_name))
     }
 
     /// Whether any job of `queue` is running, in any process (a table scan: use sparingly).
     pub fn any_running(&self, queue_name: &str) -> Result<bool> {
-        {
-            let e = &*self.db.inner;
-            e.read("any_running", |c| queue::any_running(c, queue_name))
-        }
+        let e = self.inner();
+        e.read("any_running", |c| queue::any_running(c, queue_name))
     }
 
     /// Checks exactly-once completion of a queue in SQL (see [`queue::audit`]).
     pub fn audit(&self, queue_name: &str) -> Result<queue::Audit> {
-        {
-            let e = &*self.db.inner;
-            e.read("audit", |c| queue::audit(c, queue_name))
-        }
+        let e = self.inner();
+        e.read("audit", |c| queue::audit(c, queue_name))
     }
 
     /// Inserts `n` already-succeeded jobs on `queue` (benchmark history).
     pub fn insert_finished(&self, queue_name: &str, n: u64) -> Result<usize> {
-        {
-            let e = &*self.db.inner;
-            e.run("insert_finished", |c| {
-                queue::insert_finished(c, queue_name, n)
-            })
-        }
+        let e = self.inner();
+        e.run("insert_finished", |c| {
+            queue::insert_finished(c, queue_name, n)
+        })
     }
 
     /// The SQLite library version, or the PostgreSQL server version.
     pub fn backend_version(&self) -> Result<String> {
-        {
-            let e = &*self.db.inner;
-            e.read("version", |c| c.version())
-        }
+        let e = self.inner();
+        e.read("version", |c| c.version())
     }
 
     /// The work signal: read it before looking for work, and pass it to
@@ -339,16 +305,14 @@ impl<C: QueueConnection> Queue<C> {
     /// queue in this process, or on PostgreSQL in any process) or `timeout` passes; returns
     /// whether something arrived. Idle workers wait here instead of sleeping.
     pub fn wait_for_work(&self, seen: u64, timeout: Duration) -> bool {
-        {
-            let e = &*self.db.inner;
-            e.wakeup.wait(seen, timeout)
-        }
+        let e = self.inner();
+        e.wakeup.wait(seen, timeout)
     }
 
     /// Wakes this process's idle workers now (shutdown: so they notice at once).
     pub(crate) fn wake_idle_workers(&self) {
         {
-            let e = &*self.db.inner;
+            let e = self.inner();
             e.wakeup.notify()
         };
     }
@@ -358,7 +322,7 @@ impl<C: QueueConnection> Queue<C> {
     fn woke<T>(&self, r: Result<T>) -> Result<T> {
         if r.is_ok() {
             {
-                let e = &*self.db.inner;
+                let e = self.inner();
                 e.wakeup.notify()
             };
         }

@@ -36,8 +36,6 @@
 #![warn(missing_docs)]
 
 mod any;
-mod checkpoint;
-mod combine;
 pub mod db;
 pub mod doctor;
 mod driver;

@@ -2,8 +2,10 @@
 //!
 //! The loop here never re-runs a statement inside a transaction: the operation it is given is
 //! a whole transaction (BEGIN IMMEDIATE … COMMIT), which either committed or changed nothing.
-//! Only raw SQLITE_BUSY errors are retried (see [`Error::is_busy`]); everything else, SQLITE_LOCKED
-//! included, goes straight back to the caller.
+//! Retried are the errors after which re-running the whole transaction is safe and may
+//! succeed: SQLite's SQLITE_BUSY (see [`Error::is_busy`]) and PostgreSQL's serialization
+//! failure (40001) and deadlock (40P01), where the server rolled the transaction back.
+//! Everything else, SQLITE_LOCKED included, goes straight back to the caller.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};

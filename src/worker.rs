@@ -2,7 +2,8 @@
 //! leases alive and reaps other workers' expired leases; shutdown is graceful.
 //!
 //! No transaction is open while a handler runs: claim, heartbeat and complete/fail are each
-//! their own short transaction, on a connection checked out of the pool for that call only.
+//! their own short transaction through the queue's handle (on SQLite group-committed on the
+//! process's writer connection, on PostgreSQL on a pooled connection for that call only).
 
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};

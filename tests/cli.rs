@@ -550,3 +550,46 @@ fn doctor_passes_a_healthy_file_and_names_what_is_wrong() {
         "doctor changed nothing"
     );
 }
+
+/// "Core correctness" defect 5, as an operator sees it: `--max-attempts 2`, one release at
+/// shutdown (SIGTERM past the grace period), one real failure. The job is queued for its
+/// second real attempt (`attempts_left` 1). On 41b6fc7 it ended `dead (attempt 2/2)`.
+#[test]
+fn a_job_released_at_shutdown_keeps_its_attempts() {
+    let db = TestDb::new();
+    let id: i64 = ok_stdout(jobdb(&db).args(["enqueue", "--max-attempts", "2", "{}"]))
+        .trim()
+        .parse()
+        .unwrap();
+    let stuck = spawn_worker(&db, &["--grace", "200ms", "--exec", "sleep 30"]);
+    wait_until_running(&db, 1);
+    terminate_within(stuck, Duration::from_secs(3));
+    let job = show(&db, id);
+    assert_eq!(job["state"], "queued", "{job}");
+    assert_eq!(
+        job["attempts_left"], 2,
+        "the release gave its attempt back: {job}"
+    );
+
+    // One real failure; a long backoff keeps the job queued while we look.
+    let failing = jobdb(&db)
+        .env("JOBDB_JOB_BACKOFF_BASE_MS", "600000")
+        .args(["work", "--exec", "exit 3"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while show(&db, id)["results"].as_array().map_or(0, |r| r.len()) == 0 {
+        assert!(Instant::now() < deadline, "the failure was never recorded");
+        thread::sleep(Duration::from_millis(20));
+    }
+    terminate_within(failing, Duration::from_secs(5));
+    let job = show(&db, id);
+    assert_eq!(job["state"], "queued", "{job}");
+    assert_eq!(job["attempts_left"], 1, "{job}");
+    assert_eq!(
+        job["attempts"], 2,
+        "the attempt number (fencing token) still went up: {job}"
+    );
+}

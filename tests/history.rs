@@ -116,8 +116,9 @@ fn history<C: TestConn>(b: &Backend<C>, seed: u64, secs: u64) {
     let enqueued = enqueued.lock().unwrap().clone();
     let checked = check(&q, &enqueued, reaped_at);
     loud!(
-        "history seed={seed} secs={secs}: {} operations, {} lease-lost answers, {} stalls, {} \
+        "history on {} seed={seed} secs={secs}: {} operations, {} lease-lost answers, {} stalls, {} \
          kills, {} stops; {} jobs checked ({checked:?}), {} invariants each",
+        q.backend(),
         counts.ops.load(Ordering::Relaxed),
         counts.lease_lost.load(Ordering::Relaxed),
         counts.stalls.load(Ordering::Relaxed),
@@ -138,7 +139,14 @@ fn spawn_worker<C: TestConn>(b: &Backend<C>) -> Child {
             "--lease",
             &format!("{PROCESS_LEASE_MS}ms"),
         ])
-        .args(["--grace", "100ms", "--exec", "cat"])
+        // Jobs marked `"f":true` fail in the processes (and back off, and end dead); the rest
+        // succeed with their payload as output.
+        .args([
+            "--grace",
+            "100ms",
+            "--exec",
+            r#"grep -q '"f":true' && exit 1; echo '"ok"'"#,
+        ])
         .env_remove("DATABASE_URL")
         .env("RUST_LOG", "error")
         .stdout(Stdio::null())
@@ -194,7 +202,8 @@ fn actor<C: TestConn>(
         };
         match rng.u8(..100) {
             0..=19 => {
-                let mut job = NewJob::new(QUEUE, &serde_json::json!({"r": rng.u32(..)}))
+                let payload = serde_json::json!({"r": rng.u32(..), "f": rng.u8(..4) == 0});
+                let mut job = NewJob::new(QUEUE, &payload)
                     .unwrap()
                     .max_attempts(rng.i32(1..4));
                 if rng.u8(..5) == 0 {

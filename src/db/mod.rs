@@ -3,6 +3,8 @@
 //! (SQLite), metrics and the wake-up signal of idle workers. [`crate::Queue`] sits on it; an
 //! app uses it for its own transactions beside the queue's.
 
+pub(crate) mod checkpoint;
+pub(crate) mod combine;
 mod postgres;
 mod sqlite;
 
@@ -10,7 +12,7 @@ use std::sync::{Arc, Once};
 
 use diesel::r2d2::ConnectionManager;
 
-use crate::combine::{Combiner, WriteCtx};
+use crate::db::combine::{Combiner, WriteCtx};
 use crate::driver::{JobDriver, QueueConnection};
 use crate::error::Result;
 use crate::metrics::{Metrics, MetricsSnapshot};
@@ -252,7 +254,7 @@ impl<C: QueueConnection> Inner<C> {
         let first = retry_busy(&self.config.retry, &self.stats, name, || op(&mut conn));
         match first {
             Err(e) if e.is_connection_lost() && self.url.is_some() => {
-                crate::combine::heal(&mut *conn, &e, self.url.as_deref());
+                crate::db::combine::heal(&mut *conn, &e, self.url.as_deref());
                 retry_busy(&self.config.retry, &self.stats, name, || op(&mut conn))
             }
             r => r,

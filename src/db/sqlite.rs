@@ -6,7 +6,7 @@ use std::sync::Arc;
 use diesel::SqliteConnection;
 
 use super::{DbBackend, Inner, Pool};
-use crate::checkpoint::{self, CheckpointTarget};
+use crate::db::checkpoint::{self, CheckpointTarget};
 use crate::driver::sqlite::CheckpointOutcome;
 use crate::error::Result;
 use crate::metrics::Metrics;

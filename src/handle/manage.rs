@@ -19,7 +19,7 @@ impl<C: QueueConnection> Queue<C> {
     /// index decides inside the insert.
     pub fn enqueue_unique(&self, job: &NewJob) -> Result<Enqueued> {
         self.woke({
-            let e = &*self.db.inner;
+            let e = self.inner();
             job.validate(e.config.max_payload_bytes)?;
             let job = job.clone();
             let done = e.write("enqueue", move |c| {
@@ -34,16 +34,14 @@ impl<C: QueueConnection> Queue<C> {
 
     /// Cancels a job (see [`manage::cancel`]).
     pub fn cancel(&self, job_id: i64) -> Result<CancelOutcome> {
-        {
-            let e = &*self.db.inner;
-            e.write("cancel", move |c| manage::cancel(c, job_id))
-        }
+        let e = self.inner();
+        e.write("cancel", move |c| manage::cancel(c, job_id))
     }
 
     /// Puts a dead or cancelled job back to queued with fresh attempts (see [`manage::retry`]).
     pub fn retry(&self, job_id: i64) -> Result<()> {
         self.woke({
-            let e = &*self.db.inner;
+            let e = self.inner();
             e.write("retry", move |c| manage::retry(c, job_id))
         })
     }
@@ -59,7 +57,7 @@ impl<C: QueueConnection> Queue<C> {
         states: &[JobState],
         batch: PruneBatch,
     ) -> Result<PruneReport> {
-        let e = &*self.db.inner;
+        let e = self.inner();
         manage::prune_with(
             older_than,
             states,
@@ -83,17 +81,15 @@ impl<C: QueueConnection> Queue<C> {
     /// Pauses `queue`: nothing is claimed from it until [`Queue::resume`]. Returns false if it
     /// was already paused.
     pub fn pause(&self, queue_name: &str) -> Result<bool> {
-        {
-            let e = &*self.db.inner;
-            let q = queue_name.to_owned();
-            e.write("pause", move |c| manage::pause(c, &q))
-        }
+        let e = self.inner();
+        let q = queue_name.to_owned();
+        e.write("pause", move |c| manage::pause(c, &q))
     }
 
     /// Resumes a paused queue. Returns false if it was not paused.
     pub fn resume(&self, queue_name: &str) -> Result<bool> {
         self.woke({
-            let e = &*self.db.inner;
+            let e = self.inner();
             let q = queue_name.to_owned();
             e.write("resume", move |c| manage::resume(c, &q))
         })
@@ -101,10 +97,8 @@ impl<C: QueueConnection> Queue<C> {
 
     /// Names of the paused queues.
     pub fn paused(&self) -> Result<Vec<String>> {
-        {
-            let e = &*self.db.inner;
-            e.read("paused", manage::paused)
-        }
+        let e = self.inner();
+        e.read("paused", manage::paused)
     }
 
     /// Enqueues `schedule`'s job for `tick` unless some scheduler already did: a
@@ -112,7 +106,7 @@ impl<C: QueueConnection> Queue<C> {
     /// Returns the new job's id, or `None` when the tick was already taken.
     pub fn enqueue_tick(&self, schedule: &Schedule, tick: DateTime<Utc>) -> Result<Option<i64>> {
         self.woke({
-            let e = &*self.db.inner;
+            let e = self.inner();
             let max_payload = e.config.max_payload_bytes;
             let schedule = schedule.clone();
             e.write("enqueue_tick", move |c| {
@@ -154,9 +148,7 @@ impl<C: QueueConnection> Queue<C> {
         &self,
         queue_name: Option<&str>,
     ) -> Result<std::collections::BTreeMap<String, QueueActivity>> {
-        {
-            let e = &*self.db.inner;
-            e.read("activity", |c| manage::activity(c, queue_name))
-        }
+        let e = self.inner();
+        e.read("activity", |c| manage::activity(c, queue_name))
     }
 }

@@ -499,3 +499,30 @@ pub(crate) fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
         .map(Duration::from_millis)
         .ok_or_else(|| format!("{s:?} is too long"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::exit_code;
+
+    /// A bug in jobdb is never "bad usage": exit 70 (EX_SOFTWARE), not 2. Before, internal
+    /// invariant failures were labelled `InvalidArgument` and exited 2.
+    #[test]
+    fn internal_errors_exit_70_and_bad_input_exits_2() {
+        let internal = jobdb::Error::Internal {
+            what: "group commit",
+            reason: "operation finished without a result".into(),
+        };
+        assert!(!internal.is_invalid_input());
+        assert_eq!(exit_code(&anyhow::Error::new(internal)), 70);
+        let bad = jobdb::Error::InvalidArgument {
+            field: "queue",
+            reason: "empty".into(),
+        };
+        assert_eq!(exit_code(&anyhow::Error::new(bad)), 2);
+        let conflict = jobdb::Error::UniqueConflict {
+            job_id: 1,
+            operation: "retried",
+        };
+        assert_eq!(exit_code(&anyhow::Error::new(conflict)), 1);
+    }
+}
