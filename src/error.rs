@@ -67,13 +67,6 @@ pub enum Error {
         waited: Duration,
     },
 
-    /// The operation does not apply to this backend.
-    #[error("not supported: {what}")]
-    Unsupported {
-        /// What was asked.
-        what: &'static str,
-    },
-
     /// No job has this id.
     #[error("no job with id {job_id}")]
     NotFound {
