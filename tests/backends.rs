@@ -97,6 +97,14 @@ pub trait TestConn: QueueConnection + SimpleConnection + Sized {
     fn until_another_waits(&mut self);
     /// `(attempt, outcome)` of every results row of `id`, by attempt.
     fn results(&mut self, id: i64) -> Vec<(i32, String)>;
+    /// The one BIGINT value, named `n`, that `sql` selects.
+    fn query_i64(&mut self, sql: &str) -> i64;
+}
+
+#[derive(QueryableByName)]
+struct N {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
 }
 
 #[derive(QueryableByName)]
@@ -108,6 +116,9 @@ struct ResultRow {
 }
 
 impl TestConn for SqliteConnection {
+    fn query_i64(&mut self, sql: &str) -> i64 {
+        diesel::sql_query(sql).get_result::<N>(self).unwrap().n
+    }
     fn prepare(&mut self) {
         self.batch_execute("PRAGMA busy_timeout = 10000").unwrap();
     }
@@ -140,6 +151,9 @@ impl TestConn for SqliteConnection {
 }
 
 impl TestConn for PgConnection {
+    fn query_i64(&mut self, sql: &str) -> i64 {
+        diesel::sql_query(sql).get_result::<N>(self).unwrap().n
+    }
     fn set_running(&mut self, id: i64, attempt: i32, lease_expires_at: DateTime<Utc>) {
         diesel::sql_query(
             "UPDATE jobs SET state = 'running', attempts = $1, worker_id = 'factory', \
@@ -152,11 +166,6 @@ impl TestConn for PgConnection {
         .unwrap();
     }
     fn until_another_waits(&mut self) {
-        #[derive(QueryableByName)]
-        struct N {
-            #[diesel(sql_type = BigInt)]
-            n: i64,
-        }
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let waiting: N = diesel::sql_query(

@@ -1,5 +1,6 @@
 //! Integration tests: one binary, real SQLite files in temporary directories.
 
+mod app_writes;
 mod backends;
 mod busy;
 mod chaos;

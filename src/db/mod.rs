@@ -188,11 +188,44 @@ impl<C: QueueConnection> Db<C> {
         self.inner.metrics.snapshot(self.inner.stats.snapshot())
     }
 
+    /// Runs `f` as one write transaction of the app's own, the way jobdb runs its own: on
+    /// SQLite `BEGIN IMMEDIATE` on the process's writer connection, group-committed with the
+    /// queue's writes (each in its own savepoint), so the app's writes queue fairly in-process
+    /// instead of sleeping in SQLite's busy handler behind jobdb's; on PostgreSQL a
+    /// transaction on a pooled connection. Re-run whole while the database is busy (so `f`
+    /// must be safe to run again: it only touches the database through `conn`); any other
+    /// error rolls it back and is returned. `f` may call the connection-level API, e.g.
+    /// `jobdb::queue::enqueue(conn, …)`, to enqueue atomically with its own rows; idle workers
+    /// of this process are woken when it commits.
+    ///
+    /// ```no_run
+    /// # fn main() -> jobdb::Result<()> {
+    /// use diesel::connection::SimpleConnection;
+    /// let db: jobdb::Db = jobdb::Db::open("app.sqlite3", jobdb::Config::default())?;
+    /// let id = db.write(|conn| {
+    ///     conn.batch_execute("UPDATE posts SET published = 1 WHERE id = 7")?;
+    ///     jobdb::queue::enqueue(conn, &jobdb::NewJob::new("notify", &7)?)
+    /// })?;
+    /// # let _ = id; Ok(()) }
+    /// ```
+    pub fn write<T: Send + 'static>(
+        &self,
+        mut f: impl FnMut(&mut C) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let done = self
+            .inner
+            .write("app_write", move |c| c.write_transaction(|c| f(c)));
+        if done.is_ok() {
+            self.inner.wakeup.notify();
+        }
+        done
+    }
+
     /// Runs `op`, a whole write transaction, on the writer connection (SQLite) or a pooled
     /// connection (PostgreSQL), alone, re-running it whole while the database is busy. `op`
     /// opens its transaction itself (every `jobdb::queue` function does); it must not call
     /// this handle (the writer is not re-entrant). For closures that cannot be sent to
-    /// another thread; otherwise prefer the group-committed writes of [`crate::Queue`].
+    /// another thread; otherwise prefer [`Db::write`], which group-commits.
     pub fn transaction<T>(
         &self,
         name: &'static str,
