@@ -9,6 +9,7 @@ mod cli_ops;
 mod common;
 mod concurrency;
 mod conformance;
+mod diesel_app;
 mod diesel_cli;
 mod faults;
 mod history;
