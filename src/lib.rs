@@ -64,7 +64,7 @@ pub mod worker;
 
 pub use any::{open_any, WithQueue};
 pub use db::Db;
-pub use driver::QueueConnection;
+pub use driver::{AsQueueConnection, QueueConnection};
 pub use error::{Error, Result};
 #[cfg(feature = "postgres")]
 pub use handle::PgQueue;

@@ -4,7 +4,8 @@
 
 use std::time::Duration;
 
-use crate::driver::QueueConnection;
+use crate::driver::{AsQueueConnection, QueueConnection};
+use crate::driver::{JobDriver, ManageDriver};
 use chrono::NaiveDateTime;
 use serde::Serialize;
 
@@ -27,7 +28,8 @@ pub enum CancelOutcome {
 /// Cancels a job: a queued job becomes `cancelled` at once; a running job is flagged (see
 /// [`CancelOutcome::Requested`]). A finished job is [`Error::WrongState`]; an unknown id
 /// [`Error::NotFound`].
-pub fn cancel<C: QueueConnection>(conn: &mut C, job_id: i64) -> Result<CancelOutcome> {
+pub fn cancel<A: AsQueueConnection>(conn: &mut A, job_id: i64) -> Result<CancelOutcome> {
+    let conn = conn.queue_connection();
     let now = now();
     conn.write_transaction(|c| {
         if c.cancel_queued(job_id, now)? == 1 {
@@ -44,7 +46,8 @@ pub fn cancel<C: QueueConnection>(conn: &mut C, job_id: i64) -> Result<CancelOut
 /// attempts (attempt numbers go on counting: they are fencing tokens and never reused). A job
 /// in another state is [`Error::WrongState`]. If a live job of the same queue took its unique
 /// key meanwhile, it is [`Error::UniqueConflict`] and nothing changes.
-pub fn retry<C: QueueConnection>(conn: &mut C, job_id: i64) -> Result<()> {
+pub fn retry<A: AsQueueConnection>(conn: &mut A, job_id: i64) -> Result<()> {
+    let conn = conn.queue_connection();
     let now = now();
     conn.write_transaction(|c| match c.requeue_finished(job_id, now) {
         Ok(1) => Ok(()),
@@ -61,11 +64,12 @@ pub fn retry<C: QueueConnection>(conn: &mut C, job_id: i64) -> Result<()> {
 /// on the schedule's `last_tick` and the insert, in one write transaction (a savepoint inside
 /// the caller's), so each tick is enqueued once however many schedulers run. Returns the new
 /// job's id, or `None` when the tick was already taken.
-pub fn enqueue_tick<C: QueueConnection>(
-    conn: &mut C,
+pub fn enqueue_tick<A: AsQueueConnection>(
+    conn: &mut A,
     schedule: &crate::Schedule,
     tick: chrono::DateTime<chrono::Utc>,
 ) -> Result<Option<i64>> {
+    let conn = conn.queue_connection();
     enqueue_tick_validated(
         conn,
         schedule,
@@ -171,12 +175,13 @@ pub struct PruneReport {
 /// transaction deletes by id and re-checks the condition, so it holds the write lock for a few
 /// milliseconds and other writers go on in between. Outside a caller's transaction each
 /// batch commits on its own; inside one, everything commits with it.
-pub fn prune<C: QueueConnection>(
-    conn: &mut C,
+pub fn prune<A: AsQueueConnection>(
+    conn: &mut A,
     older_than: Duration,
     states: &[JobState],
     batch: PruneBatch,
 ) -> Result<PruneReport> {
+    let conn = conn.queue_connection();
     // One connection for both steps: `RefCell` lends it to each in turn.
     let conn = std::cell::RefCell::new(conn);
     prune_with(
@@ -261,20 +266,23 @@ pub(crate) fn prune_with(
 
 /// Pauses `queue`: no job of it is claimed until [`resume`]. Running jobs finish normally.
 /// Returns false if it was already paused.
-pub fn pause<C: QueueConnection>(conn: &mut C, queue: &str) -> Result<bool> {
+pub fn pause<A: AsQueueConnection>(conn: &mut A, queue: &str) -> Result<bool> {
+    let conn = conn.queue_connection();
     validate_queue_name(queue)?;
     let now = now();
     conn.write_transaction(|c| c.pause_queue(queue, now))
 }
 
 /// Resumes a paused queue. Returns false if it was not paused.
-pub fn resume<C: QueueConnection>(conn: &mut C, queue: &str) -> Result<bool> {
+pub fn resume<A: AsQueueConnection>(conn: &mut A, queue: &str) -> Result<bool> {
+    let conn = conn.queue_connection();
     validate_queue_name(queue)?;
     conn.write_transaction(|c| c.resume_queue(queue))
 }
 
 /// Names of the paused queues.
-pub fn paused<C: QueueConnection>(conn: &mut C) -> Result<Vec<String>> {
+pub fn paused<A: AsQueueConnection>(conn: &mut A) -> Result<Vec<String>> {
+    let conn = conn.queue_connection();
     conn.paused_queues()
 }
 
@@ -295,10 +303,11 @@ pub struct QueueActivity {
 
 /// Per-queue activity (every queue, or only `queue`): oldest due job's wait, jobs finished in
 /// the last minute, paused or not. One scan of `jobs`; run it on a reader.
-pub fn activity<C: QueueConnection>(
-    conn: &mut C,
+pub fn activity<A: AsQueueConnection>(
+    conn: &mut A,
     queue: Option<&str>,
 ) -> Result<std::collections::BTreeMap<String, QueueActivity>> {
+    let conn = conn.queue_connection();
     let now = now();
     let since = crate::timestamp::before("since", now, Duration::from_secs(60))?;
     let paused = conn.paused_queues()?;

@@ -8,7 +8,8 @@
 
 use std::time::Duration;
 
-use crate::driver::{ClaimParams, FailParams, QueueConnection};
+use crate::driver::{AsQueueConnection, ClaimParams, FailParams, QueueConnection};
+use crate::driver::{BatchDriver, JobDriver};
 use chrono::{DateTime, NaiveDateTime, Utc};
 use serde::Serialize;
 
@@ -74,7 +75,8 @@ fn after(t: NaiveDateTime, d: Duration) -> Result<NaiveDateTime> {
 
 /// Enqueues one job; returns its id. Payloads over [`DEFAULT_MAX_PAYLOAD_BYTES`] are refused
 /// ([`crate::Queue`] uses its configured limit instead).
-pub fn enqueue<C: QueueConnection>(conn: &mut C, job: &NewJob) -> Result<i64> {
+pub fn enqueue<A: AsQueueConnection>(conn: &mut A, job: &NewJob) -> Result<i64> {
+    let conn = conn.queue_connection();
     job.validate(DEFAULT_MAX_PAYLOAD_BYTES)?;
     let ids = insert_validated(conn, std::slice::from_ref(job))?;
     ids.into_iter().next().ok_or_else(|| Error::CorruptRow {
@@ -86,7 +88,8 @@ pub fn enqueue<C: QueueConnection>(conn: &mut C, job: &NewJob) -> Result<i64> {
 /// Enqueues many jobs in transactions of at most [`ENQUEUE_CHUNK`] rows; returns their ids in
 /// order. Every job is validated before anything is written. Inside a caller's transaction
 /// all chunks commit or roll back with it.
-pub fn enqueue_many<C: QueueConnection>(conn: &mut C, jobs: &[NewJob]) -> Result<Vec<i64>> {
+pub fn enqueue_many<A: AsQueueConnection>(conn: &mut A, jobs: &[NewJob]) -> Result<Vec<i64>> {
+    let conn = conn.queue_connection();
     for job in jobs {
         job.validate(DEFAULT_MAX_PAYLOAD_BYTES)?;
     }
@@ -100,7 +103,8 @@ pub fn enqueue_many<C: QueueConnection>(conn: &mut C, jobs: &[NewJob]) -> Result
 /// Enqueues all `jobs` in ONE write transaction (a savepoint inside the caller's), in chunks
 /// of [`ENQUEUE_CHUNK`] rows per statement: all or nothing. Every job is validated first.
 /// Holds the write lock for the whole insert, so keep such sets to what must be atomic.
-pub fn enqueue_all<C: QueueConnection>(conn: &mut C, jobs: &[NewJob]) -> Result<Vec<i64>> {
+pub fn enqueue_all<A: AsQueueConnection>(conn: &mut A, jobs: &[NewJob]) -> Result<Vec<i64>> {
+    let conn = conn.queue_connection();
     for job in jobs {
         job.validate(DEFAULT_MAX_PAYLOAD_BYTES)?;
     }
@@ -184,13 +188,14 @@ pub(crate) fn insert_reporting<C: QueueConnection>(
 
 /// Claims up to `limit` due jobs of `queue` for `worker_id`, leased for `lease`. Returns them
 /// in claim order (priority, run_at, id); empty when nothing is due.
-pub fn claim<C: QueueConnection>(
-    conn: &mut C,
+pub fn claim<A: AsQueueConnection>(
+    conn: &mut A,
     queue: &str,
     limit: u32,
     worker_id: &str,
     lease: Duration,
 ) -> Result<Vec<Job>> {
+    let conn = conn.queue_connection();
     validate_queue_name(queue)?;
     if limit == 0 {
         return Ok(Vec::new());
@@ -213,11 +218,12 @@ pub fn claim<C: QueueConnection>(
 /// [`Error::Cancelled`] when a cancel was requested (the lease is still extended, so the
 /// handler can wind down; what it reports next is recorded as cancelled). Returns the new
 /// expiry.
-pub fn heartbeat<C: QueueConnection>(
-    conn: &mut C,
+pub fn heartbeat<A: AsQueueConnection>(
+    conn: &mut A,
     lease: Lease,
     lease_for: Duration,
 ) -> Result<DateTime<Utc>> {
+    let conn = conn.queue_connection();
     let now = now();
     let until = after(now, lease_for)?;
     let cancel = conn.atomic_write(|c| match c.heartbeat(lease, now, until)? {
@@ -236,23 +242,25 @@ pub fn heartbeat<C: QueueConnection>(
 /// transaction. Fenced: if the lease is lost nothing is written ([`Error::LeaseLost`]). If a
 /// cancel was requested meanwhile, the attempt is recorded as failed ("cancelled"), the job
 /// ends `cancelled`, and the caller gets [`Error::Cancelled`].
-pub fn complete<C: QueueConnection>(
-    conn: &mut C,
+pub fn complete<A: AsQueueConnection>(
+    conn: &mut A,
     lease: Lease,
     output: &impl Serialize,
     duration: Duration,
 ) -> Result<()> {
+    let conn = conn.queue_connection();
     complete_json(conn, lease, &to_json("output", output)?, duration)
 }
 
 /// [`complete`] with output already serialized as JSON text (trusted to be valid JSON; the
 /// column's CHECK refuses anything else).
-pub fn complete_json<C: QueueConnection>(
-    conn: &mut C,
+pub fn complete_json<A: AsQueueConnection>(
+    conn: &mut A,
     lease: Lease,
     output_json: &str,
     duration: Duration,
 ) -> Result<()> {
+    let conn = conn.queue_connection();
     let now = now();
     let row = result_row(
         lease,
@@ -285,13 +293,14 @@ fn millis(d: Duration) -> i64 {
 /// Records a failed attempt: one `failed` results row, and the job back to `queued` after
 /// [`JobBackoff::delay`] while attempts remain, else `dead`. Fenced like [`complete`].
 /// Returns the job's new state.
-pub fn fail<C: QueueConnection>(
-    conn: &mut C,
+pub fn fail<A: AsQueueConnection>(
+    conn: &mut A,
     lease: Lease,
     error: &str,
     duration: Duration,
     backoff: &JobBackoff,
 ) -> Result<JobState> {
+    let conn = conn.queue_connection();
     let now = now();
     conn.write_transaction(|c| {
         // The backoff exponent counts the attempts since the last manual retry (the attempt
@@ -329,7 +338,8 @@ pub fn fail<C: QueueConnection>(
 /// `max_attempts` (`attempt_base` moves up with it). The attempt number still advances at the
 /// next claim: attempt numbers are fencing tokens and are never reused, so a straggling
 /// handler can never complete the next owner's attempt.
-pub fn release<C: QueueConnection>(conn: &mut C, lease: Lease) -> Result<()> {
+pub fn release<A: AsQueueConnection>(conn: &mut A, lease: Lease) -> Result<()> {
+    let conn = conn.queue_connection();
     let now = now();
     conn.write_transaction(|c| {
         let changed = c.release(lease, now)?;
@@ -340,7 +350,8 @@ pub fn release<C: QueueConnection>(conn: &mut C, lease: Lease) -> Result<()> {
 /// Requeues (or marks dead, when out of attempts) every running job whose lease expired,
 /// recording a failed attempt for each. Returns how many were reaped. Finding them scans the
 /// table inside the transaction; [`crate::Queue::reap`] scans on a reader first instead.
-pub fn reap<C: QueueConnection>(conn: &mut C) -> Result<usize> {
+pub fn reap<A: AsQueueConnection>(conn: &mut A) -> Result<usize> {
+    let conn = conn.queue_connection();
     let now = now();
     conn.write_transaction(|c| {
         let ids = c.expired_leases(now)?;
@@ -349,13 +360,15 @@ pub fn reap<C: QueueConnection>(conn: &mut C) -> Result<usize> {
 }
 
 /// Ids of running jobs whose lease has expired (a read).
-pub fn expired_leases<C: QueueConnection>(conn: &mut C) -> Result<Vec<i64>> {
+pub fn expired_leases<A: AsQueueConnection>(conn: &mut A) -> Result<Vec<i64>> {
+    let conn = conn.queue_connection();
     conn.expired_leases(now())
 }
 
 /// Reaps those of `ids` whose lease is still expired (the condition is re-checked, so ids found
 /// by an earlier read are safe to pass). Returns how many were reaped.
-pub fn reap_listed<C: QueueConnection>(conn: &mut C, ids: &[i64]) -> Result<usize> {
+pub fn reap_listed<A: AsQueueConnection>(conn: &mut A, ids: &[i64]) -> Result<usize> {
+    let conn = conn.queue_connection();
     if ids.is_empty() {
         return Ok(0);
     }

@@ -12,9 +12,35 @@ use jobdb::{HandlerError, NewJob, Worker, WorkerConfig};
 use crate::backends::{Backend, TestConn};
 
 crate::on_both_backends!(
+    a_pooled_connection_is_accepted_wherever_a_connection_is,
     an_app_write_and_its_enqueue_commit_or_roll_back_together,
     app_writes_beside_running_workers_all_commit_and_each_job_runs_once,
 );
+
+/// `jobdb::queue::enqueue(&mut pooled, …)`: a connection checked out of the pool works as it
+/// is (41b6fc7 wanted `&mut *pooled`), and so does a handler's `?` on a Diesel error.
+fn a_pooled_connection_is_accepted_wherever_a_connection_is<C: TestConn>(b: &Backend<C>) {
+    let q = b.queue();
+    let mut pooled = q.pool().get().unwrap();
+    let id = jobdb::queue::enqueue(&mut pooled, &NewJob::new("pooled", &1).unwrap()).unwrap();
+    let claimed = jobdb::queue::claim(&mut pooled, "pooled", 1, "w", Duration::from_secs(30));
+    let lease = claimed.unwrap()[0].lease();
+    jobdb::queue::complete(&mut pooled, lease, &"done", Duration::ZERO).unwrap();
+    assert_eq!(
+        jobdb::queue::get_job(&mut pooled, id).unwrap().state,
+        jobdb::JobState::Succeeded
+    );
+    assert_eq!(
+        jobdb::manage::paused(&mut pooled).unwrap(),
+        Vec::<String>::new()
+    );
+    let from_diesel: HandlerError = diesel::result::Error::NotFound.into();
+    assert!(
+        from_diesel.message.contains("not found"),
+        "{}",
+        from_diesel.message
+    );
+}
 
 fn an_app_write_and_its_enqueue_commit_or_roll_back_together<C: TestConn>(b: &Backend<C>) {
     let q = b.queue();

@@ -33,6 +33,32 @@ impl<C> QueueConnection for C where
 {
 }
 
+/// Anything the connection-level API ([`crate::queue`], [`crate::manage`]) runs on: a
+/// connection (`&mut SqliteConnection`, `&mut PgConnection`, as a Diesel transaction hands it
+/// to you) or one checked out of an r2d2 pool (`&mut pooled`, no `&mut *` needed).
+pub trait AsQueueConnection {
+    /// The connection underneath.
+    type Conn: QueueConnection;
+    /// Borrows it.
+    fn queue_connection(&mut self) -> &mut Self::Conn;
+}
+
+impl<C: QueueConnection> AsQueueConnection for C {
+    type Conn = C;
+    fn queue_connection(&mut self) -> &mut C {
+        self
+    }
+}
+
+impl<C: QueueConnection> AsQueueConnection
+    for r2d2::PooledConnection<diesel::r2d2::ConnectionManager<C>>
+{
+    type Conn = C;
+    fn queue_connection(&mut self) -> &mut C {
+        self
+    }
+}
+
 /// What a claim statement needs.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ClaimParams<'a> {

@@ -4,7 +4,8 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use crate::driver::{QueueConnection, SucceededRow};
+use crate::driver::{AsQueueConnection, QueueConnection, SucceededRow};
+use crate::driver::{BatchDriver, JobDriver};
 use chrono::{DateTime, Utc};
 
 use super::{after, lost_or_missing, millis, now, settle_unapplied};
@@ -25,10 +26,11 @@ pub struct Completion {
 /// Completes many jobs in ONE transaction with set-based statements: each is fenced on its
 /// own, so a lost lease fails only its own item ([`Error::LeaseLost`] in its slot) and the
 /// rest commit. Returns one result per item, in order.
-pub fn complete_many<C: QueueConnection>(
-    conn: &mut C,
+pub fn complete_many<A: AsQueueConnection>(
+    conn: &mut A,
     items: &[Completion],
 ) -> Result<Vec<Result<()>>> {
+    let conn = conn.queue_connection();
     let leases: Vec<Lease> = items.iter().map(|it| it.lease).collect();
     let now = now();
     conn.write_transaction(|c| {
@@ -66,11 +68,12 @@ pub fn complete_many<C: QueueConnection>(
 
 /// Extends many leases in ONE statement; one result per lease, in order (a lost lease fails
 /// only its own slot).
-pub fn heartbeat_many<C: QueueConnection>(
-    conn: &mut C,
+pub fn heartbeat_many<A: AsQueueConnection>(
+    conn: &mut A,
     leases: &[Lease],
     lease_for: Duration,
 ) -> Result<Vec<Result<DateTime<Utc>>>> {
+    let conn = conn.queue_connection();
     let now = now();
     let until = after(now, lease_for)?;
     conn.write_transaction(|c| {

@@ -2,7 +2,8 @@
 
 use std::collections::BTreeMap;
 
-use crate::driver::QueueConnection;
+use crate::driver::AsQueueConnection;
+use crate::driver::{JobDriver, ReadDriver};
 use serde::Serialize;
 
 use super::now;
@@ -10,14 +11,16 @@ use crate::error::{Error, Result};
 use crate::models::{Job, JobResult, JobState};
 
 /// One job by id ([`Error::NotFound`] if there is none).
-pub fn get_job<C: QueueConnection>(conn: &mut C, job_id: i64) -> Result<Job> {
+pub fn get_job<A: AsQueueConnection>(conn: &mut A, job_id: i64) -> Result<Job> {
+    let conn = conn.queue_connection();
     conn.find_job(job_id)?
         .ok_or(Error::NotFound { job_id })
         .and_then(Job::try_from)
 }
 
 /// All finished attempts of a job, oldest first ([`Error::NotFound`] if there is no job).
-pub fn get_results<C: QueueConnection>(conn: &mut C, job_id: i64) -> Result<Vec<JobResult>> {
+pub fn get_results<A: AsQueueConnection>(conn: &mut A, job_id: i64) -> Result<Vec<JobResult>> {
+    let conn = conn.queue_connection();
     if !conn.job_exists(job_id)? {
         return Err(Error::NotFound { job_id });
     }
@@ -29,7 +32,8 @@ pub fn get_results<C: QueueConnection>(conn: &mut C, job_id: i64) -> Result<Vec<
 
 /// `EXPLAIN QUERY PLAN` of the claim statement: shows it is served by `jobs_claim_idx`
 /// without a sort, whatever the number of finished jobs.
-pub fn explain_claim<C: QueueConnection>(conn: &mut C) -> Result<String> {
+pub fn explain_claim<A: AsQueueConnection>(conn: &mut A) -> Result<String> {
+    let conn = conn.queue_connection();
     conn.explain_claim()
 }
 
@@ -45,23 +49,27 @@ pub struct Audit {
 }
 
 /// Checks exactly-once completion of a queue in SQL, independently of what workers reported.
-pub fn audit<C: QueueConnection>(conn: &mut C, queue: &str) -> Result<Audit> {
+pub fn audit<A: AsQueueConnection>(conn: &mut A, queue: &str) -> Result<Audit> {
+    let conn = conn.queue_connection();
     conn.audit(queue)
 }
 
 /// Queued jobs of `queue`, due or scheduled.
-pub fn queued_count<C: QueueConnection>(conn: &mut C, queue: &str) -> Result<i64> {
+pub fn queued_count<A: AsQueueConnection>(conn: &mut A, queue: &str) -> Result<i64> {
+    let conn = conn.queue_connection();
     conn.queued_count(queue)
 }
 
 /// Whether any job of `queue` is running.
-pub fn any_running<C: QueueConnection>(conn: &mut C, queue: &str) -> Result<bool> {
+pub fn any_running<A: AsQueueConnection>(conn: &mut A, queue: &str) -> Result<bool> {
+    let conn = conn.queue_connection();
     conn.any_running(queue)
 }
 
 /// Inserts `n` jobs that already succeeded (history) on `queue`, in one transaction: for
 /// benchmarks that measure the claim with a large table.
-pub fn insert_finished<C: QueueConnection>(conn: &mut C, queue: &str, n: u64) -> Result<usize> {
+pub fn insert_finished<A: AsQueueConnection>(conn: &mut A, queue: &str, n: u64) -> Result<usize> {
+    let conn = conn.queue_connection();
     let n = i64::try_from(n).map_err(|_| Error::InvalidArgument {
         field: "finished",
         reason: format!("{n} is too large"),
@@ -71,7 +79,8 @@ pub fn insert_finished<C: QueueConnection>(conn: &mut C, queue: &str, n: u64) ->
 }
 
 /// The version of the SQLite library, or of the PostgreSQL server, in use.
-pub fn backend_version<C: QueueConnection>(conn: &mut C) -> Result<String> {
+pub fn backend_version<A: AsQueueConnection>(conn: &mut A) -> Result<String> {
+    let conn = conn.queue_connection();
     conn.version()
 }
 
@@ -117,7 +126,8 @@ pub struct Stats {
 }
 
 /// Counts jobs per queue and state (every queue, or only `queue`).
-pub fn stats<C: QueueConnection>(conn: &mut C, queue: Option<&str>) -> Result<Stats> {
+pub fn stats<A: AsQueueConnection>(conn: &mut A, queue: Option<&str>) -> Result<Stats> {
+    let conn = conn.queue_connection();
     let mut stats = Stats::default();
     for (q, state, n) in conn.count_by_queue_state(queue)? {
         stats.total.add(state, n);

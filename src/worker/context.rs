@@ -41,6 +41,14 @@ impl From<Error> for HandlerError {
     }
 }
 
+/// So `?` on a Diesel query in a handler (the app's own tables) fails the attempt with the
+/// query's error as the recorded message.
+impl From<diesel::result::Error> for HandlerError {
+    fn from(e: diesel::result::Error) -> Self {
+        HandlerError::msg(e)
+    }
+}
+
 impl From<std::io::Error> for HandlerError {
     fn from(e: std::io::Error) -> Self {
         HandlerError::msg(e)
