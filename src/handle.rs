@@ -268,6 +268,15 @@ impl<C: QueueConnection> Queue<C> {
         e.read("queued", |c| queue::queued_count(c, queue_name))
     }
 
+    /// Whether `queue` has work an exit-when-empty worker waits for (see
+    /// [`queue::has_pending_work`]; a table scan: use sparingly).
+    pub fn has_pending_work(&self, queue_name: &str) -> Result<bool> {
+        let e = self.inner();
+        e.read("has_pending_work", |c| {
+            queue::has_pending_work(c, queue_name)
+        })
+    }
+
     /// Whether any job of `queue` is running, in any process (a table scan: use sparingly).
     pub fn any_running(&self, queue_name: &str) -> Result<bool> {
         let e = self.inner();

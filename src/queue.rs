@@ -24,8 +24,8 @@ mod read;
 
 pub use batch::{complete_many, heartbeat_many, Completion};
 pub use read::{
-    any_running, audit, backend_version, explain_claim, get_job, get_results, insert_finished,
-    queued_count, stats, Audit, StateCounts, Stats,
+    any_running, audit, backend_version, explain_claim, get_job, get_results, has_pending_work,
+    insert_finished, queued_count, stats, Audit, StateCounts, Stats,
 };
 
 /// Largest number of rows inserted by one transaction of [`enqueue_many`]: long enough to

@@ -45,8 +45,17 @@ pub struct WorkerConfig {
     /// After shutdown is requested, how long running handlers may finish before their jobs
     /// are released back to the queue.
     pub grace: Duration,
-    /// Stop when the queue has no queued and no running jobs left.
+    /// Stop once the queue has nothing to wait for: no job running (in any process) and none
+    /// queued that is due now or waiting out a retry backoff (so a failing job is retried to
+    /// its end, at most `Config::job_backoff.max` apart). Jobs delayed by their enqueuer
+    /// (`run_at` ahead) and the queued jobs of a paused queue do not keep it running: that
+    /// could be for ever. To wait for them, use `exit_when_idle`.
     pub exit_when_empty: bool,
+    /// Stop once no thread has claimed a job for this long (nothing claimable: empty, paused
+    /// or only delayed jobs) and none of ours is running. `None`: never.
+    pub exit_when_idle: Option<Duration>,
+    /// Stop after claiming this many jobs in all (finishing them first). `None`: no limit.
+    pub max_jobs: Option<u64>,
     /// Stop on SIGINT / SIGTERM.
     pub handle_signals: bool,
     /// Stored in `jobs.worker_id` (default: `pid<PID>-<random>`).
@@ -69,6 +78,8 @@ impl WorkerConfig {
             poll_max: Duration::from_millis(200),
             grace: Duration::from_secs(30),
             exit_when_empty: false,
+            exit_when_idle: None,
+            max_jobs: None,
             handle_signals: false,
             worker_id: format!("pid{}-{:04x}", std::process::id(), fastrand::u16(..)),
             retention: None,
@@ -155,7 +166,8 @@ where
         self.shutdown.clone()
     }
 
-    /// Runs until shutdown (or, with `exit_when_empty`, until the queue is drained). Returns
+    /// Runs until shutdown, or until a stop mode says so (`exit_when_empty`, `exit_when_idle`,
+    /// `max_jobs`). Returns
     /// what was done; an error only if the worker could not start.
     pub fn run(&self) -> Result<WorkerReport> {
         crate::models::validate_queue_name(&self.config.queue)?;
@@ -176,6 +188,8 @@ where
         let drained = Arc::new(AtomicBool::new(false));
         let in_flight = Arc::new(AtomicUsize::new(0));
         let last_running_scan = Arc::new(Mutex::new(None));
+        let last_claim = Arc::new(Mutex::new(Instant::now()));
+        let claims = Arc::new(AtomicU64::new(0));
         let stop_heartbeats = Arc::new(AtomicBool::new(false));
 
         let heartbeater = {
@@ -205,6 +219,8 @@ where
                     drained: drained.clone(),
                     in_flight: in_flight.clone(),
                     last_running_scan: last_running_scan.clone(),
+                    last_claim: last_claim.clone(),
+                    claims: claims.clone(),
                 };
                 thread::spawn(move || ctx.run())
             })
@@ -273,6 +289,11 @@ struct ThreadCtx<H, C: QueueConnection> {
     drained: Arc<AtomicBool>,
     in_flight: Arc<AtomicUsize>,
     last_running_scan: Arc<Mutex<Option<Instant>>>,
+    /// When any thread last claimed a job (or the worker started): for `exit_when_idle`.
+    last_claim: Arc<Mutex<Instant>>,
+    /// Claim slots taken so far, for `max_jobs`: a thread takes one before it claims and
+    /// gives it back when the claim was empty, so the worker never claims more than the limit.
+    claims: Arc<AtomicU64>,
 }
 
 impl<H, O, C> ThreadCtx<H, C>
@@ -284,6 +305,12 @@ where
     fn run(&self) {
         let mut idle = self.config.poll_min;
         while !self.shutdown.is_requested() && !self.drained.load(Ordering::SeqCst) {
+            if let Some(max) = self.config.max_jobs {
+                if self.claims.fetch_add(1, Ordering::SeqCst) >= max {
+                    // Every slot is taken: this thread is done (the others finish theirs).
+                    break;
+                }
+            }
             self.in_flight.fetch_add(1, Ordering::SeqCst);
             // Read before claiming, so an enqueue between an empty claim and the wait below
             // still wakes this thread.
@@ -294,8 +321,9 @@ where
             let job = match claimed {
                 Ok(mut jobs) if !jobs.is_empty() => jobs.swap_remove(0),
                 Ok(_) => {
+                    self.give_back_claim_slot();
                     self.in_flight.fetch_sub(1, Ordering::SeqCst);
-                    if self.config.exit_when_empty && self.queue_is_drained() {
+                    if self.should_stop_idle() {
                         self.drained.store(true, Ordering::SeqCst);
                         break;
                     }
@@ -309,6 +337,7 @@ where
                     continue;
                 }
                 Err(e) => {
+                    self.give_back_claim_slot();
                     self.in_flight.fetch_sub(1, Ordering::SeqCst);
                     tracing::error!(error = %e, "claim failed; backing off");
                     thread::sleep(self.config.poll_max);
@@ -316,18 +345,41 @@ where
                 }
             };
             idle = self.config.poll_min;
+            *self.last_claim.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
             self.process(job);
             self.in_flight.fetch_sub(1, Ordering::SeqCst);
         }
     }
 
-    /// Drained when no thread of ours is between a claim and its result, nothing is queued
-    /// (cheap, by index) and nothing runs anywhere. The last is a table scan, so it runs only
-    /// when the first two hold, and at most once per `poll_max` for the whole worker.
+    /// A claim that found nothing does not count against `max_jobs`.
+    fn give_back_claim_slot(&self) {
+        if self.config.max_jobs.is_some() {
+            self.claims.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// After an empty claim: whether `exit_when_idle` or `exit_when_empty` says stop.
+    fn should_stop_idle(&self) -> bool {
+        if let Some(idle) = self.config.exit_when_idle {
+            let since = self
+                .last_claim
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .elapsed();
+            if since >= idle && self.in_flight.load(Ordering::SeqCst) == 0 {
+                tracing::info!(idle = ?since, "nothing claimable for the idle limit; stopping");
+                return true;
+            }
+        }
+        self.config.exit_when_empty && self.queue_is_drained()
+    }
+
+    /// Drained when no thread of ours is between a claim and its result and the queue has
+    /// nothing to wait for ([`crate::queue::has_pending_work`]: nothing running anywhere, and
+    /// nothing queued that is due or in a retry backoff). That check scans the queue's jobs,
+    /// so it runs at most once per `poll_max` for the whole worker.
     fn queue_is_drained(&self) -> bool {
-        if self.in_flight.load(Ordering::SeqCst) != 0
-            || !matches!(self.queue.queued(&self.config.queue), Ok(0))
-        {
+        if self.in_flight.load(Ordering::SeqCst) != 0 {
             return false;
         }
         {
@@ -340,7 +392,7 @@ where
             }
             *last = Some(Instant::now());
         }
-        matches!(self.queue.any_running(&self.config.queue), Ok(false))
+        matches!(self.queue.has_pending_work(&self.config.queue), Ok(false))
     }
 
     fn process(&self, job: Job) {

@@ -196,6 +196,11 @@ fn each_write_transaction_has_a_span_with_its_name_and_busy_retries() {
         })
         .finish();
     tracing::subscriber::with_default(subscriber, || {
+        // Callsites cache whether any subscriber wants them; a test on another thread that
+        // hits the `jobdb.write` span first, with no DEBUG subscriber in place, can leave it
+        // cached as disabled (seen once under the full suite's parallel load: the events got
+        // through, the span did not). Re-evaluate now that this thread's subscriber is set.
+        tracing::callsite::rebuild_interest_cache();
         let (release, holder) = hold_write_lock(&db);
         let releaser = thread::spawn(move || {
             thread::sleep(Duration::from_millis(150));

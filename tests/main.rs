@@ -21,5 +21,6 @@ mod pg_restart;
 mod pool;
 mod postgres;
 mod regressions;
+mod stop_modes;
 mod wal;
 mod worker;

@@ -247,6 +247,10 @@ pub(crate) trait ReadDriver: JobDriver {
         -> Result<Vec<(String, JobState, i64)>>;
     /// Queued jobs of `queue`, due or not.
     fn queued_count(&mut self, queue: &str) -> Result<i64>;
+    /// Queued jobs of `queue` that a worker should wait for: due at `now`, or waiting out a
+    /// retry backoff (a failed attempt counts: `attempts > attempt_base`). Jobs delayed by
+    /// their enqueuer are not counted.
+    fn pending_count(&mut self, queue: &str, now: NaiveDateTime) -> Result<i64>;
     /// Whether any job of `queue` is running.
     fn any_running(&mut self, queue: &str) -> Result<bool>;
     /// The SQLite library or PostgreSQL server version.

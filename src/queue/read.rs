@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use crate::driver::AsQueueConnection;
-use crate::driver::{JobDriver, ReadDriver};
+use crate::driver::{JobDriver, ManageDriver, ReadDriver};
 use serde::Serialize;
 
 use super::now;
@@ -58,6 +58,19 @@ pub fn audit<A: AsQueueConnection>(conn: &mut A, queue: &str) -> Result<Audit> {
 pub fn queued_count<A: AsQueueConnection>(conn: &mut A, queue: &str) -> Result<i64> {
     let conn = conn.queue_connection();
     conn.queued_count(queue)
+}
+
+/// Whether `queue` has work a worker that exits when the queue is empty should wait for: a
+/// job running anywhere, or one queued that is due now or waiting out a retry backoff. Jobs
+/// delayed by their enqueuer, and everything of a paused queue but its running jobs, are not
+/// waited for (that could be for ever); see [`crate::WorkerConfig::exit_when_empty`].
+pub fn has_pending_work<A: AsQueueConnection>(conn: &mut A, queue: &str) -> Result<bool> {
+    let conn = conn.queue_connection();
+    let paused = conn.paused_queues()?.iter().any(|q| q == queue);
+    if !paused && conn.pending_count(queue, now())? > 0 {
+        return Ok(true);
+    }
+    conn.any_running(queue)
 }
 
 /// Whether any job of `queue` is running.

@@ -166,9 +166,18 @@ struct WorkArgs {
     /// On SIGINT/SIGTERM, how long running jobs may finish before they are released
     #[arg(long, value_parser = parse_duration, default_value = "10s")]
     grace: Duration,
-    /// Exit once the queue has no queued and no running jobs
+    /// Exit once nothing of the queue is running and nothing queued is due or waiting out a
+    /// retry backoff. Jobs delayed by --delay/--run-at and the jobs of a paused queue do not
+    /// keep it running (use --exit-when-idle to wait for those)
     #[arg(long)]
     exit_when_empty: bool,
+    /// Exit once nothing could be claimed for this long (500ms, 30s, 5m) and no job of this
+    /// worker runs
+    #[arg(long, value_parser = parse_duration)]
+    exit_when_idle: Option<Duration>,
+    /// Exit after this many jobs (claimed, run and recorded)
+    #[arg(long)]
+    max_jobs: Option<u64>,
     /// Shell command run with `sh -c` for each job
     #[arg(long)]
     exec: String,
@@ -452,6 +461,8 @@ fn work<C: QueueConnection>(queue: Queue<C>, args: WorkArgs) -> Result<()> {
     config.concurrency = args.concurrency;
     config.grace = args.grace;
     config.exit_when_empty = args.exit_when_empty;
+    config.exit_when_idle = args.exit_when_idle;
+    config.max_jobs = args.max_jobs;
     config.handle_signals = true;
     if args.keep_succeeded.is_some() || args.keep_dead.is_some() || args.keep_cancelled.is_some() {
         config.retention = Some(jobdb::Retention {

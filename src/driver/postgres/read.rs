@@ -86,6 +86,16 @@ impl ReadDriver for PgConnection {
         Ok(r.n)
     }
 
+    fn pending_count(&mut self, queue: &str, now: NaiveDateTime) -> Result<i64> {
+        let r: Count = cached(
+            "SELECT count(*) AS n FROM jobs WHERE queue = ? AND state = 'queued' \
+             AND (run_at <= ? OR attempts > attempt_base)",
+            (bind::<Text, _>(queue), bind::<Timestamptz, _>(utc(now))),
+        )
+        .get_result(self)?;
+        Ok(r.n)
+    }
+
     /// Whether any job of `queue` is running.
     fn any_running(&mut self, queue: &str) -> Result<bool> {
         let r: Count = diesel::sql_query(

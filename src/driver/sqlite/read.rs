@@ -119,6 +119,21 @@ impl ReadDriver for SqliteConnection {
         Ok(row.n)
     }
 
+    fn pending_count(&mut self, queue: &str, now: NaiveDateTime) -> Result<i64> {
+        #[derive(QueryableByName)]
+        struct Row {
+            #[diesel(sql_type = BigInt)]
+            n: i64,
+        }
+        let row: Row = cached(
+            "SELECT count(*) AS n FROM jobs WHERE queue = ? AND state = 'queued' \
+             AND (run_at <= ? OR attempts > attempt_base)",
+            (bind::<Text, _>(queue), bind::<Timestamp, _>(now)),
+        )
+        .get_result(self)?;
+        Ok(row.n)
+    }
+
     /// Whether any job of `queue` is running (a scan: no index on running jobs).
     fn any_running(&mut self, queue: &str) -> Result<bool> {
         Ok(diesel::select(diesel::dsl::exists(
