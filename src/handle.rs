@@ -170,7 +170,7 @@ impl<C: QueueConnection> Queue<C> {
         claimed
     }
 
-    /// Extends a lease; [`Error::LeaseLost`] if it is no longer ours.
+    /// Extends a lease; [`Error::LeaseLost`](crate::Error::LeaseLost) if it is no longer ours.
     pub fn heartbeat(&self, lease: Lease, lease_for: Duration) -> Result<DateTime<Utc>> {
         let e = self.inner();
         e.write("heartbeat", move |c| queue::heartbeat(c, lease, lease_for))

@@ -152,3 +152,35 @@ fn app_writes_beside_running_workers_all_commit_and_each_job_runs_once<C: TestCo
     // Loose: a write that waited seconds would mean the app sat behind the busy handler.
     assert!(latencies[latencies.len() - 1] < Duration::from_secs(10));
 }
+
+/// A file created by someone else (an app's `diesel migration run`, say) is in rollback-journal
+/// mode; opening the handle switches it to WAL and verifies it, whoever created it.
+#[test]
+fn the_handle_turns_on_wal_in_a_file_it_did_not_create() {
+    use diesel::connection::SimpleConnection;
+    use diesel::{Connection, RunQueryDsl};
+    #[derive(diesel::QueryableByName)]
+    struct Mode {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        journal_mode: String,
+    }
+    let db = crate::common::TestDb::new();
+    let mut c = diesel::SqliteConnection::establish(&db.url()).unwrap();
+    c.batch_execute("CREATE TABLE posts (id INTEGER PRIMARY KEY)")
+        .unwrap();
+    let mode = |c: &mut diesel::SqliteConnection| {
+        diesel::sql_query("PRAGMA journal_mode")
+            .get_result::<Mode>(c)
+            .unwrap()
+            .journal_mode
+    };
+    assert_eq!(mode(&mut c), "delete");
+    drop(c);
+    let _db: jobdb::Db = jobdb::Db::open(&db.url(), jobdb::Config::default()).unwrap();
+    let mut c = diesel::SqliteConnection::establish(&db.url()).unwrap();
+    assert_eq!(
+        mode(&mut c),
+        "wal",
+        "WAL is a property of the file: every connection sees it"
+    );
+}

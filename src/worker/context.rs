@@ -101,7 +101,7 @@ impl std::ops::Deref for JobContext {
     }
 }
 
-/// Asks a running [`Worker`] to stop (cloneable, usable from any thread).
+/// Asks a running [`Worker`](crate::Worker) to stop (cloneable, usable from any thread).
 #[derive(Debug, Clone, Default)]
 pub struct ShutdownHandle {
     pub(super) flag: Arc<AtomicBool>,
