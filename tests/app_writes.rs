@@ -143,8 +143,13 @@ fn app_writes_beside_running_workers_all_commit_and_each_job_runs_once<C: TestCo
     latencies.sort();
     let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
     crate::backends::loud!(
-        "{}: app write latency beside 4 workers (debug build): p50 {:?}, p99 {:?}, max {:?}",
+        "{}: app write latency beside 4 workers ({} build): p50 {:?}, p99 {:?}, max {:?}",
         q.backend(),
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        },
         pct(0.50),
         pct(0.99),
         latencies[latencies.len() - 1]

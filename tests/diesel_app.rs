@@ -228,6 +228,6 @@ fn app_processes_beside_worker_processes_never_see_a_lock_error() {
     assert_eq!(mode.journal_mode, "wal");
     assert_integrity_ok(&db);
     crate::backends::loud!(
-        "app write latency, 4 app processes beside 2 worker processes (debug build): {latencies:?}"
+        "app write latency, 4 app processes beside 2 worker processes: {latencies:?}"
     );
 }
