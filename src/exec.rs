@@ -4,20 +4,65 @@
 //! are in its environment. Exit status 0 is success and stdout is the output (stored as JSON
 //! when it parses, else as a JSON string); any other status is a failed attempt whose error is
 //! the tail of stderr.
+//!
+//! The command runs in a process group of its own, and the attempt ends only once the whole
+//! group is gone: when `sh` exits, when the job must be abandoned (cancelled, lease lost,
+//! shutdown past grace) or when its output passes the cap, the group gets SIGTERM, then
+//! SIGKILL after [`ShellOptions::kill_grace`]. So a backgrounded or forked grandchild never
+//! outlives its attempt, keeps the output pipe open, or runs beside the job's next attempt.
+//! Output is bounded: stdout up to [`ShellOptions::max_stdout_bytes`] (past it the attempt
+//! fails with a clear error), stderr as a ring of its last [`ShellOptions::stderr_tail_bytes`].
 
 use std::io::{Read, Write};
-use std::process::{Command, Stdio};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::worker::{HandlerError, JobContext};
 
-/// Bytes of stderr kept as the error of a failed attempt.
+/// Bytes of stderr kept as the error of a failed attempt (the default).
 pub const STDERR_TAIL_BYTES: usize = 2048;
 
-/// Runs `sh -c command` for the job in `ctx`. If the job must be abandoned while the command
-/// runs (cancelled, lease lost, shutdown past grace), the command is killed.
+/// How [`run_shell_with`] bounds a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShellOptions {
+    /// Most bytes of stdout kept (the job's output); past it the group is killed and the
+    /// attempt fails. Default: the payload limit, 1 MiB.
+    pub max_stdout_bytes: usize,
+    /// Bytes of the end of stderr kept for the error message (the rest is read and dropped).
+    pub stderr_tail_bytes: usize,
+    /// How long the group has between SIGTERM and SIGKILL.
+    pub kill_grace: Duration,
+}
+
+impl Default for ShellOptions {
+    fn default() -> Self {
+        ShellOptions {
+            max_stdout_bytes: crate::models::DEFAULT_MAX_PAYLOAD_BYTES,
+            stderr_tail_bytes: STDERR_TAIL_BYTES,
+            kill_grace: Duration::from_secs(2),
+        }
+    }
+}
+
+/// [`run_shell_with`] with the default [`ShellOptions`].
 pub fn run_shell(command: &str, ctx: &JobContext) -> Result<serde_json::Value, HandlerError> {
+    run_shell_with(command, ctx, &ShellOptions::default())
+}
+
+/// Runs `sh -c command` for the job in `ctx`, in a process group of its own, bounded by
+/// `options` (see the module docs).
+pub fn run_shell_with(
+    command: &str,
+    ctx: &JobContext,
+    options: &ShellOptions,
+) -> Result<serde_json::Value, HandlerError> {
+    if command.trim().is_empty() {
+        return Err(HandlerError::msg("the command is empty"));
+    }
     let mut child = Command::new("sh")
         .arg("-c")
         .arg(command)
@@ -27,8 +72,11 @@ pub fn run_shell(command: &str, ctx: &JobContext) -> Result<serde_json::Value, H
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        // Its own group (pgid = its pid), so the whole tree can be signalled at once.
+        .process_group(0)
         .spawn()
         .map_err(|e| HandlerError::msg(format!("cannot start `sh -c {command}`: {e}")))?;
+    let group = Group::of(&child);
 
     // Feed stdin and drain stdout/stderr on their own threads: a command that writes a lot
     // before reading its input would otherwise deadlock on a full pipe.
@@ -40,43 +88,45 @@ pub fn run_shell(command: &str, ctx: &JobContext) -> Result<serde_json::Value, H
             let _ = stdin.write_all(&payload);
         }
     });
-    let stdout = read_all(child.stdout.take());
-    let stderr = read_all(child.stderr.take());
+    let overflowed = Arc::new(AtomicBool::new(false));
+    let stdout = read_capped(
+        child.stdout.take(),
+        options.max_stdout_bytes,
+        overflowed.clone(),
+    );
+    let stderr = read_tail(child.stderr.take(), options.stderr_tail_bytes);
 
-    let mut pause = Duration::from_micros(200);
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) => {}
-            Err(e) => return Err(HandlerError::msg(format!("waiting for the command: {e}"))),
-        }
-        if ctx.should_abandon() {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(HandlerError::msg(if ctx.is_cancelled() {
-                "command killed: the job was cancelled"
-            } else {
-                "abandoned: lease lost or shutdown grace period passed"
-            }));
-        }
-        thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(20));
-    };
+    let ended = wait_or_stop(&mut child, ctx, &overflowed);
+    // Whatever ended the attempt, nothing of the group outlives it.
+    group.stop(options.kill_grace);
     let _ = feeder.join();
     let stdout = stdout.join().unwrap_or_default();
     let stderr = stderr.join().unwrap_or_default();
 
+    let status = match ended {
+        Ended::Exited(status) => status,
+        Ended::Abandoned => {
+            return Err(HandlerError::msg(if ctx.is_cancelled() {
+                "command killed: the job was cancelled"
+            } else {
+                "abandoned: lease lost or shutdown grace period passed; the command was killed"
+            }))
+        }
+        Ended::Failed(e) => return Err(HandlerError::msg(format!("waiting for the command: {e}"))),
+    };
+    if overflowed.load(Ordering::SeqCst) {
+        return Err(HandlerError::msg(format!(
+            "the command's output passed the cap of {} bytes; it was killed",
+            options.max_stdout_bytes
+        )));
+    }
     if status.success() {
         let text = String::from_utf8_lossy(&stdout);
         Ok(serde_json::from_str(text.trim())
             .unwrap_or_else(|_| serde_json::Value::String(text.into_owned())))
     } else {
-        let tail_start = stderr.len().saturating_sub(STDERR_TAIL_BYTES);
-        let tail = String::from_utf8_lossy(&stderr[tail_start..]);
-        let status = match status.code() {
-            Some(code) => format!("exit status {code}"),
-            None => "killed by a signal".to_owned(),
-        };
+        let tail = String::from_utf8_lossy(&stderr);
+        let status = describe(status);
         Err(HandlerError::msg(if tail.trim().is_empty() {
             status
         } else {
@@ -85,12 +135,161 @@ pub fn run_shell(command: &str, ctx: &JobContext) -> Result<serde_json::Value, H
     }
 }
 
-fn read_all(pipe: Option<impl Read + Send + 'static>) -> thread::JoinHandle<Vec<u8>> {
-    thread::spawn(move || {
-        let mut buf = Vec::new();
-        if let Some(mut pipe) = pipe {
-            let _ = pipe.read_to_end(&mut buf);
+/// How waiting for `sh` ended.
+enum Ended {
+    Exited(ExitStatus),
+    /// The job had to be abandoned, or the output passed its cap: `sh` was signalled.
+    Abandoned,
+    Failed(std::io::Error),
+}
+
+/// Waits for `sh` to exit, polling (with backoff up to 20 ms) whether the job must be
+/// abandoned or the output overflowed; either stops the group's leader at once.
+fn wait_or_stop(child: &mut Child, ctx: &JobContext, overflowed: &AtomicBool) -> Ended {
+    let mut pause = Duration::from_micros(200);
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Ended::Exited(status),
+            Ok(None) => {}
+            Err(e) => return Ended::Failed(e),
         }
-        buf
+        if overflowed.load(Ordering::SeqCst) {
+            // Reported as the overflow by the caller; the group is stopped there.
+            let _ = child.kill();
+            return match child.wait() {
+                Ok(status) => Ended::Exited(status),
+                Err(e) => Ended::Failed(e),
+            };
+        }
+        if ctx.should_abandon() {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ended::Abandoned;
+        }
+        thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(20));
+    }
+}
+
+/// The command's process group.
+struct Group(libc::pid_t);
+
+impl Group {
+    fn of(child: &Child) -> Group {
+        // pids fit in pid_t; a failure here would only make `stop` a no-op.
+        Group(libc::pid_t::try_from(child.id()).unwrap_or(0))
+    }
+
+    /// SIGTERM to every process of the group, then SIGKILL to what is left after `grace`.
+    /// Returns once none is left (or after the SIGKILL, which cannot be ignored).
+    fn stop(&self, grace: Duration) {
+        if self.0 <= 0 || !self.alive() {
+            return;
+        }
+        self.signal(libc::SIGTERM);
+        let deadline = Instant::now() + grace;
+        while self.alive() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(10));
+        }
+        if self.alive() {
+            self.signal(libc::SIGKILL);
+            // Reaped by init (they are not our children); wait for the group to empty.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while self.alive() && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        // SAFETY: kill(2) with a negative pid signals the process group we created.
+        unsafe {
+            libc::kill(-self.0, sig);
+        }
+    }
+
+    /// Whether any process of the group is left (signal 0 probes without signalling).
+    fn alive(&self) -> bool {
+        // SAFETY: as above; signal 0 only checks that the group exists.
+        unsafe { libc::kill(-self.0, 0) == 0 }
+    }
+}
+
+/// "exit status 3", or "killed by signal SIGTERM (15)".
+fn describe(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit status {code}"),
+        (None, Some(sig)) => format!("killed by signal {} ({sig})", signal_name(sig)),
+        (None, None) => "ended without an exit status".to_owned(),
+    }
+}
+
+fn signal_name(sig: libc::c_int) -> &'static str {
+    match sig {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGUSR1 => "SIGUSR1",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGUSR2 => "SIGUSR2",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGALRM => "SIGALRM",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGXCPU => "SIGXCPU",
+        libc::SIGXFSZ => "SIGXFSZ",
+        _ => "a signal",
+    }
+}
+
+/// Reads up to `cap` bytes; past it, sets `overflowed` and stops keeping (the group is then
+/// killed, which closes the pipe).
+fn read_capped(
+    pipe: Option<impl Read + Send + 'static>,
+    cap: usize,
+    overflowed: Arc<AtomicBool>,
+) -> thread::JoinHandle<Vec<u8>> {
+    thread::spawn(move || {
+        let mut kept = Vec::new();
+        let Some(mut pipe) = pipe else {
+            return kept;
+        };
+        let mut chunk = [0u8; 64 * 1024];
+        loop {
+            match pipe.read(&mut chunk) {
+                Ok(0) | Err(_) => return kept,
+                Ok(n) if kept.len() + n > cap => {
+                    overflowed.store(true, Ordering::SeqCst);
+                    // Drain (and drop) until the group is gone, so it never blocks on us.
+                    while matches!(pipe.read(&mut chunk), Ok(n) if n > 0) {}
+                    return kept;
+                }
+                Ok(n) => kept.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+}
+
+/// Reads everything, keeping only the last `keep` bytes.
+fn read_tail(pipe: Option<impl Read + Send + 'static>, keep: usize) -> thread::JoinHandle<Vec<u8>> {
+    thread::spawn(move || {
+        let mut tail: std::collections::VecDeque<u8> = std::collections::VecDeque::new();
+        let Some(mut pipe) = pipe else {
+            return Vec::new();
+        };
+        let mut chunk = [0u8; 64 * 1024];
+        while let Ok(n) = pipe.read(&mut chunk) {
+            if n == 0 {
+                break;
+            }
+            tail.extend(&chunk[..n]);
+            let excess = tail.len().saturating_sub(keep);
+            tail.drain(..excess);
+        }
+        tail.into_iter().collect()
     })
 }

@@ -112,6 +112,10 @@ pub struct WorkerReport {
     pub cancelled: u64,
 }
 
+/// How long, past the grace period, handlers told to abandon get to stop before their jobs are
+/// released anyway: the shell handler's TERM-to-KILL grace (2 s) and some.
+const ABANDON_WAIT: Duration = Duration::from_secs(5);
+
 /// Leases of the handlers running now, each with its "abandon" flag, for the heartbeat
 /// thread and for shutdown.
 #[derive(Default)]
@@ -240,9 +244,22 @@ where
             }
             thread::sleep(Duration::from_millis(10));
         }
-        // Past the grace period: give unfinished jobs back, and tell their handlers to stop.
-        for (lease, flags) in active.lock().drain() {
+        // Past the grace period: tell unfinished handlers to stop, give them a moment to (the
+        // shell handler kills its whole process group: TERM, then KILL), and only then give
+        // their jobs back, so a job is not claimed again while its last attempt still runs.
+        let unfinished: Vec<(Lease, Arc<JobFlags>)> = active
+            .lock()
+            .iter()
+            .map(|(lease, flags)| (*lease, flags.clone()))
+            .collect();
+        for (_, flags) in &unfinished {
             flags.abandon.store(true, Ordering::SeqCst);
+        }
+        let stop_by = Instant::now() + ABANDON_WAIT;
+        while threads.iter().any(|t| !t.is_finished()) && Instant::now() < stop_by {
+            thread::sleep(Duration::from_millis(10));
+        }
+        for (lease, _) in unfinished {
             match self.queue.release(lease) {
                 Ok(()) => {
                     counters.released.fetch_add(1, Ordering::Relaxed);

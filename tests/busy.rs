@@ -180,7 +180,13 @@ impl std::io::Write for Captured {
     }
 }
 
+/// Runs apart, after the suite (`.ci/run`): `tracing` caches per callsite whether any
+/// subscriber wants it, process-wide, and this test's subscriber is scoped to its thread.
+/// Under the suite's parallel load another thread's first use of the `jobdb.write` span could
+/// leave it cached as disabled, so the events of the transaction were captured without their
+/// span (twice in about ten full runs), even with the cache rebuilt below.
 #[test]
+#[ignore = "tracing's process-wide interest cache races with other tests: run alone"]
 fn each_write_transaction_has_a_span_with_its_name_and_busy_retries() {
     use tracing_subscriber::fmt::format::FmtSpan;
     let db = TestDb::new();

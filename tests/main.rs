@@ -11,6 +11,7 @@ mod concurrency;
 mod conformance;
 mod diesel_app;
 mod diesel_cli;
+mod exec;
 mod faults;
 mod history;
 mod interleave;

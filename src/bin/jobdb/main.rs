@@ -178,9 +178,14 @@ struct WorkArgs {
     /// Exit after this many jobs (claimed, run and recorded)
     #[arg(long)]
     max_jobs: Option<u64>,
-    /// Shell command run with `sh -c` for each job
-    #[arg(long)]
+    /// Shell command run with `sh -c` for each job, in a process group of its own (the whole
+    /// group is killed when the attempt ends, is cancelled or is abandoned)
+    #[arg(long, value_parser = parse_command)]
     exec: String,
+    /// Most bytes of a command's stdout kept as the job's output; past it the command is
+    /// killed and the attempt fails
+    #[arg(long, default_value_t = jobdb::exec::ShellOptions::default().max_stdout_bytes)]
+    max_output: usize,
     /// While working, delete succeeded jobs older than this (checked every 5 minutes)
     #[arg(long, value_parser = parse_duration)]
     keep_succeeded: Option<Duration>,
@@ -473,8 +478,12 @@ fn work<C: QueueConnection>(queue: Queue<C>, args: WorkArgs) -> Result<()> {
         });
     }
     let command = args.exec;
+    let shell = jobdb::exec::ShellOptions {
+        max_stdout_bytes: args.max_output,
+        ..jobdb::exec::ShellOptions::default()
+    };
     let worker = Worker::new(queue, config, move |ctx| {
-        jobdb::exec::run_shell(&command, ctx)
+        jobdb::exec::run_shell_with(&command, ctx, &shell)
     });
     let report = worker.run()?;
     tracing::info!(?report, "worker stopped");
@@ -488,6 +497,14 @@ fn work<C: QueueConnection>(queue: Queue<C>, args: WorkArgs) -> Result<()> {
         report.reaped
     );
     Ok(())
+}
+
+/// A command for `--exec`: not empty (an empty `sh -c ''` would make every job "succeed").
+fn parse_command(s: &str) -> std::result::Result<String, String> {
+    if s.trim().is_empty() {
+        return Err("the command is empty; give what to run for each job".into());
+    }
+    Ok(s.to_owned())
 }
 
 /// `500ms`, `30s`, `5m`, `2h`, `7d`.
