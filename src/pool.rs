@@ -329,6 +329,7 @@ pub fn build_pool(url: &str, config: &Config) -> Result<SqlitePool> {
         bootstrap(&mut conn, &config.sqlite.pragmas)
     })
     .map_err(|e| explain_open_error(url, e))?;
+    probe_writable(&mut conn).map_err(|e| explain_open_error(url, e))?;
     drop(conn);
 
     let mut pragmas = config.sqlite.pragmas.clone();
@@ -358,6 +359,11 @@ pub fn run_migrations(
     policy: &RetryPolicy,
     stats: &RetryStats,
 ) -> Result<Vec<String>> {
+    // The common case, nothing pending, is a read: it needs no write lock, so opening a queue
+    // (and a read-only command such as `stats`) never waits behind another process's writer.
+    if pending_migrations(conn)?.is_empty() {
+        return Ok(Vec::new());
+    }
     retry_busy(policy, stats, "migrate", || {
         conn.write_transaction(|c| {
             let applied = c
@@ -415,16 +421,33 @@ fn prepare_file(url: &str, path: &Path) -> Result<()> {
 /// then proof that we can take the write lock, so a read-only file or directory is refused
 /// here with a clear error rather than at the first enqueue.
 fn bootstrap(conn: &mut SqliteConnection, pragmas: &Pragmas) -> Result<()> {
-    use diesel::connection::SimpleConnection;
     pragmas.apply(conn)?;
-    enable_wal(conn)?;
-    // SQLite grants BEGIN IMMEDIATE even on a read-only file and fails only on a real write,
-    // so write something and roll it back (nothing is committed).
-    conn.batch_execute("BEGIN IMMEDIATE; CREATE TABLE jobdb_write_probe (x); ROLLBACK;")
-        .inspect_err(|_| {
+    enable_wal(conn)
+}
+
+/// Refuses a file this process cannot write, at open, with SQLite's clear error. SQLite grants
+/// BEGIN IMMEDIATE even on a read-only file and fails only on a real write, so the probe writes
+/// something and rolls it back (nothing is committed). It never waits for the write lock: when
+/// another connection holds it the file takes writes, the probe is skipped, and opening (for a
+/// read-only command too) does not queue behind that writer. (This connection is the open-time
+/// one, dropped afterwards, so its busy_timeout is ours to change.)
+fn probe_writable(conn: &mut SqliteConnection) -> Result<()> {
+    use diesel::connection::SimpleConnection;
+    conn.batch_execute("PRAGMA busy_timeout = 0")?;
+    let probed: Result<()> = conn
+        .batch_execute("BEGIN IMMEDIATE; CREATE TABLE jobdb_write_probe (x); ROLLBACK;")
+        .map_err(Error::from);
+    match probed {
+        Ok(()) => Ok(()),
+        Err(e) => {
             let _ = conn.batch_execute("ROLLBACK");
-        })?;
-    Ok(())
+            if e.is_busy() {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        }
+    }
 }
 
 /// Gives SQLite's terse open-time messages the context a user needs.

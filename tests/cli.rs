@@ -593,3 +593,37 @@ fn a_job_released_at_shutdown_keeps_its_attempts() {
         "the attempt number (fencing token) still went up: {job}"
     );
 }
+
+/// Issue "Handlers and the CLI under hostile use": the read-only `stats`, `show` and `wait`
+/// exited 75 after the retry deadline while another process held the write lock (opening the
+/// queue took the lock to look for pending migrations). WAL readers need no lock.
+#[test]
+fn reads_do_not_wait_for_a_writer_holding_the_lock() {
+    let db = TestDb::new();
+    let id: i64 = ok_stdout(jobdb(&db).args(["enqueue", "{}"]))
+        .trim()
+        .parse()
+        .unwrap();
+    let mut holder = SqliteConnection::establish(&db.url()).unwrap();
+    holder
+        .batch_execute("BEGIN IMMEDIATE; UPDATE jobs SET priority = 1")
+        .unwrap();
+    let started = Instant::now();
+    for args in [
+        vec!["stats", "--json"],
+        vec!["show", &id.to_string()],
+        vec!["stats"],
+    ] {
+        let out = run(jobdb(&db)
+            .env("JOBDB_BUSY_TIMEOUT_MS", "10")
+            .env("JOBDB_RETRY_DEADLINE_MS", "300")
+            .args(&args));
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(started.elapsed() < Duration::from_secs(5));
+    holder.batch_execute("ROLLBACK").unwrap();
+}
