@@ -627,3 +627,23 @@ fn reads_do_not_wait_for_a_writer_holding_the_lock() {
     assert!(started.elapsed() < Duration::from_secs(5));
     holder.batch_execute("ROLLBACK").unwrap();
 }
+
+/// 41b6fc7: `jobdb` alone printed only its tagline, and `jobdb work` said "the following
+/// required arguments were not provided:" naming none.
+#[test]
+fn usage_errors_say_what_is_missing() {
+    let db = TestDb::new();
+    let out = run(&mut Command::new(env!("CARGO_BIN_EXE_jobdb")));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("Usage:") && stderr.contains("enqueue"),
+        "{stderr}"
+    );
+    let (code, stderr) = fails(jobdb(&db).arg("work"));
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("--exec"),
+        "names the missing flag: {stderr}"
+    );
+}

@@ -213,13 +213,26 @@ fn main() -> ExitCode {
     let matches = match <Cli as clap::CommandFactory>::command().try_get_matches() {
         Ok(m) => m,
         Err(e) if !e.use_stderr() => e.exit(), // --help, --version
+        Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            // `jobdb` alone: the usage, with every command.
+            eprint!("{}", e.render());
+            return ExitCode::from(2);
+        }
         Err(e) => {
-            // clap's first line names the problem; the rest is a pointer to --help.
+            // One line: clap's first names the problem, the indented ones after it list what
+            // is missing (kept, on the same line), the rest points to --help.
             let text = e.render().to_string();
-            eprintln!(
-                "jobdb: {}",
-                text.lines().next().unwrap_or("invalid arguments")
-            );
+            let mut lines = text.lines();
+            let first = lines.next().unwrap_or("invalid arguments");
+            let listed: Vec<&str> = lines
+                .take_while(|l| l.starts_with("  "))
+                .map(str::trim)
+                .collect();
+            if listed.is_empty() {
+                eprintln!("jobdb: {first}");
+            } else {
+                eprintln!("jobdb: {first} {}", listed.join(", "));
+            }
             return ExitCode::from(2);
         }
     };
