@@ -76,7 +76,17 @@ impl Schedule {
                 reason: format!("{name:?} must be 1 to 255 bytes with no NUL character"),
             });
         }
-        Ok(Schedule { name, every, job })
+        // A template the queue would refuse (an empty queue name, max_attempts 0, …) would
+        // start, warn on every tick and enqueue nothing: refuse it now.
+        job.validate(crate::models::DEFAULT_MAX_PAYLOAD_BYTES)?;
+        let schedule = Schedule { name, every, job };
+        if schedule.next_tick_after(chrono::Utc::now()).is_none() {
+            return Err(Error::InvalidArgument {
+                field: "cron",
+                reason: "the expression never fires again (e.g. 30 February)".into(),
+            });
+        }
+        Ok(schedule)
     }
 
     /// The schedule's name (its row in `schedules`).

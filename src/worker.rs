@@ -112,6 +112,13 @@ pub struct WorkerReport {
     pub cancelled: u64,
 }
 
+/// Most handler threads a worker runs (each holds a pooled connection while it works).
+pub const MAX_CONCURRENCY: usize = 1024;
+
+/// The shortest lease a worker takes: its heartbeats (a third of the lease by default) must
+/// renew it in time, with a database round trip to spare.
+pub const MIN_LEASE: Duration = Duration::from_millis(100);
+
 /// How long, past the grace period, handlers told to abandon get to stop before their jobs are
 /// released anyway: the shell handler's TERM-to-KILL grace (2 s) and some.
 const ABANDON_WAIT: Duration = Duration::from_secs(5);
@@ -175,10 +182,34 @@ where
     /// what was done; an error only if the worker could not start.
     pub fn run(&self) -> Result<WorkerReport> {
         crate::models::validate_queue_name(&self.config.queue)?;
-        if self.config.concurrency == 0 {
+        if !(1..=MAX_CONCURRENCY).contains(&self.config.concurrency) {
             return Err(Error::InvalidArgument {
                 field: "concurrency",
-                reason: "must be at least 1".into(),
+                reason: format!(
+                    "{} is not between 1 and {MAX_CONCURRENCY} (one thread and one pooled \
+                     connection each)",
+                    self.config.concurrency
+                ),
+            });
+        }
+        if self.config.lease < MIN_LEASE {
+            return Err(Error::InvalidArgument {
+                field: "lease",
+                reason: format!(
+                    "{:?} is shorter than {MIN_LEASE:?}: a lease must outlast the heartbeats \
+                     that renew it, or the worker reaps its own jobs",
+                    self.config.lease
+                ),
+            });
+        }
+        if self.config.heartbeat_every.is_zero() || self.config.heartbeat_every >= self.config.lease
+        {
+            return Err(Error::InvalidArgument {
+                field: "heartbeat_every",
+                reason: format!(
+                    "{:?} must be more than zero and shorter than the lease ({:?})",
+                    self.config.heartbeat_every, self.config.lease
+                ),
             });
         }
         // A lease that would run past the stored range of timestamps fails every claim: say

@@ -260,3 +260,45 @@ fn every_new_command_documents_itself_in_help() {
         assert!(text.contains("Usage: jobdb"), "{cmd}: {text}");
     }
 }
+
+/// Issue "Handlers and the CLI under hostile use": values that could never work started,
+/// warned on every tick or panicked; each is now exit 2 with one line naming it.
+#[test]
+fn worker_and_schedule_values_that_cannot_work_are_refused_with_exit_2() {
+    let db = TestDb::new();
+    ok_stdout(jobdb(&db).args(["enqueue", "{}"]));
+    let cases: [(&[&str], &str); 7] = [
+        (&["work", "--lease", "0s", "--exec", "true"], "lease"),
+        (
+            &["work", "--concurrency", "0", "--exec", "true"],
+            "concurrency",
+        ),
+        (
+            &["work", "--concurrency", "4294967295", "--exec", "true"],
+            "concurrency",
+        ),
+        (
+            &[
+                "work",
+                "--concurrency",
+                "18446744073709551615",
+                "--exec",
+                "true",
+            ],
+            "concurrency",
+        ),
+        (&["schedule", "s", "--every", "1s", "--queue", ""], "queue"),
+        (
+            &["schedule", "s", "--every", "1s", "--max-attempts", "0"],
+            "max_attempts",
+        ),
+        (&["schedule", "s", "--cron", "0 0 30 2 *"], "never fires"),
+    ];
+    for (args, names) in cases {
+        let (code, stderr) = fails(jobdb(&db).args(args));
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert!(stderr.contains(names), "{args:?} names {names}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+    assert_eq!(stats(&db)["queued"], 1, "nothing ran");
+}

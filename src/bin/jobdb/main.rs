@@ -157,8 +157,8 @@ struct WorkArgs {
     /// Queue to work on
     #[arg(long, default_value = "default")]
     queue: String,
-    /// Jobs run at once (threads)
-    #[arg(long, default_value_t = 1)]
+    /// Jobs run at once (threads, 1 to 1024)
+    #[arg(long, default_value_t = 1, value_parser = parse_concurrency)]
     concurrency: usize,
     /// Lease length; a job whose worker stops heartbeating is retried after this
     #[arg(long, value_parser = parse_duration, default_value = "30s")]
@@ -510,6 +510,16 @@ fn work<C: QueueConnection>(queue: Queue<C>, args: WorkArgs) -> Result<()> {
         report.reaped
     );
     Ok(())
+}
+
+/// `--concurrency`: 1 to [`jobdb::worker::MAX_CONCURRENCY`], checked before anything is
+/// sized by it (the pool, the threads).
+fn parse_concurrency(s: &str) -> std::result::Result<usize, String> {
+    let max = jobdb::worker::MAX_CONCURRENCY;
+    match s.trim().parse::<usize>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(format!("{s:?} is not a whole number from 1 to {max}")),
+    }
 }
 
 /// A command for `--exec`: not empty (an empty `sh -c ''` would make every job "succeed").
