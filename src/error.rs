@@ -96,7 +96,7 @@ pub enum Error {
     },
 
     /// The database URL or path cannot be used.
-    #[error("cannot use database {url:?}: {reason}")]
+    #[error("cannot use database {url:?}: {reason}", url = crate::pool::redact(.url))]
     InvalidDatabaseUrl {
         /// The URL as given.
         url: String,
@@ -113,7 +113,7 @@ pub enum Error {
     },
 
     /// Opening a connection failed (file not found, permissions, not a database, …).
-    #[error("cannot open database {url:?}: {source}")]
+    #[error("cannot open database {url:?}: {source}", url = crate::pool::redact(.url))]
     Connection {
         /// The URL or path that was opened.
         url: String,

@@ -647,3 +647,32 @@ fn usage_errors_say_what_is_missing() {
         "names the missing flag: {stderr}"
     );
 }
+
+/// 41b6fc7: `doctor` printed the password of a PostgreSQL URL, and a `?password=` query
+/// parameter was never hidden (`stats` echoed it).
+#[test]
+fn passwords_never_reach_any_message() {
+    for url in [
+        "postgres://postgres:hunter2@127.0.0.1:5999/x",
+        "postgres://postgres@127.0.0.1:5999/x?sslmode=disable&password=hunter2",
+    ] {
+        for command in ["doctor", "stats", "enqueue"] {
+            let out = run(Command::new(env!("CARGO_BIN_EXE_jobdb"))
+                .args(["--database-url", url, command])
+                .args(if command == "enqueue" {
+                    &["{}"][..]
+                } else {
+                    &[][..]
+                })
+                .env_remove("DATABASE_URL"));
+            let all = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(!out.status.success(), "{command} {url}: {all}");
+            assert!(!all.contains("hunter2"), "{command} {url}: {all}");
+            assert!(all.contains("***"), "{command} {url}: {all}");
+        }
+    }
+}

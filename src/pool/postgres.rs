@@ -82,6 +82,10 @@ mod tests {
             "postgres://app:***@db.example:5432/jobs"
         );
         assert_eq!(redact("postgres://app@db/jobs"), "postgres://app@db/jobs");
+        assert_eq!(
+            redact("postgres://app@db/jobs?sslmode=require&password=s3cret"),
+            "postgres://app@db/jobs?sslmode=require&password=***"
+        );
         assert!(is_postgres_url("postgresql://x/y") && !is_postgres_url("/tmp/x.sqlite3"));
     }
 }
