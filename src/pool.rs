@@ -301,17 +301,55 @@ impl DatabaseUrl {
         Ok(DatabaseUrl::Sqlite(path.to_owned()))
     }
 
-    /// The file path (None for `file:` URIs, whose path SQLite resolves itself).
+    /// The file a SQLite URL names: a plain path, or the path of a `file:` URI (`file:x.db`,
+    /// `file:///abs/x.db`, `file://localhost/abs/x.db`, percent-escapes decoded). `None` for
+    /// PostgreSQL and in-memory databases.
     pub fn file_path(&self) -> Option<PathBuf> {
         let DatabaseUrl::Sqlite(p) = self else {
             return None;
         };
-        if p.starts_with("file:") || p == ":memory:" {
-            None
+        let Some(uri) = p.strip_prefix("file:") else {
+            return (p != ":memory:").then(|| PathBuf::from(p));
+        };
+        let (path, query) = uri.split_once('?').unwrap_or((uri, ""));
+        let path = path.split('#').next().unwrap_or(path);
+        let path = match path.strip_prefix("//") {
+            // An authority: empty or `localhost`, then an absolute path.
+            Some(rest) => &rest[rest.find('/')?..],
+            None => path,
+        };
+        let memory = query.split('&').any(|kv| kv == "mode=memory");
+        if path.is_empty() || path == ":memory:" || memory {
+            return None;
+        }
+        Some(PathBuf::from(percent_decode(path)?))
+    }
+
+    /// Whether a `file:` URI asks for a read-only open (`mode=ro`): such a file is never
+    /// created.
+    fn read_only(&self) -> bool {
+        matches!(self, DatabaseUrl::Sqlite(p) if p.starts_with("file:")
+            && p.split_once('?').is_some_and(|(_, q)| q.split('&').any(|kv| kv == "mode=ro")))
+    }
+}
+
+/// `%XX` escapes decoded (as SQLite decodes a URI's path); `None` if one is malformed or the
+/// result is not UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
         } else {
-            Some(PathBuf::from(p))
+            out.push(bytes[i]);
+            i += 1;
         }
     }
+    String::from_utf8(out).ok()
 }
 
 /// Builds a pool for `url`: checks the location, sets WAL once (and verifies it took), then
@@ -320,6 +358,7 @@ pub fn build_pool(url: &str, config: &Config) -> Result<SqlitePool> {
     config.validate()?;
     let parsed = DatabaseUrl::parse(url)?;
     let file_path = parsed.file_path();
+    let read_only = parsed.read_only();
     let DatabaseUrl::Sqlite(target) = parsed else {
         return Err(Error::InvalidDatabaseUrl {
             url: redact(url),
@@ -340,7 +379,7 @@ pub fn build_pool(url: &str, config: &Config) -> Result<SqlitePool> {
                 });
             }
         }
-        prepare_file(url, &path)?;
+        prepare_file(url, &path, read_only)?;
     }
     let mut conn = SqliteConnection::establish(&target).map_err(|source| Error::Connection {
         url: url.to_owned(),
@@ -408,7 +447,7 @@ pub fn pending_migrations(conn: &mut SqliteConnection) -> Result<Vec<String>> {
 
 /// Refuses locations that cannot work before SQLite gets a chance to give a vaguer error, and
 /// creates a new database file readable by its owner only (mode 0600): job payloads are data.
-fn prepare_file(url: &str, path: &Path) -> Result<()> {
+fn prepare_file(url: &str, path: &Path, read_only: bool) -> Result<()> {
     let invalid = |reason: String| Error::InvalidDatabaseUrl {
         url: url.to_owned(),
         reason,
@@ -424,7 +463,9 @@ fn prepare_file(url: &str, path: &Path) -> Result<()> {
     if path.is_dir() {
         return Err(invalid(format!("{} is a directory", path.display())));
     }
-    if !path.exists() {
+    if !path.exists() && !read_only {
+        // Created here, 0600 whatever the umask, so the queue's data is the owner's alone
+        // (SQLite gives the -wal and -shm files the database file's mode).
         let mut options = std::fs::OpenOptions::new();
         options.write(true).create_new(true);
         #[cfg(unix)]

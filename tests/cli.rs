@@ -676,3 +676,53 @@ fn passwords_never_reach_any_message() {
         }
     }
 }
+
+/// 41b6fc7: a database created through a `file:` URI got mode 0644 under umask 000 (plain
+/// paths got 0600). Every form now gives 0600, its WAL too; a `mode=ro` URI creates nothing.
+#[test]
+fn every_url_form_creates_the_database_0600() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    for (name, url) in [
+        ("plain.sqlite3", format!("{d}/plain.sqlite3")),
+        ("scheme.sqlite3", format!("sqlite://{d}/scheme.sqlite3")),
+        ("uri.sqlite3", format!("file:{d}/uri.sqlite3")),
+        ("authority.sqlite3", format!("file://{d}/authority.sqlite3")),
+        (
+            "query.sqlite3",
+            format!("file:{d}/query.sqlite3?cache=private"),
+        ),
+    ] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_jobdb"));
+        cmd.args(["--database-url", &url, "enqueue", "{}"])
+            .env_remove("DATABASE_URL");
+        // SAFETY: umask(2) in the child between fork and exec is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::umask(0);
+                Ok(())
+            });
+        }
+        ok_stdout(&mut cmd);
+        for file in [name.to_owned(), format!("{name}-wal")] {
+            let path = dir.path().join(&file);
+            if file.ends_with("-wal") && !path.exists() {
+                continue; // checkpointed away on close
+            }
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{url}: {file} has mode {mode:o}");
+        }
+    }
+    let missing = dir.path().join("missing.sqlite3");
+    let out = run(Command::new(env!("CARGO_BIN_EXE_jobdb"))
+        .args([
+            "--database-url",
+            &format!("file:{}?mode=ro", missing.display()),
+            "stats",
+        ])
+        .env_remove("DATABASE_URL"));
+    assert!(!out.status.success());
+    assert!(!missing.exists(), "a read-only URI creates no file");
+}
