@@ -323,6 +323,7 @@ impl NewJob {
         if let Some(at) = self.run_at {
             crate::timestamp::check("run_at", at)?;
         }
+        check_json_depth("payload", &self.payload)?;
         if self.payload.len() > max_payload_bytes {
             return Err(Error::InvalidArgument {
                 field: "payload",
@@ -334,6 +335,44 @@ impl NewJob {
         }
         Ok(())
     }
+}
+
+/// Deepest nesting of arrays and objects accepted in a payload or an output, on both backends
+/// (serde_json's own default, so a handler can always read its payload into a `Value`).
+/// SQLite's `json_valid` allows 1000, PostgreSQL's parser its stack; one limit for both, and a
+/// typed error instead of a CHECK failure or "stack depth limit exceeded".
+pub const MAX_JSON_DEPTH: usize = 128;
+
+/// [`Error::InvalidArgument`] naming `field` if `json` nests deeper than [`MAX_JSON_DEPTH`]. A
+/// scan of the text (brackets outside strings), so it costs no parse.
+pub(crate) fn check_json_depth(field: &'static str, json: &str) -> Result<()> {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for b in json.bytes() {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_JSON_DEPTH {
+                    return Err(Error::InvalidArgument {
+                        field,
+                        reason: format!("JSON nested deeper than {MAX_JSON_DEPTH} levels"),
+                    });
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Queue names: 1 to 255 bytes, no NUL (stored verbatim, always bound as parameters).

@@ -261,6 +261,7 @@ pub fn complete_json<A: AsQueueConnection>(
     duration: Duration,
 ) -> Result<()> {
     let conn = conn.queue_connection();
+    crate::models::check_json_depth("output", output_json)?;
     let now = now();
     let row = result_row(
         lease,

@@ -464,10 +464,24 @@ where
         }
         let recorded = match outcome {
             Ok(Ok(output)) => match serde_json::to_string(&output) {
-                Ok(json) => self
-                    .queue
-                    .complete_json(lease, &json, elapsed)
-                    .map(|()| &self.counters.succeeded),
+                Ok(json) => match self.queue.complete_json(lease, &json, elapsed) {
+                    // The lease is gone or the job was cancelled: handled below.
+                    Err(e) if e.is_lease_lost() || e.is_cancelled() || e.is_connection_lost() => {
+                        Err(e)
+                    }
+                    // The result itself could not be stored (too deep, too big, refused by
+                    // the database): the attempt fails with that reason, now, instead of
+                    // sitting `running` until its lease expires and reading "lease expired".
+                    Err(e) => self
+                        .queue
+                        .fail(
+                            lease,
+                            &format!("the handler's result could not be recorded: {e}"),
+                            elapsed,
+                        )
+                        .map(|state| self.failed_counter(state)),
+                    Ok(()) => Ok(&self.counters.succeeded),
+                },
                 Err(e) => self
                     .queue
                     .fail(

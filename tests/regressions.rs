@@ -17,7 +17,70 @@ crate::on_both_backends!(
     a_retried_job_backs_off_from_its_first_fresh_failure,
     unique_key_with_a_many_line_file_is_refused_and_enqueues_nothing,
     retry_into_a_taken_unique_key_is_a_typed_conflict_with_exit_1,
+    json_nested_too_deep_is_refused_the_same_on_both_backends,
+    a_result_that_cannot_be_stored_fails_the_attempt_with_the_reason,
 );
+
+fn nested(depth: usize) -> String {
+    format!("{}1{}", "[".repeat(depth), "]".repeat(depth))
+}
+
+/// Issue "Handlers and the CLI under hostile use": 100k-deep JSON passed the CLI's check and
+/// failed as an untyped "CHECK constraint failed" (SQLite) or "stack depth limit exceeded"
+/// (PostgreSQL), exit 1. Now: exit 2 on both, naming the limit; the limit itself is accepted.
+fn json_nested_too_deep_is_refused_the_same_on_both_backends<C: TestConn>(b: &Backend<C>) {
+    let _ = b.queue();
+    // On the command line (an argument is at most 128 KiB) and through a file.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("deep.ndjson");
+    std::fs::write(&file, nested(100_000)).unwrap();
+    for args in [
+        vec!["enqueue".to_owned(), nested(50_000)],
+        vec![
+            "enqueue".into(),
+            "--file".into(),
+            file.display().to_string(),
+        ],
+    ] {
+        let out = run(cli(b).args(&args));
+        let (code, stderr) = code_and_stderr(&out);
+        assert_eq!(code, Some(2), "{stderr}");
+        assert!(stderr.contains("nested deeper than 128 levels"), "{stderr}");
+    }
+    assert_eq!(jobs(b), 0);
+    let out = run(cli(b).args(["enqueue", &nested(128)]));
+    assert!(out.status.success(), "{}", code_and_stderr(&out).1);
+    assert_eq!(jobs(b), 1);
+}
+
+/// A handler whose output the database cannot store: the attempt fails at once with the
+/// reason (41b6fc7 left the job `running` a lease and then recorded "lease expired").
+fn a_result_that_cannot_be_stored_fails_the_attempt_with_the_reason<C: TestConn>(b: &Backend<C>) {
+    let q = b.queue();
+    let id = q
+        .enqueue(&NewJob::new("deep", &1).unwrap().max_attempts(1))
+        .unwrap();
+    let mut config = jobdb::WorkerConfig::new("deep");
+    config.exit_when_empty = true;
+    let worker = jobdb::Worker::new(q.clone(), config, |_job| {
+        let out: serde_json::Value = serde_json::from_str(&nested(100)).unwrap();
+        // 100 levels inside 40 more: past the limit once serialized.
+        let mut v = out;
+        for _ in 0..40 {
+            v = serde_json::json!([v]);
+        }
+        Ok::<_, jobdb::HandlerError>(v)
+    });
+    let report = worker.run().unwrap();
+    assert_eq!((report.succeeded, report.failed), (0, 1), "{report:?}");
+    let job = q.get_job(id).unwrap();
+    assert_eq!(job.state, JobState::Dead);
+    let error = job.last_error.unwrap_or_default();
+    assert!(
+        error.contains("could not be recorded") && error.contains("nested deeper"),
+        "{error}"
+    );
+}
 
 fn cli<C: TestConn>(b: &Backend<C>) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_jobdb"));
