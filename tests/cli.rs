@@ -726,3 +726,43 @@ fn every_url_form_creates_the_database_0600() {
     assert!(!out.status.success());
     assert!(!missing.exists(), "a read-only URI creates no file");
 }
+
+/// NDJSON files as users have them: 41b6fc7 exited 1 for a missing file or a non-UTF-8 line,
+/// failed a file starting with a byte-order mark, and named no line for an oversized one
+/// (reading a 300 MB line whole first). Now: exit 2 with the line, a BOM is skipped, and a
+/// line is refused once the payload limit is read.
+#[test]
+fn ndjson_files_get_clear_answers_with_line_numbers() {
+    let db = TestDb::new();
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, bytes: &[u8]| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path.display().to_string()
+    };
+    let missing = dir.path().join("missing.ndjson").display().to_string();
+    let not_utf8 = file("bad.ndjson", b"{\"a\":1}\n\"\xff\xfe\"\n");
+    let mut long = b"{}\n".to_vec();
+    long.extend(format!("\"{}\"\n", "x".repeat(5000)).as_bytes());
+    let long = file("long.ndjson", &long);
+    for (path, says) in [
+        (&missing, "cannot read it"),
+        (&not_utf8, "line 2: not UTF-8"),
+        (&long, "line 2: longer than the payload limit of 1000 bytes"),
+    ] {
+        let (code, stderr) = fails(
+            jobdb(&db)
+                .env("JOBDB_MAX_PAYLOAD_BYTES", "1000")
+                .args(["enqueue", "--file", path]),
+        );
+        assert_eq!(code, 2, "{path}: {stderr}");
+        assert!(stderr.contains(says), "{path}: {stderr}");
+        assert!(stderr.contains("nothing was enqueued"), "{stderr}");
+    }
+    let bom = file("bom.ndjson", "\u{feff}{\"a\":1}\r\n{\"b\":2}\n".as_bytes());
+    assert_eq!(
+        ok_stdout(jobdb(&db).args(["enqueue", "--file", &bom])).trim(),
+        "2"
+    );
+    assert_eq!(stats(&db)["queued"], 2, "only the BOM file's two jobs");
+}

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
 use jobdb::{Config, NewJob, Queue, QueueConnection, WithQueue, Worker, WorkerConfig};
@@ -308,7 +308,11 @@ fn run(cli: Cli, url_given: bool) -> Result<()> {
             jobdb::open_any(url, config, Migrate)?
         }
         // Read and check the input before touching the database: bad input changes nothing.
-        Command::Enqueue(args) => jobdb::open_any(url, Config::from_env()?, read_enqueue(args)?)?,
+        Command::Enqueue(args) => {
+            let config = Config::from_env()?;
+            let input = read_enqueue(args, config.max_payload_bytes)?;
+            jobdb::open_any(url, config, input)?
+        }
         Command::Work(args) => {
             let mut config = Config::from_env()?;
             // Each handler thread plus the heartbeat thread may hold a connection at once.
@@ -406,7 +410,7 @@ impl WithQueue for EnqueueInput {
     }
 }
 
-fn read_enqueue(args: EnqueueArgs) -> Result<EnqueueInput> {
+fn read_enqueue(args: EnqueueArgs, max_payload_bytes: usize) -> Result<EnqueueInput> {
     let run_at = match (args.delay, args.run_at) {
         (Some(delay), _) => Some(jobdb::timestamp::from_now("delay", delay)?),
         (None, at) => at,
@@ -430,26 +434,48 @@ fn read_enqueue(args: EnqueueArgs) -> Result<EnqueueInput> {
         return Err(UsageError("give a PAYLOAD_JSON or --file".into()).into());
     };
     // Read and validate every line before touching the database: all or nothing.
+    let bad =
+        |what: String| UsageError(format!("{}: {what}; nothing was enqueued", path.display()));
     let reader: Box<dyn Read> = if path.as_os_str() == "-" {
         Box::new(std::io::stdin())
     } else {
-        Box::new(
-            std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?,
-        )
+        Box::new(std::fs::File::open(path).map_err(|e| bad(format!("cannot read it: {e}")))?)
     };
+    let mut reader = BufReader::new(reader);
     let mut jobs = Vec::new();
-    for (i, line) in BufReader::new(reader).lines().enumerate() {
-        let line = line.with_context(|| format!("{}: line {}", path.display(), i + 1))?;
+    let mut buf = Vec::new();
+    for n in 1.. {
+        // One line at a time, never more than the payload limit (and its newline): a line
+        // past it is refused as soon as the limit is read, not after reading all of it.
+        buf.clear();
+        let read = (&mut reader)
+            .take(max_payload_bytes as u64 + 2)
+            .read_until(b'\n', &mut buf)
+            .map_err(|e| bad(format!("line {n}: cannot read it: {e}")))?;
+        if read == 0 {
+            break;
+        }
+        let line = buf.strip_suffix(b"\n").unwrap_or(&buf);
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.len() > max_payload_bytes {
+            return Err(bad(format!(
+                "line {n}: longer than the payload limit of {max_payload_bytes} bytes \
+                 (JOBDB_MAX_PAYLOAD_BYTES)"
+            ))
+            .into());
+        }
+        let line =
+            std::str::from_utf8(line).map_err(|e| bad(format!("line {n}: not UTF-8 ({e})")))?;
+        // A byte-order mark before the first line is an editor's, not JSON.
+        let line = if n == 1 {
+            line.strip_prefix('\u{feff}').unwrap_or(line)
+        } else {
+            line
+        };
         if line.trim().is_empty() {
             continue;
         }
-        let job = build(&line).map_err(|e| {
-            UsageError(format!(
-                "{}: line {}: {e}; nothing was enqueued",
-                path.display(),
-                i + 1
-            ))
-        })?;
+        let job = build(line).map_err(|e| bad(format!("line {n}: {e}")))?;
         jobs.push(job);
     }
     if args.unique_key.is_some() && jobs.len() > 1 {
