@@ -273,6 +273,10 @@ where
             if grace_deadline.is_some_and(|d| Instant::now() >= d) {
                 break;
             }
+            if self.shutdown.is_hurried() {
+                tracing::warn!("second stop signal: abandoning running jobs now");
+                break;
+            }
             thread::sleep(Duration::from_millis(10));
         }
         // Past the grace period: tell unfinished handlers to stop, give them a moment to (the

@@ -198,3 +198,45 @@ fn an_empty_command_is_refused_with_exit_2() {
     assert!(stderr.contains("the command is empty"), "{stderr}");
     assert_eq!(stats(&db)["queued"], 1, "nothing ran");
 }
+
+/// 41b6fc7: INT, INT, then TERM did not stop a worker with `--grace 1h`. A second signal now
+/// abandons the running job at once (its process group killed, the job released).
+#[test]
+fn a_second_signal_hurries_the_shutdown() {
+    let db = TestDb::new();
+    let dir = tempfile::tempdir().unwrap();
+    let id: i64 = ok_stdout(jobdb(&db).args(["enqueue", "{}"]))
+        .trim()
+        .parse()
+        .unwrap();
+    let mut worker = spawn_worker(
+        &db,
+        &["--grace", "1h", "--exec", &forking_command(dir.path())],
+    );
+    let pids = wait_for_pids(dir.path(), 2);
+    let pid = libc::pid_t::try_from(worker.id()).unwrap();
+    let started = Instant::now();
+    for _ in 0..2 {
+        // SAFETY: kill(2) on our own child.
+        unsafe {
+            libc::kill(pid, libc::SIGINT);
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while worker.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "two signals did not stop the worker"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    crate::backends::loud!(
+        "stopped {:?} after the first of two SIGINTs",
+        started.elapsed()
+    );
+    for pid in &pids {
+        assert!(!alive(*pid), "process {pid} outlived the worker");
+    }
+    assert_eq!(show(&db, id)["state"], "queued", "the job was released");
+}

@@ -105,6 +105,10 @@ impl std::ops::Deref for JobContext {
 #[derive(Debug, Clone, Default)]
 pub struct ShutdownHandle {
     pub(super) flag: Arc<AtomicBool>,
+    /// Set by [`ShutdownHandle::hurry`].
+    hurried: Arc<AtomicBool>,
+    /// SIGINT/SIGTERM received (after [`ShutdownHandle::stop_on_signals`]).
+    signals: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl ShutdownHandle {
@@ -113,21 +117,43 @@ impl ShutdownHandle {
         self.flag.store(true, Ordering::SeqCst);
     }
 
-    /// Whether shutdown was requested.
+    /// Whether shutdown was requested (by [`ShutdownHandle::shutdown`] or a signal).
     pub fn is_requested(&self) -> bool {
-        self.flag.load(Ordering::SeqCst)
+        self.flag.load(Ordering::SeqCst) || self.signals.load(Ordering::SeqCst) >= 1
     }
 
     /// Requests shutdown on SIGINT or SIGTERM.
+    ///
+    /// The first signal asks for a graceful stop; a second one (INT or TERM again, as an
+    /// impatient operator sends) hurries it: running handlers are abandoned at once instead
+    /// of after the grace period.
     pub fn stop_on_signals(&self) -> Result<()> {
         for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-            signal_hook::flag::register(sig, self.flag.clone()).map_err(|e| {
-                Error::InvalidArgument {
-                    field: "handle_signals",
-                    reason: format!("cannot install the signal handler: {e}"),
-                }
+            // The handler only bumps an atomic counter (async-signal-safe); the worker reads
+            // it. A counter, not a flag, so the second signal can be told from the first.
+            let seen = self.signals.clone();
+            // SAFETY: the closure does one atomic fetch_add, which is async-signal-safe.
+            unsafe {
+                signal_hook::low_level::register(sig, move || {
+                    seen.fetch_add(1, Ordering::SeqCst);
+                })
+            }
+            .map_err(|e| Error::InvalidArgument {
+                field: "handle_signals",
+                reason: format!("cannot install the signal handler: {e}"),
             })?;
         }
         Ok(())
+    }
+
+    /// Stop now: abandon running handlers without waiting for the grace period.
+    pub fn hurry(&self) {
+        self.shutdown();
+        self.hurried.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether [`ShutdownHandle::hurry`] was called or a second signal arrived.
+    pub fn is_hurried(&self) -> bool {
+        self.hurried.load(Ordering::SeqCst) || self.signals.load(Ordering::SeqCst) >= 2
     }
 }
