@@ -104,6 +104,7 @@ pub struct JobRow {
     pub unique_key: Option<String>,
     pub cancel_requested_at: Option<NaiveDateTime>,
     pub attempt_base: i32,
+    pub timeout_ms: Option<i64>,
 }
 
 /// A job, as the API hands it out.
@@ -144,6 +145,8 @@ pub struct Job {
     /// `attempts` when the job was last retried by hand: attempts count on from there, so
     /// the job gets `max_attempts` fresh tries while attempt numbers stay unique.
     pub attempt_base: i32,
+    /// This job's time limit per attempt (`None`: the worker's default, if any).
+    pub timeout: Option<std::time::Duration>,
 }
 
 impl Job {
@@ -201,6 +204,10 @@ impl TryFrom<JobRow> for Job {
             unique_key: r.unique_key,
             cancel_requested_at: r.cancel_requested_at.map(|t| t.and_utc()),
             attempt_base: r.attempt_base,
+            timeout: r
+                .timeout_ms
+                .and_then(|ms| u64::try_from(ms).ok())
+                .map(std::time::Duration::from_millis),
         })
     }
 }
@@ -231,6 +238,7 @@ pub struct NewJob {
     pub(crate) run_at: Option<DateTime<Utc>>,
     pub(crate) max_attempts: i32,
     pub(crate) unique_key: Option<String>,
+    pub(crate) timeout: Option<std::time::Duration>,
 }
 
 /// Default attempts before a job is `dead`.
@@ -261,6 +269,7 @@ impl NewJob {
             run_at: None,
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             unique_key: None,
+            timeout: None,
         }
     }
 
@@ -288,6 +297,21 @@ impl NewJob {
     pub fn unique_key(mut self, key: impl Into<String>) -> Self {
         self.unique_key = Some(key.into());
         self
+    }
+
+    /// Limits each attempt to `timeout` (at least 1 ms): past it the handler is told to stop
+    /// (`--exec` kills the command's process group) and the attempt is failed ("timed out
+    /// after …") and retried with the normal backoff. Overrides the worker's
+    /// [`crate::WorkerConfig::job_timeout`].
+    pub fn timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// The timeout in whole milliseconds, as stored.
+    pub(crate) fn timeout_ms(&self) -> Option<i64> {
+        self.timeout
+            .map(|t| i64::try_from(t.as_millis()).unwrap_or(i64::MAX))
     }
 
     /// The queue name.
@@ -324,6 +348,16 @@ impl NewJob {
             crate::timestamp::check("run_at", at)?;
         }
         check_json_depth("payload", &self.payload)?;
+        if let Some(t) = self.timeout {
+            if t < std::time::Duration::from_millis(1) {
+                return Err(Error::InvalidArgument {
+                    field: "timeout",
+                    reason: format!("{t:?} is shorter than 1 ms"),
+                });
+            }
+            // Its deadline must be a storable time, like a lease's.
+            crate::timestamp::from_now("timeout", t)?;
+        }
         if self.payload.len() > max_payload_bytes {
             return Err(Error::InvalidArgument {
                 field: "payload",

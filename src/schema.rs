@@ -19,6 +19,7 @@ diesel::table! {
         unique_key -> Nullable<Text>,
         cancel_requested_at -> Nullable<Timestamp>,
         attempt_base -> Integer,
+        timeout_ms -> Nullable<BigInt>,
     }
 }
 

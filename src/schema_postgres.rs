@@ -19,6 +19,7 @@ diesel::table! {
         unique_key -> Nullable<Text>,
         cancel_requested_at -> Nullable<Timestamptz>,
         attempt_base -> Int4,
+        timeout_ms -> Nullable<Int8>,
     }
 }
 

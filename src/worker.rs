@@ -56,6 +56,12 @@ pub struct WorkerConfig {
     pub exit_when_idle: Option<Duration>,
     /// Stop after claiming this many jobs in all (finishing them first). `None`: no limit.
     pub max_jobs: Option<u64>,
+    /// The time limit of an attempt of a job that has none of its own
+    /// ([`crate::NewJob::timeout`]). Past it the handler is told to stop (`--exec` kills the
+    /// command's group) and the attempt is failed ("timed out after …") and retried with the
+    /// normal backoff. A handler that ignores it is failed by the heartbeat thread, so its
+    /// lease is not renewed for ever. `None`: no limit.
+    pub job_timeout: Option<Duration>,
     /// Stop on SIGINT / SIGTERM.
     pub handle_signals: bool,
     /// Stored in `jobs.worker_id` (default: `pid<PID>-<random>`).
@@ -80,6 +86,7 @@ impl WorkerConfig {
             exit_when_empty: false,
             exit_when_idle: None,
             max_jobs: None,
+            job_timeout: None,
             handle_signals: false,
             worker_id: format!("pid{}-{:04x}", std::process::id(), fastrand::u16(..)),
             retention: None,
@@ -449,13 +456,19 @@ where
 
     fn process(&self, job: Job) {
         let lease = job.lease();
-        let flags = Arc::new(JobFlags::default());
+        let flags = Arc::new(JobFlags::with_timeout(
+            job.timeout.or(self.config.job_timeout),
+        ));
         self.active.lock().insert(lease, flags.clone());
         let ctx = JobContext { job, flags };
         let started = Instant::now();
         let outcome = catch_unwind(AssertUnwindSafe(|| (self.handler)(&ctx)));
         let elapsed = started.elapsed();
         self.active.lock().remove(&lease);
+        if let Some(limit) = ctx.flags.timed_out() {
+            self.record_timeout(lease, limit, elapsed, &ctx.flags);
+            return;
+        }
         // Cancelled handlers are not abandoned: what they return is recorded as cancelled.
         if ctx.flags.abandon.load(Ordering::SeqCst) {
             self.counters.lease_lost.fetch_add(1, Ordering::Relaxed);
@@ -534,6 +547,25 @@ where
 }
 
 impl<H, C: QueueConnection> ThreadCtx<H, C> {
+    /// Records an attempt that ran past its time limit, unless the heartbeat thread already
+    /// did.
+    fn record_timeout(&self, lease: Lease, limit: Duration, elapsed: Duration, flags: &JobFlags) {
+        if flags.timeout_recorded.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        match self.queue.fail(lease, &timeout_error(limit), elapsed) {
+            Ok(state) => {
+                self.failed_counter(state).fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) if e.is_lease_lost() => {
+                self.counters.lease_lost.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                tracing::error!(job_id = lease.job_id, error = %e, "could not record the timeout")
+            }
+        }
+    }
+
     /// A failure recorded on a job whose cancel was requested ends it `cancelled`.
     fn failed_counter(&self, state: JobState) -> &AtomicU64 {
         if state == JobState::Cancelled {
@@ -542,6 +574,11 @@ impl<H, C: QueueConnection> ThreadCtx<H, C> {
             &self.counters.failed
         }
     }
+}
+
+/// The error recorded for an attempt past its time limit.
+pub(crate) fn timeout_error(limit: Duration) -> String {
+    format!("timed out after {limit:?}")
 }
 
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {

@@ -23,5 +23,6 @@ mod pool;
 mod postgres;
 mod regressions;
 mod stop_modes;
+mod timeouts;
 mod wal;
 mod worker;

@@ -10,6 +10,10 @@ use crate::manage::Retention;
 use crate::models::Lease;
 use crate::{Queue, QueueConnection};
 
+/// How long past its time limit a handler may take to stop before the heartbeat thread
+/// records the timeout for it.
+const OVERDUE_GRACE: Duration = Duration::from_secs(5);
+
 /// Extends the leases of running handlers every `heartbeat_every`, each in its own short
 /// transaction, and reaps expired leases every `reap_every`.
 pub(super) fn heartbeat_loop<C: QueueConnection>(
@@ -33,6 +37,39 @@ pub(super) fn heartbeat_loop<C: QueueConnection>(
                 Err(e) => tracing::warn!(error = %e, "reap failed"),
             }
             next_reap = now + config.reap_every;
+        }
+        // A handler still running well past its time limit (it ignores `should_abandon`):
+        // record the timeout, so its lease is not renewed for ever; its late result is then
+        // fenced off. One that honours the flag records it itself, at once; the grace covers
+        // `--exec` killing its process group (TERM, then KILL 2 s later), so the job is not
+        // retried while its last attempt is still being stopped.
+        let overdue: Vec<(Lease, Arc<JobFlags>)> = active
+            .lock()
+            .iter()
+            .filter(|(_, f)| f.overdue(OVERDUE_GRACE) && !f.timeout_recorded.load(Ordering::SeqCst))
+            .map(|(l, f)| (*l, f.clone()))
+            .collect();
+        for (lease, flags) in overdue {
+            let Some(limit) = flags.timed_out() else {
+                continue;
+            };
+            if flags.timeout_recorded.swap(true, Ordering::SeqCst) {
+                continue;
+            }
+            flags.abandon.store(true, Ordering::SeqCst);
+            match queue.fail(lease, &super::timeout_error(limit), limit) {
+                Ok(_) => {
+                    counters.failed.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        job_id = lease.job_id,
+                        ?limit,
+                        "the handler ignored its time limit; attempt failed as timed out"
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(job_id = lease.job_id, error = %e, "could not record a timeout")
+                }
+            }
         }
         if now >= next_beat {
             // All live leases in one statement, each fenced on its own.

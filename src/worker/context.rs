@@ -3,6 +3,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::models::Job;
@@ -70,6 +71,33 @@ pub(super) struct JobFlags {
     pub(super) abandon: AtomicBool,
     /// A cancel was requested (seen by a heartbeat).
     pub(super) cancelled: AtomicBool,
+    /// The attempt's time limit and when it runs out (`None`: no limit).
+    pub(super) timeout: Option<(Duration, Instant)>,
+    /// The timeout was recorded as the attempt's failure (by the handler's thread or, for a
+    /// handler that ignores it, by the heartbeat thread): whoever sets it first records it.
+    pub(super) timeout_recorded: AtomicBool,
+}
+
+impl JobFlags {
+    pub(super) fn with_timeout(timeout: Option<Duration>) -> JobFlags {
+        JobFlags {
+            timeout: timeout.map(|t| (t, Instant::now() + t)),
+            ..JobFlags::default()
+        }
+    }
+
+    /// Whether the limit ran out more than `grace` ago (the handler ignores it).
+    pub(super) fn overdue(&self, grace: Duration) -> bool {
+        self.timeout
+            .is_some_and(|(_, deadline)| Instant::now() >= deadline + grace)
+    }
+
+    /// The attempt's time limit, once it has run out.
+    pub(super) fn timed_out(&self) -> Option<Duration> {
+        self.timeout
+            .filter(|(_, deadline)| Instant::now() >= *deadline)
+            .map(|(t, _)| t)
+    }
 }
 
 impl JobContext {
@@ -83,7 +111,14 @@ impl JobContext {
     /// period and released the job. A long-running handler should check this and return;
     /// what it returns then is recorded as cancelled, or discarded.
     pub fn should_abandon(&self) -> bool {
-        self.flags.abandon.load(Ordering::SeqCst) || self.is_cancelled()
+        self.flags.abandon.load(Ordering::SeqCst) || self.is_cancelled() || self.is_timed_out()
+    }
+
+    /// True once the attempt ran past its time limit ([`crate::NewJob::timeout`], else
+    /// [`crate::WorkerConfig::job_timeout`]): the attempt is recorded as failed ("timed out
+    /// after …") whatever the handler returns.
+    pub fn is_timed_out(&self) -> bool {
+        self.flags.timed_out().is_some()
     }
 
     /// The cancellation token: true once someone cancelled this job while it ran (seen by the

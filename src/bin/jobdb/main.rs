@@ -145,6 +145,10 @@ struct EnqueueArgs {
     /// Attempts before the job is dead
     #[arg(long, default_value_t = 5, allow_negative_numbers = true)]
     max_attempts: i32,
+    /// Time limit of each attempt (500ms, 30s, 5m): past it the attempt fails as timed out
+    /// and is retried with the backoff
+    #[arg(long, value_parser = parse_duration)]
+    timeout: Option<Duration>,
     /// At most one live (queued or running) job per queue with this key: a duplicate prints
     /// the existing job's id and enqueues nothing. With --file, only for a file of one job
     /// (one key for many lines would drop all but one: refused, exit 2)
@@ -178,6 +182,10 @@ struct WorkArgs {
     /// Exit after this many jobs (claimed, run and recorded)
     #[arg(long)]
     max_jobs: Option<u64>,
+    /// Time limit of each attempt of jobs enqueued without --timeout (the command's process
+    /// group is killed, the attempt fails as timed out)
+    #[arg(long, value_parser = parse_duration)]
+    job_timeout: Option<Duration>,
     /// Shell command run with `sh -c` for each job, in a process group of its own (the whole
     /// group is killed when the attempt ends, is cancelled or is abandoned)
     #[arg(long, value_parser = parse_command)]
@@ -425,6 +433,9 @@ fn read_enqueue(args: EnqueueArgs, max_payload_bytes: usize) -> Result<EnqueueIn
         if let Some(key) = &args.unique_key {
             job = job.unique_key(key.as_str());
         }
+        if let Some(t) = args.timeout {
+            job = job.timeout(t);
+        }
         Ok(job)
     };
     if let Some(payload) = &args.payload {
@@ -507,6 +518,7 @@ fn work<C: QueueConnection>(queue: Queue<C>, args: WorkArgs) -> Result<()> {
     config.exit_when_empty = args.exit_when_empty;
     config.exit_when_idle = args.exit_when_idle;
     config.max_jobs = args.max_jobs;
+    config.job_timeout = args.job_timeout;
     config.handle_signals = true;
     if args.keep_succeeded.is_some() || args.keep_dead.is_some() || args.keep_cancelled.is_some() {
         config.retention = Some(jobdb::Retention {

@@ -30,11 +30,11 @@ impl ManageDriver for PgConnection {
         for _ in 0..ROUNDS {
             let inserted: Option<Id> = diesel::sql_query(
                 "INSERT INTO jobs (queue, state, priority, payload, attempts, max_attempts, run_at, \
-                                   created_at, updated_at, unique_key) \
+                                   created_at, updated_at, unique_key, timeout_ms) \
                  SELECT r.queue, 'queued', r.priority, r.payload, 0, r.max_attempts, r.run_at, $2, $2, \
-                        r.unique_key \
+                        r.unique_key, r.timeout_ms \
                  FROM jsonb_to_recordset($1::jsonb) AS r(queue text, priority int, payload jsonb, \
-                        max_attempts int, run_at timestamptz, unique_key text) \
+                        max_attempts int, run_at timestamptz, unique_key text, timeout_ms bigint) \
                  ON CONFLICT DO NOTHING RETURNING id",
             )
             .bind::<Text, _>(&json)

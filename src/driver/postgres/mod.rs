@@ -38,7 +38,7 @@ pub(crate) const JOB_COLUMNS: &str = "id, queue, state, priority, payload::text 
     (created_at AT TIME ZONE 'UTC') AS created_at, (updated_at AT TIME ZONE 'UTC') AS updated_at, \
     worker_id, (heartbeat_at AT TIME ZONE 'UTC') AS heartbeat_at, \
     (lease_expires_at AT TIME ZONE 'UTC') AS lease_expires_at, last_error, unique_key, \
-    (cancel_requested_at AT TIME ZONE 'UTC') AS cancel_requested_at, attempt_base";
+    (cancel_requested_at AT TIME ZONE 'UTC') AS cancel_requested_at, attempt_base, timeout_ms";
 
 /// A UTC timestamp as an instant, for binding to TIMESTAMPTZ.
 pub(crate) fn utc(t: NaiveDateTime) -> DateTime<Utc> {
@@ -62,6 +62,7 @@ pub struct InsertJob<'a> {
     pub max_attempts: i32,
     pub run_at: DateTime<Utc>,
     pub unique_key: Option<&'a str>,
+    pub timeout_ms: Option<i64>,
 }
 
 /// A validated job's row.
@@ -80,6 +81,7 @@ pub(crate) fn insert_row(j: &NewJob, now: NaiveDateTime) -> Result<InsertJob<'_>
         max_attempts: j.max_attempts,
         run_at: j.run_at.unwrap_or_else(|| utc(now)),
         unique_key: j.unique_key.as_deref(),
+        timeout_ms: j.timeout_ms(),
     })
 }
 
@@ -109,12 +111,14 @@ pub fn insert_jobs(
     })?;
     let mut ids: Vec<i64> = diesel::sql_query(
         "INSERT INTO jobs (queue, state, priority, payload, attempts, max_attempts, run_at, \
-                           created_at, updated_at, unique_key) \
+                           created_at, updated_at, unique_key, timeout_ms) \
          SELECT r.queue, 'queued', r.priority, r.payload, 0, r.max_attempts, r.run_at, $2, $2, \
-                r.unique_key \
+                r.unique_key, r.timeout_ms \
          FROM ROWS FROM (jsonb_to_recordset($1::jsonb) AS (queue text, priority int, \
-                payload jsonb, max_attempts int, run_at timestamptz, unique_key text)) \
-              WITH ORDINALITY AS r(queue, priority, payload, max_attempts, run_at, unique_key, ord) \
+                payload jsonb, max_attempts int, run_at timestamptz, unique_key text, \
+                timeout_ms bigint)) \
+              WITH ORDINALITY AS r(queue, priority, payload, max_attempts, run_at, unique_key, \
+                                   timeout_ms, ord) \
          ORDER BY r.ord RETURNING id",
     )
     .bind::<Text, _>(json)

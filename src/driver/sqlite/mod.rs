@@ -42,6 +42,7 @@ fn insert_row(j: &NewJob, now: NaiveDateTime) -> InsertJob<'_> {
         created_at: now,
         updated_at: now,
         unique_key: j.unique_key.as_deref(),
+        timeout_ms: j.timeout_ms(),
     }
 }
 
@@ -59,6 +60,7 @@ pub struct InsertJob<'a> {
     pub created_at: NaiveDateTime,
     pub updated_at: NaiveDateTime,
     pub unique_key: Option<&'a str>,
+    pub timeout_ms: Option<i64>,
 }
 
 /// Inserts the rows in one statement and returns their ids in the order given. AUTOINCREMENT

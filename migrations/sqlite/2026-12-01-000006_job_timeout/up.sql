@@ -1,0 +1,3 @@
+-- A job's own time limit per attempt, in milliseconds (NULL: the worker's default, if any).
+-- An attempt past it is failed ("timed out after …") and retried by the normal backoff.
+ALTER TABLE jobs ADD COLUMN timeout_ms BIGINT CHECK (timeout_ms IS NULL OR timeout_ms > 0);
