@@ -347,7 +347,7 @@ impl NewJob {
         if let Some(at) = self.run_at {
             crate::timestamp::check("run_at", at)?;
         }
-        check_json_depth("payload", &self.payload)?;
+        check_json("payload", &self.payload)?;
         if let Some(t) = self.timeout {
             if t < std::time::Duration::from_millis(1) {
                 return Err(Error::InvalidArgument {
@@ -377,18 +377,48 @@ impl NewJob {
 /// typed error instead of a CHECK failure or "stack depth limit exceeded".
 pub const MAX_JSON_DEPTH: usize = 128;
 
-/// [`Error::InvalidArgument`] naming `field` if `json` nests deeper than [`MAX_JSON_DEPTH`]. A
-/// scan of the text (brackets outside strings), so it costs no parse.
-pub(crate) fn check_json_depth(field: &'static str, json: &str) -> Result<()> {
-    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
-    for b in json.bytes() {
+/// [`Error::InvalidArgument`] naming `field` if `json` nests deeper than [`MAX_JSON_DEPTH`],
+/// or holds text one backend cannot store: the escape `\u0000` (PostgreSQL's text and JSONB
+/// have no NUL) or a lone UTF-16 surrogate such as `\ud800` (no Unicode scalar value: JSONB
+/// refuses it). One policy for both backends, checked before anything is written; SQLite would
+/// have taken both, PostgreSQL refused them with an untyped error. A scan of the text, no parse.
+pub(crate) fn check_json(field: &'static str, json: &str) -> Result<()> {
+    let refuse = |reason: String| Err(Error::InvalidArgument { field, reason });
+    let bytes = json.as_bytes();
+    let (mut depth, mut in_string, mut i) = (0usize, false, 0usize);
+    // A high surrogate just seen, waiting for its low half.
+    let mut pending_high = false;
+    while i < bytes.len() {
+        let b = bytes[i];
         if in_string {
-            match (escaped, b) {
-                (true, _) => escaped = false,
-                (false, b'\\') => escaped = true,
-                (false, b'"') => in_string = false,
+            match b {
+                b'\\' if bytes.get(i + 1) == Some(&b'u') => {
+                    let unit = std::str::from_utf8(bytes.get(i + 2..i + 6).unwrap_or_default())
+                        .ok()
+                        .and_then(|h| u16::from_str_radix(h, 16).ok());
+                    match unit {
+                        Some(0) => {
+                            return refuse(
+                                "JSON text contains \\u0000 (NUL), which PostgreSQL \
+                                           cannot store; jobdb refuses it on every backend"
+                                    .into(),
+                            )
+                        }
+                        Some(0xD800..=0xDBFF) if !pending_high => pending_high = true,
+                        Some(0xDC00..=0xDFFF) if pending_high => pending_high = false,
+                        Some(0xD800..=0xDFFF) => return refuse(lone_surrogate()),
+                        _ if pending_high => return refuse(lone_surrogate()),
+                        _ => {}
+                    }
+                    i += 6;
+                    continue;
+                }
+                _ if pending_high => return refuse(lone_surrogate()),
+                b'\\' => i += 1, // skip the escaped character
+                b'"' => in_string = false,
                 _ => {}
             }
+            i += 1;
             continue;
         }
         match b {
@@ -396,17 +426,31 @@ pub(crate) fn check_json_depth(field: &'static str, json: &str) -> Result<()> {
             b'[' | b'{' => {
                 depth += 1;
                 if depth > MAX_JSON_DEPTH {
-                    return Err(Error::InvalidArgument {
-                        field,
-                        reason: format!("JSON nested deeper than {MAX_JSON_DEPTH} levels"),
-                    });
+                    return refuse(format!("JSON nested deeper than {MAX_JSON_DEPTH} levels"));
                 }
             }
             b']' | b'}' => depth = depth.saturating_sub(1),
             _ => {}
         }
+        i += 1;
     }
     Ok(())
+}
+
+fn lone_surrogate() -> String {
+    "JSON text contains a lone UTF-16 surrogate (e.g. \\ud800 without its pair), which is no \
+     character and which PostgreSQL cannot store; jobdb refuses it on every backend"
+        .into()
+}
+
+/// Error text as both backends can store it: a NUL (PostgreSQL's TEXT has none) is written
+/// `\0`, so a failure with such bytes in its message is still recorded, not lost.
+pub(crate) fn storable_text(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.contains('\0') {
+        std::borrow::Cow::Owned(text.replace('\0', "\\0"))
+    } else {
+        std::borrow::Cow::Borrowed(text)
+    }
 }
 
 /// Queue names: 1 to 255 bytes, no NUL (stored verbatim, always bound as parameters).

@@ -261,7 +261,7 @@ pub fn complete_json<A: AsQueueConnection>(
     duration: Duration,
 ) -> Result<()> {
     let conn = conn.queue_connection();
-    crate::models::check_json_depth("output", output_json)?;
+    crate::models::check_json("output", output_json)?;
     let now = now();
     let row = result_row(
         lease,
@@ -302,6 +302,7 @@ pub fn fail<A: AsQueueConnection>(
     backoff: &JobBackoff,
 ) -> Result<JobState> {
     let conn = conn.queue_connection();
+    let error = &*crate::models::storable_text(error);
     let now = now();
     conn.write_transaction(|c| {
         // The backoff exponent counts the attempts since the last manual retry (the attempt

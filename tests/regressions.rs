@@ -18,6 +18,8 @@ crate::on_both_backends!(
     unique_key_with_a_many_line_file_is_refused_and_enqueues_nothing,
     retry_into_a_taken_unique_key_is_a_typed_conflict_with_exit_1,
     json_nested_too_deep_is_refused_the_same_on_both_backends,
+    nul_and_lone_surrogates_are_refused_the_same_on_both_backends,
+    a_command_writing_nul_bytes_fails_with_its_reason_not_a_lease_expiry,
     a_result_that_cannot_be_stored_fails_the_attempt_with_the_reason,
 );
 
@@ -340,4 +342,56 @@ fn postgres_connections_speak_c_messages() {
         .get_result(&mut *c)
         .unwrap();
     assert_eq!(r.lc_messages, "C");
+}
+
+/// Issue "Handlers and the CLI under hostile use": SQLite stored `"a\u0000b"` and `"\ud800"`,
+/// PostgreSQL refused them with an untyped "database error" (exit 1): the backends disagreed.
+/// Now both refuse them, exit 2; a proper surrogate pair (an emoji) is fine on both.
+fn nul_and_lone_surrogates_are_refused_the_same_on_both_backends<C: TestConn>(b: &Backend<C>) {
+    let _ = b.queue();
+    for (payload, says) in [
+        (r#""a\u0000b""#, "NUL"),
+        (r#"{"k":"\ud800"}"#, "lone UTF-16 surrogate"),
+        (r#""\udc00x""#, "lone UTF-16 surrogate"),
+        (r#""\ud800\u0041""#, "lone UTF-16 surrogate"),
+    ] {
+        let (code, stderr) = code_and_stderr(&run(cli(b).args(["enqueue", payload])));
+        assert_eq!(code, Some(2), "{payload}: {stderr}");
+        assert!(stderr.contains(says), "{payload}: {stderr}");
+    }
+    assert_eq!(jobs(b), 0);
+    let out = run(cli(b).args(["enqueue", r#""\ud83d\ude00 and \\u0000 as text""#]));
+    assert!(out.status.success(), "{}", code_and_stderr(&out).1);
+    assert_eq!(jobs(b), 1);
+}
+
+/// A command that writes NUL bytes: on stdout the output cannot be stored, on stderr the
+/// error text could not be (PostgreSQL's TEXT has no NUL). 41b6fc7 left such jobs `running` a
+/// lease, ran them again and ended them "lease expired". Now each attempt fails at once with
+/// its real reason, the same on both backends.
+fn a_command_writing_nul_bytes_fails_with_its_reason_not_a_lease_expiry<C: TestConn>(
+    b: &Backend<C>,
+) {
+    let _ = b.queue();
+    for (queue, command, says) in [
+        ("nul-out", r"printf 'a\000b'", "NUL"),
+        ("nul-err", r"printf 'a\000b' >&2; exit 1", "a\\0b"),
+    ] {
+        let out = run(cli(b).args(["enqueue", "--queue", queue, "--max-attempts", "1", "{}"]));
+        let id: i64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        let worked = run(cli(b).args([
+            "work",
+            "--queue",
+            queue,
+            "--exit-when-empty",
+            "--exec",
+            command,
+        ]));
+        assert!(worked.status.success(), "{}", code_and_stderr(&worked).1);
+        let job = b.queue().get_job(id).unwrap();
+        assert_eq!(job.state, JobState::Dead, "{queue}: {job:?}");
+        let error = job.last_error.unwrap_or_default();
+        assert!(error.contains(says), "{queue}: {error}");
+        assert!(!error.contains("lease expired"), "{queue}: {error}");
+    }
 }
