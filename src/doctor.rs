@@ -15,7 +15,7 @@ use diesel::{Connection, QueryableByName, RunQueryDsl};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::pool::{pending_migrations, Config, DatabaseUrl};
+use crate::pool::{Config, DatabaseUrl};
 use crate::pragmas::{journal_mode, read_integer_pragma, IntegerPragma};
 
 /// How long doctor waits for the write lock before calling it a problem.
@@ -97,10 +97,22 @@ pub fn diagnose(url: &str, config: &Config) -> Result<Diagnosis> {
         url: url.to_owned(),
         source,
     })?;
+    // The first read tells a database from any other file: SQLITE_NOTADB is bad input here,
+    // as it is for every other command.
+    let mode = journal_mode(&mut conn).map_err(|e| match &e {
+        Error::Database(diesel::result::Error::DatabaseError(_, info))
+            if info.message() == "file is not a database" =>
+        {
+            Error::InvalidDatabaseUrl {
+                url: url.to_owned(),
+                reason: "the file is not a SQLite database".into(),
+            }
+        }
+        _ => e,
+    })?;
     config.sqlite.pragmas.apply(&mut conn)?;
 
     let mut checks = Vec::new();
-    let mode = journal_mode(&mut conn)?;
     checks.push(check("journal_mode", &mode, "wal", mode == "wal"));
     let sync = read_integer_pragma(&mut conn, IntegerPragma::Synchronous)?;
     checks.push(check(
@@ -150,7 +162,7 @@ pub fn diagnose(url: &str, config: &Config) -> Result<Diagnosis> {
         write_lock_wait_ms.is_some(),
     ));
 
-    let pending = pending_migrations(&mut conn)?;
+    let pending = pending_without_writing(&mut conn)?;
     let size = |p: Option<PathBuf>| {
         p.and_then(|p| std::fs::metadata(p).ok())
             .map_or(0, |m| m.len())
@@ -194,5 +206,40 @@ fn compile_options(conn: &mut SqliteConnection) -> Result<Vec<String>> {
             .iter()
             .any(|k| o.starts_with(k))
         })
+        .collect())
+}
+
+/// The embedded migrations the database has not applied, read without writing anything:
+/// Diesel's own `pending_migrations` creates `__diesel_schema_migrations` when it is missing,
+/// which would change a file doctor promises to leave alone (an empty file, or another app's
+/// database). Without that table, every migration is pending.
+fn pending_without_writing(conn: &mut SqliteConnection) -> Result<Vec<String>> {
+    use diesel::migration::MigrationSource;
+    #[derive(QueryableByName)]
+    struct Version {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        version: String,
+    }
+    let has_table = diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(
+        "EXISTS (SELECT 1 FROM sqlite_master \
+         WHERE type = 'table' AND name = '__diesel_schema_migrations')",
+    ))
+    .get_result::<bool>(conn)?;
+    let applied: std::collections::HashSet<String> = if has_table {
+        diesel::sql_query("SELECT version FROM __diesel_schema_migrations")
+            .load::<Version>(conn)?
+            .into_iter()
+            .map(|v| v.version)
+            .collect()
+    } else {
+        Default::default()
+    };
+    let embedded =
+        MigrationSource::<diesel::sqlite::Sqlite>::migrations(&crate::pool::SQLITE_MIGRATIONS)
+            .map_err(Error::Migration)?;
+    Ok(embedded
+        .iter()
+        .filter(|m| !applied.contains(&m.name().version().to_string()))
+        .map(|m| m.name().to_string())
         .collect())
 }

@@ -766,3 +766,56 @@ fn ndjson_files_get_clear_answers_with_line_numbers() {
     );
     assert_eq!(stats(&db)["queued"], 2, "only the BOM file's two jobs");
 }
+
+/// `doctor` is documented to change nothing. 41b6fc7 created `__diesel_schema_migrations` in
+/// an empty file and in another app's SQLite database (changing its bytes), and exited 1 on a
+/// file that is not a database, where other commands exit 2.
+#[test]
+fn doctor_changes_nothing_and_refuses_a_non_database_with_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.sqlite3");
+    std::fs::write(&empty, b"").unwrap();
+    let other = dir.path().join("other.sqlite3");
+    {
+        let mut c = SqliteConnection::establish(other.to_str().unwrap()).unwrap();
+        c.batch_execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT); INSERT INTO notes (body) VALUES ('mine')")
+            .unwrap();
+    }
+    for path in [&empty, &other] {
+        let before = std::fs::read(path).unwrap();
+        let out = run(Command::new(env!("CARGO_BIN_EXE_jobdb"))
+            .args(["--database-url", path.to_str().unwrap(), "doctor", "--json"])
+            .env_remove("DATABASE_URL"));
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "unhealthy, not an error: {out:?}"
+        );
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(
+            report["pending_migrations"]
+                .as_array()
+                .is_some_and(|p| !p.is_empty()),
+            "{report}"
+        );
+        assert_eq!(
+            std::fs::read(path).unwrap(),
+            before,
+            "{} was changed",
+            path.display()
+        );
+    }
+    let text = dir.path().join("notes.txt");
+    std::fs::write(
+        &text,
+        "this is not a database, just text that is long enough",
+    )
+    .unwrap();
+    let (code, stderr) = fails(
+        Command::new(env!("CARGO_BIN_EXE_jobdb"))
+            .args(["--database-url", text.to_str().unwrap(), "doctor"])
+            .env_remove("DATABASE_URL"),
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("not a SQLite database"), "{stderr}");
+}
