@@ -21,6 +21,7 @@ mod peer;
 mod pg_restart;
 mod pool;
 mod postgres;
+mod properties;
 mod regressions;
 mod stop_modes;
 mod timeouts;

@@ -591,7 +591,30 @@ pub(crate) fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::exit_code;
+    use super::{exit_code, parse_duration};
+    use proptest::prelude::*;
+    use std::time::Duration;
+
+    proptest! {
+        /// Any text: a duration or an error message, never a panic.
+        #[test]
+        fn any_text_is_a_duration_or_an_error(s in ".{0,24}") {
+            let _ = parse_duration(&s);
+        }
+
+        /// Every number with every unit means that many units, or is "too long".
+        #[test]
+        fn numbers_with_units_mean_what_they_say(n in any::<u64>(), unit in 0usize..5) {
+            let (suffix, ms) = [("ms", 1u64), ("s", 1_000), ("m", 60_000), ("h", 3_600_000), ("d", 86_400_000)][unit];
+            match parse_duration(&format!("{n}{suffix}")) {
+                Ok(d) => prop_assert_eq!(d, Duration::from_millis(n * ms)),
+                Err(e) => {
+                    prop_assert!(n.checked_mul(ms).is_none(), "{e}");
+                    prop_assert!(e.contains("too long"), "{e}");
+                }
+            }
+        }
+    }
 
     /// A bug in jobdb is never "bad usage": exit 70 (EX_SOFTWARE), not 2. Before, internal
     /// invariant failures were labelled `InvalidArgument` and exited 2.
