@@ -95,8 +95,12 @@ pub struct HistogramSnapshot {
 pub struct Metrics {
     /// Whole `claim` calls, queueing included, as the caller sees them.
     pub claim_latency: Histogram,
-    /// How long each write transaction held SQLite's write lock (BEGIN IMMEDIATE to COMMIT).
+    /// How long each write transaction held SQLite's write lock (from BEGIN IMMEDIATE being
+    /// granted to COMMIT; on PostgreSQL the whole transaction).
     pub lock_hold: Histogram,
+    /// How long each write transaction waited for SQLite's write lock (inside BEGIN IMMEDIATE,
+    /// in SQLite's busy handler): time spent behind other processes' writers.
+    pub lock_wait: Histogram,
     /// Write transactions that held the lock longer than the slow threshold.
     pub slow_transactions: AtomicU64,
     /// Operations committed (several per transaction under group commit).
@@ -124,6 +128,8 @@ pub struct MetricsSnapshot {
     pub claim_latency: HistogramSnapshot,
     /// Write-lock hold time per transaction.
     pub lock_hold: HistogramSnapshot,
+    /// Write-lock wait time per transaction (SQLite).
+    pub lock_wait: HistogramSnapshot,
     /// Transactions over the slow threshold.
     pub slow_transactions: u64,
     /// The WAL as the background checkpointer sees it.
@@ -153,6 +159,7 @@ impl Metrics {
             operations: self.operations.load(Ordering::Relaxed),
             claim_latency: self.claim_latency.snapshot(),
             lock_hold: self.lock_hold.snapshot(),
+            lock_wait: self.lock_wait.snapshot(),
             slow_transactions: self.slow_transactions.load(Ordering::Relaxed),
             wal: WalSnapshot {
                 checkpoints: self.checkpoints.load(Ordering::Relaxed),

@@ -232,3 +232,28 @@ fn each_write_transaction_has_a_span_with_its_name_and_busy_retries() {
     assert!(retries >= 1, "the lock was held for 150 ms: {closed}");
     assert!(closed.contains("duration_ms="), "{closed}");
 }
+
+/// Issue "Handlers and the CLI under hostile use": the slow-transaction warning said `claim`
+/// "held the write lock" 5014 ms while it had only waited for it. Waiting and holding are now
+/// two figures: a transaction queued 300 ms behind another process's writer waited 300 ms and
+/// held the lock for a moment, and is not "slow".
+#[test]
+fn the_wait_for_the_write_lock_is_not_counted_as_holding_it() {
+    let db = TestDb::new();
+    let queue = db.queue_with(|c| c.slow_transaction = Duration::from_millis(150));
+    let (release, holder) = hold_write_lock(&db);
+    let releaser = thread::spawn(move || {
+        thread::sleep(Duration::from_millis(300));
+        release.send(()).unwrap();
+    });
+    queue.enqueue(&job()).unwrap(); // waits in SQLite's busy handler (busy_timeout 5 s)
+    releaser.join().unwrap();
+    holder.join().unwrap();
+    let m = queue.metrics();
+    assert!(m.lock_wait.max_ms >= 250.0, "it waited for the lock: {m:?}");
+    assert!(
+        m.lock_hold.max_ms < 150.0,
+        "it held the lock briefly: {m:?}"
+    );
+    assert_eq!(m.slow_transactions, 0, "waiting is not slow holding: {m:?}");
+}

@@ -315,17 +315,35 @@ fn traced<C: QueueConnection, R>(
     result
 }
 
-/// Runs one try of a write transaction, recording how long it held the write lock and warning
-/// when that passes the slow threshold.
+thread_local! {
+    /// When this thread's current write transaction was granted the write lock (set by the
+    /// SQLite driver right after BEGIN IMMEDIATE returns), so the wait for the lock is not
+    /// counted as holding it.
+    static LOCK_ACQUIRED: std::cell::Cell<Option<std::time::Instant>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// The write lock was just granted to this thread's transaction.
+pub(crate) fn lock_acquired() {
+    LOCK_ACQUIRED.with(|c| c.set(Some(std::time::Instant::now())));
+}
+
+/// Runs one try of a write transaction, recording how long it waited for the write lock and
+/// how long it held it, and warning when the hold passes the slow threshold.
 fn timed<C: QueueConnection, R>(
     ctx: &WriteCtx<'_, C>,
     name: &'static str,
     ops: usize,
     f: impl FnOnce() -> R,
 ) -> R {
+    LOCK_ACQUIRED.with(|c| c.set(None));
     let started = std::time::Instant::now();
     let r = f();
-    let held = started.elapsed();
+    let ended = std::time::Instant::now();
+    // Without a BEGIN IMMEDIATE (PostgreSQL) the whole transaction counts as held.
+    let acquired = LOCK_ACQUIRED.with(|c| c.take()).unwrap_or(started);
+    let (waited, held) = (acquired - started, ended - acquired);
+    ctx.metrics.lock_wait.record(waited);
     ctx.metrics.lock_hold.record(held);
     if held > ctx.slow {
         ctx.metrics
@@ -335,6 +353,7 @@ fn timed<C: QueueConnection, R>(
             transaction = name,
             ops,
             held_ms = held.as_secs_f64() * 1000.0,
+            waited_ms = waited.as_secs_f64() * 1000.0,
             "write transaction held the write lock longer than {:?}",
             ctx.slow
         );

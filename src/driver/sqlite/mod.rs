@@ -124,7 +124,11 @@ impl JobDriver for SqliteConnection {
         if self.in_transaction() {
             return self.transaction(f);
         }
-        let result = self.immediate_transaction(f);
+        // BEGIN IMMEDIATE returns once the write lock is ours: from here on the lock is held.
+        let result = self.immediate_transaction(|c| {
+            crate::db::combine::lock_acquired();
+            f(c)
+        });
         if result.is_err() && self.in_transaction() {
             // A COMMIT that failed (e.g. busy) can leave the transaction open; roll it back so the
             // connection is clean for the retry, which re-runs the whole transaction. If even the
