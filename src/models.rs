@@ -324,8 +324,10 @@ impl NewJob {
         &self.payload
     }
 
-    /// Checks the values against what the schema accepts, before anything is written.
-    pub(crate) fn validate(&self, max_payload_bytes: usize) -> Result<()> {
+    /// Checks the job against everything the queue accepts (queue name, attempts, unique key,
+    /// run_at, timeout, payload size and text), without writing: what enqueue would refuse,
+    /// as the same typed error. For callers that check a whole batch before writing any of it.
+    pub fn validate(&self, max_payload_bytes: usize) -> Result<()> {
         validate_queue_name(&self.queue)?;
         if self.max_attempts < 1 {
             return Err(Error::InvalidArgument {

@@ -78,8 +78,9 @@ fn random_sigkills_lose_nothing_and_complete_nothing_twice() {
         for i in 0..batch {
             writeln!(f, r#"{{"batch":{cycle},"i":{i}}}"#).unwrap();
         }
+        // `--atomic`: one transaction, so a kill leaves the batch all there or not at all.
         let mut enqueuer = jobdb(&db)
-            .args(["enqueue", "--file"])
+            .args(["enqueue", "--atomic", "--file"])
             .arg(&file)
             .spawn()
             .unwrap();

@@ -6,7 +6,7 @@
 //! deadline, 124 `wait` timed out, 1 anything else (including a job in the wrong state for the
 //! command, and `wait` on a job that ended dead or cancelled).
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Seek, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -127,9 +127,15 @@ enum Command {
 struct EnqueueArgs {
     /// The job's payload, as JSON
     payload: Option<String>,
-    /// NDJSON file, one payload per line ('-' reads stdin); all lines or none are enqueued
+    /// NDJSON file, one payload per line ('-' reads stdin). Every line is checked first (a bad
+    /// one enqueues nothing), then the jobs go in transactions of 1000, so other writers are
+    /// not held up by a big file
     #[arg(long)]
     file: Option<PathBuf>,
+    /// With --file: all lines in ONE transaction, all or nothing even if the database fails
+    /// midway; holds the write lock for the whole file (and the file in memory)
+    #[arg(long, requires = "file")]
+    atomic: bool,
     /// Queue name
     #[arg(long, default_value = "default")]
     queue: String,
@@ -390,12 +396,21 @@ impl WithQueue for Command {
     }
 }
 
+/// Builds the job for one payload line (queue, priority, attempts, delay, key, timeout).
+type BuildJob = Box<dyn Fn(&str) -> jobdb::Result<NewJob>>;
+
 /// What `jobdb enqueue` enqueues, read and checked before the database is opened.
 enum EnqueueInput {
     /// One job from the command line.
     One(NewJob),
-    /// A file's jobs, enqueued all or nothing.
+    /// A file's jobs, enqueued all or nothing (`--atomic`).
     File(Vec<NewJob>),
+    /// A file's checked lines, spooled, enqueued in transactions of [`jobdb::queue::ENQUEUE_CHUNK`].
+    Chunked {
+        spool: BufReader<std::fs::File>,
+        count: usize,
+        build: BuildJob,
+    },
 }
 
 impl WithQueue for EnqueueInput {
@@ -413,6 +428,32 @@ impl WithQueue for EnqueueInput {
                 println!("{}", done.id);
             }
             EnqueueInput::File(jobs) => println!("{}", queue.enqueue_batch(&jobs)?.len()),
+            EnqueueInput::Chunked {
+                spool,
+                count,
+                build,
+            } => {
+                let mut done = 0usize;
+                let mut chunk = Vec::with_capacity(jobdb::queue::ENQUEUE_CHUNK);
+                let mut lines = spool.lines();
+                loop {
+                    chunk.clear();
+                    for line in lines.by_ref().take(jobdb::queue::ENQUEUE_CHUNK) {
+                        chunk.push(build(&line?)?);
+                    }
+                    if chunk.is_empty() {
+                        break;
+                    }
+                    // Each chunk is its own transaction: other writers get the lock between.
+                    let n = queue.enqueue_many(&chunk).map_err(|e| {
+                        anyhow::Error::new(e).context(format!(
+                            "{done} of {count} jobs were enqueued before this error"
+                        ))
+                    })?;
+                    done += n.len();
+                }
+                println!("{done}");
+            }
         }
         Ok(())
     }
@@ -423,20 +464,27 @@ fn read_enqueue(args: EnqueueArgs, max_payload_bytes: usize) -> Result<EnqueueIn
         (Some(delay), _) => Some(jobdb::timestamp::from_now("delay", delay)?),
         (None, at) => at,
     };
-    let build = |json: &str| -> jobdb::Result<NewJob> {
-        let mut job = NewJob::from_json(args.queue.as_str(), json)?
-            .priority(args.priority)
-            .max_attempts(args.max_attempts);
-        if let Some(at) = run_at {
-            job = job.run_at(at);
+    // The job for one payload, owning what it needs (it outlives `args` when the file's
+    // lines are enqueued later from the spool).
+    let build = {
+        let (queue, priority, max_attempts) =
+            (args.queue.clone(), args.priority, args.max_attempts);
+        let (unique_key, timeout) = (args.unique_key.clone(), args.timeout);
+        move |json: &str| -> jobdb::Result<NewJob> {
+            let mut job = NewJob::from_json(queue.as_str(), json)?
+                .priority(priority)
+                .max_attempts(max_attempts);
+            if let Some(at) = run_at {
+                job = job.run_at(at);
+            }
+            if let Some(key) = &unique_key {
+                job = job.unique_key(key.as_str());
+            }
+            if let Some(t) = timeout {
+                job = job.timeout(t);
+            }
+            Ok(job)
         }
-        if let Some(key) = &args.unique_key {
-            job = job.unique_key(key.as_str());
-        }
-        if let Some(t) = args.timeout {
-            job = job.timeout(t);
-        }
-        Ok(job)
     };
     if let Some(payload) = &args.payload {
         return Ok(EnqueueInput::One(build(payload)?));
@@ -453,7 +501,17 @@ fn read_enqueue(args: EnqueueArgs, max_payload_bytes: usize) -> Result<EnqueueIn
         Box::new(std::fs::File::open(path).map_err(|e| bad(format!("cannot read it: {e}")))?)
     };
     let mut reader = BufReader::new(reader);
-    let mut jobs = Vec::new();
+    // Checked lines: kept in memory for --atomic, else spooled to an anonymous temporary file
+    // and enqueued from it in chunks once all of them passed.
+    let mut atomic_jobs = Vec::new();
+    let mut spool = if args.atomic {
+        None
+    } else {
+        Some(std::io::BufWriter::new(tempfile::tempfile().map_err(
+            |e| anyhow::anyhow!("cannot create a temporary file for the checked lines: {e}"),
+        )?))
+    };
+    let mut count = 0usize;
     let mut buf = Vec::new();
     for n in 1.. {
         // One line at a time, never more than the payload limit (and its newline): a line
@@ -486,21 +544,39 @@ fn read_enqueue(args: EnqueueArgs, max_payload_bytes: usize) -> Result<EnqueueIn
         if line.trim().is_empty() {
             continue;
         }
-        let job = build(line).map_err(|e| bad(format!("line {n}: {e}")))?;
-        jobs.push(job);
+        let job = build(line)
+            .and_then(|job| job.validate(max_payload_bytes).map(|()| job))
+            .map_err(|e| bad(format!("line {n}: {e}")))?;
+        count += 1;
+        match &mut spool {
+            Some(spool) => writeln!(spool, "{line}")
+                .map_err(|e| anyhow::anyhow!("cannot spool the checked lines: {e}"))?,
+            None => atomic_jobs.push(job),
+        }
     }
-    if args.unique_key.is_some() && jobs.len() > 1 {
+    if args.unique_key.is_some() && count > 1 {
         // One key for every line admits one live job: the other lines would be dropped.
         return Err(UsageError(format!(
             "{}: --unique-key gives all {} lines the same key, so at most one could be \
              enqueued; give each job its own key (one enqueue per line) or drop --unique-key; \
              nothing was enqueued",
             path.display(),
-            jobs.len()
+            count
         ))
         .into());
     }
-    Ok(EnqueueInput::File(jobs))
+    let Some(spool) = spool else {
+        return Ok(EnqueueInput::File(atomic_jobs));
+    };
+    let mut spool = spool
+        .into_inner()
+        .map_err(|e| anyhow::anyhow!("cannot spool the checked lines: {e}"))?;
+    spool.seek(std::io::SeekFrom::Start(0))?;
+    Ok(EnqueueInput::Chunked {
+        spool: BufReader::new(spool),
+        count,
+        build: Box::new(build),
+    })
 }
 
 /// `jobdb work`.
