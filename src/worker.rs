@@ -117,6 +117,10 @@ pub struct WorkerReport {
     pub reaped: u64,
     /// Jobs cancelled while their handler ran (recorded as cancelled, not succeeded).
     pub cancelled: u64,
+    /// Handler threads still running when `run` returned: they ignored the request to stop
+    /// (`should_abandon`) past the grace period and the abandon wait, and are left behind;
+    /// their jobs were released and whatever they report is refused (fenced by the lease).
+    pub detached: u64,
 }
 
 /// Most handler threads a worker runs (each holds a pooled connection while it works).
@@ -316,16 +320,42 @@ where
             }
         }
         stop_heartbeats.store(true, Ordering::SeqCst);
-        let _ = heartbeater.join();
-        if let Some(r) = retainer {
-            let _ = r.join();
+        // A panic of ours (heartbeats, reaping, retention) is a bug, not something to drop:
+        // leases went unrenewed while it was down. Reported once the jobs above are released.
+        let mut panicked = Vec::new();
+        if let Err(panic) = heartbeater.join() {
+            panicked.push(format!("heartbeat thread: {}", panic_message(&panic)));
         }
+        if let Some(Err(panic)) = retainer.map(|r| r.join()) {
+            panicked.push(format!("retention thread: {}", panic_message(&panic)));
+        }
+        let mut detached = 0;
         for t in threads {
             if t.is_finished() {
-                let _ = t.join();
+                // A handler's panic was already caught and recorded as a failed attempt; a
+                // panic here is in the worker's own code.
+                if let Err(panic) = t.join() {
+                    panicked.push(format!("handler thread: {}", panic_message(&panic)));
+                }
+            } else {
+                detached += 1;
             }
         }
+        if detached > 0 {
+            tracing::warn!(
+                detached,
+                "handler threads ignored the request to stop and are left running; their jobs \
+                 were released and their results will be refused"
+            );
+        }
+        if !panicked.is_empty() {
+            return Err(Error::Internal {
+                what: "worker",
+                reason: panicked.join("; "),
+            });
+        }
         Ok(WorkerReport {
+            detached,
             succeeded: counters.succeeded.load(Ordering::Relaxed),
             failed: counters.failed.load(Ordering::Relaxed),
             lease_lost: counters.lease_lost.load(Ordering::Relaxed),

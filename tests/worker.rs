@@ -194,3 +194,31 @@ fn the_shutdown_handle_stops_claiming_and_lets_running_handlers_finish() {
     assert_eq!(s.succeeded + s.queued, 20);
     assert!(s.queued > 0, "it stopped claiming");
 }
+
+/// Issue "Handlers and the CLI under hostile use": handler threads still running when `run`
+/// returned were detached without a word. Now the report counts them (and a warning names
+/// them), after their jobs were released.
+#[test]
+fn handler_threads_left_running_at_shutdown_are_reported() {
+    let db = TestDb::new();
+    let q = db.queue();
+    let id = q.enqueue(&NewJob::new("deaf", &1).unwrap()).unwrap();
+    let mut config = WorkerConfig::new("deaf");
+    config.grace = Duration::from_millis(100);
+    let worker = Worker::new(q.clone(), config, |_job| {
+        thread::sleep(Duration::from_secs(8)); // ignores should_abandon
+        Ok::<_, HandlerError>(())
+    });
+    let stop = worker.shutdown_handle();
+    let running = thread::spawn(move || worker.run());
+    let started = Instant::now();
+    while q.get_job(id).unwrap().state != JobState::Running {
+        assert!(started.elapsed() < Duration::from_secs(10));
+        thread::sleep(Duration::from_millis(10));
+    }
+    stop.shutdown();
+    let report = running.join().unwrap().unwrap();
+    assert_eq!(report.detached, 1, "{report:?}");
+    assert_eq!(report.released, 1, "{report:?}");
+    assert_eq!(q.get_job(id).unwrap().state, JobState::Queued);
+}
