@@ -93,11 +93,12 @@ impl WorkerConfig {
         }
     }
 
-    /// Sets the lease and derives the heartbeat and reap periods from it.
+    /// Sets the lease and derives the heartbeat and reap periods from it (reaping at most
+    /// [`MAX_PERIOD`] apart, however long the lease).
     pub fn lease(mut self, lease: Duration) -> Self {
         self.lease = lease;
         self.heartbeat_every = lease / 3;
-        self.reap_every = lease;
+        self.reap_every = lease.min(MAX_PERIOD);
         self
     }
 }
@@ -129,6 +130,10 @@ pub const MAX_CONCURRENCY: usize = 1024;
 /// The shortest lease a worker takes: its heartbeats (a third of the lease by default) must
 /// renew it in time, with a database round trip to spare.
 pub const MIN_LEASE: Duration = Duration::from_millis(100);
+
+/// The longest reap period a worker takes (a day: longer is a typo, and a bounded period
+/// keeps the background thread's clock arithmetic far from overflow).
+pub const MAX_PERIOD: Duration = Duration::from_secs(24 * 3600);
 
 /// How long, past the grace period, handlers told to abandon get to stop before their jobs are
 /// released anyway: the shell handler's TERM-to-KILL grace (2 s) and some.
@@ -226,6 +231,15 @@ where
         // A lease that would run past the stored range of timestamps fails every claim: say
         // so now, as bad input, instead of starting threads that cannot claim anything.
         crate::timestamp::from_now("lease", self.config.lease)?;
+        if self.config.reap_every.is_zero() || self.config.reap_every > MAX_PERIOD {
+            return Err(Error::InvalidArgument {
+                field: "reap_every",
+                reason: format!(
+                    "{:?} must be more than zero and at most {MAX_PERIOD:?}",
+                    self.config.reap_every
+                ),
+            });
+        }
         if self.config.handle_signals {
             self.shutdown.stop_on_signals()?;
         }
@@ -287,6 +301,11 @@ where
             if self.shutdown.is_hurried() {
                 tracing::warn!("second stop signal: abandoning running jobs now");
                 break;
+            }
+            // Without heartbeats our leases run out under the handlers: stop, and report it.
+            if heartbeater.is_finished() && !self.shutdown.is_requested() {
+                tracing::error!("the heartbeat thread stopped; shutting the worker down");
+                self.shutdown.shutdown();
             }
             thread::sleep(Duration::from_millis(10));
         }

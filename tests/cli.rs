@@ -36,6 +36,14 @@ pub(crate) fn ok_stdout(cmd: &mut Command) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// `jobdb enqueue ARGS`, which must succeed: the id it prints.
+pub(crate) fn enqueue_id(db: &TestDb, args: &[&str]) -> i64 {
+    let out = ok_stdout(jobdb(db).arg("enqueue").args(args));
+    out.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("enqueue printed {out:?}"))
+}
+
 pub(crate) fn stats(db: &TestDb) -> Value {
     serde_json::from_str(&ok_stdout(jobdb(db).args(["stats", "--json"]))).unwrap()
 }
@@ -358,10 +366,7 @@ fn show_and_stats_print_the_documented_json() {
     assert!(s["metrics"]["wal"].is_object(), "{s}");
 
     // Non-JSON stdout is stored as a JSON string.
-    let id2: i64 = ok_stdout(jobdb(&db).args(["enqueue", "{}"]))
-        .trim()
-        .parse()
-        .unwrap();
+    let id2 = enqueue_id(&db, &["{}"]);
     ok_stdout(jobdb(&db).args(["work", "--exit-when-empty", "--exec", "echo plain text"]));
     assert_eq!(show(&db, id2)["results"][0]["output"], "plain text\n");
 }
@@ -369,10 +374,7 @@ fn show_and_stats_print_the_documented_json() {
 #[test]
 fn delayed_jobs_wait_for_their_time() {
     let db = TestDb::new();
-    let id: i64 = ok_stdout(jobdb(&db).args(["enqueue", "--delay", "1h", "{}"]))
-        .trim()
-        .parse()
-        .unwrap();
+    let id = enqueue_id(&db, &["--delay", "1h", "{}"]);
     let later: i64 =
         ok_stdout(jobdb(&db).args(["enqueue", "--run-at", "2999-01-01T00:00:00Z", "{}"]))
             .trim()
@@ -557,10 +559,7 @@ fn doctor_passes_a_healthy_file_and_names_what_is_wrong() {
 #[test]
 fn a_job_released_at_shutdown_keeps_its_attempts() {
     let db = TestDb::new();
-    let id: i64 = ok_stdout(jobdb(&db).args(["enqueue", "--max-attempts", "2", "{}"]))
-        .trim()
-        .parse()
-        .unwrap();
+    let id = enqueue_id(&db, &["--max-attempts", "2", "{}"]);
     let stuck = spawn_worker(&db, &["--grace", "200ms", "--exec", "sleep 30"]);
     wait_until_running(&db, 1);
     terminate_within(stuck, Duration::from_secs(3));
@@ -600,10 +599,7 @@ fn a_job_released_at_shutdown_keeps_its_attempts() {
 #[test]
 fn reads_do_not_wait_for_a_writer_holding_the_lock() {
     let db = TestDb::new();
-    let id: i64 = ok_stdout(jobdb(&db).args(["enqueue", "{}"]))
-        .trim()
-        .parse()
-        .unwrap();
+    let id = enqueue_id(&db, &["{}"]);
     let mut holder = SqliteConnection::establish(&db.url()).unwrap();
     holder
         .batch_execute("BEGIN IMMEDIATE; UPDATE jobs SET priority = 1")

@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::cli::{jobdb, ok_stdout, show, spawn_worker, stats, wait_until_running};
+use crate::cli::{enqueue_id, jobdb, ok_stdout, show, spawn_worker, stats, wait_until_running};
 use crate::common::TestDb;
 
 /// A command that records its shell's pid and a backgrounded grandchild's, then waits.
@@ -50,10 +50,7 @@ fn wait_for_pids(dir: &Path, n: usize) -> Vec<libc::pid_t> {
 fn sigterm_past_the_grace_period_kills_the_whole_group_before_the_job_is_released() {
     let db = TestDb::new();
     let dir = tempfile::tempdir().unwrap();
-    let id: i64 = ok_stdout(jobdb(&db).args(["enqueue", "{}"]))
-        .trim()
-        .parse()
-        .unwrap();
+    let id = enqueue_id(&db, &["{}"]);
     let worker = spawn_worker(
         &db,
         &["--grace", "300ms", "--exec", &forking_command(dir.path())],
@@ -77,10 +74,7 @@ fn sigterm_past_the_grace_period_kills_the_whole_group_before_the_job_is_release
 fn cancel_kills_the_whole_group() {
     let db = TestDb::new();
     let dir = tempfile::tempdir().unwrap();
-    let id: i64 = ok_stdout(jobdb(&db).args(["enqueue", "{}"]))
-        .trim()
-        .parse()
-        .unwrap();
+    let id = enqueue_id(&db, &["{}"]);
     // A short lease, so the heartbeat that carries the cancel comes soon.
     let worker = spawn_worker(
         &db,
@@ -110,10 +104,7 @@ fn cancel_kills_the_whole_group() {
 #[test]
 fn a_backgrounded_child_does_not_hold_the_attempt_open() {
     let db = TestDb::new();
-    let id: i64 = ok_stdout(jobdb(&db).args(["enqueue", "{}"]))
-        .trim()
-        .parse()
-        .unwrap();
+    let id = enqueue_id(&db, &["{}"]);
     let started = Instant::now();
     ok_stdout(jobdb(&db).args(["work", "--exit-when-empty", "--exec", "sleep 6 & echo hi"]));
     assert!(
@@ -143,10 +134,7 @@ fn peak_rss_kib(pid: u32) -> Option<u64> {
 #[test]
 fn output_past_the_cap_fails_the_attempt_with_bounded_memory() {
     let db = TestDb::new();
-    let id: i64 = ok_stdout(jobdb(&db).args(["enqueue", "--max-attempts", "1", "{}"]))
-        .trim()
-        .parse()
-        .unwrap();
+    let id = enqueue_id(&db, &["--max-attempts", "1", "{}"]);
     let mut worker = jobdb(&db)
         .args([
             "work",
@@ -178,10 +166,7 @@ fn output_past_the_cap_fails_the_attempt_with_bounded_memory() {
 #[test]
 fn a_command_killed_by_a_signal_says_which() {
     let db = TestDb::new();
-    let id: i64 = ok_stdout(jobdb(&db).args(["enqueue", "--max-attempts", "1", "{}"]))
-        .trim()
-        .parse()
-        .unwrap();
+    let id = enqueue_id(&db, &["--max-attempts", "1", "{}"]);
     ok_stdout(jobdb(&db).args(["work", "--exit-when-empty", "--exec", "kill -TERM $$"]));
     let job = show(&db, id);
     let error = job["last_error"].as_str().unwrap_or_default();
@@ -205,10 +190,7 @@ fn an_empty_command_is_refused_with_exit_2() {
 fn a_second_signal_hurries_the_shutdown() {
     let db = TestDb::new();
     let dir = tempfile::tempdir().unwrap();
-    let id: i64 = ok_stdout(jobdb(&db).args(["enqueue", "{}"]))
-        .trim()
-        .parse()
-        .unwrap();
+    let id = enqueue_id(&db, &["{}"]);
     let mut worker = spawn_worker(
         &db,
         &["--grace", "1h", "--exec", &forking_command(dir.path())],

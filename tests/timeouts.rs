@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use jobdb::{HandlerError, JobState, NewJob, Outcome, Worker, WorkerConfig};
 
 use crate::backends::{Backend, TestConn};
-use crate::cli::{jobdb, ok_stdout, show};
+use crate::cli::{enqueue_id, jobdb, ok_stdout, show};
 use crate::common::TestDb;
 
 crate::on_both_backends!(an_attempt_past_its_timeout_fails_as_timed_out_and_is_retried);
@@ -113,10 +113,7 @@ fn timeouts_through_the_binary_kill_the_command_group() {
             .trim()
             .parse()
             .unwrap();
-    let by_default: i64 = ok_stdout(jobdb(&db).args(["enqueue", "--max-attempts", "1", "{}"]))
-        .trim()
-        .parse()
-        .unwrap();
+    let by_default = enqueue_id(&db, &["--max-attempts", "1", "{}"]);
     let command = format!(
         "echo $$ >> {p}; sleep 1000 & echo $! >> {p}; wait",
         p = pids.display()

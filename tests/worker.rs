@@ -222,3 +222,22 @@ fn handler_threads_left_running_at_shutdown_are_reported() {
     assert_eq!(report.released, 1, "{report:?}");
     assert_eq!(q.get_job(id).unwrap().state, JobState::Queued);
 }
+
+/// A reap period the worker's clock arithmetic cannot add (`Duration::MAX`) made the heartbeat
+/// thread panic, and the panic was dropped: the worker ran on without heartbeats. Now such a
+/// period is bad input before anything starts (and a heartbeat thread that dies stops the
+/// worker, its panic returned as an internal error).
+#[test]
+fn a_reap_period_that_cannot_work_is_refused_before_anything_starts() {
+    let db = TestDb::new();
+    let q = db.queue();
+    q.enqueue(&NewJob::new("r", &1).unwrap()).unwrap();
+    for every in [Duration::ZERO, Duration::MAX] {
+        let mut c = config("r");
+        c.reap_every = every;
+        let worker = Worker::new(q.clone(), c, |_job| Ok::<_, HandlerError>(()));
+        let err = worker.run().unwrap_err();
+        assert!(err.is_invalid_input(), "{every:?}: {err:?}");
+    }
+    assert_eq!(q.stats(None).unwrap().total.queued, 1, "nothing ran");
+}
