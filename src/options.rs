@@ -30,6 +30,17 @@ pub struct SqliteOptions {
     /// Open databases on network filesystems (NFS, SMB, FUSE, …). WAL's shared memory does not
     /// work across hosts and is unreliable there; off by default (`JOBDB_ALLOW_NETWORK_FS=1`).
     pub allow_network_filesystem: bool,
+    /// Queue this process's write transactions behind other jobdb processes' in the kernel
+    /// (`flock` on `<database>-jobdb-lock`) instead of polling SQLite's lock through the busy
+    /// handler: the cure for multi-second stalls with several processes (see `db/gate.rs`).
+    /// On by default (`JOBDB_WRITE_GATE=0` turns it off).
+    pub write_gate: bool,
+    /// How often an idle worker's process looks for jobs other processes enqueued: a thread
+    /// of its own reads `PRAGMA data_version` (shared memory, no disk) this often and, when
+    /// another connection committed, whether the newest job id moved, and wakes idle workers
+    /// if so. `None` leaves them to their poll backoff (up to `poll_max`, 200 ms)
+    /// (`JOBDB_WATCH_MS`, 0 = off).
+    pub watch_every: Option<Duration>,
 }
 
 impl Default for SqliteOptions {
@@ -40,6 +51,8 @@ impl Default for SqliteOptions {
             wal_truncate_above: Some(16 * 1024 * 1024),
             wal_truncate_wait: Duration::from_secs(1),
             allow_network_filesystem: false,
+            write_gate: true,
+            watch_every: Some(Duration::from_millis(1)),
         }
     }
 }
@@ -89,6 +102,14 @@ impl SqliteOptions {
             (
                 self.allow_network_filesystem != d.allow_network_filesystem,
                 "sqlite.allow_network_filesystem (JOBDB_ALLOW_NETWORK_FS)",
+            ),
+            (
+                self.write_gate != d.write_gate,
+                "sqlite.write_gate (JOBDB_WRITE_GATE)",
+            ),
+            (
+                self.watch_every != d.watch_every,
+                "sqlite.watch_every (JOBDB_WATCH_MS)",
             ),
         ]
         .into_iter()

@@ -188,6 +188,12 @@ impl Config {
         if let Some(v) = env_u64("JOBDB_ALLOW_NETWORK_FS")? {
             c.sqlite.allow_network_filesystem = v != 0;
         }
+        if let Some(ms) = env_u64("JOBDB_WATCH_MS")? {
+            c.sqlite.watch_every = (ms > 0).then(|| Duration::from_millis(ms));
+        }
+        if let Some(v) = env_u64("JOBDB_WRITE_GATE")? {
+            c.sqlite.write_gate = v != 0;
+        }
         if let Some(v) = env_u64("JOBDB_PG_LISTEN")? {
             c.postgres.listen = v != 0;
         }

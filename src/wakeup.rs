@@ -4,7 +4,8 @@
 //! counter and wakes the workers of every clone of that queue. Across processes, on
 //! PostgreSQL, enqueues also `NOTIFY jobdb_enqueued` in their transaction (delivered at
 //! commit), and a listener thread with a connection of its own `LISTEN`s and bumps the same
-//! counter. Polling stays as the fallback: a wait always ends after its timeout.
+//! counter; on SQLite a watcher thread reads `PRAGMA data_version` every millisecond and bumps
+//! it when another process enqueued. Polling stays as the fallback: a wait always ends after its timeout.
 
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
@@ -37,6 +38,77 @@ impl Wakeup {
             .wait_timeout_while(guard, timeout, |seq| *seq == seen)
             .unwrap_or_else(|p| p.into_inner());
         *guard != seen
+    }
+}
+
+/// Starts the SQLite change watcher: a connection of its own on `file` that reads
+/// `PRAGMA data_version` every `every` and, when another connection has committed since,
+/// whether the newest job id changed; if it did (an enqueue, by any process), it bumps
+/// `wakeup`. Runs until the queue is dropped.
+///
+/// Why `data_version`: it is read from the WAL index in shared memory, so a poll costs a few
+/// microseconds and no I/O, where a claim on every poll would take the write lock. Why the
+/// job id on top: other processes' heartbeats and completions change `data_version` all the
+/// time, and waking idle workers for those would make them claim in vain.
+pub(crate) fn start_sqlite_watcher(
+    file: std::path::PathBuf,
+    every: Duration,
+    wakeup: std::sync::Weak<Wakeup>,
+) {
+    use crate::driver::sqlite::ChangeWatch;
+    // Opened here, on the caller's thread, so that an enqueue after the caller's
+    // `work_signal()` is never taken for the watch's starting point.
+    let first = ChangeWatch::open(&file);
+    let spawned = std::thread::Builder::new()
+        .name("jobdb-watch".into())
+        .spawn(move || {
+            let mut opened = first;
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                match opened {
+                    Ok(mut watch) => {
+                        backoff = Duration::from_millis(100);
+                        if !relay_changes(&mut watch, every, &wakeup) {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot open the change watcher; workers poll")
+                    }
+                }
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                if wakeup.strong_count() == 0 {
+                    return;
+                }
+                opened = ChangeWatch::open(&file);
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the change watcher thread; workers poll");
+    }
+}
+
+/// Polls `watch` every `every` and wakes workers on new jobs. Returns false when the queue is
+/// gone, true when the watch failed (to be reopened).
+fn relay_changes(
+    watch: &mut crate::driver::sqlite::ChangeWatch,
+    every: Duration,
+    wakeup: &std::sync::Weak<Wakeup>,
+) -> bool {
+    loop {
+        std::thread::sleep(every);
+        let Some(w) = wakeup.upgrade() else {
+            return false;
+        };
+        match watch.new_jobs() {
+            Ok(true) => w.notify(),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "the change watcher failed; reopening");
+                return true;
+            }
+        }
     }
 }
 
@@ -79,7 +151,8 @@ pub(crate) fn start_postgres_listener(url: String, wakeup: std::sync::Weak<Wakeu
     }
 }
 
-/// Checks for notifications every 10 ms (a local socket read, no query) and wakes workers.
+/// Checks for notifications every millisecond (a non-blocking local socket read, no query)
+/// and wakes workers.
 /// Returns false when the queue is gone, true when the connection broke.
 #[cfg(feature = "postgres")]
 fn relay_notifications(conn: &mut diesel::PgConnection, wakeup: &std::sync::Weak<Wakeup>) -> bool {
@@ -101,7 +174,7 @@ fn relay_notifications(conn: &mut diesel::PgConnection, wakeup: &std::sync::Weak
             w.notify();
         }
         drop(w);
-        std::thread::sleep(Duration::from_millis(10));
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 

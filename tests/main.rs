@@ -2,6 +2,7 @@
 
 mod app_writes;
 mod backends;
+mod bench;
 mod busy;
 mod chaos;
 mod cli;
@@ -9,6 +10,7 @@ mod cli_ops;
 mod common;
 mod concurrency;
 mod conformance;
+mod cross_process;
 mod diesel_app;
 mod diesel_cli;
 mod exec;

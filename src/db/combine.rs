@@ -32,6 +32,8 @@ pub(crate) struct WriteCtx<'a, C: QueueConnection> {
     pub slow: std::time::Duration,
     /// Where to open a replacement for a connection the server dropped (PostgreSQL).
     pub reconnect: Option<&'a str>,
+    /// The cross-process write gate, taken around each try of a write transaction.
+    pub gate: Option<&'a super::gate::WriteGate>,
 }
 
 /// After `err` on `conn`: if the server dropped the connection (a restart), replace it in
@@ -338,7 +340,13 @@ fn timed<C: QueueConnection, R>(
 ) -> R {
     LOCK_ACQUIRED.with(|c| c.set(None));
     let started = std::time::Instant::now();
+    // Waiting at the gate is waiting for the write lock: it counts in `lock_wait`.
+    let gate = ctx.gate.map(|g| g.hold());
+    if let Some(Err(e)) = &gate {
+        tracing::warn!(error = %e, "cannot take the write gate; this transaction goes without");
+    }
     let r = f();
+    drop(gate);
     let ended = std::time::Instant::now();
     // Without a BEGIN IMMEDIATE (PostgreSQL) the whole transaction counts as held.
     let acquired = LOCK_ACQUIRED.with(|c| c.take()).unwrap_or(started);

@@ -5,6 +5,7 @@
 
 pub(crate) mod checkpoint;
 pub(crate) mod combine;
+pub(crate) mod gate;
 mod postgres;
 mod sqlite;
 
@@ -43,6 +44,16 @@ pub(crate) trait DbBackend:
     fn build_pool(url: &str, config: &Config) -> Result<Pool<Self>>;
     /// Applies pending embedded migrations; the versions applied.
     fn migrate(db: &Inner<Self>) -> Result<Vec<String>>;
+    /// The file of this pool's database (SQLite), where the write gate and the change
+    /// watcher live; `None` for a server or an in-memory database.
+    fn database_file(_pool: &Pool<Self>) -> Option<std::path::PathBuf> {
+        None
+    }
+    /// The cross-process write gate for the database `file` (SQLite, when
+    /// `config.sqlite.write_gate`; see `gate.rs`), or `None`.
+    fn write_gate(_file: &std::path::Path, _config: &Config) -> Option<gate::WriteGate> {
+        None
+    }
     /// Starts what runs beside the handle (called once, after the handle is built).
     fn start(_db: &Arc<Inner<Self>>) {}
     /// Starts the cross-process wake-up listener, if this backend has one and the handle
@@ -98,6 +109,12 @@ pub(crate) struct Inner<C: QueueConnection> {
     /// connection ran 16 workers at a fraction of the parallel rate (each operation paying a
     /// SAVEPOINT round trip); other processes' claims meet at `FOR UPDATE SKIP LOCKED`.
     pub(crate) writer: Combiner<C>,
+    /// Taken around every write transaction, so this process's writers queue in the kernel
+    /// behind other jobdb processes' instead of polling SQLite's lock (see `gate.rs`).
+    pub(crate) gate: Option<gate::WriteGate>,
+    /// The database file (SQLite): where the change watcher connects.
+    #[cfg_attr(not(unix), allow(dead_code))]
+    pub(crate) file: Option<std::path::PathBuf>,
     /// Wakes this process's idle workers when work arrives (see `wakeup.rs`).
     pub(crate) wakeup: Arc<Wakeup>,
     /// The URL the handle was opened with, when it was (not from a caller's pool): where a
@@ -140,12 +157,16 @@ impl<C: QueueConnection> Db<C> {
     fn with_pool(pool: Pool<C>, config: Config, url: Option<String>) -> Result<Db<C>> {
         C::refuse_foreign(&config)?;
         let run_migrations = config.run_migrations;
+        let file = C::database_file(&pool);
+        let gate = file.as_deref().and_then(|f| C::write_gate(f, &config));
         let inner = Arc::new(Inner {
             pool,
             config,
             stats: RetryStats::default(),
             metrics: Metrics::default(),
             writer: Combiner::new(),
+            gate,
+            file,
             wakeup: Arc::new(Wakeup::default()),
             url,
             listener: Once::new(),
@@ -249,6 +270,7 @@ impl<C: QueueConnection> Inner<C> {
             metrics: &self.metrics,
             slow: self.config.slow_transaction,
             reconnect: self.url.as_deref(),
+            gate: self.gate.as_ref(),
         }
     }
 

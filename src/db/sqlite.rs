@@ -7,6 +7,8 @@ use diesel::SqliteConnection;
 
 use super::{DbBackend, Inner, Pool};
 use crate::db::checkpoint::{self, CheckpointTarget};
+use crate::db::gate::WriteGate;
+use crate::driver::sqlite::main_file;
 use crate::driver::sqlite::CheckpointOutcome;
 use crate::error::Result;
 use crate::metrics::Metrics;
@@ -25,6 +27,36 @@ impl DbBackend for SqliteConnection {
         match config.postgres.first_set() {
             Some(setting) => Err(crate::options::foreign(setting, "SQLite", "PostgreSQL")),
             None => Ok(()),
+        }
+    }
+
+    fn database_file(pool: &Pool<Self>) -> Option<std::path::PathBuf> {
+        let file = pool
+            .get()
+            .map_err(crate::Error::from)
+            .and_then(|mut c| main_file(&mut c));
+        file.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot find the database file; no write gate or watcher");
+            None
+        })
+    }
+
+    fn write_gate(file: &std::path::Path, config: &Config) -> Option<WriteGate> {
+        config
+            .sqlite
+            .write_gate
+            .then(|| WriteGate::open(file))
+            .flatten()
+    }
+
+    fn listen(db: &Arc<Inner<Self>>) {
+        let Some(every) = db.config.sqlite.watch_every else {
+            return;
+        };
+        if let Some(file) = &db.file {
+            db.listener.call_once(|| {
+                crate::wakeup::start_sqlite_watcher(file.clone(), every, Arc::downgrade(&db.wakeup))
+            });
         }
     }
 

@@ -35,9 +35,16 @@ pub struct BenchArgs {
     /// Put this many already-succeeded jobs on the queue first (claim cost with a long history)
     #[arg(long, default_value_t = 0)]
     pub finished: u64,
+    /// Measure pickup latency instead: an idle worker in another process, one job at a time
+    /// (this many jobs; 300 if no number is given)
+    #[arg(long, value_name = "JOBS", num_args = 0..=1, default_missing_value = "300")]
+    pub latency: Option<usize>,
     /// Print one JSON object instead of the table
     #[arg(long)]
     pub json: bool,
+    /// Internal: run the worker process of --latency
+    #[arg(long, hide = true)]
+    pub latency_child: bool,
     /// Internal: run only the worker phase (used by --processes)
     #[arg(long, hide = true)]
     pub child: bool,
@@ -119,7 +126,7 @@ pub fn run(args: &BenchArgs, database_url: Option<&str>) -> Result<()> {
     }
     let mut config = Config::from_env()?;
     config.pool_size = config.pool_size.max(args.workers as u32 + 2);
-    if args.child {
+    if args.child || args.latency_child {
         let url = database_url.context("--child needs --database-url")?;
         return jobdb::open_any(url, config, Child(args))?;
     }
@@ -142,6 +149,9 @@ impl WithQueue for Child<'_> {
     type Output = Result<()>;
     fn with<C: QueueConnection>(self, queue: Queue<C>) -> Result<()> {
         let args = self.0;
+        if args.latency_child {
+            return crate::latency::child(queue, &args.queue, args.jobs);
+        }
         let report = worker_phase(&queue, &args.queue, args.workers, args.batch, None)?;
         println!("{}", serde_json::to_string(&report)?);
         Ok(())
@@ -163,6 +173,18 @@ impl WithQueue for Parent<'_> {
             SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis()
         );
 
+        if let Some(jobs) = args.latency {
+            if jobs == 0 {
+                bail!("--latency needs at least 1 job");
+            }
+            let report = crate::latency::parent(&queue, &url, &queue_name, jobs)?;
+            if args.json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                crate::latency::print(&report);
+            }
+            return Ok(());
+        }
         let progress = indicatif::ProgressBar::new(args.jobs as u64 * 2);
         progress.set_style(
             indicatif::ProgressStyle::with_template(

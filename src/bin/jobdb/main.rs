@@ -18,6 +18,7 @@ use jobdb::{Config, NewJob, Queue, QueueConnection, WithQueue, Worker, WorkerCon
 
 mod bench;
 mod inspect;
+mod latency;
 mod ops;
 
 use inspect::{doctor, print_job};

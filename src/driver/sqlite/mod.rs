@@ -22,7 +22,9 @@ mod batch;
 mod manage;
 mod read;
 
-pub(crate) use read::{checkpoint, page_size, CheckpointMode, CheckpointOutcome};
+pub(crate) use read::{
+    checkpoint, main_file, page_size, ChangeWatch, CheckpointMode, CheckpointOutcome,
+};
 
 /// The rows to insert for validated jobs.
 fn insert_rows(jobs: &[NewJob], now: NaiveDateTime) -> Vec<InsertJob<'_>> {

@@ -48,6 +48,82 @@ pub fn checkpoint(conn: &mut SqliteConnection, mode: CheckpointMode) -> Result<C
     Ok(diesel::sql_query(sql).get_result(conn)?)
 }
 
+/// The file of the connection's main database (`PRAGMA database_list`), `None` for an
+/// in-memory or temporary database (empty name).
+pub fn main_file(conn: &mut SqliteConnection) -> Result<Option<std::path::PathBuf>> {
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = Text)]
+        name: String,
+        #[diesel(sql_type = Text)]
+        file: String,
+    }
+    let rows: Vec<Row> = diesel::sql_query("PRAGMA database_list").load(conn)?;
+    Ok(rows
+        .into_iter()
+        .find(|r| r.name == "main")
+        .filter(|r| !r.file.is_empty())
+        .map(|r| std::path::PathBuf::from(r.file)))
+}
+
+/// A connection of its own that tells whether another process enqueued (see
+/// `wakeup::start_sqlite_watcher`).
+pub struct ChangeWatch {
+    conn: SqliteConnection,
+    data_version: i64,
+    newest_job: i64,
+}
+
+impl ChangeWatch {
+    /// Opens the watch on the database file `file`.
+    pub fn open(file: &std::path::Path) -> Result<ChangeWatch> {
+        use diesel::connection::SimpleConnection;
+        let url = file.to_string_lossy().into_owned();
+        let mut conn = SqliteConnection::establish(&url)
+            .map_err(|source| Error::Connection { url, source })?;
+        // Reads in WAL mode wait only while another connection recovers the WAL.
+        conn.batch_execute("PRAGMA busy_timeout = 1000")?;
+        let mut watch = ChangeWatch {
+            data_version: data_version(&mut conn)?,
+            newest_job: 0,
+            conn,
+        };
+        watch.newest_job = watch.newest_job()?;
+        Ok(watch)
+    }
+
+    /// Whether the newest job id changed since the last call: checked only when
+    /// `PRAGMA data_version` says another connection committed.
+    pub fn new_jobs(&mut self) -> Result<bool> {
+        let version = data_version(&mut self.conn)?;
+        if version == self.data_version {
+            return Ok(false);
+        }
+        self.data_version = version;
+        let newest = self.newest_job()?;
+        let moved = newest != self.newest_job;
+        self.newest_job = newest;
+        Ok(moved)
+    }
+
+    fn newest_job(&mut self) -> Result<i64> {
+        let newest: Option<i64> = jobs::table
+            .select(diesel::dsl::max(jobs::id))
+            .get_result(&mut self.conn)?;
+        Ok(newest.unwrap_or(0))
+    }
+}
+
+fn data_version(conn: &mut SqliteConnection) -> Result<i64> {
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = BigInt)]
+        data_version: i64,
+    }
+    let r: Row = diesel::sql_query("PRAGMA data_version").get_result(conn)?;
+    Ok(r.data_version)
+}
+
 /// `PRAGMA page_size`, in bytes.
 pub fn page_size(conn: &mut SqliteConnection) -> Result<u64> {
     #[derive(QueryableByName)]
