@@ -39,6 +39,10 @@ pub struct BenchArgs {
     /// (this many jobs; 300 if no number is given)
     #[arg(long, value_name = "JOBS", num_args = 0..=1, default_missing_value = "300")]
     pub latency: Option<usize>,
+    /// Also measure the app's own writes: the parent inserts a row every 10 ms through the
+    /// persistence handle while the workers run
+    #[arg(long)]
+    pub app_writes: bool,
     /// Print one JSON object instead of the table
     #[arg(long)]
     pub json: bool,
@@ -93,8 +97,12 @@ pub struct BenchReport {
     pub claim_p50_ms: f64,
     /// 99th percentile claim latency.
     pub claim_p99_ms: f64,
+    /// 99.9th percentile claim latency.
+    pub claim_p999_ms: f64,
     /// Slowest claim.
     pub claim_max_ms: f64,
+    /// Each process's share of the work and its own claim tail: fairness across processes.
+    pub per_process: Vec<ProcessFigures>,
     /// Transactions re-run because the database was busy.
     pub busy_retries: u64,
     /// Operations that gave up busy (surfaced as errors).
@@ -116,6 +124,105 @@ pub struct BenchReport {
     pub backend_version: String,
     /// The database used.
     pub database: String,
+    /// With `--app-writes`: the latency of the app's own writes during the worker phase.
+    pub app_writes: Option<AppWriteFigures>,
+}
+
+/// What `--app-writes` measured.
+#[derive(Debug, Serialize)]
+pub struct AppWriteFigures {
+    /// Writes made.
+    pub writes: usize,
+    /// Median latency of one write.
+    pub p50_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+    /// Slowest write.
+    pub max_ms: f64,
+}
+
+/// The table `--app-writes` inserts into (created for the run, dropped after).
+const APP_TABLE: &str = "jobdb_bench_app_writes";
+
+/// `--app-writes`: while the workers run, the parent process writes a row of "its own" every
+/// 10 ms through the persistence handle (`Db::write`), as a service beside its workers would.
+struct AppWrites {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: thread::JoinHandle<Result<Vec<u64>>>,
+    db: Box<dyn Fn(&str) -> jobdb::Result<()> + Send>,
+}
+
+impl AppWrites {
+    fn start<C: QueueConnection>(queue: &Queue<C>) -> Result<AppWrites> {
+        let exec = {
+            let db = queue.db().clone();
+            move |sql: &str| {
+                let sql = sql.to_owned();
+                db.write(move |c| {
+                    diesel::connection::SimpleConnection::batch_execute(c, &sql)?;
+                    Ok(())
+                })
+            }
+        };
+        exec(&format!(
+            "CREATE TABLE IF NOT EXISTS {APP_TABLE} (note TEXT NOT NULL)"
+        ))?;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = {
+            let (stop, exec) = (stop.clone(), exec.clone());
+            thread::spawn(move || {
+                let mut lat = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let t = Instant::now();
+                    exec(&format!("INSERT INTO {APP_TABLE} (note) VALUES ('app write')"))?;
+                    lat.push(t.elapsed().as_micros() as u64);
+                    thread::sleep(Duration::from_millis(10));
+                }
+                Ok(lat)
+            })
+        };
+        Ok(AppWrites {
+            stop,
+            thread,
+            db: Box::new(exec),
+        })
+    }
+
+    fn finish(self) -> Result<AppWriteFigures> {
+        self.stop.store(true, Ordering::Relaxed);
+        let lat = self
+            .thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("the app-writes thread panicked"))?;
+        (self.db)(&format!("DROP TABLE IF EXISTS {APP_TABLE}"))?;
+        let mut lat = lat?;
+        lat.sort_unstable();
+        Ok(AppWriteFigures {
+            writes: lat.len(),
+            p50_ms: quantile_ms(&lat, 500),
+            p99_ms: quantile_ms(&lat, 990),
+            max_ms: quantile_ms(&lat, 1000),
+        })
+    }
+}
+
+/// One process's figures in a `--processes` run.
+#[derive(Debug, Serialize)]
+pub struct ProcessFigures {
+    /// Jobs this process completed.
+    pub completed: u64,
+    /// Its claim latency, 99th percentile.
+    pub claim_p99_ms: f64,
+    /// Its claim latency, 99.9th percentile.
+    pub claim_p999_ms: f64,
+    /// Its slowest claim.
+    pub claim_max_ms: f64,
+}
+
+/// The `per_mille`th latency of sorted µs samples, in ms (0 for none).
+fn quantile_ms(sorted_us: &[u64], per_mille: usize) -> f64 {
+    let i = (sorted_us.len() * per_mille / 1000).min(sorted_us.len().saturating_sub(1));
+    sorted_us.get(i).map_or(0.0, |&us| us as f64 / 1000.0)
 }
 
 /// Runs the bench. `database_url` is `Some` only when the user gave `--database-url` on the
@@ -215,21 +322,25 @@ impl WithQueue for Parent<'_> {
         let enqueue_secs = started.elapsed().as_secs_f64();
         progress.set_message("work");
 
+        let app = args.app_writes.then(|| AppWrites::start(&queue)).transpose()?;
         let phases = if args.processes == 1 {
-            vec![worker_phase(
+            worker_phase(
                 &queue,
                 &queue_name,
                 args.workers,
                 args.batch,
                 Some(&progress),
-            )?]
+            )
+            .map(|p| vec![p])
         } else {
-            spawn_children(args, &url, &queue_name, &queue, &progress)?
+            spawn_children(args, &url, &queue_name, &queue, &progress)
         };
+        let app_writes = app.map(AppWrites::finish).transpose()?;
+        let phases = phases?;
         progress.finish_and_clear();
 
         let audit = queue.audit(&queue_name)?;
-        let report = summarize(
+        let mut report = summarize(
             args,
             &url,
             &phases,
@@ -238,6 +349,7 @@ impl WithQueue for Parent<'_> {
             queue.backend(),
             queue.backend_version()?,
         );
+        report.app_writes = app_writes;
         if args.json {
             println!("{}", serde_json::to_string(&report)?);
         } else {
@@ -462,10 +574,20 @@ fn summarize(
         .flat_map(|p| p.claim_latencies_us.iter().copied())
         .collect();
     lat.sort_unstable();
-    let pct = |p: usize| {
-        lat.get((lat.len() * p / 100).min(lat.len().saturating_sub(1)))
-            .map_or(0.0, |&us| us as f64 / 1000.0)
-    };
+    let pct = |p: usize| quantile_ms(&lat, p * 10);
+    let per_process = phases
+        .iter()
+        .map(|p| {
+            let mut own = p.claim_latencies_us.clone();
+            own.sort_unstable();
+            ProcessFigures {
+                completed: p.completed,
+                claim_p99_ms: quantile_ms(&own, 990),
+                claim_p999_ms: quantile_ms(&own, 999),
+                claim_max_ms: quantile_ms(&own, 1000),
+            }
+        })
+        .collect();
     BenchReport {
         jobs: args.jobs,
         finished: args.finished,
@@ -476,7 +598,9 @@ fn summarize(
         enqueue_per_sec: args.jobs as f64 / enqueue_secs.max(1e-9),
         claim_p50_ms: pct(50),
         claim_p99_ms: pct(99),
+        claim_p999_ms: quantile_ms(&lat, 999),
         claim_max_ms: lat.last().map_or(0.0, |&us| us as f64 / 1000.0),
+        per_process,
         busy_retries: phases.iter().map(|p| p.busy_retries).sum(),
         busy_exhausted: phases.iter().map(|p| p.busy_exhausted).sum(),
         commits: phases.iter().map(|p| p.commits).sum(),
@@ -494,6 +618,7 @@ fn summarize(
         backend,
         backend_version,
         database: redacted(url),
+        app_writes: None,
     }
 }
 
@@ -509,9 +634,17 @@ fn print_table(r: &BenchReport) {
     println!("  worker phase     {:>10.0} jobs/s", r.jobs_per_sec);
     println!("  enqueue          {:>10.0} jobs/s", r.enqueue_per_sec);
     println!(
-        "  claim latency    p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
-        r.claim_p50_ms, r.claim_p99_ms, r.claim_max_ms
+        "  claim latency    p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms",
+        r.claim_p50_ms, r.claim_p99_ms, r.claim_p999_ms, r.claim_max_ms
     );
+    if r.per_process.len() > 1 {
+        for (i, p) in r.per_process.iter().enumerate() {
+            println!(
+                "    process {i}: {} jobs  claim p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms",
+                p.completed, p.claim_p99_ms, p.claim_p999_ms, p.claim_max_ms
+            );
+        }
+    }
     // Each job is 3 operations (claim, heartbeat, complete); a batch of K is 3 per K jobs.
     let ops = (r.jobs * 3) as f64 / f64::from(r.batch);
     println!(
@@ -527,6 +660,12 @@ fn print_table(r: &BenchReport) {
         "  verified in SQL: lost {}  duplicated {}",
         r.lost, r.duplicated
     );
+    if let Some(a) = &r.app_writes {
+        println!(
+            "  app writes       {} writes  p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+            a.writes, a.p50_ms, a.p99_ms, a.max_ms
+        );
+    }
     println!("  peak RSS {:.1} MiB", r.peak_rss_mib);
 }
 
