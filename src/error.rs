@@ -162,6 +162,17 @@ pub enum Error {
         reason: String,
     },
 
+    /// A commit was made but could not be synced to disk (`fdatasync` of the WAL failed), so
+    /// a power loss could still undo it. The operating system's own error is the source.
+    #[error("{what}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+
     /// Any other database error, kept whole (never stringified).
     #[error("database error: {0}")]
     Database(#[source] DieselError),

@@ -115,6 +115,11 @@ pub struct Metrics {
     pub wal_truncates: AtomicU64,
     /// TRUNCATE checkpoints that gave up because a reader held the old WAL.
     pub wal_truncate_busy: AtomicU64,
+    /// `fdatasync`s of the WAL run for durable acknowledgements (SQLite, `synchronous`
+    /// durable): fewer than the commits they covered.
+    pub wal_syncs: AtomicU64,
+    /// How long a durable operation waited, after its commit, for the WAL sync covering it.
+    pub sync_wait: Histogram,
 }
 
 /// Everything measured, at one moment.
@@ -134,6 +139,8 @@ pub struct MetricsSnapshot {
     pub slow_transactions: u64,
     /// The WAL as the background checkpointer sees it.
     pub wal: WalSnapshot,
+    /// Wait after commit for the WAL sync, per durable operation (SQLite, durable).
+    pub sync_wait: HistogramSnapshot,
 }
 
 /// The WAL, as seen by the background checkpointer (all zero when it is off).
@@ -149,6 +156,8 @@ pub struct WalSnapshot {
     pub truncates: u64,
     /// TRUNCATE checkpoints that a long read transaction made give up.
     pub truncate_busy: u64,
+    /// `fdatasync`s for durable acknowledgements.
+    pub syncs: u64,
 }
 
 impl Metrics {
@@ -167,7 +176,9 @@ impl Metrics {
                 bytes_max: self.wal_bytes_max.load(Ordering::Relaxed),
                 truncates: self.wal_truncates.load(Ordering::Relaxed),
                 truncate_busy: self.wal_truncate_busy.load(Ordering::Relaxed),
+                syncs: self.wal_syncs.load(Ordering::Relaxed),
             },
+            sync_wait: self.sync_wait.snapshot(),
         }
     }
 }

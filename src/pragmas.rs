@@ -11,15 +11,27 @@ use diesel::RunQueryDsl;
 
 use crate::error::{Error, Result};
 
-/// `PRAGMA synchronous`. In WAL mode `Normal` never corrupts the database; a power loss may
-/// roll back the last transactions. `Full` syncs the WAL on every commit (durable across power
-/// loss, slower by one fsync per commit).
+/// When a commit reaches the disk (`PRAGMA synchronous`). In WAL mode none of these corrupts the
+/// database on a power loss; they differ in which acknowledged commits a power loss can undo.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Synchronous {
-    /// `synchronous=NORMAL` (1): the default, what Rails 8, Litestream and PocketBase use.
+    /// The default: a commit that enqueues, records a result, cancels, retries, or is the
+    /// app's own ([`crate::Db::write`], [`crate::Db::transaction`]) is on disk before its
+    /// caller is answered, as with `FULL`, but the sync runs outside the write lock and one
+    /// sync covers every commit before it (see `db/wal_sync.rs`): the writer commits at
+    /// `NORMAL`, and such callers wait for an `fdatasync` of the WAL that started after
+    /// their commit. Commits that only claim, heartbeat, reap or release are not waited for:
+    /// a power loss may undo them, and the lease recovers them (the job is claimed again:
+    /// at-least-once execution, still one succeeded result). The pool's other connections,
+    /// which an app may write on directly, run at `FULL`.
     #[default]
+    Durable,
+    /// `synchronous=NORMAL` (1) everywhere, what Rails 8, Litestream and PocketBase use:
+    /// commits reach the disk at the next checkpoint, so a power loss can drop the last
+    /// fraction of a second of acknowledged enqueues and completions
+    /// (`JOBDB_SYNCHRONOUS=normal`, the documented opt-out).
     Normal,
-    /// `synchronous=FULL` (2).
+    /// `synchronous=FULL` (2) everywhere, the lease commits too.
     Full,
 }
 
@@ -27,7 +39,8 @@ impl Synchronous {
     fn sql(self) -> &'static str {
         match self {
             Synchronous::Normal => "NORMAL",
-            Synchronous::Full => "FULL",
+            // The writer is switched to NORMAL when a WAL syncer serves it.
+            Synchronous::Durable | Synchronous::Full => "FULL",
         }
     }
 }
@@ -35,16 +48,27 @@ impl Synchronous {
 impl std::str::FromStr for Synchronous {
     type Err = Error;
 
-    /// Parses `normal` / `full` (any case), or the numbers 1 / 2.
+    /// Parses `durable` / `normal` / `full` (any case), or the numbers 1 / 2.
     fn from_str(s: &str) -> Result<Self> {
         match s.trim().to_ascii_lowercase().as_str() {
+            "durable" => Ok(Synchronous::Durable),
             "normal" | "1" => Ok(Synchronous::Normal),
             "full" | "2" => Ok(Synchronous::Full),
             _ => Err(Error::InvalidArgument {
                 field: "synchronous",
-                reason: format!("{s:?} is not one of: normal, full"),
+                reason: format!("{s:?} is not one of: durable, normal, full"),
             }),
         }
+    }
+}
+
+impl std::fmt::Display for Synchronous {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Synchronous::Durable => "durable",
+            Synchronous::Normal => "normal",
+            Synchronous::Full => "full",
+        })
     }
 }
 
@@ -98,7 +122,7 @@ impl Default for Pragmas {
     fn default() -> Self {
         Pragmas {
             busy_timeout: Duration::from_secs(5),
-            synchronous: Synchronous::Normal,
+            synchronous: Synchronous::Durable,
             cache_size_kib: 8 * 1024,
             mmap_size: 128 * 1024 * 1024,
             journal_size_limit: 64 * 1024 * 1024,

@@ -21,9 +21,11 @@ fn pooled_connections_report_the_configured_pragmas() {
             read_integer_pragma(conn, IntegerPragma::BusyTimeout).unwrap(),
             4321
         );
+        // The default (durable): FULL on the pool's connections; the writer of a `Db` runs
+        // at NORMAL with its own WAL syncer (tests/durability.rs).
         assert_eq!(
             read_integer_pragma(conn, IntegerPragma::Synchronous).unwrap(),
-            1
+            2
         );
         assert_eq!(
             read_integer_pragma(conn, IntegerPragma::ForeignKeys).unwrap(),
@@ -42,6 +44,19 @@ fn pooled_connections_report_the_configured_pragmas() {
             64 * 1024 * 1024
         );
     }
+}
+
+#[test]
+fn synchronous_normal_is_selectable() {
+    let db = TestDb::new();
+    let mut config = Config::default();
+    config.sqlite.pragmas.synchronous = Synchronous::Normal;
+    let pool = build_pool(&db.url(), &config).unwrap();
+    let mut conn = pool.get().unwrap();
+    assert_eq!(
+        read_integer_pragma(&mut conn, IntegerPragma::Synchronous).unwrap(),
+        1
+    );
 }
 
 #[test]

@@ -34,6 +34,20 @@ pub(crate) struct WriteCtx<'a, C: QueueConnection> {
     pub reconnect: Option<&'a str>,
     /// The cross-process write gate, taken around each try of a write transaction.
     pub gate: Option<&'a super::gate::WriteGate>,
+    /// Syncs the WAL before durable operations are answered (SQLite's default
+    /// [`crate::Synchronous::Durable`]); the writer then commits at NORMAL.
+    pub wal_sync: Option<&'a super::wal_sync::WalSync>,
+}
+
+/// Operations a power loss may undo without losing anything a caller was promised: the lease
+/// recovers them (the job is claimed again). Every other operation (enqueues, results,
+/// cancels, the app's own writes, anything new) is synced before its caller is answered.
+/// (`wal_truncate` writes no rows.)
+fn recoverable(name: &str) -> bool {
+    matches!(
+        name,
+        "claim" | "heartbeat" | "heartbeat_many" | "reap" | "release" | "wal_truncate"
+    )
 }
 
 /// After `err` on `conn`: if the server dropped the connection (a restart), replace it in
@@ -70,6 +84,8 @@ trait Op<C>: Send + Sync {
     fn run(&self, conn: &mut C) -> Result<()>;
     /// The group failed: this is the operation's result.
     fn fail(&self, err: Arc<Error>);
+    /// The group committed as the WAL syncer's commit `seq` (durable once synced past it).
+    fn committed_as(&self, seq: u64);
     /// The group committed (or failed): wake the caller.
     fn publish(&self);
     /// Ask the caller to take the writer lock and combine (nobody else is doing it).
@@ -82,6 +98,8 @@ struct State<T, F> {
     result: Option<Result<T>>,
     done: bool,
     kicked: bool,
+    /// The commit that carried this operation (0: none, or no WAL syncer).
+    seq: u64,
 }
 
 struct Task<T, F> {
@@ -114,6 +132,10 @@ where
 
     fn fail(&self, err: Arc<Error>) {
         lock(&self.state).result = Some(Err(share(&err)));
+    }
+
+    fn committed_as(&self, seq: u64) {
+        lock(&self.state).seq = seq;
     }
 
     fn publish(&self) {
@@ -156,6 +178,7 @@ impl<C: QueueConnection> Combiner<C> {
                 result: None,
                 done: false,
                 kicked: false,
+                seq: 0,
             }),
             wake: Condvar::new(),
         });
@@ -175,12 +198,21 @@ impl<C: QueueConnection> Combiner<C> {
                 st = task.wake.wait(st).unwrap_or_else(|p| p.into_inner());
             }
             if st.done {
-                return st.result.take().unwrap_or_else(|| {
+                let result = st.result.take().unwrap_or_else(|| {
                     Err(Error::Internal {
                         what: "group commit",
                         reason: "operation finished without a result".into(),
                     })
                 });
+                let seq = st.seq;
+                drop(st);
+                // A durable operation is answered once its commit is on disk.
+                if let Some(sync) = ctx.wal_sync.filter(|_| seq > 0 && result.is_ok()) {
+                    if !recoverable(name) {
+                        sync.wait(seq, ctx.metrics)?;
+                    }
+                }
+                return result;
             }
             st.kicked = false;
         }
@@ -223,8 +255,15 @@ impl<C: QueueConnection> Combiner<C> {
         mut f: impl FnMut(&mut C) -> Result<T>,
     ) -> Result<T> {
         let mut writer = self.writer.lock();
-        let result =
-            checkout(&mut writer, ctx.pool).and_then(|conn| traced(ctx, name, 1, || f(&mut *conn)));
+        let fresh = writer.is_none();
+        let result = checkout(&mut writer, ctx.pool).and_then(|conn| {
+            writer_sync_normal(&mut **conn, ctx, fresh)?;
+            traced(ctx, name, 1, || f(&mut *conn))
+        });
+        let seq = match (&result, ctx.wal_sync) {
+            (Ok(_), Some(sync)) if !recoverable(name) => Some(sync.committed()),
+            _ => None,
+        };
         if let (Err(e), Some(c)) = (&result, writer.as_mut()) {
             heal(&mut **c, e, ctx.reconnect);
         }
@@ -232,6 +271,10 @@ impl<C: QueueConnection> Combiner<C> {
         drop(writer);
         if let Some(next) = lock(&self.pending).front() {
             next.kick();
+        }
+        // Synced outside the writer lock: others commit meanwhile.
+        if let (Some(seq), Some(sync)) = (seq, ctx.wal_sync) {
+            sync.wait(seq, ctx.metrics)?;
         }
         result
     }
@@ -268,7 +311,9 @@ impl<C: QueueConnection> Combiner<C> {
     ) {
         // Named after its first operation; `ops` says how many rode along.
         let name = group.first().map_or("empty", |op| op.name());
+        let fresh = writer.is_none();
         let result = checkout(writer, ctx.pool).and_then(|conn| {
+            writer_sync_normal(&mut **conn, ctx, fresh)?;
             traced(ctx, name, group.len(), || match group {
                 // Alone, the operation is its own BEGIN IMMEDIATE transaction: no savepoint.
                 [op] => op.run(conn),
@@ -279,6 +324,10 @@ impl<C: QueueConnection> Combiner<C> {
             ctx.metrics
                 .operations
                 .fetch_add(group.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            if let Some(sync) = ctx.wal_sync {
+                let seq = sync.committed();
+                group.iter().for_each(|op| op.committed_as(seq));
+            }
         }
         discard_if_broken(writer);
         if let Err(e) = result {
@@ -288,6 +337,19 @@ impl<C: QueueConnection> Combiner<C> {
         // Only now, after COMMIT, do callers see their results.
         group.iter().for_each(|op| op.publish());
     }
+}
+
+/// With a WAL syncer the writer commits at NORMAL (the syncer makes durable commits durable):
+/// set once on each new writer connection, whose pool default is FULL.
+fn writer_sync_normal<C: QueueConnection>(
+    conn: &mut C,
+    ctx: &WriteCtx<'_, C>,
+    fresh: bool,
+) -> Result<()> {
+    if fresh && ctx.wal_sync.is_some() {
+        conn.set_commit_sync(false)?;
+    }
+    Ok(())
 }
 
 /// Runs a write transaction under the retry loop inside a `jobdb.write` span that carries its

@@ -8,6 +8,7 @@ pub(crate) mod combine;
 pub(crate) mod gate;
 mod postgres;
 mod sqlite;
+pub(crate) mod wal_sync;
 
 use std::sync::{Arc, Once};
 
@@ -112,6 +113,9 @@ pub(crate) struct Inner<C: QueueConnection> {
     /// Taken around every write transaction, so this process's writers queue in the kernel
     /// behind other jobdb processes' instead of polling SQLite's lock (see `gate.rs`).
     pub(crate) gate: Option<gate::WriteGate>,
+    /// Syncs the WAL for durable acknowledgements (SQLite with the default
+    /// [`crate::Synchronous::Durable`]; see `wal_sync.rs`).
+    pub(crate) wal_sync: Option<wal_sync::WalSync>,
     /// The database file (SQLite): where the change watcher connects.
     #[cfg_attr(not(unix), allow(dead_code))]
     pub(crate) file: Option<std::path::PathBuf>,
@@ -159,6 +163,14 @@ impl<C: QueueConnection> Db<C> {
         let run_migrations = config.run_migrations;
         let file = C::database_file(&pool);
         let gate = file.as_deref().and_then(|f| C::write_gate(f, &config));
+        let wal_sync = file
+            .as_deref()
+            .filter(|_| {
+                cfg!(unix)
+                    && C::GROUP_COMMIT
+                    && config.sqlite.pragmas.synchronous == crate::Synchronous::Durable
+            })
+            .map(wal_sync::WalSync::new);
         let inner = Arc::new(Inner {
             pool,
             config,
@@ -166,6 +178,7 @@ impl<C: QueueConnection> Db<C> {
             metrics: Metrics::default(),
             writer: Combiner::new(),
             gate,
+            wal_sync,
             file,
             wakeup: Arc::new(Wakeup::default()),
             url,
@@ -271,6 +284,7 @@ impl<C: QueueConnection> Inner<C> {
             slow: self.config.slow_transaction,
             reconnect: self.url.as_deref(),
             gate: self.gate.as_ref(),
+            wal_sync: self.wal_sync.as_ref(),
         }
     }
 

@@ -119,6 +119,12 @@ pub(crate) trait JobDriver: Connection + Send + 'static {
     fn write_transaction<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T>;
     /// Whether a transaction is open (or left in error).
     fn in_transaction(&mut self) -> bool;
+    /// Whether the next commits on this connection wait for the disk (SQLite's `synchronous`
+    /// FULL or NORMAL; see [`crate::Synchronous::Durable`]). Called outside a transaction.
+    /// Servers decide durability themselves: a no-op there.
+    fn set_commit_sync(&mut self, _full: bool) -> Result<()> {
+        Ok(())
+    }
     /// Runs `f`, whose writes are ONE statement (reads may follow it), atomically: on SQLite
     /// as a write transaction (`BEGIN IMMEDIATE`, so busy handling stays whole-transaction);
     /// on PostgreSQL, outside a transaction, as that statement alone (it commits by itself,

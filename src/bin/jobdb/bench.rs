@@ -149,8 +149,11 @@ const APP_TABLE: &str = "jobdb_bench_app_writes";
 struct AppWrites {
     stop: Arc<std::sync::atomic::AtomicBool>,
     thread: thread::JoinHandle<Result<Vec<u64>>>,
-    db: Box<dyn Fn(&str) -> jobdb::Result<()> + Send>,
+    db: ExecSql,
 }
+
+/// Runs one SQL text as an app write.
+type ExecSql = Box<dyn Fn(&str) -> jobdb::Result<()> + Send>;
 
 impl AppWrites {
     fn start<C: QueueConnection>(queue: &Queue<C>) -> Result<AppWrites> {
@@ -174,7 +177,9 @@ impl AppWrites {
                 let mut lat = Vec::new();
                 while !stop.load(Ordering::Relaxed) {
                     let t = Instant::now();
-                    exec(&format!("INSERT INTO {APP_TABLE} (note) VALUES ('app write')"))?;
+                    exec(&format!(
+                        "INSERT INTO {APP_TABLE} (note) VALUES ('app write')"
+                    ))?;
                     lat.push(t.elapsed().as_micros() as u64);
                     thread::sleep(Duration::from_millis(10));
                 }
@@ -322,7 +327,10 @@ impl WithQueue for Parent<'_> {
         let enqueue_secs = started.elapsed().as_secs_f64();
         progress.set_message("work");
 
-        let app = args.app_writes.then(|| AppWrites::start(&queue)).transpose()?;
+        let app = args
+            .app_writes
+            .then(|| AppWrites::start(&queue))
+            .transpose()?;
         let phases = if args.processes == 1 {
             worker_phase(
                 &queue,

@@ -145,6 +145,16 @@ impl JobDriver for SqliteConnection {
         crate::driver::in_transaction(self)
     }
 
+    fn set_commit_sync(&mut self, full: bool) -> Result<()> {
+        use diesel::connection::SimpleConnection;
+        self.batch_execute(if full {
+            "PRAGMA synchronous = FULL"
+        } else {
+            "PRAGMA synchronous = NORMAL"
+        })?;
+        Ok(())
+    }
+
     /// [`write_transaction`]: SQLite has no cheaper form for one statement, and BEGIN IMMEDIATE
     /// keeps busy handling whole-transaction.
     fn atomic_write<T>(&mut self, f: impl FnOnce(&mut SqliteConnection) -> Result<T>) -> Result<T> {
