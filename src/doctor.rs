@@ -75,6 +75,77 @@ fn check(name: &str, actual: impl ToString, recommended: impl ToString, ok: bool
     }
 }
 
+/// What the configured `synchronous` risks on a power loss. Every setting is accepted (the
+/// opt-out is the user's choice); the text says what it costs.
+fn durability(sync: crate::Synchronous) -> Check {
+    let actual = match sync {
+        crate::Synchronous::Durable => {
+            "durable: enqueues, results and app writes are on disk before they are acknowledged; a power loss may undo claims and heartbeats only (the lease recovers them)"
+        }
+        crate::Synchronous::Full => "full: every commit is on disk before it returns",
+        crate::Synchronous::Normal => {
+            "normal: a power loss can undo the last acknowledged enqueues, results and app writes (those not yet checkpointed, typically the last fraction of a second); never corrupts"
+        }
+    };
+    check("durability (JOBDB_SYNCHRONOUS)", actual, "durable", true)
+}
+
+/// What `doctor` finds on a PostgreSQL server: whether a commit is durable there.
+#[derive(Debug, Clone, Serialize)]
+pub struct PgDiagnosis {
+    /// `server_version`.
+    pub server_version: String,
+    /// Each check, in order.
+    pub checks: Vec<Check>,
+}
+
+impl PgDiagnosis {
+    /// The checks that failed.
+    pub fn problems(&self) -> impl Iterator<Item = &Check> {
+        self.checks.iter().filter(|c| !c.ok)
+    }
+}
+
+/// Examines a PostgreSQL server: `fsync` must be on (off risks corruption on a crash), and
+/// `synchronous_commit` says whether a commit waits for its WAL flush (`off`: a power loss
+/// or crash can undo the last acknowledged commits, ~3× `wal_writer_delay`, without
+/// corruption).
+#[cfg(feature = "postgres")]
+pub fn diagnose_postgres(url: &str) -> Result<PgDiagnosis> {
+    use diesel::PgConnection;
+    #[derive(QueryableByName)]
+    struct Setting {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        setting: String,
+    }
+    let mut conn = PgConnection::establish(url).map_err(|source| Error::Connection {
+        url: crate::pool::redact(url),
+        source,
+    })?;
+    let mut show = |name: &str| -> Result<String> {
+        let s: Setting = diesel::sql_query("SELECT setting FROM pg_settings WHERE name = $1")
+            .bind::<diesel::sql_types::Text, _>(name)
+            .get_result(&mut conn)?;
+        Ok(s.setting)
+    };
+    let server_version = show("server_version")?;
+    let fsync = show("fsync")?;
+    let sync_commit = show("synchronous_commit")?;
+    let checks = vec![
+        check("fsync", &fsync, "on", fsync == "on"),
+        check(
+            "synchronous_commit",
+            &sync_commit,
+            "on (or remote_write / remote_apply with replicas)",
+            sync_commit != "off",
+        ),
+    ];
+    Ok(PgDiagnosis {
+        server_version,
+        checks,
+    })
+}
+
 /// Examines the database at `url` with the pragmas of `config`.
 pub fn diagnose(url: &str, config: &Config) -> Result<Diagnosis> {
     let parsed = DatabaseUrl::parse(url)?;
@@ -121,6 +192,7 @@ pub fn diagnose(url: &str, config: &Config) -> Result<Diagnosis> {
         "1 (NORMAL) or 2 (FULL)",
         sync >= 1,
     ));
+    checks.push(durability(config.sqlite.pragmas.synchronous));
     let fk = read_integer_pragma(&mut conn, IntegerPragma::ForeignKeys)?;
     checks.push(check("foreign_keys", fk, 1, fk == 1));
     let busy = read_integer_pragma(&mut conn, IntegerPragma::BusyTimeout)?;

@@ -127,3 +127,56 @@ fn synchronous_parses_durable_normal_and_full() {
     assert!("off".parse::<Synchronous>().unwrap_err().is_invalid_input());
     assert_eq!(Synchronous::default(), Synchronous::Durable);
 }
+
+#[test]
+fn doctor_says_what_the_durability_setting_risks() {
+    use crate::cli::{jobdb, ok_stdout};
+    let db = TestDb::new();
+    db.queue();
+    let find = |out: &str| -> String {
+        let d: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        d["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"].as_str().unwrap().starts_with("durability"))
+            .map(|c| c["actual"].as_str().unwrap().to_owned())
+            .expect("a durability check")
+    };
+    let durable = find(&ok_stdout(jobdb(&db).args(["doctor", "--json"])));
+    assert!(durable.starts_with("durable:"), "{durable}");
+    let normal = find(&ok_stdout(
+        jobdb(&db)
+            .env("JOBDB_SYNCHRONOUS", "normal")
+            .args(["doctor", "--json"]),
+    ));
+    assert!(normal.contains("a power loss can undo"), "{normal}");
+}
+
+#[test]
+fn doctor_on_postgres_reports_whether_a_commit_is_durable_there() {
+    let Some(url) = crate::backends::postgres_server_url() else {
+        assert!(
+            std::env::var("JOBDB_REQUIRE_POSTGRES").as_deref() != Ok("1"),
+            "JOBDB_REQUIRE_POSTGRES=1 and no PostgreSQL server"
+        );
+        eprintln!("SKIPPED: no PostgreSQL server");
+        return;
+    };
+    let out = crate::cli::ok_stdout(
+        std::process::Command::new(env!("CARGO_BIN_EXE_jobdb")).args([
+            "--database-url",
+            &url,
+            "doctor",
+            "--json",
+        ]),
+    );
+    let d: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let names: Vec<&str> = d["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["fsync", "synchronous_commit"], "{d}");
+}

@@ -128,11 +128,19 @@ fn jobdb(url: &str, synchronous: &str) -> Command {
     cmd
 }
 
-/// An enqueuer: `jobdb enqueue` in a loop, every acknowledged id appended to `log`.
-fn enqueuer(url: &str, synchronous: &str, log: &Path) -> Child {
+/// An enqueuer: `jobdb enqueue` in a loop, every acknowledged id appended to `log`; with
+/// `unique`, each job carries one of 7 unique keys in turn (the id printed for a key that a
+/// live job holds is that job's: acknowledged too).
+fn enqueuer(url: &str, synchronous: &str, log: &Path, unique: bool) -> Child {
+    let key = if unique {
+        "--unique-key k$((i % 7))"
+    } else {
+        ""
+    };
     let script = format!(
-        "while :; do JOBDB_ALLOW_NETWORK_FS=1 JOBDB_SYNCHRONOUS={synchronous} {BIN} \
-         --database-url '{url}' enqueue --queue power '{{\"p\":1}}' >> '{}' 2>/dev/null; done",
+        "i=0; while :; do i=$((i + 1)); JOBDB_ALLOW_NETWORK_FS=1 JOBDB_SYNCHRONOUS={synchronous} \
+         {BIN} --database-url '{url}' enqueue --queue power {key} '{{\"p\":1}}' >> '{}' \
+         2>/dev/null; done",
         log.display()
     );
     spawn_group(
@@ -165,8 +173,9 @@ struct Text {
     v: String,
 }
 
-/// What survived: (job ids present, jobs with more than one succeeded result, integrity).
-fn survivors(url: &str) -> (BTreeSet<i64>, usize, String) {
+/// What survived: (job ids present, jobs with more than one succeeded result, unique keys
+/// held by more than one live job, integrity).
+fn survivors(url: &str) -> (BTreeSet<i64>, usize, usize, String) {
     let mut c = SqliteConnection::establish(url).expect("open after the cut");
     let ids: Vec<Id> = diesel::sql_query("SELECT id FROM jobs")
         .load(&mut c)
@@ -177,10 +186,21 @@ fn survivors(url: &str) -> (BTreeSet<i64>, usize, String) {
     )
     .load(&mut c)
     .expect("read results");
+    let shared_keys: Vec<Id> = diesel::sql_query(
+        "SELECT count(*) AS id FROM jobs WHERE unique_key IS NOT NULL \
+         AND state IN ('queued', 'running') GROUP BY queue, unique_key HAVING count(*) > 1",
+    )
+    .load(&mut c)
+    .expect("read unique keys");
     let ok: Text = diesel::sql_query("SELECT integrity_check AS v FROM pragma_integrity_check")
         .get_result(&mut c)
         .expect("integrity_check");
-    (ids.into_iter().map(|r| r.id).collect(), twice.len(), ok.v)
+    (
+        ids.into_iter().map(|r| r.id).collect(),
+        twice.len(),
+        shared_keys.len(),
+        ok.v,
+    )
 }
 
 /// Runs the cycles with `synchronous`; returns (acknowledged, lost) over all cycles.
@@ -210,7 +230,8 @@ fn cycles(fs: &LazyFs, synchronous: &str, n: u32, seed: u64) -> (usize, usize) {
         );
         let mut enqueuers: Vec<Child> = logs
             .iter()
-            .map(|l| enqueuer(&url, synchronous, l))
+            .enumerate()
+            .map(|(i, l)| enqueuer(&url, synchronous, l, i == 1))
             .collect();
         std::thread::sleep(Duration::from_millis(rng.u64(300..1500)));
         // The cut: every process dies at once, then the unsynced data goes.
@@ -221,7 +242,7 @@ fn cycles(fs: &LazyFs, synchronous: &str, n: u32, seed: u64) -> (usize, usize) {
         fs.clear_cache();
 
         let acked = acknowledged(&logs);
-        let (present, twice, integrity) = survivors(&url);
+        let (present, twice, shared_keys, integrity) = survivors(&url);
         let lost: Vec<_> = acked.difference(&present).copied().collect();
         eprintln!(
             "{synchronous} cycle {cycle}: {} acknowledged, {} lost, {} with two succeeded results, integrity {integrity}",
@@ -237,6 +258,10 @@ fn cycles(fs: &LazyFs, synchronous: &str, n: u32, seed: u64) -> (usize, usize) {
         assert_eq!(
             twice, 0,
             "a job completed twice; seed {seed}, cycle {cycle}"
+        );
+        assert_eq!(
+            shared_keys, 0,
+            "two live jobs share a unique key; seed {seed}, cycle {cycle}"
         );
         if synchronous == "durable" {
             assert!(

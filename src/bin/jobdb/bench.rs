@@ -39,6 +39,11 @@ pub struct BenchArgs {
     /// (this many jobs; 300 if no number is given)
     #[arg(long, value_name = "JOBS", num_args = 0..=1, default_missing_value = "300")]
     pub latency: Option<usize>,
+    /// When commits reach the disk (SQLite): durable (the default: enqueues and results are
+    /// synced before they are acknowledged), normal, or full; overrides JOBDB_SYNCHRONOUS,
+    /// and is passed to --processes children
+    #[arg(long)]
+    pub synchronous: Option<jobdb::Synchronous>,
     /// Also measure the app's own writes: the parent inserts a row every 10 ms through the
     /// persistence handle while the workers run
     #[arg(long)]
@@ -126,6 +131,9 @@ pub struct BenchReport {
     pub database: String,
     /// With `--app-writes`: the latency of the app's own writes during the worker phase.
     pub app_writes: Option<AppWriteFigures>,
+    /// SQLite's durability setting of the run ("durable", "normal", "full"); null on
+    /// PostgreSQL, where the server's `synchronous_commit` decides.
+    pub synchronous: Option<String>,
 }
 
 /// What `--app-writes` measured.
@@ -238,6 +246,12 @@ pub fn run(args: &BenchArgs, database_url: Option<&str>) -> Result<()> {
     }
     let mut config = Config::from_env()?;
     config.pool_size = config.pool_size.max(args.workers as u32 + 2);
+    if let Some(sync) = args.synchronous {
+        config.sqlite.pragmas.synchronous = sync;
+        // Children read it from the environment like any setting.
+        std::env::set_var("JOBDB_SYNCHRONOUS", sync.to_string());
+    }
+    let synchronous = config.sqlite.pragmas.synchronous;
     if args.child || args.latency_child {
         let url = database_url.context("--child needs --database-url")?;
         return jobdb::open_any(url, config, Child(args))?;
@@ -251,7 +265,15 @@ pub fn run(args: &BenchArgs, database_url: Option<&str>) -> Result<()> {
             .to_string_lossy()
             .into_owned(),
     };
-    jobdb::open_any(&url.clone(), config, Parent { args, url })?
+    jobdb::open_any(
+        &url.clone(),
+        config,
+        Parent {
+            args,
+            url,
+            synchronous,
+        },
+    )?
 }
 
 /// A `--child` process: one worker phase on the parent's queue, its report on stdout.
@@ -274,12 +296,17 @@ impl WithQueue for Child<'_> {
 struct Parent<'a> {
     args: &'a BenchArgs,
     url: String,
+    synchronous: jobdb::Synchronous,
 }
 
 impl WithQueue for Parent<'_> {
     type Output = Result<()>;
     fn with<C: QueueConnection>(self, queue: Queue<C>) -> Result<()> {
-        let Parent { args, url } = self;
+        let Parent {
+            args,
+            url,
+            synchronous,
+        } = self;
         let queue_name = format!(
             "bench-{}",
             SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis()
@@ -358,6 +385,9 @@ impl WithQueue for Parent<'_> {
             queue.backend_version()?,
         );
         report.app_writes = app_writes;
+        if report.backend == "sqlite" {
+            report.synchronous = Some(synchronous.to_string());
+        }
         if args.json {
             println!("{}", serde_json::to_string(&report)?);
         } else {
@@ -627,6 +657,7 @@ fn summarize(
         backend_version,
         database: redacted(url),
         app_writes: None,
+        synchronous: None,
     }
 }
 
@@ -636,8 +667,14 @@ fn print_table(r: &BenchReport) {
         r.backend, r.backend_version
     );
     println!(
-        "  jobs {}  workers {}  processes {}  batch {}",
-        r.jobs, r.workers, r.processes, r.batch
+        "  jobs {}  workers {}  processes {}  batch {}  synchronous {}",
+        r.jobs,
+        r.workers,
+        r.processes,
+        r.batch,
+        r.synchronous
+            .as_deref()
+            .unwrap_or("(the server's synchronous_commit)")
     );
     println!("  worker phase     {:>10.0} jobs/s", r.jobs_per_sec);
     println!("  enqueue          {:>10.0} jobs/s", r.enqueue_per_sec);

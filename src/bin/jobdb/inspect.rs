@@ -57,6 +57,10 @@ pub fn print_job<C: QueueConnection>(queue: &Queue<C>, id: i64, json: bool) -> R
 }
 
 pub fn doctor(url: &str, json: bool) -> Result<()> {
+    #[cfg(feature = "postgres")]
+    if jobdb::pool::is_postgres_url(url) {
+        return doctor_postgres(url, json);
+    }
     let d = jobdb::doctor::diagnose(url, &Config::from_env()?)?;
     if json {
         println!("{}", serde_json::to_string(&d)?);
@@ -88,6 +92,29 @@ pub fn doctor(url: &str, json: bool) -> Result<()> {
         Ok(())
     } else {
         let names: Vec<&str> = d.problems().map(|c| c.name.as_str()).collect();
+        Err(anyhow::anyhow!("unhealthy: {}", names.join(", ")))
+    }
+}
+
+#[cfg(feature = "postgres")]
+fn doctor_postgres(url: &str, json: bool) -> Result<()> {
+    let d = jobdb::doctor::diagnose_postgres(url)?;
+    if json {
+        println!("{}", serde_json::to_string(&d)?);
+    } else {
+        println!("postgresql {}", d.server_version);
+        for c in &d.checks {
+            let mark = if c.ok { "ok  " } else { "FAIL" };
+            println!(
+                "{mark} {} {} (recommended: {})",
+                c.name, c.actual, c.recommended
+            );
+        }
+    }
+    let names: Vec<&str> = d.problems().map(|c| c.name.as_str()).collect();
+    if names.is_empty() {
+        Ok(())
+    } else {
         Err(anyhow::anyhow!("unhealthy: {}", names.join(", ")))
     }
 }
