@@ -211,12 +211,7 @@ fn cycles(fs: &LazyFs, synchronous: &str, n: u32, seed: u64) -> (usize, usize) {
     let logs_dir = tempfile::tempdir().unwrap();
     let (mut acked_total, mut lost_total) = (0, 0);
     // Create and migrate it once, synced (a fresh file's first moments are not the point).
-    let out = jobdb(&url, synchronous).args(["migrate"]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    crate::cli::ok_stdout(jobdb(&url, synchronous).arg("migrate"));
     for cycle in 0..n {
         let logs: Vec<PathBuf> = (0..2)
             .map(|i| logs_dir.path().join(format!("c{cycle}-{i}.log")))
@@ -274,23 +269,18 @@ fn cycles(fs: &LazyFs, synchronous: &str, n: u32, seed: u64) -> (usize, usize) {
     }
     // The queue drains: every job that survived ends succeeded (re-run where a completion
     // went with the cut: at-least-once).
-    let out = jobdb(&url, synchronous)
-        .args([
-            "work",
-            "--queue",
-            "power",
-            "--concurrency",
-            "4",
-            "--lease",
-            "2s",
-        ])
-        .args(["--exec", "true", "--exit-when-empty"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    crate::cli::ok_stdout(
+        jobdb(&url, synchronous)
+            .args([
+                "work",
+                "--queue",
+                "power",
+                "--concurrency",
+                "4",
+                "--lease",
+                "2s",
+            ])
+            .args(["--exec", "true", "--exit-when-empty"]),
     );
     let mut c = SqliteConnection::establish(&url).unwrap();
     let left: Vec<Id> = diesel::sql_query("SELECT id FROM jobs WHERE state <> 'succeeded'")

@@ -75,6 +75,10 @@ struct PhaseReport {
     busy_retries: u64,
     busy_exhausted: u64,
     commits: u64,
+    #[serde(default)]
+    wal_syncs: u64,
+    #[serde(default)]
+    sync_wait_p99_ms: f64,
     peak_rss_kib: u64,
     claim_latencies_us: Vec<u64>,
 }
@@ -115,6 +119,11 @@ pub struct BenchReport {
     /// Write transactions committed by the worker phase (group commit makes this smaller than
     /// the number of operations: 3 per job).
     pub commits: u64,
+    /// `fdatasync`s of the WAL for durable acknowledgements (SQLite, durable): one covers
+    /// every commit before it.
+    pub wal_syncs: u64,
+    /// The slowest process's 99th percentile wait for that sync after a commit.
+    pub sync_wait_p99_ms: f64,
     /// Errors that reached the workers.
     pub errors: u64,
     /// Jobs not succeeded at the end.
@@ -416,6 +425,7 @@ fn worker_phase<C: QueueConnection>(
     let done = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let before = queue.retry_stats();
+    let syncs_before = queue.metrics().wal.syncs;
     let start_unix_ms = unix_ms();
     let latencies: Vec<u64> = thread::scope(|s| {
         let handles: Vec<_> = (0..workers)
@@ -454,6 +464,8 @@ fn worker_phase<C: QueueConnection>(
         busy_retries: after.busy_retries - before.busy_retries,
         busy_exhausted: after.busy_exhausted - before.busy_exhausted,
         commits: after.transactions - before.transactions,
+        wal_syncs: queue.metrics().wal.syncs - syncs_before,
+        sync_wait_p99_ms: queue.metrics().sync_wait.p99_ms,
         peak_rss_kib: peak_rss_kib(),
         claim_latencies_us: latencies,
     })
@@ -642,6 +654,11 @@ fn summarize(
         busy_retries: phases.iter().map(|p| p.busy_retries).sum(),
         busy_exhausted: phases.iter().map(|p| p.busy_exhausted).sum(),
         commits: phases.iter().map(|p| p.commits).sum(),
+        wal_syncs: phases.iter().map(|p| p.wal_syncs).sum(),
+        sync_wait_p99_ms: phases
+            .iter()
+            .map(|p| p.sync_wait_p99_ms)
+            .fold(0.0, f64::max),
         errors: phases.iter().map(|p| p.errors).sum(),
         lost: audit.not_succeeded + (args.jobs as i64 + args.finished as i64 - audit.jobs),
         duplicated: audit.duplicated,
@@ -697,6 +714,12 @@ fn print_table(r: &BenchReport) {
         r.commits,
         ops / r.commits.max(1) as f64
     );
+    if r.wal_syncs > 0 {
+        println!(
+            "  WAL syncs {} for durable acknowledgements  (wait after commit p99 {:.2} ms)",
+            r.wal_syncs, r.sync_wait_p99_ms
+        );
+    }
     println!(
         "  busy retries {}  busy exhausted {}  errors surfaced {}",
         r.busy_retries, r.busy_exhausted, r.errors
