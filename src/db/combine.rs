@@ -86,6 +86,10 @@ trait Op<C>: Send + Sync {
     fn fail(&self, err: Arc<Error>);
     /// The group committed as the WAL syncer's commit `seq` (durable once synced past it).
     fn committed_as(&self, seq: u64);
+    /// That commit's number (0: none).
+    fn seq(&self) -> u64;
+    /// Whether the operation's own result is a success (a failed one wrote nothing to sync).
+    fn succeeded(&self) -> bool;
     /// The group committed (or failed): wake the caller.
     fn publish(&self);
     /// Ask the caller to take the writer lock and combine (nobody else is doing it).
@@ -138,6 +142,14 @@ where
         lock(&self.state).seq = seq;
     }
 
+    fn seq(&self) -> u64 {
+        lock(&self.state).seq
+    }
+
+    fn succeeded(&self) -> bool {
+        matches!(lock(&self.state).result, Some(Ok(_)))
+    }
+
     fn publish(&self) {
         lock(&self.state).done = true;
         self.wake.notify_one();
@@ -155,6 +167,10 @@ type Queued<C> = Arc<dyn Op<C>>;
 pub(crate) struct Combiner<C: QueueConnection> {
     pending: Mutex<VecDeque<Queued<C>>>,
     writer: parking_lot::Mutex<Option<PooledConnection<C>>>,
+    /// Durable operations committed and waiting for the WAL sync that answers them.
+    durable: Mutex<Vec<Queued<C>>>,
+    /// Held by the thread running that sync (see `flush_durable`).
+    syncing: parking_lot::Mutex<()>,
 }
 
 impl<C: QueueConnection> Combiner<C> {
@@ -162,6 +178,8 @@ impl<C: QueueConnection> Combiner<C> {
         Combiner {
             pending: Mutex::new(VecDeque::new()),
             writer: parking_lot::Mutex::new(None),
+            durable: Mutex::new(Vec::new()),
+            syncing: parking_lot::Mutex::new(()),
         }
     }
 
@@ -192,6 +210,8 @@ impl<C: QueueConnection> Combiner<C> {
                 if let Some(next) = lock(&self.pending).front() {
                     next.kick();
                 }
+                // Outside the writer lock: the next combiner commits while this syncs.
+                self.flush_durable(ctx);
             }
             let mut st = lock(&task.state);
             while !st.done && !st.kicked {
@@ -204,14 +224,6 @@ impl<C: QueueConnection> Combiner<C> {
                         reason: "operation finished without a result".into(),
                     })
                 });
-                let seq = st.seq;
-                drop(st);
-                // A durable operation is answered once its commit is on disk.
-                if let Some(sync) = ctx.wal_sync.filter(|_| seq > 0 && result.is_ok()) {
-                    if !recoverable(name) {
-                        sync.wait(seq, ctx.metrics)?;
-                    }
-                }
                 return result;
             }
             st.kicked = false;
@@ -303,6 +315,33 @@ impl<C: QueueConnection> Combiner<C> {
         result
     }
 
+    /// Answers the durable operations committed so far: one WAL sync covers them all, run
+    /// by one thread at a time outside the writer lock. A thread that finds another syncing
+    /// leaves its operations to it: the syncer loops until the queue is empty, and looks
+    /// again after letting go, so none is left behind.
+    fn flush_durable(&self, ctx: &WriteCtx<'_, C>) {
+        let Some(sync) = ctx.wal_sync else {
+            return;
+        };
+        loop {
+            if lock(&self.durable).is_empty() {
+                return;
+            }
+            let Some(guard) = self.syncing.try_lock() else {
+                return;
+            };
+            let batch = std::mem::take(&mut *lock(&self.durable));
+            if let Some(seq) = batch.iter().map(|op| op.seq()).max() {
+                if let Err(e) = sync.wait(seq, ctx.metrics) {
+                    let e = Arc::new(e);
+                    batch.iter().for_each(|op| op.fail(e.clone()));
+                }
+            }
+            batch.iter().for_each(|op| op.publish());
+            drop(guard);
+        }
+    }
+
     fn run_group(
         &self,
         writer: &mut Option<PooledConnection<C>>,
@@ -330,12 +369,23 @@ impl<C: QueueConnection> Combiner<C> {
             }
         }
         discard_if_broken(writer);
+        let committed = result.is_ok();
         if let Err(e) = result {
             let e = Arc::new(e);
             group.iter().for_each(|op| op.fail(e.clone()));
         }
-        // Only now, after COMMIT, do callers see their results.
-        group.iter().for_each(|op| op.publish());
+        // Only now, after COMMIT, do callers see their results; durable ones only once the
+        // WAL sync covering this commit is done (`flush_durable`).
+        match ctx.wal_sync {
+            Some(_) if committed => {
+                let (wait, now): (Vec<_>, Vec<_>) = group
+                    .iter()
+                    .partition(|op| !recoverable(op.name()) && op.succeeded());
+                now.iter().for_each(|op| op.publish());
+                lock(&self.durable).extend(wait.into_iter().cloned());
+            }
+            _ => group.iter().for_each(|op| op.publish()),
+        }
     }
 }
 

@@ -1,7 +1,9 @@
 //! Durable acknowledgements without a sync inside the write lock: the writer commits at
-//! `synchronous=NORMAL`, and a caller whose commit must survive a power loss waits until the
-//! WAL file has been `fdatasync`ed after it, by a sync that runs outside the write lock and
-//! covers every commit before it ("group fsync").
+//! `synchronous=NORMAL`, and a caller whose commit must survive a power loss is answered only
+//! once the WAL file has been `fdatasync`ed after it, by a sync that runs outside the write
+//! lock and covers every commit before it ("group fsync"). Group-committed operations are
+//! answered by the thread that ran the sync (`combine.rs`, `flush_durable`), so each caller
+//! wakes once; `Db::transaction` callers wait here themselves.
 //!
 //! Why not `synchronous=FULL` on the writer: SQLite syncs the WAL inside COMMIT, while the
 //! write lock is held, so nothing else commits during the sync, and group commit only
