@@ -249,7 +249,19 @@ impl<C: QueueConnection> Combiner<C> {
                 return;
             }
             self.run_group(writer, ctx, &group);
-            if lock(&own.state).done {
+            // Our operation ran once it is answered, or committed and waiting for its WAL
+            // sync (it is answered only after `flush_durable`, which runs after this loop).
+            let ran = {
+                let st = lock(&own.state);
+                st.done || st.seq > 0
+            };
+            if ran {
+                // Durable operations wait for the sync this thread runs next: start it now
+                // and hand the writer over (the caller kicks the next combiner) rather than
+                // run extra rounds first.
+                if !lock(&self.durable).is_empty() {
+                    return;
+                }
                 extra += 1;
                 if extra > EXTRA_ROUNDS {
                     return;
