@@ -47,29 +47,25 @@ fn pooled_connections_report_the_configured_pragmas() {
 }
 
 #[test]
-fn synchronous_normal_is_selectable() {
-    let db = TestDb::new();
-    let mut config = Config::default();
-    config.sqlite.pragmas.synchronous = Synchronous::Normal;
-    let pool = build_pool(&db.url(), &config).unwrap();
-    let mut conn = pool.get().unwrap();
-    assert_eq!(
-        read_integer_pragma(&mut conn, IntegerPragma::Synchronous).unwrap(),
-        1
-    );
-}
-
-#[test]
-fn synchronous_full_is_selectable() {
-    let db = TestDb::new();
-    let mut config = Config::default();
-    config.sqlite.pragmas.synchronous = Synchronous::Full;
-    let pool = build_pool(&db.url(), &config).unwrap();
-    let mut conn = pool.get().unwrap();
-    assert_eq!(
-        read_integer_pragma(&mut conn, IntegerPragma::Synchronous).unwrap(),
-        2
-    );
+fn every_synchronous_setting_reaches_the_pool_s_connections() {
+    // Durable and full: FULL on pool connections (a durable handle's writer then runs at
+    // NORMAL with its WAL syncer, tests/durability.rs); normal: NORMAL.
+    for (setting, pragma) in [
+        (Synchronous::Durable, 2),
+        (Synchronous::Normal, 1),
+        (Synchronous::Full, 2),
+    ] {
+        let db = TestDb::new();
+        let mut config = Config::default();
+        config.sqlite.pragmas.synchronous = setting;
+        let pool = build_pool(&db.url(), &config).unwrap();
+        let mut conn = pool.get().unwrap();
+        assert_eq!(
+            read_integer_pragma(&mut conn, IntegerPragma::Synchronous).unwrap(),
+            pragma,
+            "{setting}"
+        );
+    }
 }
 
 #[test]

@@ -16,6 +16,13 @@
 //! through busy_timeout and the retry loop, as before. A process that dies releases its
 //! `flock` with its last descriptor. Retry backoff sleeps happen outside the gate.
 //!
+//! One trade-off: `flock` has no timeout. A jobdb process stopped (SIGSTOP, a debugger) while
+//! it holds the gate, which is almost always inside a write transaction, makes the other jobdb
+//! processes wait in `flock` until it continues, where before they would have failed with
+//! `Error::Busy` after the retry deadline (30 s). No writer could make progress meanwhile
+//! either way: the stopped process then holds SQLite's write lock too (`JOBDB_WRITE_GATE=0`
+//! brings the old behaviour back). A process that dies lets go at once.
+//!
 //! The lock file is `<database>-jobdb-lock`, created empty on first use and never written.
 //! Where it cannot be opened (a read-only directory) or `flock` is not supported, jobdb runs
 //! without the gate and says so once; correctness never depends on it.
