@@ -41,15 +41,8 @@ pub(crate) struct WriteGate {
 }
 
 /// Held while a write transaction runs; releases the `flock`, then the mutex, when dropped.
-/// A thread that already holds the gate gets an empty guard (the combiner holds it across a
-/// few consecutive groups, each of which asks for it again).
 pub(crate) struct GateGuard<'a> {
-    file: Option<MutexGuard<'a, File>>,
-}
-
-thread_local! {
-    /// Whether this thread holds a gate now (re-entrant holds are no-ops).
-    static HELD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    file: MutexGuard<'a, File>,
 }
 
 impl WriteGate {
@@ -96,23 +89,15 @@ impl WriteGate {
 
     /// Waits for the gate (in the kernel: no polling) and holds it until the guard drops.
     pub(crate) fn hold(&self) -> std::io::Result<GateGuard<'_>> {
-        if HELD.with(|h| h.get()) {
-            return Ok(GateGuard { file: None });
-        }
         let file = self.file.lock().unwrap_or_else(|p| p.into_inner());
         flock(&file, true)?;
-        HELD.with(|h| h.set(true));
-        Ok(GateGuard { file: Some(file) })
+        Ok(GateGuard { file })
     }
 }
 
 impl Drop for GateGuard<'_> {
     fn drop(&mut self) {
-        let Some(file) = &self.file else {
-            return;
-        };
-        HELD.with(|h| h.set(false));
-        if let Err(e) = flock(file, false) {
+        if let Err(e) = flock(&self.file, false) {
             // The descriptor stays open, so the lock would stay held: say so loudly. (Unlock
             // of a valid descriptor does not fail in practice.)
             tracing::error!(error = %e, "cannot release the write gate");

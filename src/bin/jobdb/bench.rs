@@ -242,7 +242,7 @@ pub struct ProcessFigures {
 }
 
 /// The `per_mille`th latency of sorted µs samples, in ms (0 for none).
-fn quantile_ms(sorted_us: &[u64], per_mille: usize) -> f64 {
+pub(crate) fn quantile_ms(sorted_us: &[u64], per_mille: usize) -> f64 {
     let i = (sorted_us.len() * per_mille / 1000).min(sorted_us.len().saturating_sub(1));
     sorted_us.get(i).map_or(0.0, |&us| us as f64 / 1000.0)
 }

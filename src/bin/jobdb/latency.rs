@@ -17,6 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::bench::quantile_ms;
 use jobdb::worker::{Worker, WorkerConfig};
 use jobdb::{NewJob, Queue, QueueConnection};
 
@@ -95,16 +96,12 @@ pub fn parent<C: QueueConnection>(
         bail!("the worker measured {} jobs, expected {jobs}", lat.len());
     }
     lat.sort_unstable();
-    let pct = |p: usize| {
-        lat.get((lat.len() * p / 100).min(lat.len().saturating_sub(1)))
-            .map_or(0.0, |&us| us as f64 / 1000.0)
-    };
     Ok(LatencyReport {
         backend: queue.backend(),
         jobs,
-        pickup_p50_ms: pct(50),
-        pickup_p99_ms: pct(99),
-        pickup_max_ms: lat.last().map_or(0.0, |&us| us as f64 / 1000.0),
+        pickup_p50_ms: quantile_ms(&lat, 500),
+        pickup_p99_ms: quantile_ms(&lat, 990),
+        pickup_max_ms: quantile_ms(&lat, 1000),
     })
 }
 
