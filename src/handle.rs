@@ -2,6 +2,8 @@
 //! the `queue` functions as a whole transaction, re-run on busy by the retry loop, so callers
 //! never see "database is locked": they get the result, or [`Error::Busy`] past the deadline.
 
+#[cfg(feature = "tokio")]
+mod async_queue;
 mod manage;
 
 use std::time::Duration;
@@ -18,6 +20,9 @@ use crate::models::{Job, JobResult, JobState, Lease, NewJob};
 use crate::pool::Config;
 use crate::queue::{self, Stats, ENQUEUE_CHUNK};
 use crate::retry::RetrySnapshot;
+
+#[cfg(feature = "tokio")]
+pub use async_queue::AsyncQueue;
 
 /// The queue over a [`Db`]: enqueue, claim, heartbeat, complete, fail, release, reap, and the
 /// operator features, each one whole transaction re-run on busy (group-committed with the

@@ -66,6 +66,8 @@ pub use any::{open_any, WithQueue};
 pub use db::Db;
 pub use driver::{AsQueueConnection, QueueConnection};
 pub use error::{Error, Result};
+#[cfg(feature = "tokio")]
+pub use handle::AsyncQueue;
 #[cfg(feature = "postgres")]
 pub use handle::PgQueue;
 pub use handle::{Queue, SqliteQueue};
@@ -77,4 +79,6 @@ pub use pragmas::{Pragmas, Synchronous, TempStore};
 pub use queue::{Enqueued, JobBackoff, StateCounts, Stats};
 pub use retry::{RetryPolicy, RetrySnapshot};
 pub use schedule::{Schedule, Scheduler, SchedulerReport};
+#[cfg(feature = "tokio")]
+pub use worker::{AsyncJobContext, AsyncWorker};
 pub use worker::{HandlerError, JobContext, ShutdownHandle, Worker, WorkerConfig, WorkerReport};

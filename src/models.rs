@@ -50,6 +50,15 @@ impl JobState {
         }
     }
 
+    /// Whether the job has ended (succeeded, dead or cancelled): nothing will run it again
+    /// unless someone retries it.
+    pub fn is_finished(self) -> bool {
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Dead | JobState::Cancelled
+        )
+    }
+
     /// Parses the stored text.
     pub fn parse(s: &str) -> Option<JobState> {
         JobState::ALL.into_iter().find(|st| st.as_str() == s)

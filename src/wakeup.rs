@@ -15,6 +15,9 @@ use std::time::Duration;
 pub(crate) struct Wakeup {
     seq: Mutex<u64>,
     changed: Condvar,
+    /// The same events for async waiters (feature `tokio`).
+    #[cfg(feature = "tokio")]
+    changed_async: tokio::sync::Notify,
 }
 
 impl Wakeup {
@@ -28,6 +31,24 @@ impl Wakeup {
     pub(crate) fn notify(&self) {
         *self.seq.lock().unwrap_or_else(|p| p.into_inner()) += 1;
         self.changed.notify_all();
+        #[cfg(feature = "tokio")]
+        self.changed_async.notify_waiters();
+    }
+
+    /// [`Wakeup::wait`] for async waiters: the same events, awaited.
+    #[cfg(feature = "tokio")]
+    pub(crate) async fn wait_async(&self, seen: u64, timeout: Duration) -> bool {
+        let notified = self.changed_async.notified();
+        tokio::pin!(notified);
+        // Registered before the count is checked, so a notify in between is not missed.
+        notified.as_mut().enable();
+        if self.seen() != seen {
+            return true;
+        }
+        tokio::select! {
+            _ = notified => true,
+            _ = tokio::time::sleep(timeout) => self.seen() != seen,
+        }
     }
 
     /// Waits until the count moves past `seen` or `timeout` passes. Returns whether it moved.

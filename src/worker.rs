@@ -18,9 +18,13 @@ use crate::error::{Error, Result};
 use crate::models::{Job, JobState, Lease};
 use crate::{Queue, QueueConnection};
 
+#[cfg(feature = "tokio")]
+mod async_worker;
 mod background;
 mod context;
 
+#[cfg(feature = "tokio")]
+pub use async_worker::{AsyncJobContext, AsyncWorker};
 use background::{heartbeat_loop, retention_loop};
 use context::JobFlags;
 pub use context::{HandlerError, JobContext, ShutdownHandle};
@@ -100,6 +104,54 @@ impl WorkerConfig {
         self.heartbeat_every = lease / 3;
         self.reap_every = lease.min(MAX_PERIOD);
         self
+    }
+
+    /// Refuses settings a worker cannot run with (both runtimes check them before starting
+    /// anything): bad input, said as such, instead of threads that fail later.
+    pub fn validate(&self) -> Result<()> {
+        crate::models::validate_queue_name(&self.queue)?;
+        if !(1..=MAX_CONCURRENCY).contains(&self.concurrency) {
+            return Err(Error::InvalidArgument {
+                field: "concurrency",
+                reason: format!(
+                    "{} is not between 1 and {MAX_CONCURRENCY} (one thread and one pooled \
+                 connection each)",
+                    self.concurrency
+                ),
+            });
+        }
+        if self.lease < MIN_LEASE {
+            return Err(Error::InvalidArgument {
+                field: "lease",
+                reason: format!(
+                    "{:?} is shorter than {MIN_LEASE:?}: a lease must outlast the heartbeats \
+                 that renew it, or the worker reaps its own jobs",
+                    self.lease
+                ),
+            });
+        }
+        if self.heartbeat_every.is_zero() || self.heartbeat_every >= self.lease {
+            return Err(Error::InvalidArgument {
+                field: "heartbeat_every",
+                reason: format!(
+                    "{:?} must be more than zero and shorter than the lease ({:?})",
+                    self.heartbeat_every, self.lease
+                ),
+            });
+        }
+        // A lease that would run past the stored range of timestamps fails every claim: say
+        // so now, as bad input, instead of starting threads that cannot claim anything.
+        crate::timestamp::from_now("lease", self.lease)?;
+        if self.reap_every.is_zero() || self.reap_every > MAX_PERIOD {
+            return Err(Error::InvalidArgument {
+                field: "reap_every",
+                reason: format!(
+                    "{:?} must be more than zero and at most {MAX_PERIOD:?}",
+                    self.reap_every
+                ),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -197,49 +249,7 @@ where
     /// `max_jobs`). Returns
     /// what was done; an error only if the worker could not start.
     pub fn run(&self) -> Result<WorkerReport> {
-        crate::models::validate_queue_name(&self.config.queue)?;
-        if !(1..=MAX_CONCURRENCY).contains(&self.config.concurrency) {
-            return Err(Error::InvalidArgument {
-                field: "concurrency",
-                reason: format!(
-                    "{} is not between 1 and {MAX_CONCURRENCY} (one thread and one pooled \
-                     connection each)",
-                    self.config.concurrency
-                ),
-            });
-        }
-        if self.config.lease < MIN_LEASE {
-            return Err(Error::InvalidArgument {
-                field: "lease",
-                reason: format!(
-                    "{:?} is shorter than {MIN_LEASE:?}: a lease must outlast the heartbeats \
-                     that renew it, or the worker reaps its own jobs",
-                    self.config.lease
-                ),
-            });
-        }
-        if self.config.heartbeat_every.is_zero() || self.config.heartbeat_every >= self.config.lease
-        {
-            return Err(Error::InvalidArgument {
-                field: "heartbeat_every",
-                reason: format!(
-                    "{:?} must be more than zero and shorter than the lease ({:?})",
-                    self.config.heartbeat_every, self.config.lease
-                ),
-            });
-        }
-        // A lease that would run past the stored range of timestamps fails every claim: say
-        // so now, as bad input, instead of starting threads that cannot claim anything.
-        crate::timestamp::from_now("lease", self.config.lease)?;
-        if self.config.reap_every.is_zero() || self.config.reap_every > MAX_PERIOD {
-            return Err(Error::InvalidArgument {
-                field: "reap_every",
-                reason: format!(
-                    "{:?} must be more than zero and at most {MAX_PERIOD:?}",
-                    self.config.reap_every
-                ),
-            });
-        }
+        self.config.validate()?;
         if self.config.handle_signals {
             self.shutdown.stop_on_signals()?;
         }

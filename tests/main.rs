@@ -1,6 +1,7 @@
 //! Integration tests: one binary, real SQLite files in temporary directories.
 
 mod app_writes;
+mod async_api;
 mod backends;
 mod bench;
 mod busy;

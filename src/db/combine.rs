@@ -19,6 +19,11 @@ use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::retry::{retry_busy, RetryPolicy, RetryStats};
 
+#[cfg(feature = "tokio")]
+mod oneshot;
+#[cfg(feature = "tokio")]
+pub(crate) use oneshot::{AsyncHelpers, Kick};
+
 type Pool<C> = r2d2::Pool<ConnectionManager<C>>;
 type PooledConnection<C> = r2d2::PooledConnection<ConnectionManager<C>>;
 
@@ -109,7 +114,20 @@ struct State<T, F> {
 struct Task<T, F> {
     name: &'static str,
     state: Mutex<State<T, F>>,
-    wake: Condvar,
+    wake: Wake<T>,
+}
+
+/// How a task's caller learns that its result is ready, or that it should combine.
+enum Wake<T> {
+    /// A blocked thread (the sync API): woken through the condvar, it reads the result.
+    Thread(Condvar),
+    /// A future (the async API): the result is sent to it, and a kick starts a combiner on
+    /// the blocking pool instead of waking a thread that waits (see `oneshot.rs`).
+    #[cfg(feature = "tokio")]
+    Future {
+        reply: Mutex<Option<tokio::sync::oneshot::Sender<Result<T>>>>,
+        kick: Arc<dyn Fn() + Send + Sync>,
+    },
 }
 
 impl<C, T, F> Op<C> for Task<T, F>
@@ -151,13 +169,54 @@ where
     }
 
     fn publish(&self) {
-        lock(&self.state).done = true;
-        self.wake.notify_one();
+        let mut st = lock(&self.state);
+        st.done = true;
+        match &self.wake {
+            Wake::Thread(cv) => cv.notify_one(),
+            #[cfg(feature = "tokio")]
+            Wake::Future { reply, .. } => {
+                if let Some(tx) = lock(reply).take() {
+                    // A dropped receiver (the caller's future was dropped) is no error: the
+                    // operation ran anyway, as a sync call whose caller went away would.
+                    let _ = tx.send(st.result.take().unwrap_or_else(|| Err(no_result())));
+                }
+            }
+        }
     }
 
     fn kick(&self) {
-        lock(&self.state).kicked = true;
-        self.wake.notify_one();
+        match &self.wake {
+            Wake::Thread(cv) => {
+                lock(&self.state).kicked = true;
+                cv.notify_one();
+            }
+            #[cfg(feature = "tokio")]
+            Wake::Future { kick, .. } => kick(),
+        }
+    }
+}
+
+impl<T, F> Task<T, F> {
+    fn new(name: &'static str, f: F, wake: Wake<T>) -> Self {
+        Task {
+            name,
+            state: Mutex::new(State {
+                f,
+                result: None,
+                done: false,
+                kicked: false,
+                seq: 0,
+            }),
+            wake,
+        }
+    }
+}
+
+/// A task answered without a result: a bug (or a panic in its group), never data.
+fn no_result() -> Error {
+    Error::Internal {
+        what: "group commit",
+        reason: "operation finished without a result".into(),
     }
 }
 
@@ -189,17 +248,7 @@ impl<C: QueueConnection> Combiner<C> {
         T: Send + 'static,
         F: FnMut(&mut C) -> Result<T> + Send + 'static,
     {
-        let task = Arc::new(Task {
-            name,
-            state: Mutex::new(State {
-                f,
-                result: None,
-                done: false,
-                kicked: false,
-                seq: 0,
-            }),
-            wake: Condvar::new(),
-        });
+        let task = Arc::new(Task::new(name, f, Wake::Thread(Condvar::new())));
         lock(&self.pending).push_back(task.clone());
         loop {
             if let Some(mut writer) = self.writer.try_lock() {
@@ -214,17 +263,14 @@ impl<C: QueueConnection> Combiner<C> {
                 self.flush_durable(ctx);
             }
             let mut st = lock(&task.state);
+            let Wake::Thread(cv) = &task.wake else {
+                return Err(no_result());
+            };
             while !st.done && !st.kicked {
-                st = task.wake.wait(st).unwrap_or_else(|p| p.into_inner());
+                st = cv.wait(st).unwrap_or_else(|p| p.into_inner());
             }
             if st.done {
-                let result = st.result.take().unwrap_or_else(|| {
-                    Err(Error::Internal {
-                        what: "group commit",
-                        reason: "operation finished without a result".into(),
-                    })
-                });
-                return result;
+                return st.result.take().unwrap_or_else(|| Err(no_result()));
             }
             st.kicked = false;
         }
@@ -331,7 +377,7 @@ impl<C: QueueConnection> Combiner<C> {
     /// by one thread at a time outside the writer lock. A thread that finds another syncing
     /// leaves its operations to it: the syncer loops until the queue is empty, and looks
     /// again after letting go, so none is left behind.
-    fn flush_durable(&self, ctx: &WriteCtx<'_, C>) {
+    pub(crate) fn flush_durable(&self, ctx: &WriteCtx<'_, C>) {
         let Some(sync) = ctx.wal_sync else {
             return;
         };

@@ -3,6 +3,8 @@
 //! (SQLite), metrics and the wake-up signal of idle workers. [`crate::Queue`] sits on it; an
 //! app uses it for its own transactions beside the queue's.
 
+#[cfg(feature = "tokio")]
+pub(crate) mod async_calls;
 pub(crate) mod checkpoint;
 pub(crate) mod combine;
 pub(crate) mod gate;
@@ -127,6 +129,9 @@ pub(crate) struct Inner<C: QueueConnection> {
     pub(crate) url: Option<String>,
     #[cfg_attr(not(feature = "postgres"), allow(dead_code))] // PostgreSQL's LISTEN thread
     pub(crate) listener: Once,
+    /// The threads that combine and sync async callers' writes (started by the first one).
+    #[cfg(feature = "tokio")]
+    pub(crate) async_helpers: std::sync::OnceLock<combine::AsyncHelpers>,
 }
 
 impl<C: QueueConnection> Db<C> {
@@ -183,6 +188,8 @@ impl<C: QueueConnection> Db<C> {
             wakeup: Arc::new(Wakeup::default()),
             url,
             listener: Once::new(),
+            #[cfg(feature = "tokio")]
+            async_helpers: std::sync::OnceLock::new(),
         });
         let db = Db { inner };
         if run_migrations {

@@ -123,10 +123,7 @@ impl<C: QueueConnection> Queue<C> {
         let mut pause = Duration::from_millis(5);
         loop {
             let job = self.get_job(job_id)?;
-            if matches!(
-                job.state,
-                JobState::Succeeded | JobState::Dead | JobState::Cancelled
-            ) {
+            if job.state.is_finished() {
                 return Ok(job);
             }
             let waited = started.elapsed();
