@@ -79,6 +79,10 @@ pub use pragmas::{Pragmas, Synchronous, TempStore};
 pub use queue::{Enqueued, JobBackoff, StateCounts, Stats};
 pub use retry::{RetryPolicy, RetrySnapshot};
 pub use schedule::{Schedule, Scheduler, SchedulerReport};
+/// The token that stops an [`AsyncWorker`] (tokio-util's, re-exported so callers need not
+/// depend on tokio-util to hold one).
+#[cfg(feature = "tokio")]
+pub use tokio_util::sync::CancellationToken;
 #[cfg(feature = "tokio")]
 pub use worker::{AsyncJobContext, AsyncWorker};
 pub use worker::{HandlerError, JobContext, ShutdownHandle, Worker, WorkerConfig, WorkerReport};

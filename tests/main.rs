@@ -2,6 +2,7 @@
 
 mod app_writes;
 mod async_api;
+mod axum_service;
 mod backends;
 mod bench;
 mod busy;
