@@ -515,12 +515,14 @@ where
 
     fn process(&self, job: Job) {
         let lease = job.lease();
+        // Before the deadline is set: an attempt recorded as timed out never reads shorter
+        // than its limit.
+        let started = Instant::now();
         let flags = Arc::new(JobFlags::with_timeout(
             job.timeout.or(self.config.job_timeout),
         ));
         self.active.lock().insert(lease, flags.clone());
         let ctx = JobContext { job, flags };
-        let started = Instant::now();
         let outcome = catch_unwind(AssertUnwindSafe(|| (self.handler)(&ctx)));
         let elapsed = started.elapsed();
         self.active.lock().remove(&lease);

@@ -16,6 +16,8 @@ crate::on_both_backends!(
     a_cancelled_jobs_token_fires_within_one_heartbeat,
     shutdown_finishes_or_releases_every_running_job,
     a_panic_or_a_time_limit_becomes_a_failed_attempt,
+    a_lost_lease_fires_the_token_and_fences_off_the_result,
+    stop_modes_max_jobs_and_idle,
 );
 
 fn job(queue: &str, n: u32) -> NewJob {
@@ -376,4 +378,77 @@ fn ticker_lag(q: &jobdb::Queue, queue: &'static str, blocking: bool) -> Duration
         stop.store(true, Ordering::SeqCst);
         ticker.await.unwrap()
     })
+}
+
+/// Reap vs heartbeat, interleaved through the test factory: the lease runs out under a
+/// running handler, another worker takes the job, and the async worker's next heartbeat
+/// fires the handler's token; its result is discarded, the new owner's stands.
+fn a_lost_lease_fires_the_token_and_fences_off_the_result<C: TestConn>(b: &Backend<C>) {
+    let q = b.queue();
+    let id = q.enqueue(&job("alost", 1)).unwrap();
+    let mut config = WorkerConfig::new("alost").lease(Duration::from_secs(30));
+    config.heartbeat_every = Duration::from_millis(100);
+    config.max_jobs = Some(1);
+    let (tx, rx) = std::sync::mpsc::channel::<i32>();
+    let worker = AsyncWorker::new(q.to_async(), config, move |ctx| {
+        let tx = tx.clone();
+        async move {
+            let _ = tx.send(ctx.attempts);
+            ctx.token().cancelled().await;
+            Ok::<_, HandlerError>("stale")
+        }
+    });
+    let rt = runtime();
+    let running = rt.spawn(async move { worker.run().await });
+    let attempt = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    b.conn().set_running(
+        id,
+        attempt,
+        chrono::Utc::now() - chrono::Duration::seconds(5),
+    );
+    assert_eq!(q.reap().unwrap(), 1);
+    let thief = q
+        .claim("alost", 1, "thief", Duration::from_secs(30))
+        .unwrap();
+    assert_eq!(thief[0].attempts, attempt + 1);
+    let report = rt.block_on(running).unwrap().unwrap();
+    assert_eq!((report.lease_lost, report.succeeded), (1, 0), "{report:?}");
+    q.complete(thief[0].lease(), &"fresh", Duration::ZERO)
+        .unwrap();
+    let outcomes: Vec<(i32, String)> = b.conn().results(id);
+    assert_eq!(
+        outcomes,
+        [
+            (attempt, "failed".to_owned()),
+            (attempt + 1, "succeeded".to_owned())
+        ]
+    );
+}
+
+/// `max_jobs` stops after that many claims (finishing them), `exit_when_idle` once nothing
+/// was claimable for the limit.
+fn stop_modes_max_jobs_and_idle<C: TestConn>(b: &Backend<C>) {
+    let q = b.queue();
+    for n in 0..10 {
+        q.enqueue(&job("astop", n)).unwrap();
+    }
+    let mut config = WorkerConfig::new("astop").lease(Duration::from_secs(30));
+    config.concurrency = 4;
+    config.max_jobs = Some(6);
+    let handler = |ctx: jobdb::AsyncJobContext| async move { Ok::<_, HandlerError>(ctx.id) };
+    let rt = runtime();
+    let report = rt
+        .block_on(AsyncWorker::new(q.to_async(), config.clone(), handler).run())
+        .unwrap();
+    assert_eq!(report.succeeded, 6, "{report:?}");
+    assert_eq!(q.stats(Some("astop")).unwrap().total.queued, 4);
+    config.max_jobs = None;
+    config.exit_when_idle = Some(Duration::from_millis(200));
+    let started = Instant::now();
+    let report = rt
+        .block_on(AsyncWorker::new(q.to_async(), config, handler).run())
+        .unwrap();
+    assert_eq!(report.succeeded, 4, "{report:?}");
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    assert_eq!(q.stats(Some("astop")).unwrap().total.succeeded, 10);
 }

@@ -42,3 +42,31 @@ fn the_latency_run_measures_every_job_in_another_process() {
     // 200 ms. Only a gross failure (no wake-up at all) passes a second.
     assert!(max < 1000.0, "{r}");
 }
+
+/// `--async` (the loop as tokio tasks) and `--runtime [--async]` (the worker runtimes), in
+/// one process and across two: verified like the default run.
+#[test]
+fn the_async_and_runtime_modes_lose_and_duplicate_nothing() {
+    for (mode, args) in [
+        ("tasks", &["--async"][..]),
+        ("worker", &["--runtime"][..]),
+        ("async-worker", &["--runtime", "--async"][..]),
+        (
+            "async-worker",
+            &["--runtime", "--async", "--processes", "2"][..],
+        ),
+    ] {
+        let db = TestDb::new();
+        let mut all = vec!["--jobs", "400", "--workers", "4"];
+        all.extend_from_slice(args);
+        let r = report(&db, &all);
+        eprintln!("bench {args:?}: {} jobs/s", r["jobs_per_sec"]);
+        assert_eq!(r["mode"], mode, "{r}");
+        assert_eq!(
+            (&r["lost"], &r["duplicated"], &r["errors"]),
+            (&0.into(), &0.into(), &0.into()),
+            "{r}"
+        );
+        assert!(r["jobs_per_sec"].as_f64().unwrap() > 0.0);
+    }
+}

@@ -1,21 +1,7 @@
 //! The persistence handle's async twins (feature `tokio`): the same transactions, awaited
 //! instead of blocked on, so a runtime thread never waits for the database.
 //!
-//! Where each call waits, and for how long:
-//! - Writes ([`Db::write_async`] and the queue's writes) on SQLite join the process's group
-//!   commit like the sync calls, and their result arrives through a oneshot channel: the
-//!   group runs on tokio's blocking pool, never on a runtime thread. A write waits for the
-//!   groups ahead of it, its own commit and (durable by default) the WAL sync: under a
-//!   millisecond alone, a few milliseconds under load; while another process holds the
-//!   database, up to the retry deadline (`Config::retry`, 30 s by default), then
-//!   [`crate::Error::Busy`].
-//! - Writes on PostgreSQL, reads on both backends and the caller's own non-`Send` work run on
-//!   the blocking pool (`spawn_blocking`) as the sync call would: as long as the query takes,
-//!   plus waiting for a pooled connection (`Config::pool_timeout`).
-//!
-//! Dropping a future does not cancel its write: an operation already queued still runs and
-//! commits; its result is discarded. A panic inside the caller's closure is resumed in the
-//! awaiting task, as the sync call would panic on the calling thread.
+//! See [`crate::db`] for where each call waits, and for how long.
 
 use std::sync::Arc;
 use std::time::Duration;

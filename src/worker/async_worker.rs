@@ -369,18 +369,18 @@ where
         permit: OwnedSemaphorePermit,
     ) -> impl Future<Output = ()> + Send + 'static {
         let (queue, handler) = (self.queue.clone(), self.handler.clone());
-        let flags = Arc::new(JobFlags::with_timeout(
-            job.timeout.or(self.config.job_timeout),
-        ));
+        let limit = job.timeout.or(self.config.job_timeout);
         async move {
             let lease = job.lease();
+            // Before the deadline is set: a timed-out attempt never reads shorter than its limit.
+            let started = Instant::now();
+            let flags = Arc::new(JobFlags::with_timeout(limit));
             let token = CancellationToken::new();
             let ctx = AsyncJobContext {
                 job,
                 token: token.clone(),
                 flags: flags.clone(),
             };
-            let started = Instant::now();
             let mut task = tokio::spawn(async move { handler(ctx).await });
             shared.running().insert(
                 lease,

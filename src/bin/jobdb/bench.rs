@@ -48,6 +48,16 @@ pub struct BenchArgs {
     /// persistence handle while the workers run
     #[arg(long)]
     pub app_writes: bool,
+    /// Workers as tokio tasks through the async API (`AsyncQueue`) instead of threads; with
+    /// --runtime, the async worker (`AsyncWorker`) instead of the sync one
+    #[cfg(feature = "tokio")]
+    #[arg(long = "async")]
+    pub asynchronous: bool,
+    /// Run the worker runtime (`Worker`, or `AsyncWorker` with --async: claims, heartbeats on
+    /// their own schedule, results) with a handler that returns at once, instead of the bench's
+    /// own claim → heartbeat → complete loop; claim latency is not measured per claim then
+    #[arg(long)]
+    pub runtime: bool,
     /// Print one JSON object instead of the table
     #[arg(long)]
     pub json: bool,
@@ -62,12 +72,12 @@ pub struct BenchArgs {
     pub queue: String,
 }
 
-const LEASE: Duration = Duration::from_secs(120);
-const OUTPUT: &str = r#"{"ok":true,"note":"lifecycle bench output 50 b"}"#;
+pub(crate) const LEASE: Duration = Duration::from_secs(120);
+pub(crate) const OUTPUT: &str = r#"{"ok":true,"note":"lifecycle bench output 50 b"}"#;
 
 /// What one process's worker phase measured.
 #[derive(Debug, Default, Serialize, Deserialize)]
-struct PhaseReport {
+pub(crate) struct PhaseReport {
     start_unix_ms: f64,
     end_unix_ms: f64,
     completed: u64,
@@ -143,6 +153,10 @@ pub struct BenchReport {
     /// SQLite's durability setting of the run ("durable", "normal", "full"); null on
     /// PostgreSQL, where the server's `synchronous_commit` decides.
     pub synchronous: Option<String>,
+    /// Who ran the jobs: "threads" (the bench's loop on threads, the default), "tasks" (the
+    /// same loop as tokio tasks, --async), "worker" (--runtime) or "async-worker" (--runtime
+    /// --async).
+    pub mode: &'static str,
 }
 
 /// What `--app-writes` measured.
@@ -253,6 +267,9 @@ pub fn run(args: &BenchArgs, database_url: Option<&str>) -> Result<()> {
     if args.workers == 0 || args.processes == 0 || args.batch == 0 {
         bail!("--workers, --processes and --batch must be at least 1");
     }
+    if args.batch > 1 && mode(args) != "threads" {
+        bail!("--batch is for the bench's own loop on threads; with --async or --runtime the workers claim on their own");
+    }
     let mut config = Config::from_env()?;
     config.pool_size = config.pool_size.max(args.workers as u32 + 2);
     if let Some(sync) = args.synchronous {
@@ -295,7 +312,7 @@ impl WithQueue for Child<'_> {
         if args.latency_child {
             return crate::latency::child(queue, &args.queue, args.jobs);
         }
-        let report = worker_phase(&queue, &args.queue, args.workers, args.batch, None)?;
+        let report = worker_phase(args, &queue, &args.queue, args.workers, None)?;
         println!("{}", serde_json::to_string(&report)?);
         Ok(())
     }
@@ -368,14 +385,7 @@ impl WithQueue for Parent<'_> {
             .then(|| AppWrites::start(&queue))
             .transpose()?;
         let phases = if args.processes == 1 {
-            worker_phase(
-                &queue,
-                &queue_name,
-                args.workers,
-                args.batch,
-                Some(&progress),
-            )
-            .map(|p| vec![p])
+            worker_phase(args, &queue, &queue_name, args.workers, Some(&progress)).map(|p| vec![p])
         } else {
             spawn_children(args, &url, &queue_name, &queue, &progress)
         };
@@ -416,6 +426,92 @@ impl WithQueue for Parent<'_> {
 
 /// W threads drain the queue: claim → heartbeat → complete (batched when `batch` > 1).
 fn worker_phase<C: QueueConnection>(
+    args: &BenchArgs,
+    queue: &Queue<C>,
+    queue_name: &str,
+    workers: usize,
+    progress: Option<&indicatif::ProgressBar>,
+) -> Result<PhaseReport> {
+    match mode(args) {
+        "threads" => thread_phase(queue, queue_name, workers, args.batch, progress),
+        #[cfg(feature = "tokio")]
+        "tasks" => crate::bench_async::task_phase(queue, queue_name, workers, progress),
+        _ => crate::bench_runtime::runtime_phase(args, queue, queue_name, workers, progress),
+    }
+}
+
+/// Who runs the jobs (see [`BenchReport::mode`]).
+pub(crate) fn mode(args: &BenchArgs) -> &'static str {
+    #[cfg(feature = "tokio")]
+    let asynchronous = args.asynchronous;
+    #[cfg(not(feature = "tokio"))]
+    let asynchronous = false;
+    match (args.runtime, asynchronous) {
+        (false, false) => "threads",
+        (false, true) => "tasks",
+        (true, false) => "worker",
+        (true, true) => "async-worker",
+    }
+}
+
+/// What a worker phase counts before it starts, to report the phase's own share.
+pub(crate) struct Measure {
+    start_unix_ms: f64,
+    before: jobdb::RetrySnapshot,
+    syncs_before: u64,
+}
+
+impl Measure {
+    pub(crate) fn start<C: QueueConnection>(queue: &Queue<C>) -> Measure {
+        Measure {
+            start_unix_ms: unix_ms(),
+            before: queue.retry_stats(),
+            syncs_before: queue.metrics().wal.syncs,
+        }
+    }
+
+    pub(crate) fn finish<C: QueueConnection>(
+        self,
+        queue: &Queue<C>,
+        completed: u64,
+        errors: u64,
+        claim_latencies_us: Vec<u64>,
+    ) -> PhaseReport {
+        let after = queue.retry_stats();
+        let metrics = queue.metrics();
+        PhaseReport {
+            start_unix_ms: self.start_unix_ms,
+            end_unix_ms: unix_ms(),
+            completed,
+            errors,
+            busy_retries: after.busy_retries - self.before.busy_retries,
+            busy_exhausted: after.busy_exhausted - self.before.busy_exhausted,
+            commits: after.transactions - self.before.transactions,
+            wal_syncs: metrics.wal.syncs - self.syncs_before,
+            sync_wait_p99_ms: metrics.sync_wait.p99_ms,
+            peak_rss_kib: peak_rss_kib(),
+            claim_latencies_us,
+        }
+    }
+}
+
+/// Shows `done` on the progress bar until `running` says stop.
+pub(crate) fn follow(
+    progress: Option<&indicatif::ProgressBar>,
+    done: &AtomicU64,
+    running: impl Fn() -> bool,
+) {
+    if let Some(progress) = progress {
+        let base = progress.position();
+        while running() {
+            progress.set_position(base + done.load(Ordering::Relaxed));
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// W threads drain the queue: claim → heartbeat → complete (batched when `batch` > 1).
+fn thread_phase<C: QueueConnection>(
     queue: &Queue<C>,
     queue_name: &str,
     workers: usize,
@@ -424,9 +520,7 @@ fn worker_phase<C: QueueConnection>(
 ) -> Result<PhaseReport> {
     let done = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
-    let before = queue.retry_stats();
-    let syncs_before = queue.metrics().wal.syncs;
-    let start_unix_ms = unix_ms();
+    let measure = Measure::start(queue);
     let latencies: Vec<u64> = thread::scope(|s| {
         let handles: Vec<_> = (0..workers)
             .map(|w| {
@@ -443,32 +537,18 @@ fn worker_phase<C: QueueConnection>(
                 })
             })
             .collect();
-        if let Some(progress) = progress {
-            let base = progress.position();
-            while handles.iter().any(|h| !h.is_finished()) {
-                progress.set_position(base + done.load(Ordering::Relaxed));
-                thread::sleep(Duration::from_millis(100));
-            }
-        }
+        follow(progress, &done, || handles.iter().any(|h| !h.is_finished()));
         handles
             .into_iter()
             .flat_map(|h| h.join().unwrap_or_default())
             .collect()
     });
-    let after = queue.retry_stats();
-    Ok(PhaseReport {
-        start_unix_ms,
-        end_unix_ms: unix_ms(),
-        completed: done.load(Ordering::Relaxed),
-        errors: errors.load(Ordering::Relaxed),
-        busy_retries: after.busy_retries - before.busy_retries,
-        busy_exhausted: after.busy_exhausted - before.busy_exhausted,
-        commits: after.transactions - before.transactions,
-        wal_syncs: queue.metrics().wal.syncs - syncs_before,
-        sync_wait_p99_ms: queue.metrics().sync_wait.p99_ms,
-        peak_rss_kib: peak_rss_kib(),
-        claim_latencies_us: latencies,
-    })
+    Ok(measure.finish(
+        queue,
+        done.load(Ordering::Relaxed),
+        errors.load(Ordering::Relaxed),
+        latencies,
+    ))
 }
 
 /// One worker until the queue is empty. Returns its claim latencies in µs. Errors are counted
@@ -570,6 +650,7 @@ fn spawn_children<C: QueueConnection>(
                     "--batch",
                     &args.batch.to_string(),
                 ])
+                .args(mode_flags(args))
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit())
                 .spawn()
@@ -602,6 +683,16 @@ fn spawn_children<C: QueueConnection>(
                 .context("a bench child printed an unreadable report")
         })
         .collect()
+}
+
+/// The flags that give a child the parent's mode.
+fn mode_flags(args: &BenchArgs) -> Vec<&'static str> {
+    match mode(args) {
+        "tasks" => vec!["--async"],
+        "worker" => vec!["--runtime"],
+        "async-worker" => vec!["--runtime", "--async"],
+        _ => vec![],
+    }
 }
 
 fn summarize(
@@ -675,6 +766,7 @@ fn summarize(
         database: redacted(url),
         app_writes: None,
         synchronous: None,
+        mode: mode(args),
     }
 }
 
@@ -693,12 +785,19 @@ fn print_table(r: &BenchReport) {
             .as_deref()
             .unwrap_or("(the server's synchronous_commit)")
     );
-    println!("  worker phase     {:>10.0} jobs/s", r.jobs_per_sec);
-    println!("  enqueue          {:>10.0} jobs/s", r.enqueue_per_sec);
     println!(
-        "  claim latency    p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms",
-        r.claim_p50_ms, r.claim_p99_ms, r.claim_p999_ms, r.claim_max_ms
+        "  worker phase     {:>10.0} jobs/s  ({})",
+        r.jobs_per_sec, r.mode
     );
+    println!("  enqueue          {:>10.0} jobs/s", r.enqueue_per_sec);
+    if r.mode.ends_with("worker") {
+        println!("  claim latency    not measured per claim with --runtime");
+    } else {
+        println!(
+            "  claim latency    p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms",
+            r.claim_p50_ms, r.claim_p99_ms, r.claim_p999_ms, r.claim_max_ms
+        );
+    }
     if r.per_process.len() > 1 {
         for (i, p) in r.per_process.iter().enumerate() {
             println!(

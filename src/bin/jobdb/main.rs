@@ -17,6 +17,9 @@ use clap::{Args, Parser, Subcommand};
 use jobdb::{Config, NewJob, Queue, QueueConnection, WithQueue, Worker, WorkerConfig};
 
 mod bench;
+#[cfg(feature = "tokio")]
+mod bench_async;
+mod bench_runtime;
 mod inspect;
 mod latency;
 mod ops;
