@@ -151,6 +151,16 @@ pub enum Error {
         operation: &'static str,
     },
 
+    /// `jobdb copy` would not start, or not commit: the target is not empty (without
+    /// `merge`), jobs are still running on the source (without `allow_running`), or the
+    /// verification after the copy found a table that differs. Nothing was written to the
+    /// target (the copy is one transaction there, rolled back).
+    #[error("copy refused: {reason}")]
+    CopyRefused {
+        /// Why, with the counts that made it so.
+        reason: String,
+    },
+
     /// A bug in jobdb: an invariant the code relies on did not hold. Never caused by the
     /// caller's input (that is [`Error::InvalidArgument`] and friends), so it is not
     /// [`Error::is_invalid_input`]; the CLI exits 70 (EX_SOFTWARE) for it.
@@ -217,6 +227,11 @@ impl Error {
     /// True for [`Error::WrongState`].
     pub fn is_wrong_state(&self) -> bool {
         matches!(self.root(), Error::WrongState { .. })
+    }
+
+    /// True for [`Error::CopyRefused`].
+    pub fn is_copy_refused(&self) -> bool {
+        matches!(self.root(), Error::CopyRefused { .. })
     }
 
     /// True for [`Error::Timeout`].

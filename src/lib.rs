@@ -36,6 +36,7 @@
 #![warn(missing_docs)]
 
 mod any;
+pub mod copy;
 pub mod db;
 pub mod doctor;
 mod driver;

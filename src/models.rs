@@ -92,7 +92,7 @@ impl Outcome {
 }
 
 /// A row of `jobs`, as Diesel reads it.
-#[derive(Debug, Clone, Queryable, QueryableByName, Selectable)]
+#[derive(Debug, Clone, PartialEq, Queryable, QueryableByName, Selectable)]
 #[diesel(table_name = jobs, check_for_backend(diesel::sqlite::Sqlite))]
 #[allow(missing_docs)] // the columns are documented in the migration
 pub struct JobRow {
@@ -476,7 +476,7 @@ pub fn validate_queue_name(queue: &str) -> Result<()> {
 }
 
 /// A row of `results`, as Diesel reads it.
-#[derive(Debug, Clone, Queryable, QueryableByName, Selectable)]
+#[derive(Debug, Clone, PartialEq, Queryable, QueryableByName, Selectable)]
 #[diesel(table_name = results, check_for_backend(diesel::sqlite::Sqlite))]
 #[allow(missing_docs)] // the columns are documented in the migration
 pub struct ResultRow {
@@ -488,6 +488,28 @@ pub struct ResultRow {
     pub error: Option<String>,
     pub created_at: NaiveDateTime,
     pub duration_ms: i64,
+}
+
+/// A row of `schedules`: a periodic schedule's last tick enqueued (read by `jobdb copy`).
+#[derive(Debug, Clone, PartialEq, QueryableByName)]
+#[allow(missing_docs)] // the columns are documented in the migration
+pub struct ScheduleRow {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub name: String,
+    #[diesel(sql_type = diesel::sql_types::Timestamp)]
+    pub last_tick: NaiveDateTime,
+    #[diesel(sql_type = diesel::sql_types::Timestamp)]
+    pub updated_at: NaiveDateTime,
+}
+
+/// A row of `paused_queues` (read by `jobdb copy`).
+#[derive(Debug, Clone, PartialEq, QueryableByName)]
+#[allow(missing_docs)] // the columns are documented in the migration
+pub struct PausedRow {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub queue: String,
+    #[diesel(sql_type = diesel::sql_types::Timestamp)]
+    pub paused_at: NaiveDateTime,
 }
 
 /// A row to insert into `results`.

@@ -56,6 +56,7 @@ pub(crate) trait DbBackend:
     + crate::driver::BatchDriver
     + crate::driver::ManageDriver
     + crate::driver::ReadDriver
+    + crate::driver::CopyDriver
     + diesel::r2d2::R2D2Connection
     + Sized
 {

@@ -16,7 +16,9 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Double, Nullable, Text};
 
 use crate::error::Result;
-use crate::models::{JobRow, JobState, Lease, NewJob, NewResultRow, ResultRow};
+use crate::models::{
+    JobRow, JobState, Lease, NewJob, NewResultRow, PausedRow, ResultRow, ScheduleRow,
+};
 use crate::queue::Audit;
 
 /// A database connection the connection-level API ([`crate::queue`], [`crate::manage`]) runs
@@ -24,12 +26,12 @@ use crate::queue::Audit;
 /// crate's drivers, not public API.
 #[allow(private_bounds)] // the point: the driver traits are crate-private
 pub trait QueueConnection:
-    JobDriver + BatchDriver + ManageDriver + ReadDriver + crate::db::DbBackend
+    JobDriver + BatchDriver + ManageDriver + ReadDriver + CopyDriver + crate::db::DbBackend
 {
 }
 
 impl<C> QueueConnection for C where
-    C: JobDriver + BatchDriver + ManageDriver + ReadDriver + crate::db::DbBackend
+    C: JobDriver + BatchDriver + ManageDriver + ReadDriver + CopyDriver + crate::db::DbBackend
 {
 }
 
@@ -238,6 +240,45 @@ pub(crate) trait ManageDriver: JobDriver {
         now: NaiveDateTime,
         since: NaiveDateTime,
     ) -> Result<Vec<ActivityRow>>;
+}
+
+/// Whole tables, row by row with their ids, for `jobdb copy` (see `crate::copy`): reads by
+/// keyset (id order, never OFFSET) inside one snapshot of the source, inserts inside one
+/// transaction of the target.
+pub(crate) trait CopyDriver: JobDriver {
+    /// Runs `f` in one read-only snapshot (every read sees the same database).
+    fn read_snapshot<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T>;
+    /// Up to `limit` jobs with an id above `after`, by id.
+    fn jobs_after(&mut self, after: i64, limit: i64) -> Result<Vec<JobRow>>;
+    /// The jobs with these ids, by id.
+    fn jobs_with_ids(&mut self, ids: &[i64]) -> Result<Vec<JobRow>>;
+    /// Up to `limit` results rows with an id above `after`, by id.
+    fn results_after(&mut self, after: i64, limit: i64) -> Result<Vec<ResultRow>>;
+    /// The results rows with these ids, by id.
+    fn results_with_ids(&mut self, ids: &[i64]) -> Result<Vec<ResultRow>>;
+    /// Every schedule, by name.
+    fn schedule_rows(&mut self) -> Result<Vec<ScheduleRow>>;
+    /// Every paused queue, by name.
+    fn paused_rows(&mut self) -> Result<Vec<PausedRow>>;
+    /// Inserts jobs with their ids; a row whose id exists is left as it is (the verification
+    /// then compares it).
+    fn insert_job_rows(&mut self, rows: &[JobRow]) -> Result<()>;
+    /// Inserts results rows with their ids, as [`CopyDriver::insert_job_rows`].
+    fn insert_result_rows(&mut self, rows: &[ResultRow]) -> Result<()>;
+    /// Inserts schedules; one that exists keeps the later of the two last ticks (so no tick
+    /// is enqueued twice).
+    fn upsert_schedule_rows(&mut self, rows: &[ScheduleRow]) -> Result<()>;
+    /// Inserts paused queues (one paused already stays so).
+    fn upsert_paused_rows(&mut self, rows: &[PausedRow]) -> Result<()>;
+    /// Rows of jobs, results, schedules and paused_queues.
+    fn row_counts(&mut self) -> Result<[i64; 4]>;
+    /// Jobs running now, in any queue.
+    fn running_count(&mut self) -> Result<i64>;
+    /// Moves the id sequences past the ids now in the tables (never backwards), so new rows
+    /// get fresh ids. SQLite's AUTOINCREMENT and rowids follow inserted ids by themselves.
+    fn advance_id_sequences(&mut self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Reads, the exactly-once audit and the benchmark's history insert.

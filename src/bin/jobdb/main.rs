@@ -3,7 +3,7 @@
 //! Every command that touches the database applies pending migrations first, so a fresh file
 //! works with any command. Results go to stdout, logs (`RUST_LOG`) and errors to stderr.
 //! Exit codes: 0 ok, 2 bad usage or input, 3 no such job, 75 database busy past the retry
-//! deadline, 124 `wait` timed out, 1 anything else (including a job in the wrong state for the
+//! deadline, 124 `wait` timed out, 4 `copy` refused (nothing written), 1 anything else (including a job in the wrong state for the
 //! command, and `wait` on a job that ended dead or cancelled).
 
 use std::io::{BufRead, BufReader, Read, Seek, Write};
@@ -20,6 +20,7 @@ mod bench;
 #[cfg(feature = "tokio")]
 mod bench_async;
 mod bench_runtime;
+mod copy;
 mod inspect;
 mod latency;
 mod ops;
@@ -124,6 +125,9 @@ enum Command {
     },
     /// Measure throughput: many workers on one database (see README)
     Bench(bench::BenchArgs),
+    /// Copy every table to another database (e.g. SQLite to PostgreSQL), verified; all or
+    /// nothing
+    Copy(copy::CopyArgs),
 }
 
 #[derive(Args)]
@@ -308,6 +312,8 @@ fn exit_code(err: &anyhow::Error) -> u8 {
         Some(e) if e.is_busy() => 75,
         Some(e) if e.is_not_found() => 3,
         Some(e) if e.is_timeout() => 124,
+        // The target is not empty, jobs run, or the verification failed: nothing was written.
+        Some(e) if e.is_copy_refused() => 4,
         // A bug in jobdb, never the user's input: EX_SOFTWARE, not "bad usage".
         Some(e) if e.is_internal() => 70,
         Some(e) if e.is_invalid_input() || matches!(e, jobdb::Error::WalUnavailable { .. }) => 2,
@@ -320,6 +326,7 @@ fn run(cli: Cli, url_given: bool) -> Result<()> {
     match cli.command {
         Command::Doctor { json } => doctor(url, json),
         Command::Bench(args) => bench::run(&args, url_given.then_some(url)),
+        Command::Copy(args) => copy::run(&args, url),
         Command::Migrate => {
             let mut config = Config::from_env()?;
             config.run_migrations = false;
@@ -392,7 +399,8 @@ impl WithQueue for Command {
             | Command::Enqueue(_)
             | Command::Work(_)
             | Command::Doctor { .. }
-            | Command::Bench(_) => {
+            | Command::Bench(_)
+            | Command::Copy(_) => {
                 unreachable!("dispatched in run() before a queue is opened")
             }
         }

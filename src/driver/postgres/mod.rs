@@ -29,6 +29,7 @@ use crate::models::JobState;
 use crate::models::{JobRow, Lease, NewJob, NewResultRow};
 
 mod batch;
+mod copy;
 mod manage;
 mod read;
 

@@ -19,6 +19,7 @@ use crate::models::{JobState, Lease};
 use crate::schema::jobs;
 
 mod batch;
+mod copy;
 mod manage;
 mod read;
 
