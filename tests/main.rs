@@ -12,6 +12,7 @@ mod cli_ops;
 mod common;
 mod concurrency;
 mod conformance;
+mod copy;
 mod cross_process;
 mod diesel_app;
 mod diesel_cli;

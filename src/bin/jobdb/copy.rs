@@ -62,14 +62,14 @@ struct From_<'a>(&'a CopyArgs);
 impl WithQueue for From_<'_> {
     type Output = Result<CopyReport>;
     fn with<A: QueueConnection>(self, source: Queue<A>) -> Result<CopyReport> {
-        Ok(jobdb::open_any(
+        jobdb::open_any(
             &self.0.to,
             Config::from_env()?,
             Into_ {
                 args: self.0,
                 source,
             },
-        )??)
+        )?
     }
 }
 
