@@ -161,6 +161,17 @@ pub enum Error {
         reason: String,
     },
 
+    /// `jobdb archive` could not write or read its Parquet file (the Arrow or Parquet
+    /// crate's error is the source). Nothing was deleted from the database.
+    #[error("archive: {what}")]
+    Archive {
+        /// What was being done, with the file's name.
+        what: String,
+        /// The Parquet or Arrow error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
+
     /// A bug in jobdb: an invariant the code relies on did not hold. Never caused by the
     /// caller's input (that is [`Error::InvalidArgument`] and friends), so it is not
     /// [`Error::is_invalid_input`]; the CLI exits 70 (EX_SOFTWARE) for it.

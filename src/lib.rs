@@ -36,6 +36,8 @@
 #![warn(missing_docs)]
 
 mod any;
+#[cfg(feature = "archive")]
+pub mod archive;
 pub mod copy;
 pub mod db;
 pub mod doctor;

@@ -1,6 +1,8 @@
 //! Integration tests: one binary, real SQLite files in temporary directories.
 
 mod app_writes;
+#[cfg(feature = "archive")]
+mod archive;
 mod async_api;
 mod axum_service;
 mod backends;

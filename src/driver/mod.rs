@@ -256,6 +256,9 @@ pub(crate) trait CopyDriver: JobDriver {
     fn results_after(&mut self, after: i64, limit: i64) -> Result<Vec<ResultRow>>;
     /// The results rows with these ids, by id.
     fn results_with_ids(&mut self, ids: &[i64]) -> Result<Vec<ResultRow>>;
+    /// The results rows of these jobs, by job and attempt (for `jobdb archive`).
+    #[cfg_attr(not(feature = "archive"), allow(dead_code))]
+    fn results_of_jobs(&mut self, job_ids: &[i64]) -> Result<Vec<ResultRow>>;
     /// Every schedule, by name.
     fn schedule_rows(&mut self) -> Result<Vec<ScheduleRow>>;
     /// Every paused queue, by name.

@@ -16,6 +16,8 @@ use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
 use jobdb::{Config, NewJob, Queue, QueueConnection, WithQueue, Worker, WorkerConfig};
 
+#[cfg(feature = "archive")]
+mod archive;
 mod bench;
 #[cfg(feature = "tokio")]
 mod bench_async;
@@ -125,6 +127,9 @@ enum Command {
     },
     /// Measure throughput: many workers on one database (see README)
     Bench(bench::BenchArgs),
+    /// Write finished jobs with their attempts to a Parquet file, then delete them
+    #[cfg(feature = "archive")]
+    Archive(archive::ArchiveArgs),
     /// Copy every table to another database (e.g. SQLite to PostgreSQL), verified; all or
     /// nothing
     Copy(copy::CopyArgs),
@@ -377,6 +382,8 @@ impl WithQueue for Command {
                 println!("job {id} queued");
             }
             Command::Prune(args) => ops::prune(&queue, args)?,
+            #[cfg(feature = "archive")]
+            Command::Archive(args) => archive::run(&queue, args)?,
             Command::Pause { queue: name } => {
                 let changed = queue.pause(&name)?;
                 println!("{}", if changed { "paused" } else { "already paused" });

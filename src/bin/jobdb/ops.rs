@@ -51,7 +51,7 @@ pub struct ScheduleArgs {
     max_attempts: i32,
 }
 
-fn parse_finished_state(s: &str) -> std::result::Result<JobState, String> {
+pub(crate) fn parse_finished_state(s: &str) -> std::result::Result<JobState, String> {
     match JobState::parse(s) {
         Some(st) if jobdb::manage::PRUNABLE.contains(&st) => Ok(st),
         _ => Err(format!("{s:?}: give succeeded, dead or cancelled")),

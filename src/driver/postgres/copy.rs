@@ -74,6 +74,15 @@ impl CopyDriver for PgConnection {
         .load(self)?)
     }
 
+    fn results_of_jobs(&mut self, job_ids: &[i64]) -> Result<Vec<ResultRow>> {
+        Ok(diesel::sql_query(format!(
+            "SELECT {RESULT_COLUMNS} FROM results WHERE job_id = ANY($1) \
+             ORDER BY job_id, attempt, id"
+        ))
+        .bind::<Array<BigInt>, _>(job_ids)
+        .load(self)?)
+    }
+
     fn schedule_rows(&mut self) -> Result<Vec<ScheduleRow>> {
         Ok(diesel::sql_query(
             "SELECT name, (last_tick AT TIME ZONE 'UTC') AS last_tick, \

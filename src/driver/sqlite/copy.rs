@@ -60,6 +60,14 @@ impl CopyDriver for SqliteConnection {
             .load(self)?)
     }
 
+    fn results_of_jobs(&mut self, job_ids: &[i64]) -> Result<Vec<ResultRow>> {
+        Ok(results::table
+            .filter(results::job_id.eq_any(job_ids))
+            .order((results::job_id, results::attempt, results::id))
+            .select(ResultRow::as_select())
+            .load(self)?)
+    }
+
     fn schedule_rows(&mut self) -> Result<Vec<ScheduleRow>> {
         Ok(
             diesel::sql_query("SELECT name, last_tick, updated_at FROM schedules ORDER BY name")
