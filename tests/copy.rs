@@ -250,37 +250,39 @@ fn a_hundred_thousand_jobs_copy_to_postgres_field_by_field_and_keep_their_rules(
     assert!(fresh > JOBS, "{fresh}");
     assert_eq!(dst.paused().unwrap(), ["held"]);
 
-    // Workers on PostgreSQL finish the copied queued jobs, each exactly once; the copied
-    // running jobs keep their leases (an hour ahead) and are not taken.
-    let queued: HashSet<i64> = before
-        .jobs
-        .iter()
-        .filter(|j| j.state == "queued" && j.queue == "q0")
-        .map(|j| j.id)
-        .collect();
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let mut config = WorkerConfig::new("q0").lease(Duration::from_secs(60));
-    config.concurrency = 8;
-    config.exit_when_idle = Some(Duration::from_millis(500));
-    let worker = {
-        let seen = seen.clone();
-        Worker::new(dst.clone(), config, move |ctx| {
-            seen.lock().unwrap().push(ctx.id);
-            Ok::<_, HandlerError>(ctx.id)
-        })
-    };
-    let report = worker.run().unwrap();
-    let seen = seen.lock().unwrap();
-    assert_eq!(seen.len(), queued.len(), "each queued job ran once");
-    assert_eq!(seen.iter().copied().collect::<HashSet<_>>(), queued);
-    assert_eq!(report.succeeded as usize, queued.len());
-    let stats = dst.stats(Some("q0")).unwrap().total;
-    let copied_running = before
-        .jobs
-        .iter()
-        .filter(|j| j.state == "running" && j.queue == "q0")
-        .count() as i64;
-    assert_eq!((stats.queued, stats.running), (0, copied_running));
+    // Workers on PostgreSQL finish the copied queued jobs of every queue, each exactly
+    // once; the copied running jobs keep their leases (an hour ahead) and are not taken.
+    for q in ["q0", "q1", "q2"] {
+        let queued: HashSet<i64> = before
+            .jobs
+            .iter()
+            .filter(|j| j.state == "queued" && j.queue == q)
+            .map(|j| j.id)
+            .collect();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let mut config = WorkerConfig::new(q).lease(Duration::from_secs(60));
+        config.concurrency = 8;
+        config.exit_when_idle = Some(Duration::from_millis(500));
+        let worker = {
+            let seen = seen.clone();
+            Worker::new(dst.clone(), config, move |ctx| {
+                seen.lock().unwrap().push(ctx.id);
+                Ok::<_, HandlerError>(ctx.id)
+            })
+        };
+        let report = worker.run().unwrap();
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), queued.len(), "{q}: each queued job ran once");
+        assert_eq!(seen.iter().copied().collect::<HashSet<_>>(), queued, "{q}");
+        assert_eq!(report.succeeded as usize, queued.len(), "{q}");
+        let stats = dst.stats(Some(q)).unwrap().total;
+        let copied_running = before
+            .jobs
+            .iter()
+            .filter(|j| j.state == "running" && j.queue == q)
+            .count() as i64;
+        assert_eq!((stats.queued, stats.running), (0, copied_running), "{q}");
+    }
     assert_eq!(dst.get_job(15).unwrap().state, JobState::Succeeded); // q0, queued before
 }
 
@@ -387,4 +389,48 @@ fn running_jobs_refuse_a_copy_unless_allowed() {
     assert_eq!(dst.stats(None).unwrap().total.total(), 0);
     let report = jobdb::copy::copy(src.db(), dst.db(), &with_running(), |_| {}).unwrap();
     assert_eq!(report.tables[0].rows, 50);
+}
+
+/// `jobdb copy --wait` waits while a job runs on the source, then copies (here SQLite to
+/// SQLite: any pair of backends works).
+#[test]
+fn copy_wait_waits_for_running_jobs_then_copies() {
+    let src_db = TestDb::new();
+    let src = src_db.queue();
+    src.enqueue(&NewJob::new("w", &1).unwrap()).unwrap();
+    let lease = src.claim("w", 1, "w1", Duration::from_secs(30)).unwrap()[0].lease();
+    let dst_db = TestDb::new();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_jobdb"))
+        .args([
+            "--database-url",
+            &src_db.url(),
+            "copy",
+            "--wait",
+            "--json",
+            "--to",
+            &dst_db.url(),
+        ])
+        .env_remove("DATABASE_URL")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "copy did not wait for the running job"
+    );
+    src.complete(lease, &"done", Duration::ZERO).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (report["from"].as_str(), report["to"].as_str()),
+        (Some("sqlite"), Some("sqlite"))
+    );
+    assert_equal(&sqlite_tables(&src_db.url()), &sqlite_tables(&dst_db.url()));
+    assert_eq!(
+        dst_db.queue().get_job(1).unwrap().state,
+        JobState::Succeeded
+    );
 }
