@@ -452,3 +452,59 @@ fn stop_modes_max_jobs_and_idle<C: TestConn>(b: &Backend<C>) {
     assert!(started.elapsed() >= Duration::from_millis(200));
     assert_eq!(q.stats(Some("astop")).unwrap().total.succeeded, 10);
 }
+
+/// The child of `sigterm_stops_the_async_worker_gracefully`: a worker with `handle_signals`,
+/// in a process of its own (signal handlers are process-wide).
+#[test]
+#[ignore = "run in a child process by sigterm_stops_the_async_worker_gracefully"]
+fn async_worker_signal_child() {
+    let Ok(url) = std::env::var("JOBDB_SIGNAL_CHILD_DB") else {
+        return;
+    };
+    let q: jobdb::Queue = jobdb::Queue::open(&url, jobdb::Config::default()).unwrap();
+    let mut config = WorkerConfig::new("asig").lease(Duration::from_secs(30));
+    config.handle_signals = true;
+    config.grace = Duration::from_secs(10);
+    let worker = AsyncWorker::new(q.to_async(), config, |_ctx| async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        Ok::<_, HandlerError>("finished within the grace period")
+    });
+    let report = runtime().block_on(worker.run()).unwrap();
+    assert_eq!((report.succeeded, report.released), (1, 0), "{report:?}");
+}
+
+/// SIGTERM to a process running an async worker with `handle_signals`: the running job
+/// finishes within the grace period, nothing more is claimed, the process exits cleanly.
+#[cfg(unix)]
+#[test]
+fn sigterm_stops_the_async_worker_gracefully() {
+    let db = crate::common::TestDb::new();
+    let q = db.queue();
+    let first = q.enqueue(&job("asig", 1)).unwrap();
+    let second = q.enqueue(&job("asig", 2)).unwrap();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--ignored",
+            "--exact",
+            "async_api::async_worker_signal_child",
+            "--nocapture",
+        ])
+        .env("JOBDB_SIGNAL_CHILD_DB", db.url())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while q.get_job(first).unwrap().state != JobState::Running {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the child never claimed"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert_eq!(q.get_job(first).unwrap().state, JobState::Succeeded);
+    assert_eq!(q.get_job(second).unwrap().state, JobState::Queued);
+}
