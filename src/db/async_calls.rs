@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::combine::{AsyncHelpers, Kick};
+use super::combine::{Kick, WriterThreads};
 use super::{Db, Inner};
 use crate::driver::QueueConnection;
 use crate::error::{Error, Result};
@@ -76,7 +76,11 @@ impl<C: QueueConnection> Inner<C> {
             let inner = self.clone();
             return blocking(move || inner.writer.pooled(&inner.ctx(), name, op)).await?;
         }
-        let kick = self.kicker();
+        let Some(kick) = self.kicker() else {
+            // No writer threads: the sync path, on the blocking pool.
+            let inner = self.clone();
+            return blocking(move || inner.write(name, op)).await?;
+        };
         let reply = self.writer.submit_async(name, op, kick.clone());
         kick();
         reply.await.unwrap_or_else(|_| {
@@ -97,11 +101,13 @@ impl<C: QueueConnection> Inner<C> {
         blocking(move || inner.read(name, op)).await?
     }
 
-    /// The kick of this handle's async writes (its helper threads start on first use).
-    fn kicker(self: &Arc<Self>) -> Kick {
-        self.async_helpers
-            .get_or_init(|| AsyncHelpers::start(self))
-            .kick()
+    /// The kick of this handle's async writes (its writer threads start on first use);
+    /// `None` if they could not start.
+    fn kicker(self: &Arc<Self>) -> Option<Kick> {
+        self.writer_threads
+            .get_or_init(|| WriterThreads::start(self))
+            .as_ref()
+            .map(WriterThreads::kick)
     }
 
     /// Waits without blocking until work may have arrived since `seen`, or `timeout`.

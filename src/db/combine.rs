@@ -21,8 +21,8 @@ use crate::retry::{retry_busy, RetryPolicy, RetryStats};
 
 #[cfg(feature = "tokio")]
 mod oneshot;
-#[cfg(feature = "tokio")]
-pub(crate) use oneshot::{AsyncHelpers, Kick};
+mod threads;
+pub(crate) use threads::{Kick, WriterThreads};
 
 type Pool<C> = r2d2::Pool<ConnectionManager<C>>;
 type PooledConnection<C> = r2d2::PooledConnection<ConnectionManager<C>>;
@@ -213,7 +213,7 @@ impl<T, F> Task<T, F> {
 }
 
 /// A task answered without a result: a bug (or a panic in its group), never data.
-fn no_result() -> Error {
+pub(super) fn no_result() -> Error {
     Error::Internal {
         what: "group commit",
         reason: "operation finished without a result".into(),
@@ -243,13 +243,37 @@ impl<C: QueueConnection> Combiner<C> {
     }
 
     /// Runs `f` as part of a group commit; returns its result once the group committed.
-    pub(crate) fn submit<T, F>(&self, ctx: &WriteCtx<'_, C>, name: &'static str, f: F) -> Result<T>
+    /// With `handoff` (the writer threads' kick), a caller that finds others queued hands
+    /// its operation to the combining thread (see `threads.rs`); alone, it combines itself,
+    /// saving the hand-over.
+    pub(crate) fn submit<T, F>(
+        &self,
+        ctx: &WriteCtx<'_, C>,
+        name: &'static str,
+        f: F,
+        handoff: Option<&Kick>,
+    ) -> Result<T>
     where
         T: Send + 'static,
         F: FnMut(&mut C) -> Result<T> + Send + 'static,
     {
         let task = Arc::new(Task::new(name, f, Wake::Thread(Condvar::new())));
-        lock(&self.pending).push_back(task.clone());
+        let alone = {
+            let mut pending = lock(&self.pending);
+            pending.push_back(task.clone());
+            pending.len() == 1
+        };
+        // Contended: others queued, the writer busy, or a WAL sync under way (so callers are
+        // waiting for it and more operations are on their way).
+        let contended = || {
+            !alone
+                || self.writer.is_locked()
+                || self.syncing.is_locked()
+                || !lock(&self.durable).is_empty()
+        };
+        if let Some(kick) = handoff.filter(|_| contended()) {
+            return self.wait_handoff(&task, kick);
+        }
         loop {
             if let Some(mut writer) = self.writer.try_lock() {
                 self.combine(&mut writer, ctx, &task);

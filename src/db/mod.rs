@@ -150,9 +150,14 @@ pub(crate) struct Inner<C: QueueConnection> {
     pub(crate) url: Option<String>,
     #[cfg_attr(not(feature = "postgres"), allow(dead_code))] // PostgreSQL's LISTEN thread
     pub(crate) listener: Once,
-    /// The threads that combine and sync async callers' writes (started by the first one).
-    #[cfg(feature = "tokio")]
-    pub(crate) async_helpers: std::sync::OnceLock<combine::AsyncHelpers>,
+    /// The threads that combine and sync handed-over writes (async callers' always; sync
+    /// callers' with durable acknowledgements): started with the handle then, else by the
+    /// first async write.
+    /// `None` inside when the system would not start them.
+    pub(crate) writer_threads: std::sync::OnceLock<Option<combine::WriterThreads>>,
+    /// Contended sync callers hand their writes to `writer_threads` (SQLite, durable; see
+    /// `Combiner::submit`) instead of combining themselves.
+    pub(crate) handoff: bool,
 }
 
 impl<C: QueueConnection> Db<C> {
@@ -197,6 +202,9 @@ impl<C: QueueConnection> Db<C> {
                     && config.sqlite.pragmas.synchronous == crate::Synchronous::Durable
             })
             .map(wal_sync::WalSync::new);
+        // Measured with 16 workers: durable 11.7k jobs/s handing over against 8.7–9.1k
+        // combining in turns (14.2k at NORMAL); alone, a caller still combines itself.
+        let handoff = C::GROUP_COMMIT && wal_sync.is_some();
         let inner = Arc::new(Inner {
             pool,
             config,
@@ -209,9 +217,14 @@ impl<C: QueueConnection> Db<C> {
             wakeup: Arc::new(Wakeup::default()),
             url,
             listener: Once::new(),
-            #[cfg(feature = "tokio")]
-            async_helpers: std::sync::OnceLock::new(),
+            writer_threads: std::sync::OnceLock::new(),
+            handoff,
         });
+        if handoff {
+            inner
+                .writer_threads
+                .get_or_init(|| combine::WriterThreads::start(&inner));
+        }
         let db = Db { inner };
         if run_migrations {
             db.migrate()?;
@@ -334,7 +347,13 @@ impl<C: QueueConnection> Inner<C> {
         op: impl FnMut(&mut C) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         if C::GROUP_COMMIT {
-            self.writer.submit(&self.ctx(), name, op)
+            let handoff = self
+                .writer_threads
+                .get()
+                .and_then(Option::as_ref)
+                .filter(|_| self.handoff);
+            self.writer
+                .submit(&self.ctx(), name, op, handoff.map(|t| &t.kick))
         } else {
             self.writer.pooled(&self.ctx(), name, op)
         }
