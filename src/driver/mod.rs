@@ -11,6 +11,8 @@
 //! connection-level API, is sealed by them: code outside the crate can neither implement it
 //! nor call a driver method (so nothing can bypass the fencing in `queue.rs`).
 
+pub(crate) mod copy_rows;
+
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Double, Nullable, Text};

@@ -291,23 +291,12 @@ impl<C: QueueConnection> AsyncQueue<C> {
     /// [`Queue::wait_for`]: polls with a backoff of 5 ms doubling to 200 ms, sleeping on the
     /// runtime's timer.
     pub async fn wait_for(&self, job_id: i64, timeout: Duration) -> Result<Job> {
-        let started = Instant::now();
-        let mut pause = Duration::from_millis(5);
+        let mut wait = super::manage::WaitFor::new(job_id, timeout);
         loop {
-            let job = self.get_job(job_id).await?;
-            if job.state.is_finished() {
-                return Ok(job);
+            match wait.next(self.get_job(job_id).await?)? {
+                Ok(job) => return Ok(job),
+                Err(pause) => tokio::time::sleep(pause).await,
             }
-            let waited = started.elapsed();
-            if waited >= timeout {
-                return Err(Error::Timeout {
-                    job_id,
-                    state: job.state,
-                    waited,
-                });
-            }
-            tokio::time::sleep(pause.min(timeout - waited)).await;
-            pause = (pause * 2).min(Duration::from_millis(200));
         }
     }
 

@@ -119,23 +119,12 @@ impl<C: QueueConnection> Queue<C> {
     /// with a backoff of 5 ms doubling to 200 ms. [`Error::Timeout`] after `timeout`, with
     /// the job unaffected; [`Error::NotFound`] for an unknown id.
     pub fn wait_for(&self, job_id: i64, timeout: Duration) -> Result<Job> {
-        let started = Instant::now();
-        let mut pause = Duration::from_millis(5);
+        let mut wait = WaitFor::new(job_id, timeout);
         loop {
-            let job = self.get_job(job_id)?;
-            if job.state.is_finished() {
-                return Ok(job);
+            match wait.next(self.get_job(job_id)?)? {
+                Ok(job) => return Ok(job),
+                Err(pause) => std::thread::sleep(pause),
             }
-            let waited = started.elapsed();
-            if waited >= timeout {
-                return Err(Error::Timeout {
-                    job_id,
-                    state: job.state,
-                    waited,
-                });
-            }
-            std::thread::sleep(pause.min(timeout - waited));
-            pause = (pause * 2).min(Duration::from_millis(200));
         }
     }
 
@@ -147,5 +136,44 @@ impl<C: QueueConnection> Queue<C> {
     ) -> Result<std::collections::BTreeMap<String, QueueActivity>> {
         let e = self.inner();
         e.read("activity", |c| manage::activity(c, queue_name))
+    }
+}
+
+/// The polling of [`Queue::wait_for`] (and its async twin): a backoff of 5 ms doubling to
+/// 200 ms, and [`Error::Timeout`] once `timeout` has passed.
+pub(crate) struct WaitFor {
+    job_id: i64,
+    timeout: Duration,
+    started: Instant,
+    pause: Duration,
+}
+
+impl WaitFor {
+    pub(crate) fn new(job_id: i64, timeout: Duration) -> WaitFor {
+        WaitFor {
+            job_id,
+            timeout,
+            started: Instant::now(),
+            pause: Duration::from_millis(5),
+        }
+    }
+
+    /// After reading `job`: the finished job (`Ok(Ok)`), the pause before the next read
+    /// (`Ok(Err)`), or the timeout.
+    pub(crate) fn next(&mut self, job: Job) -> Result<std::result::Result<Job, Duration>> {
+        if job.state.is_finished() {
+            return Ok(Ok(job));
+        }
+        let waited = self.started.elapsed();
+        if waited >= self.timeout {
+            return Err(Error::Timeout {
+                job_id: self.job_id,
+                state: job.state,
+                waited,
+            });
+        }
+        let pause = self.pause.min(self.timeout - waited);
+        self.pause = (self.pause * 2).min(Duration::from_millis(200));
+        Ok(Err(pause))
     }
 }

@@ -424,7 +424,7 @@ impl WithQueue for Parent<'_> {
     }
 }
 
-/// W threads drain the queue: claim → heartbeat → complete (batched when `batch` > 1).
+/// The worker phase in the mode the flags name (see [`BenchReport::mode`]).
 fn worker_phase<C: QueueConnection>(
     args: &BenchArgs,
     queue: &Queue<C>,

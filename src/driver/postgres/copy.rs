@@ -10,13 +10,9 @@ use super::JOB_COLUMNS;
 use crate::driver::CopyDriver;
 use crate::error::{Error, Result};
 use crate::models::{JobRow, PausedRow, ResultRow, ScheduleRow};
-use crate::schema_postgres::paused_queues;
 
 const RESULT_COLUMNS: &str = "id, job_id, attempt, outcome, output::text AS output, error, \
     (created_at AT TIME ZONE 'UTC') AS created_at, duration_ms";
-
-use crate::schema_postgres::jobs::dsl as jobs_dsl;
-use crate::schema_postgres::results::dsl as results_dsl;
 
 #[derive(QueryableByName)]
 struct N {
@@ -30,6 +26,14 @@ fn json(table: &'static str, text: &str) -> Result<serde_json::Value> {
         table,
         reason: format!("a JSON column holds text that is not JSON: {e}"),
     })
+}
+
+fn job_json(text: &str) -> Result<serde_json::Value> {
+    json("jobs", text)
+}
+
+fn result_json(text: &str) -> Result<serde_json::Value> {
+    json("results", text)
 }
 
 impl CopyDriver for PgConnection {
@@ -99,75 +103,7 @@ impl CopyDriver for PgConnection {
         .load(self)?)
     }
 
-    fn insert_job_rows(&mut self, rows: &[JobRow]) -> Result<()> {
-        use jobs_dsl::*;
-        let jobs_table = jobs_dsl::jobs;
-        let values = rows
-            .iter()
-            .map(|r| {
-                Ok((
-                    (
-                        id.eq(r.id),
-                        queue.eq(&r.queue),
-                        state.eq(&r.state),
-                        priority.eq(r.priority),
-                        payload.eq(json("jobs", &r.payload)?),
-                        attempts.eq(r.attempts),
-                        max_attempts.eq(r.max_attempts),
-                        run_at.eq(r.run_at),
-                        created_at.eq(r.created_at),
-                    ),
-                    (
-                        updated_at.eq(r.updated_at),
-                        worker_id.eq(&r.worker_id),
-                        heartbeat_at.eq(r.heartbeat_at),
-                        lease_expires_at.eq(r.lease_expires_at),
-                        last_error.eq(&r.last_error),
-                        unique_key.eq(&r.unique_key),
-                        cancel_requested_at.eq(r.cancel_requested_at),
-                        attempt_base.eq(r.attempt_base),
-                        timeout_ms.eq(r.timeout_ms),
-                    ),
-                ))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        diesel::insert_into(jobs_table)
-            .values(values)
-            .on_conflict(id)
-            .do_nothing()
-            .execute(self)?;
-        Ok(())
-    }
-
-    fn insert_result_rows(&mut self, rows: &[ResultRow]) -> Result<()> {
-        use results_dsl::*;
-        let results_table = results_dsl::results;
-        let values = rows
-            .iter()
-            .map(|r| {
-                Ok((
-                    id.eq(r.id),
-                    job_id.eq(r.job_id),
-                    attempt.eq(r.attempt),
-                    outcome.eq(&r.outcome),
-                    output.eq(r
-                        .output
-                        .as_deref()
-                        .map(|o| json("results", o))
-                        .transpose()?),
-                    error.eq(&r.error),
-                    created_at.eq(r.created_at),
-                    duration_ms.eq(r.duration_ms),
-                ))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        diesel::insert_into(results_table)
-            .values(values)
-            .on_conflict(id)
-            .do_nothing()
-            .execute(self)?;
-        Ok(())
-    }
+    crate::driver::copy_rows::copy_inserts!(schema_postgres, job_json, result_json);
 
     fn upsert_schedule_rows(&mut self, rows: &[ScheduleRow]) -> Result<()> {
         for r in rows {
@@ -182,24 +118,6 @@ impl CopyDriver for PgConnection {
             .bind::<Timestamptz, _>(super::utc(r.updated_at))
             .execute(self)?;
         }
-        Ok(())
-    }
-
-    fn upsert_paused_rows(&mut self, rows: &[PausedRow]) -> Result<()> {
-        let values: Vec<_> = rows
-            .iter()
-            .map(|r| {
-                (
-                    paused_queues::queue.eq(&r.queue),
-                    paused_queues::paused_at.eq(r.paused_at),
-                )
-            })
-            .collect();
-        diesel::insert_into(paused_queues::table)
-            .values(values)
-            .on_conflict(paused_queues::queue)
-            .do_nothing()
-            .execute(self)?;
         Ok(())
     }
 

@@ -10,13 +10,15 @@ use crate::error::Result;
 use crate::models::{JobRow, PausedRow, ResultRow, ScheduleRow};
 use crate::schema::{jobs, paused_queues, results, schedules};
 
-use crate::schema::jobs::dsl as jobs_dsl;
-use crate::schema::results::dsl as results_dsl;
-
 #[derive(QueryableByName)]
 struct N {
     #[diesel(sql_type = BigInt)]
     n: i64,
+}
+
+/// JSON columns are text on SQLite: bound as they are.
+fn as_text(text: &str) -> Result<&str> {
+    Ok(text)
 }
 
 impl CopyDriver for SqliteConnection {
@@ -82,71 +84,7 @@ impl CopyDriver for SqliteConnection {
         )
     }
 
-    fn insert_job_rows(&mut self, rows: &[JobRow]) -> Result<()> {
-        use jobs_dsl::*;
-        let jobs_table = jobs_dsl::jobs;
-        let values: Vec<_> = rows
-            .iter()
-            .map(|r| {
-                (
-                    (
-                        id.eq(r.id),
-                        queue.eq(&r.queue),
-                        state.eq(&r.state),
-                        priority.eq(r.priority),
-                        payload.eq(&r.payload),
-                        attempts.eq(r.attempts),
-                        max_attempts.eq(r.max_attempts),
-                        run_at.eq(r.run_at),
-                        created_at.eq(r.created_at),
-                    ),
-                    (
-                        updated_at.eq(r.updated_at),
-                        worker_id.eq(&r.worker_id),
-                        heartbeat_at.eq(r.heartbeat_at),
-                        lease_expires_at.eq(r.lease_expires_at),
-                        last_error.eq(&r.last_error),
-                        unique_key.eq(&r.unique_key),
-                        cancel_requested_at.eq(r.cancel_requested_at),
-                        attempt_base.eq(r.attempt_base),
-                        timeout_ms.eq(r.timeout_ms),
-                    ),
-                )
-            })
-            .collect();
-        diesel::insert_into(jobs_table)
-            .values(values)
-            .on_conflict(id)
-            .do_nothing()
-            .execute(self)?;
-        Ok(())
-    }
-
-    fn insert_result_rows(&mut self, rows: &[ResultRow]) -> Result<()> {
-        use results_dsl::*;
-        let results_table = results_dsl::results;
-        let values: Vec<_> = rows
-            .iter()
-            .map(|r| {
-                (
-                    id.eq(r.id),
-                    job_id.eq(r.job_id),
-                    attempt.eq(r.attempt),
-                    outcome.eq(&r.outcome),
-                    output.eq(&r.output),
-                    error.eq(&r.error),
-                    created_at.eq(r.created_at),
-                    duration_ms.eq(r.duration_ms),
-                )
-            })
-            .collect();
-        diesel::insert_into(results_table)
-            .values(values)
-            .on_conflict(id)
-            .do_nothing()
-            .execute(self)?;
-        Ok(())
-    }
+    crate::driver::copy_rows::copy_inserts!(schema, as_text, as_text);
 
     fn upsert_schedule_rows(&mut self, rows: &[ScheduleRow]) -> Result<()> {
         for r in rows {
@@ -162,24 +100,6 @@ impl CopyDriver for SqliteConnection {
             .bind::<diesel::sql_types::Timestamp, _>(r.updated_at)
             .execute(self)?;
         }
-        Ok(())
-    }
-
-    fn upsert_paused_rows(&mut self, rows: &[PausedRow]) -> Result<()> {
-        let values: Vec<_> = rows
-            .iter()
-            .map(|r| {
-                (
-                    paused_queues::queue.eq(&r.queue),
-                    paused_queues::paused_at.eq(r.paused_at),
-                )
-            })
-            .collect();
-        diesel::insert_into(paused_queues::table)
-            .values(values)
-            .on_conflict(paused_queues::queue)
-            .do_nothing()
-            .execute(self)?;
         Ok(())
     }
 
