@@ -52,6 +52,7 @@ pub mod models;
 pub mod options;
 pub mod pool;
 pub mod pragmas;
+pub mod prometheus;
 pub mod queue;
 pub mod retry;
 pub mod schedule;

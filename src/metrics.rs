@@ -75,6 +75,26 @@ impl Histogram {
     }
 }
 
+impl Histogram {
+    /// Cumulative bucket counts for the Prometheus text format: `(upper bound in seconds,
+    /// values at or below it)`, then the sum in seconds and the count. Bucket `i` holds
+    /// whole microseconds below `2^i`, so its inclusive bound is `2^i - 1` µs: exact.
+    pub fn cumulative(&self) -> (Vec<(f64, u64)>, f64, u64) {
+        let mut seen = 0;
+        let buckets = self
+            .buckets
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                seen += b.load(Ordering::Relaxed);
+                (((1u64 << i) - 1) as f64 / 1e6, seen)
+            })
+            .collect();
+        let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+        (buckets, sum, seen)
+    }
+}
+
 /// A [`Histogram`] at one moment.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct HistogramSnapshot {

@@ -32,6 +32,7 @@ mod postgres;
 mod power_loss;
 mod properties;
 mod regressions;
+mod serve;
 mod stop_modes;
 mod timeouts;
 mod wal;

@@ -26,6 +26,7 @@ mod copy;
 mod inspect;
 mod latency;
 mod ops;
+mod serve;
 
 use inspect::{doctor, print_job};
 
@@ -130,6 +131,8 @@ enum Command {
     /// Write finished jobs with their attempts to a Parquet file, then delete them
     #[cfg(feature = "archive")]
     Archive(archive::ArchiveArgs),
+    /// Serve the admin HTTP API (JSON) and /metrics (Prometheus) until SIGINT/SIGTERM
+    Serve(serve::ServeArgs),
     /// Copy every table to another database (e.g. SQLite to PostgreSQL), verified; all or
     /// nothing
     Copy(copy::CopyArgs),
@@ -382,6 +385,7 @@ impl WithQueue for Command {
                 println!("job {id} queued");
             }
             Command::Prune(args) => ops::prune(&queue, args)?,
+            Command::Serve(args) => serve::run(queue, args)?,
             #[cfg(feature = "archive")]
             Command::Archive(args) => archive::run(&queue, args)?,
             Command::Pause { queue: name } => {

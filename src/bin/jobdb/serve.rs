@@ -1,0 +1,345 @@
+//! `jobdb serve`: the admin HTTP API (JSON) and `/metrics` (Prometheus), on SQLite or
+//! PostgreSQL. Every action goes through the same library calls as the CLI.
+//!
+//! Security: it binds loopback by default; any other address needs a token (`--token` or
+//! `JOBDB_SERVE_TOKEN`), and with a token every request must carry `Authorization: Bearer
+//! TOKEN`. Actions are POSTs that must send `Content-Type: application/json` (a cross-site
+//! form cannot, and a cross-site script cannot without a CORS preflight, which is never
+//! granted) and, when the browser sends an `Origin`, one naming this server. `--read-only`
+//! refuses every action.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use axum::extract::{Path, Request, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use jobdb::{AsyncQueue, NewJob, Queue, QueueConnection};
+use serde::{Deserialize, Serialize};
+
+use crate::UsageError;
+
+/// Arguments of `jobdb serve`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Address to listen on; anything but loopback needs --token
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Every request must send `Authorization: Bearer TOKEN`
+    #[arg(long, env = "JOBDB_SERVE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Refuse every action (retry, cancel, pause, resume, enqueue): reads and /metrics only
+    #[arg(long)]
+    read_only: bool,
+}
+
+struct Ctx<C: QueueConnection> {
+    queue: AsyncQueue<C>,
+    token: Option<String>,
+    read_only: bool,
+}
+
+type Shared<C> = Arc<Ctx<C>>;
+
+/// Runs `jobdb serve` until SIGINT/SIGTERM.
+pub fn run<C: QueueConnection>(queue: Queue<C>, args: ServeArgs) -> Result<()> {
+    if !args.listen.ip().is_loopback() && !args.token.as_deref().is_some_and(|t| !t.is_empty()) {
+        return Err(UsageError(format!(
+            "--listen {} is not a loopback address: give a --token (or JOBDB_SERVE_TOKEN) so \
+             that only its holders can use the API",
+            args.listen
+        ))
+        .into());
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let ctx = Arc::new(Ctx {
+            queue: queue.to_async(),
+            token: args.token.filter(|t| !t.is_empty()),
+            read_only: args.read_only,
+        });
+        println!("listening on http://{}", listener.local_addr()?);
+        use std::io::Write as _;
+        std::io::stdout().flush()?;
+        axum::serve(listener, router(ctx))
+            .with_graceful_shutdown(async {
+                let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+                }
+            })
+            .await
+            .context("the server failed")
+    })
+}
+
+fn router<C: QueueConnection>(ctx: Shared<C>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics::<C>))
+        .route("/api/queues", get(queues::<C>))
+        .route("/api/jobs", post(enqueue::<C>))
+        .route("/api/jobs/{id}", get(job::<C>))
+        .route("/api/jobs/{id}/retry", post(retry::<C>))
+        .route("/api/jobs/{id}/cancel", post(cancel::<C>))
+        .route("/api/queues/{name}/pause", post(pause::<C>))
+        .route("/api/queues/{name}/resume", post(resume::<C>))
+        .layer(middleware::from_fn_with_state(ctx.clone(), guard::<C>))
+        .with_state(ctx)
+}
+
+/// The token, and for actions: not read-only, JSON, and from this origin.
+async fn guard<C: QueueConnection>(
+    State(ctx): State<Shared<C>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let headers = request.headers();
+    if let Some(token) = &ctx.token {
+        let sent = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if sent != Some(token.as_str()) {
+            return refuse(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "a valid `Authorization: Bearer` token is required",
+            );
+        }
+    }
+    if request.method() == Method::POST {
+        if ctx.read_only {
+            return refuse(
+                StatusCode::FORBIDDEN,
+                "read_only",
+                "this server is read-only (--read-only)",
+            );
+        }
+        let json = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json"));
+        if !json {
+            return refuse(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "invalid_input",
+                "actions take `Content-Type: application/json`",
+            );
+        }
+        if !same_origin(headers) {
+            return refuse(
+                StatusCode::FORBIDDEN,
+                "cross_site",
+                "a cross-site request is refused",
+            );
+        }
+    }
+    next.run(request).await
+}
+
+/// No `Origin` (a script, curl), or one whose host is the `Host` this request was sent to.
+fn same_origin(headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+        return true;
+    };
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    let origin_host = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"));
+    host.is_some() && origin_host == host
+}
+
+/// An error answer, `{"error": …, "kind": …}`.
+fn refuse(status: StatusCode, kind: &str, message: &str) -> Response {
+    (
+        status,
+        Json(serde_json::json!({ "error": message, "kind": kind })),
+    )
+        .into_response()
+}
+
+/// jobdb's errors as answers, by kind (the CLI's exit codes' kinds), never by text.
+struct ApiError(jobdb::Error);
+
+impl From<jobdb::Error> for ApiError {
+    fn from(e: jobdb::Error) -> Self {
+        ApiError(e)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let e = &self.0;
+        let (status, kind) = if e.is_not_found() {
+            (StatusCode::NOT_FOUND, "not_found")
+        } else if e.is_invalid_input() {
+            (StatusCode::BAD_REQUEST, "invalid_input")
+        } else if e.is_wrong_state() {
+            (StatusCode::CONFLICT, "wrong_state")
+        } else if e.is_unique_conflict() {
+            (StatusCode::CONFLICT, "unique_conflict")
+        } else if e.is_busy() {
+            (StatusCode::SERVICE_UNAVAILABLE, "busy")
+        } else if e.is_internal() {
+            (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+        } else {
+            (StatusCode::INTERNAL_SERVER_ERROR, "database")
+        };
+        refuse(status, kind, &e.to_string())
+    }
+}
+
+async fn metrics<C: QueueConnection>(State(ctx): State<Shared<C>>) -> Result<Response, ApiError> {
+    let text = ctx
+        .queue
+        .blocking(|q| jobdb::prometheus::render(q))
+        .await??;
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
+}
+
+/// One queue's figures.
+#[derive(Serialize)]
+struct QueueView {
+    queue: String,
+    counts: jobdb::StateCounts,
+    #[serde(flatten)]
+    activity: Option<jobdb::QueueActivity>,
+}
+
+async fn queues<C: QueueConnection>(
+    State(ctx): State<Shared<C>>,
+) -> Result<Json<Vec<QueueView>>, ApiError> {
+    let stats = ctx.queue.stats(None).await?;
+    let mut activity = ctx.queue.blocking(|q| q.activity(None)).await??;
+    Ok(Json(
+        stats
+            .queues
+            .into_iter()
+            .map(|(queue, counts)| QueueView {
+                activity: activity.remove(&queue),
+                queue,
+                counts,
+            })
+            .collect(),
+    ))
+}
+
+#[derive(Serialize)]
+struct JobView {
+    job: jobdb::Job,
+    results: Vec<jobdb::JobResult>,
+}
+
+async fn job<C: QueueConnection>(
+    State(ctx): State<Shared<C>>,
+    Path(id): Path<i64>,
+) -> Result<Json<JobView>, ApiError> {
+    let job = ctx.queue.get_job(id).await?;
+    let results = ctx.queue.get_results(id).await?;
+    Ok(Json(JobView { job, results }))
+}
+
+/// The body of `POST /api/jobs`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnqueueBody {
+    queue: String,
+    payload: serde_json::Value,
+    #[serde(default)]
+    priority: i32,
+    #[serde(default)]
+    delay_ms: u64,
+    max_attempts: Option<i32>,
+    unique_key: Option<String>,
+}
+
+async fn enqueue<C: QueueConnection>(
+    State(ctx): State<Shared<C>>,
+    body: Result<Json<EnqueueBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(body) = match body {
+        Ok(b) => b,
+        Err(e) => {
+            return Ok(refuse(
+                StatusCode::BAD_REQUEST,
+                "invalid_input",
+                &e.body_text(),
+            ))
+        }
+    };
+    let mut job = NewJob::new(body.queue, &body.payload)?.priority(body.priority);
+    if body.delay_ms > 0 {
+        job = job.run_at(jobdb::timestamp::from_now(
+            "delay_ms",
+            Duration::from_millis(body.delay_ms),
+        )?);
+    }
+    if let Some(n) = body.max_attempts {
+        job = job.max_attempts(n);
+    }
+    if let Some(k) = body.unique_key {
+        job = job.unique_key(k);
+    }
+    let done = ctx.queue.enqueue_unique(&job).await?;
+    let status = if done.inserted {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        Json(serde_json::json!({ "id": done.id, "inserted": done.inserted })),
+    )
+        .into_response())
+}
+
+async fn retry<C: QueueConnection>(
+    State(ctx): State<Shared<C>>,
+    Path(id): Path<i64>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    ctx.queue.retry(id).await?;
+    Ok(Json(serde_json::json!({ "id": id, "state": "queued" })))
+}
+
+async fn cancel<C: QueueConnection>(
+    State(ctx): State<Shared<C>>,
+    Path(id): Path<i64>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let outcome = match ctx.queue.cancel(id).await? {
+        jobdb::CancelOutcome::Cancelled => "cancelled",
+        jobdb::CancelOutcome::Requested => "cancel_requested",
+    };
+    Ok(Json(serde_json::json!({ "id": id, "outcome": outcome })))
+}
+
+async fn pause<C: QueueConnection>(
+    State(ctx): State<Shared<C>>,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let changed = ctx.queue.blocking(move |q| q.pause(&name)).await??;
+    Ok(Json(
+        serde_json::json!({ "paused": true, "changed": changed }),
+    ))
+}
+
+async fn resume<C: QueueConnection>(
+    State(ctx): State<Shared<C>>,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let changed = ctx.queue.blocking(move |q| q.resume(&name)).await??;
+    Ok(Json(
+        serde_json::json!({ "paused": false, "changed": changed }),
+    ))
+}

@@ -1,0 +1,180 @@
+//! `/metrics` in the Prometheus text format (version 0.0.4): the queue's state read from the
+//! database and the handle's own counters and histograms. `jobdb serve` serves it; an app can
+//! serve [`render`] from its own HTTP server.
+//!
+//! Names follow Prometheus conventions: the `jobdb_` prefix, base units (seconds, bytes),
+//! `_total` for counters. The queue gauges are read from the database, so they are the same
+//! whichever process serves them; the counters and histograms are this process's handle's
+//! (every process serves its own, as Prometheus expects).
+
+use std::fmt::Write as _;
+
+use crate::driver::QueueConnection;
+use crate::error::Result;
+use crate::handle::Queue;
+use crate::metrics::Histogram;
+use crate::models::JobState;
+
+/// The metrics text for `queue`: one scan of `jobs` for the gauges (run on a reader).
+pub fn render<C: QueueConnection>(queue: &Queue<C>) -> Result<String> {
+    let stats = queue.stats(None)?;
+    let activity = queue.activity(None)?;
+    let mut out = String::new();
+    let mut family = |name: &str, kind: &str, help: &str| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    };
+    family(
+        "jobdb_jobs",
+        "gauge",
+        "Jobs in the database, by queue and state.",
+    );
+    let mut lines = String::new();
+    for (q, counts) in &stats.queues {
+        for state in JobState::ALL {
+            let n = match state {
+                JobState::Queued => counts.queued,
+                JobState::Running => counts.running,
+                JobState::Succeeded => counts.succeeded,
+                JobState::Dead => counts.dead,
+                JobState::Cancelled => counts.cancelled,
+            };
+            let _ = writeln!(
+                lines,
+                "jobdb_jobs{{queue=\"{}\",state=\"{state}\"}} {n}",
+                label(q)
+            );
+        }
+    }
+    out.push_str(&lines);
+    let gauges: [Gauge; 3] = [
+        (
+            "jobdb_oldest_due_wait_seconds",
+            "How long the oldest due job of the queue has waited to be claimed (0: none due).",
+            |a| a.oldest_due_age_s.unwrap_or(0.0),
+        ),
+        ("jobdb_queue_paused", "1 if the queue is paused.", |a| {
+            f64::from(u8::from(a.paused))
+        }),
+        (
+            "jobdb_succeeded_last_minute",
+            "Jobs of the queue that succeeded in the last 60 seconds.",
+            |a| a.succeeded_last_minute as f64,
+        ),
+    ];
+    for (name, help, value) in gauges {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for (q, a) in &activity {
+            let _ = writeln!(out, "{name}{{queue=\"{}\"}} {}", label(q), value(a));
+        }
+    }
+    let inner = &queue.db().inner;
+    let retries = inner.stats.snapshot();
+    let m = &inner.metrics;
+    let counters: [(&str, &str, u64); 7] = [
+        (
+            "jobdb_transactions_total",
+            "Write transactions run by this process's handle.",
+            retries.transactions,
+        ),
+        (
+            "jobdb_busy_retries_total",
+            "Write transactions re-run because the database was busy.",
+            retries.busy_retries,
+        ),
+        (
+            "jobdb_busy_give_ups_total",
+            "Operations that gave up busy past the retry deadline (Error::Busy).",
+            retries.busy_exhausted,
+        ),
+        (
+            "jobdb_slow_transactions_total",
+            "Write transactions that held the write lock past the slow threshold.",
+            load(&m.slow_transactions),
+        ),
+        (
+            "jobdb_wal_checkpoints_total",
+            "WAL checkpoints run by this process (SQLite).",
+            load(&m.checkpoints),
+        ),
+        (
+            "jobdb_wal_truncates_total",
+            "WAL truncations by this process (SQLite).",
+            load(&m.wal_truncates),
+        ),
+        (
+            "jobdb_wal_syncs_total",
+            "fdatasyncs of the WAL for durable acknowledgements (SQLite).",
+            load(&m.wal_syncs),
+        ),
+    ];
+    for (name, help, value) in counters {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP jobdb_wal_bytes Size of the WAL file at the last check (SQLite).\n\
+         # TYPE jobdb_wal_bytes gauge\njobdb_wal_bytes {}",
+        load(&m.wal_bytes)
+    );
+    for (name, help, h) in [
+        (
+            "jobdb_claim_duration_seconds",
+            "Claim calls, from call to answer.",
+            &m.claim_latency,
+        ),
+        (
+            "jobdb_write_lock_hold_seconds",
+            "How long write transactions held the write lock.",
+            &m.lock_hold,
+        ),
+        (
+            "jobdb_write_lock_wait_seconds",
+            "How long write transactions waited for the write lock.",
+            &m.lock_wait,
+        ),
+        (
+            "jobdb_wal_sync_wait_seconds",
+            "How long durable operations waited for their WAL sync after commit.",
+            &m.sync_wait,
+        ),
+    ] {
+        histogram(&mut out, name, help, h);
+    }
+    Ok(out)
+}
+
+/// A per-queue gauge: its name, its help, and its value from the queue's activity.
+type Gauge = (&'static str, &'static str, fn(&crate::QueueActivity) -> f64);
+
+fn load(a: &std::sync::atomic::AtomicU64) -> u64 {
+    a.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// A histogram family: the buckets up to the first that holds everything, `+Inf`, sum, count.
+fn histogram(out: &mut String, name: &str, help: &str, h: &Histogram) {
+    let (buckets, sum, count) = h.cumulative();
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+    for (le, n) in buckets
+        .iter()
+        .take_while(|(_, n)| *n < count)
+        .chain(buckets.iter().find(|(_, n)| *n == count))
+    {
+        let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {n}");
+    }
+    let _ = writeln!(
+        out,
+        "{name}_bucket{{le=\"+Inf\"}} {count}\n{name}_sum {sum}\n{name}_count {count}"
+    );
+}
+
+/// A label value escaped as the text format requires (backslash, quote, newline): queue
+/// names are user input.
+fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}

@@ -1,0 +1,310 @@
+//! `jobdb serve` over real HTTP on both backends: the admin API's reads and actions go through
+//! the library calls (checked in the database), errors are typed JSON, `/metrics` passes
+//! `promtool check metrics` (when installed; CI requires it) and its values are the
+//! database's; the token, read-only, JSON-only and same-origin rules hold.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use jobdb::{JobState, NewJob};
+
+use crate::backends::{Backend, TestConn};
+
+crate::on_both_backends!(the_admin_api_and_metrics_answer_from_the_database);
+
+/// `jobdb serve` on a free loopback port, killed when dropped.
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(url: &str, extra: &[&str]) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_jobdb"))
+        .args(["--database-url", url, "serve", "--listen", "127.0.0.1:0"])
+        .args(extra)
+        .env_remove("DATABASE_URL")
+        .env_remove("JOBDB_SERVE_TOKEN")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let base = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .to_owned();
+    Server { child, base }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .new_agent()
+}
+
+/// `(status, body)` of a request; POSTs send JSON unless `content_type` says otherwise.
+fn call(url: &str, post: Option<&str>, headers: &[(&str, &str)]) -> (u16, String) {
+    let agent = agent();
+    let mut response = match post {
+        Some(body) => {
+            let mut req = agent.post(url);
+            if !headers
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+            {
+                req = req.header("content-type", "application/json");
+            }
+            for (k, v) in headers {
+                req = req.header(*k, *v);
+            }
+            req.send(body).unwrap()
+        }
+        None => {
+            let mut req = agent.get(url);
+            for (k, v) in headers {
+                req = req.header(*k, *v);
+            }
+            req.call().unwrap()
+        }
+    };
+    let status = response.status().as_u16();
+    (status, response.body_mut().read_to_string().unwrap())
+}
+
+fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+fn the_admin_api_and_metrics_answer_from_the_database<C: TestConn>(b: &Backend<C>) {
+    let q = b.queue();
+    let dead = q
+        .enqueue(&NewJob::new("mail", &1).unwrap().max_attempts(1))
+        .unwrap();
+    let lease = q.claim("mail", 1, "w", Duration::from_secs(30)).unwrap()[0].lease();
+    q.fail(lease, "smtp said no <script>", Duration::ZERO)
+        .unwrap();
+    let s = serve(&b.url(), &[]);
+
+    // Enqueue through the API; read it back; bad input is a typed 400 that writes nothing.
+    let (status, body) = call(
+        &format!("{}/api/jobs", s.base),
+        Some(
+            r#"{"queue":"mail","payload":{"to":"\"><img src=x onerror=alert(1)>"},"priority":-2}"#,
+        ),
+        &[],
+    );
+    assert_eq!(status, 201, "{body}");
+    let id = json(&body)["id"].as_i64().unwrap();
+    assert_eq!(q.get_job(id).unwrap().priority, -2);
+    let (status, body) = call(&format!("{}/api/jobs/{id}", s.base), None, &[]);
+    assert_eq!(status, 200);
+    assert_eq!(json(&body)["job"]["state"], "queued");
+    for bad in [
+        r#"{"queue":"","payload":1}"#,
+        r#"{"queue":"q"}"#,
+        "not json",
+    ] {
+        let (status, body) = call(&format!("{}/api/jobs", s.base), Some(bad), &[]);
+        assert_eq!(
+            (status, json(&body)["kind"].as_str()),
+            (400, Some("invalid_input")),
+            "{bad}: {body}"
+        );
+    }
+    assert_eq!(q.stats(None).unwrap().total.total(), 2);
+    let (status, body) = call(&format!("{}/api/jobs/987654", s.base), None, &[]);
+    assert_eq!(
+        (status, json(&body)["kind"].as_str()),
+        (404, Some("not_found"))
+    );
+
+    // Actions: retry the dead job, cancel the queued one, pause and resume a queue.
+    let (status, _) = call(
+        &format!("{}/api/jobs/{dead}/retry", s.base),
+        Some("{}"),
+        &[],
+    );
+    assert_eq!(status, 200);
+    assert_eq!(q.get_job(dead).unwrap().state, JobState::Queued);
+    let (status, body) = call(&format!("{}/api/jobs/{id}/cancel", s.base), Some("{}"), &[]);
+    assert_eq!(
+        (status, json(&body)["outcome"].as_str()),
+        (200, Some("cancelled"))
+    );
+    assert_eq!(q.get_job(id).unwrap().state, JobState::Cancelled);
+    let (status, body) = call(&format!("{}/api/jobs/{id}/retry", s.base), Some("{}"), &[]);
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = call(
+        &format!("{}/api/jobs/{dead}/retry", s.base),
+        Some("{}"),
+        &[],
+    );
+    assert_eq!(
+        (status, json(&body)["kind"].as_str()),
+        (409, Some("wrong_state")),
+        "{body}"
+    );
+    call(
+        &format!("{}/api/queues/mail/pause", s.base),
+        Some("{}"),
+        &[],
+    );
+    assert_eq!(q.paused().unwrap(), ["mail"]);
+    let (_, body) = call(&format!("{}/api/queues", s.base), None, &[]);
+    let queues = json(&body);
+    assert_eq!(
+        (queues[0]["queue"].as_str(), queues[0]["paused"].as_bool()),
+        (Some("mail"), Some(true))
+    );
+    assert_eq!(queues[0]["counts"]["queued"], 2);
+    call(
+        &format!("{}/api/queues/mail/resume", s.base),
+        Some("{}"),
+        &[],
+    );
+    assert!(q.paused().unwrap().is_empty());
+
+    // Cross-site and non-JSON actions are refused and change nothing.
+    let (status, _) = call(
+        &format!("{}/api/jobs/{id}/cancel", s.base),
+        Some("{}"),
+        &[("origin", "http://evil.example")],
+    );
+    assert_eq!(status, 403);
+    let (status, _) = call(
+        &format!("{}/api/queues/mail/pause", s.base),
+        Some("x=1"),
+        &[("content-type", "application/x-www-form-urlencoded")],
+    );
+    assert_eq!(status, 415);
+    assert!(q.paused().unwrap().is_empty());
+    assert_eq!(q.get_job(id).unwrap().state, JobState::Queued);
+
+    // /metrics: the database's counts, in a format promtool accepts.
+    let (status, text) = call(&format!("{}/metrics", s.base), None, &[]);
+    assert_eq!(status, 200);
+    let value = |line_start: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(line_start))
+            .and_then(|l| l.rsplit(' ').next())
+            .unwrap_or_else(|| panic!("no {line_start} in\n{text}"))
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(value(r#"jobdb_jobs{queue="mail",state="queued"} "#), 2.0);
+    assert_eq!(value(r#"jobdb_jobs{queue="mail",state="dead"} "#), 0.0);
+    assert_eq!(value(r#"jobdb_queue_paused{queue="mail"} "#), 0.0);
+    assert!(value("jobdb_transactions_total ") >= 5.0);
+    assert!(text.contains("# TYPE jobdb_write_lock_hold_seconds histogram"));
+    promtool_check(&text);
+}
+
+/// `promtool check metrics` on `text`, when promtool is installed (CI requires it).
+fn promtool_check(text: &str) {
+    use std::io::Write as _;
+    let child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let Ok(mut child) = child else {
+        if std::env::var("JOBDB_REQUIRE_PROMTOOL").as_deref() == Ok("1") {
+            panic!("JOBDB_REQUIRE_PROMTOOL=1 but promtool is not installed");
+        }
+        crate::backends::loud!("SKIPPED promtool check metrics: promtool is not installed");
+        return;
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A token guards every request; `--read-only` refuses actions; a non-loopback address
+/// without a token is refused at start (exit 2).
+#[test]
+fn the_token_read_only_and_loopback_rules_hold() {
+    let db = crate::common::TestDb::new();
+    let q = db.queue();
+    let id = q.enqueue(&NewJob::new("t", &1).unwrap()).unwrap();
+    let s = serve(&db.url(), &["--token", "s3cret"]);
+    let (status, body) = call(&format!("{}/api/queues", s.base), None, &[]);
+    assert_eq!(
+        (status, json(&body)["kind"].as_str()),
+        (401, Some("unauthorized"))
+    );
+    let (status, _) = call(
+        &format!("{}/metrics", s.base),
+        None,
+        &[("authorization", "Bearer wrong")],
+    );
+    assert_eq!(status, 401);
+    let (status, _) = call(&format!("{}/api/jobs/{id}/cancel", s.base), Some("{}"), &[]);
+    assert_eq!(status, 401);
+    assert_eq!(q.get_job(id).unwrap().state, JobState::Queued);
+    let (status, _) = call(
+        &format!("{}/api/queues", s.base),
+        None,
+        &[("authorization", "Bearer s3cret")],
+    );
+    assert_eq!(status, 200);
+    drop(s);
+
+    let ro = serve(&db.url(), &["--read-only"]);
+    let (status, body) = call(
+        &format!("{}/api/jobs/{id}/cancel", ro.base),
+        Some("{}"),
+        &[],
+    );
+    assert_eq!(
+        (status, json(&body)["kind"].as_str()),
+        (403, Some("read_only"))
+    );
+    assert_eq!(q.get_job(id).unwrap().state, JobState::Queued);
+    let (status, _) = call(&format!("{}/api/jobs/{id}", ro.base), None, &[]);
+    assert_eq!(status, 200);
+    drop(ro);
+
+    let out = Command::new(env!("CARGO_BIN_EXE_jobdb"))
+        .args([
+            "--database-url",
+            &db.url(),
+            "serve",
+            "--listen",
+            "0.0.0.0:0",
+        ])
+        .env_remove("JOBDB_SERVE_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--token"));
+}
