@@ -261,6 +261,18 @@ impl<C: QueueConnection> Queue<C> {
         e.read("get_job", |c| queue::get_job(c, job_id))
     }
 
+    /// One page of the jobs `filter` matches, newest first, below `before` (see
+    /// [`queue::list_jobs`]: keyset pagination).
+    pub fn list_jobs(
+        &self,
+        filter: &queue::JobFilter,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<Job>> {
+        let e = self.inner();
+        e.read("list_jobs", |c| queue::list_jobs(c, filter, before, limit))
+    }
+
     /// All finished attempts of a job.
     pub fn get_results(&self, job_id: i64) -> Result<Vec<JobResult>> {
         let e = self.inner();

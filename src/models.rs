@@ -14,7 +14,9 @@ use crate::schema::{jobs, results};
 
 /// The life of a job: `queued → running → succeeded`, or back to `queued` for a retry, or
 /// `dead` when out of attempts; `cancelled` by an operator.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum JobState {
     /// Waiting to be claimed (possibly not before `run_at`).

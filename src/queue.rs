@@ -25,7 +25,8 @@ mod read;
 pub use batch::{complete_many, heartbeat_many, Completion};
 pub use read::{
     any_running, audit, backend_version, explain_claim, get_job, get_results, has_pending_work,
-    insert_finished, queued_count, stats, Audit, StateCounts, Stats,
+    insert_finished, list_jobs, queued_count, stats, Audit, JobFilter, StateCounts, Stats,
+    MAX_PAGE,
 };
 
 /// Largest number of rows inserted by one transaction of [`enqueue_many`]: long enough to

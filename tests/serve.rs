@@ -11,7 +11,10 @@ use jobdb::{JobState, NewJob};
 
 use crate::backends::{Backend, TestConn};
 
-crate::on_both_backends!(the_admin_api_and_metrics_answer_from_the_database);
+crate::on_both_backends!(
+    the_admin_api_and_metrics_answer_from_the_database,
+    pages_are_keyset_and_bulk_actions_touch_exactly_the_filtered_jobs,
+);
 
 /// `jobdb serve` on a free loopback port, killed when dropped.
 struct Server {
@@ -307,4 +310,104 @@ fn the_token_read_only_and_loopback_rules_hold() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("--token"));
+}
+
+/// `GET /api/jobs` pages newest first by keyset with filters; a bulk cancel needs `confirm`
+/// and cancels exactly what the filter shows.
+fn pages_are_keyset_and_bulk_actions_touch_exactly_the_filtered_jobs<C: TestConn>(b: &Backend<C>) {
+    let q = b.queue();
+    let mut a_ids = Vec::new();
+    for n in 0..120 {
+        let queue = if n % 2 == 0 { "a" } else { "b" };
+        let id = q.enqueue(&NewJob::new(queue, &n).unwrap()).unwrap();
+        if queue == "a" {
+            a_ids.push(id);
+        }
+    }
+    let keyed = q
+        .enqueue(&NewJob::new("a", &"k").unwrap().unique_key("order-7"))
+        .unwrap();
+    a_ids.push(keyed);
+    let s = serve(&b.url(), &[]);
+    // Pages of 25 of queue a, newest first, until next_before is null.
+    let mut seen = Vec::new();
+    let mut before: Option<i64> = None;
+    loop {
+        let url = match before {
+            Some(id) => format!(
+                "{}/api/jobs?queue=a&state=queued&limit=25&before={id}",
+                s.base
+            ),
+            None => format!("{}/api/jobs?queue=a&state=queued&limit=25", s.base),
+        };
+        let (status, body) = call(&url, None, &[]);
+        assert_eq!(status, 200, "{body}");
+        let page = json(&body);
+        seen.extend(
+            page["jobs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|j| j["id"].as_i64().unwrap()),
+        );
+        match page["next_before"].as_i64() {
+            Some(id) => before = Some(id),
+            None => break,
+        }
+    }
+    let mut want = a_ids.clone();
+    want.reverse();
+    assert_eq!(seen, want);
+    let (_, body) = call(
+        &format!("{}/api/jobs?unique_key=order-7", s.base),
+        None,
+        &[],
+    );
+    let page = json(&body);
+    assert_eq!(page["jobs"].as_array().unwrap().len(), 1);
+    assert_eq!(page["jobs"][0]["id"], keyed);
+    for bad in ["state=nope", "limit=0", "limit=501", "wat=1"] {
+        let (status, body) = call(&format!("{}/api/jobs?{bad}", s.base), None, &[]);
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
+
+    // Bulk cancel of queue b: refused without confirm; with it, exactly queue b's jobs.
+    let bulk = format!("{}/api/jobs/bulk", s.base);
+    let (status, _) = call(
+        &bulk,
+        Some(r#"{"action":"cancel","filter":{"queue":"b"}}"#),
+        &[],
+    );
+    assert_eq!(status, 400);
+    assert_eq!(q.stats(Some("b")).unwrap().total.cancelled, 0);
+    let (status, body) = call(
+        &bulk,
+        Some(r#"{"action":"cancel","filter":{"queue":"b"},"confirm":true}"#),
+        &[],
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (
+            json(&body)["done"].as_u64(),
+            json(&body)["skipped"].as_u64()
+        ),
+        (Some(60), Some(0))
+    );
+    let stats = q.stats(None).unwrap();
+    assert_eq!(
+        (stats.queues["b"].cancelled, stats.queues["b"].queued),
+        (60, 0)
+    );
+    assert_eq!(
+        (stats.queues["a"].cancelled, stats.queues["a"].queued),
+        (0, 61)
+    );
+    // Bulk retry of what is cancelled brings exactly those back; queued ones are skipped.
+    let (_, body) = call(
+        &bulk,
+        Some(r#"{"action":"retry","filter":{"queue":"b","state":"cancelled"},"confirm":true}"#),
+        &[],
+    );
+    assert_eq!(json(&body)["done"].as_u64(), Some(60));
+    assert_eq!(q.stats(Some("b")).unwrap().total.queued, 60);
 }

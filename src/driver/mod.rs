@@ -294,6 +294,13 @@ pub(crate) trait ReadDriver: JobDriver {
     fn job_exists(&mut self, job_id: i64) -> Result<bool>;
     /// All results rows of a job, by attempt.
     fn results_of(&mut self, job_id: i64) -> Result<Vec<ResultRow>>;
+    /// Jobs matching `filter` with an id below `before`, newest first, at most `limit`.
+    fn list_jobs(
+        &mut self,
+        filter: &crate::queue::JobFilter,
+        before: i64,
+        limit: i64,
+    ) -> Result<Vec<JobRow>>;
     /// `(queue, state, count)` for every queue (or one).
     fn count_by_queue_state(&mut self, queue: Option<&str>)
         -> Result<Vec<(String, JobState, i64)>>;

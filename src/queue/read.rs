@@ -18,6 +18,43 @@ pub fn get_job<A: AsQueueConnection>(conn: &mut A, job_id: i64) -> Result<Job> {
         .and_then(Job::try_from)
 }
 
+/// Which jobs [`list_jobs`] shows: every field that is set must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize, Serialize)]
+pub struct JobFilter {
+    /// Only this queue.
+    pub queue: Option<String>,
+    /// Only this state.
+    pub state: Option<JobState>,
+    /// Only jobs with this unique key.
+    pub unique_key: Option<String>,
+}
+
+/// Most jobs one [`list_jobs`] page returns.
+pub const MAX_PAGE: u32 = 500;
+
+/// One page of the jobs `filter` matches, newest first: those with an id below `before`
+/// (`None`: from the newest), at most `limit` (1 to [`MAX_PAGE`]). Keyset pagination: the
+/// next page starts before the last id of this one, so a page costs the same however deep
+/// it is (no OFFSET scan).
+pub fn list_jobs<A: AsQueueConnection>(
+    conn: &mut A,
+    filter: &JobFilter,
+    before: Option<i64>,
+    limit: u32,
+) -> Result<Vec<Job>> {
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(Error::InvalidArgument {
+            field: "limit",
+            reason: format!("{limit} is not between 1 and {MAX_PAGE}"),
+        });
+    }
+    let conn = conn.queue_connection();
+    conn.list_jobs(filter, before.unwrap_or(i64::MAX), i64::from(limit))?
+        .into_iter()
+        .map(Job::try_from)
+        .collect()
+}
+
 /// All finished attempts of a job, oldest first ([`Error::NotFound`] if there is no job).
 pub fn get_results<A: AsQueueConnection>(conn: &mut A, job_id: i64) -> Result<Vec<JobResult>> {
     let conn = conn.queue_connection();

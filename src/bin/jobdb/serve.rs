@@ -89,7 +89,8 @@ fn router<C: QueueConnection>(ctx: Shared<C>) -> Router {
     Router::new()
         .route("/metrics", get(metrics::<C>))
         .route("/api/queues", get(queues::<C>))
-        .route("/api/jobs", post(enqueue::<C>))
+        .route("/api/jobs", get(list::<C>).post(enqueue::<C>))
+        .route("/api/jobs/bulk", post(bulk::<C>))
         .route("/api/jobs/{id}", get(job::<C>))
         .route("/api/jobs/{id}/retry", post(retry::<C>))
         .route("/api/jobs/{id}/cancel", post(cancel::<C>))
@@ -342,4 +343,120 @@ async fn resume<C: QueueConnection>(
     Ok(Json(
         serde_json::json!({ "paused": false, "changed": changed }),
     ))
+}
+
+/// The query of `GET /api/jobs`: the filter, where the page starts, how long it is.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    queue: Option<String>,
+    state: Option<jobdb::JobState>,
+    unique_key: Option<String>,
+    before: Option<i64>,
+    limit: Option<u32>,
+}
+
+/// A page of jobs, newest first; `next_before` fetches the next page (keyset pagination).
+async fn list<C: QueueConnection>(
+    State(ctx): State<Shared<C>>,
+    query: Result<axum::extract::Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let axum::extract::Query(q) = match query {
+        Ok(q) => q,
+        Err(e) => {
+            return Ok(refuse(
+                StatusCode::BAD_REQUEST,
+                "invalid_input",
+                &e.body_text(),
+            ))
+        }
+    };
+    let filter = jobdb::queue::JobFilter {
+        queue: q.queue,
+        state: q.state,
+        unique_key: q.unique_key,
+    };
+    let limit = q.limit.unwrap_or(50);
+    let before = q.before;
+    let jobs = ctx
+        .queue
+        .blocking(move |queue| queue.list_jobs(&filter, before, limit))
+        .await??;
+    let next_before = (jobs.len() == limit as usize)
+        .then(|| jobs.last().map(|j| j.id))
+        .flatten();
+    Ok(Json(serde_json::json!({ "jobs": jobs, "next_before": next_before })).into_response())
+}
+
+/// The body of `POST /api/jobs/bulk`: an action on every job a filter matches.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BulkBody {
+    action: BulkAction,
+    #[serde(default)]
+    filter: jobdb::queue::JobFilter,
+    /// Must be true: a bulk action is confirmed explicitly.
+    #[serde(default)]
+    confirm: bool,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum BulkAction {
+    Retry,
+    Cancel,
+}
+
+/// Applies the action to every job the filter matches, page by page, each job through the
+/// same call as `jobdb retry` / `jobdb cancel`; jobs in a state the action does not apply to
+/// are counted as skipped.
+async fn bulk<C: QueueConnection>(
+    State(ctx): State<Shared<C>>,
+    body: Result<Json<BulkBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(body) = match body {
+        Ok(b) => b,
+        Err(e) => {
+            return Ok(refuse(
+                StatusCode::BAD_REQUEST,
+                "invalid_input",
+                &e.body_text(),
+            ))
+        }
+    };
+    if !body.confirm {
+        return Ok(refuse(
+            StatusCode::BAD_REQUEST,
+            "invalid_input",
+            "a bulk action needs \"confirm\": true",
+        ));
+    }
+    let (mut done, mut skipped) = (0u64, 0u64);
+    let mut ids = Vec::new();
+    let mut before = None;
+    loop {
+        let (filter, b) = (body.filter.clone(), before);
+        let page = ctx
+            .queue
+            .blocking(move |q| q.list_jobs(&filter, b, jobdb::queue::MAX_PAGE))
+            .await??;
+        let Some(last) = page.last() else { break };
+        before = Some(last.id);
+        ids.extend(page.iter().map(|j| j.id));
+        if page.len() < jobdb::queue::MAX_PAGE as usize {
+            break;
+        }
+    }
+    for id in ids {
+        let r = match body.action {
+            BulkAction::Retry => ctx.queue.retry(id).await,
+            BulkAction::Cancel => ctx.queue.cancel(id).await.map(|_| ()),
+        };
+        match r {
+            Ok(()) => done += 1,
+            Err(e) if e.is_wrong_state() || e.is_unique_conflict() => skipped += 1,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(Json(serde_json::json!({ "done": done, "skipped": skipped })).into_response())
 }

@@ -30,6 +30,27 @@ impl ReadDriver for PgConnection {
         )
     }
 
+    fn list_jobs(
+        &mut self,
+        filter: &crate::queue::JobFilter,
+        before: i64,
+        limit: i64,
+    ) -> Result<Vec<JobRow>> {
+        Ok(diesel::sql_query(format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE id < $1 \
+               AND ($2::text IS NULL OR queue = $2) \
+               AND ($3::text IS NULL OR state = $3) \
+               AND ($4::text IS NULL OR unique_key = $4) \
+             ORDER BY id DESC LIMIT $5"
+        ))
+        .bind::<BigInt, _>(before)
+        .bind::<Nullable<Text>, _>(filter.queue.as_deref())
+        .bind::<Nullable<Text>, _>(filter.state.map(|s| s.as_str()))
+        .bind::<Nullable<Text>, _>(filter.unique_key.as_deref())
+        .bind::<BigInt, _>(limit)
+        .load(self)?)
+    }
+
     /// Whether a job with this id exists.
     fn job_exists(&mut self, job_id: i64) -> Result<bool> {
         let r: Count = cached(

@@ -148,6 +148,28 @@ impl ReadDriver for SqliteConnection {
             .optional()?)
     }
 
+    fn list_jobs(
+        &mut self,
+        filter: &crate::queue::JobFilter,
+        before: i64,
+        limit: i64,
+    ) -> Result<Vec<JobRow>> {
+        let mut query = jobs::table
+            .filter(jobs::id.lt(before))
+            .select(JobRow::as_select())
+            .into_boxed();
+        if let Some(q) = &filter.queue {
+            query = query.filter(jobs::queue.eq(q));
+        }
+        if let Some(state) = filter.state {
+            query = query.filter(jobs::state.eq(state.as_str()));
+        }
+        if let Some(key) = &filter.unique_key {
+            query = query.filter(jobs::unique_key.eq(key));
+        }
+        Ok(query.order(jobs::id.desc()).limit(limit).load(self)?)
+    }
+
     /// Whether a job with this id exists.
     fn job_exists(&mut self, job_id: i64) -> Result<bool> {
         Ok(diesel::select(diesel::dsl::exists(jobs::table.find(job_id))).get_result(self)?)
