@@ -642,7 +642,8 @@ pub(crate) fn timeout_error(limit: Duration) -> String {
     format!("timed out after {limit:?}")
 }
 
-fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+/// A caught panic's message, for errors that report it.
+pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
     if let Some(s) = panic.downcast_ref::<&str>() {
         (*s).to_owned()
     } else if let Some(s) = panic.downcast_ref::<String>() {

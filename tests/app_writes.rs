@@ -189,3 +189,51 @@ fn the_handle_turns_on_wal_in_a_file_it_did_not_create() {
         "WAL is a property of the file: every connection sees it"
     );
 }
+
+/// A panic inside the app's write closure (a bug of the app's) fails that write and its
+/// group with an internal error and rolls them back; the writer, the combining thread and
+/// every later write go on. (Before, the panic unwound through whichever thread was
+/// combining, and with the writer threads it would have stopped every later write.)
+#[test]
+fn a_panicking_app_write_fails_its_group_and_later_writes_go_on() {
+    let db = crate::common::TestDb::new();
+    let q = db.queue();
+    let handle = q.db().clone();
+    let alone = handle.write(|_| -> jobdb::Result<()> { panic!("app bug, alone") });
+    assert!(alone.unwrap_err().is_internal());
+    let (ok, failed) = std::thread::scope(|s| {
+        let writers: Vec<_> = (0..8)
+            .map(|t| {
+                let q = q.clone();
+                s.spawn(move || {
+                    let mut counts = (0u32, 0u32);
+                    for n in 0..50 {
+                        match q.enqueue(&jobdb::NewJob::new("pan", &(t * 100 + n)).unwrap()) {
+                            Ok(_) => counts.0 += 1,
+                            Err(e) => {
+                                assert!(e.is_internal(), "{e}");
+                                counts.1 += 1;
+                            }
+                        }
+                    }
+                    counts
+                })
+            })
+            .collect();
+        for _ in 0..5 {
+            let r = handle.write(|_| -> jobdb::Result<()> { panic!("app bug, in a crowd") });
+            assert!(r.unwrap_err().is_internal());
+        }
+        writers
+            .into_iter()
+            .map(|w| w.join().unwrap())
+            .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+    });
+    assert_eq!(ok + failed, 400);
+    // Exactly the acknowledged enqueues are there: a failed group wrote nothing.
+    assert_eq!(q.stats(Some("pan")).unwrap().total.queued, i64::from(ok));
+    assert!(q
+        .enqueue(&jobdb::NewJob::new("pan", &"after").unwrap())
+        .is_ok());
+    crate::common::assert_integrity_ok(&db);
+}

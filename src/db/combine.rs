@@ -433,12 +433,30 @@ impl<C: QueueConnection> Combiner<C> {
         // Named after its first operation; `ops` says how many rode along.
         let name = group.first().map_or("empty", |op| op.name());
         let fresh = writer.is_none();
-        let result = checkout(writer, ctx.pool).and_then(|conn| {
-            writer_sync_normal(&mut **conn, ctx, fresh)?;
-            traced(ctx, name, group.len(), || match group {
-                // Alone, the operation is its own BEGIN IMMEDIATE transaction: no savepoint.
-                [op] => op.run(conn),
-                _ => conn.write_transaction(|c| group.iter().try_for_each(|op| op.run(c))),
+        // An operation that panics (a caller's closure) must not take the combining thread,
+        // or the callers of its group, with it: the group fails with an internal error, and
+        // the connection, its transaction left open, is discarded (rolled back on close).
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            checkout(writer, ctx.pool).and_then(|conn| {
+                writer_sync_normal(&mut **conn, ctx, fresh)?;
+                traced(ctx, name, group.len(), || match group {
+                    // Alone, the operation is its own BEGIN IMMEDIATE transaction: no savepoint.
+                    [op] => op.run(conn),
+                    _ => conn.write_transaction(|c| group.iter().try_for_each(|op| op.run(c))),
+                })
+            })
+        }));
+        let result = ran.unwrap_or_else(|panic| {
+            *writer = None;
+            let reason = crate::worker::panic_message(&panic);
+            tracing::error!(transaction = name, panic = %reason, "a write operation panicked; its group was rolled back");
+            Err(Error::Internal {
+                what: "group commit",
+                reason: format!(
+                    "an operation of the group ({name}, {} ops) panicked: {reason}; the group was \
+                     rolled back",
+                    group.len()
+                ),
             })
         });
         if result.is_ok() {

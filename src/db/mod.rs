@@ -271,7 +271,9 @@ impl<C: QueueConnection> Db<C> {
     /// must be safe to run again: it only touches the database through `conn`); any other
     /// error rolls it back and is returned. `f` may call the connection-level API, e.g.
     /// `jobdb::queue::enqueue(conn, …)`, to enqueue atomically with its own rows; idle workers
-    /// of this process are woken when it commits.
+    /// of this process are woken when it commits. A panic in `f` is caught: this write, and
+    /// the operations group-committed with it, fail with [`crate::Error::Internal`] and are
+    /// rolled back, and the writer goes on.
     ///
     /// ```no_run
     /// # fn main() -> jobdb::Result<()> {
