@@ -411,3 +411,50 @@ fn pages_are_keyset_and_bulk_actions_touch_exactly_the_filtered_jobs<C: TestConn
     assert_eq!(json(&body)["done"].as_u64(), Some(60));
     assert_eq!(q.stats(Some("b")).unwrap().total.queued, 60);
 }
+
+/// `jobdb work --metrics-listen`: the worker's own process serves /metrics while it works,
+/// with its handle's counters (its claims and completions) beside the queue gauges.
+#[test]
+fn a_worker_serves_its_metrics_while_it_works() {
+    let db = crate::common::TestDb::new();
+    let q = db.queue();
+    for n in 0..3 {
+        q.enqueue(&NewJob::new("mw", &n).unwrap()).unwrap();
+    }
+    let mut child = Command::new(env!("CARGO_BIN_EXE_jobdb"))
+        .args(["--database-url", &db.url(), "work", "--queue", "mw", "--exec", "echo '{}'"])
+        .args(["--metrics-listen", "127.0.0.1:0", "--exit-when-idle", "30s"])
+        .env_remove("DATABASE_URL")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("metrics on ") {
+        line.clear();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "no metrics line");
+    }
+    let url = line.trim().rsplit(' ').next().unwrap().to_owned();
+    let started = std::time::Instant::now();
+    let text = loop {
+        let (status, text) = call(&url, None, &[]);
+        assert_eq!(status, 200);
+        if text.contains(r#"jobdb_jobs{queue="mw",state="succeeded"} 3"#) {
+            break text;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "{text}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let claims: f64 = text
+        .lines()
+        .find(|l| l.starts_with("jobdb_claim_duration_seconds_count "))
+        .and_then(|l| l.rsplit(' ').next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(claims >= 3.0, "{text}");
+    promtool_check(&text);
+    let _ = child.kill();
+    let _ = child.wait();
+}

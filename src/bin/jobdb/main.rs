@@ -216,6 +216,10 @@ struct WorkArgs {
     /// killed and the attempt fails
     #[arg(long, default_value_t = jobdb::exec::ShellOptions::default().max_stdout_bytes)]
     max_output: usize,
+    /// Also serve /metrics (Prometheus text format) on this address while working: this
+    /// process's counters and histograms, and the queues' gauges
+    #[arg(long)]
+    metrics_listen: Option<std::net::SocketAddr>,
     /// While working, delete succeeded jobs older than this (checked every 5 minutes)
     #[arg(long, value_parser = parse_duration)]
     keep_succeeded: Option<Duration>,
@@ -627,6 +631,11 @@ fn work<C: QueueConnection>(queue: Queue<C>, args: WorkArgs) -> Result<()> {
             ..jobdb::Retention::default()
         });
     }
+    // Started before the worker, so a bad address fails before any job is claimed.
+    let _metrics = args
+        .metrics_listen
+        .map(|addr| serve::metrics_only(queue.clone(), addr))
+        .transpose()?;
     let command = args.exec;
     let shell = jobdb::exec::ShellOptions {
         max_stdout_bytes: args.max_output,

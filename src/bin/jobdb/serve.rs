@@ -85,6 +85,49 @@ pub fn run<C: QueueConnection>(queue: Queue<C>, args: ServeArgs) -> Result<()> {
     })
 }
 
+/// `jobdb work --metrics-listen`: `/metrics` alone, on a thread of its own (a one-thread
+/// runtime), for as long as the process runs. Binds before returning, so a bad address is
+/// an error here. Metrics are read-only, as Prometheus scrapes them: no token.
+pub fn metrics_only<C: QueueConnection>(
+    queue: Queue<C>,
+    addr: SocketAddr,
+) -> Result<std::thread::JoinHandle<()>> {
+    let listener =
+        std::net::TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
+    listener.set_nonblocking(true)?;
+    eprintln!(
+        "jobdb work: metrics on http://{}/metrics",
+        listener.local_addr()?
+    );
+    let ctx = Arc::new(Ctx {
+        queue: queue.to_async(),
+        token: None,
+        read_only: true,
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the metrics runtime")?;
+    Ok(std::thread::Builder::new()
+        .name("jobdb-metrics".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                let served = match tokio::net::TcpListener::from_std(listener) {
+                    Ok(l) => {
+                        let app = Router::new()
+                            .route("/metrics", get(metrics::<C>))
+                            .with_state(ctx);
+                        axum::serve(l, app).await.map_err(anyhow::Error::from)
+                    }
+                    Err(e) => Err(e.into()),
+                };
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "the metrics server stopped");
+                }
+            })
+        })?)
+}
+
 fn router<C: QueueConnection>(ctx: Shared<C>) -> Router {
     Router::new()
         .route("/metrics", get(metrics::<C>))
