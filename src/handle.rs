@@ -135,6 +135,13 @@ impl<C: QueueConnection> Queue<C> {
     /// if a later chunk fails, the ids of the earlier, committed ones are not returned, so use
     /// [`Queue::enqueue_batch`] when the whole set must be all-or-nothing.
     pub fn enqueue_many(&self, jobs: &[NewJob]) -> Result<Vec<i64>> {
+        let queue_name = jobs.first().map_or("", |j| j.queue());
+        let span = crate::telemetry::span(
+            crate::telemetry::Op::Create("enqueue_many"),
+            queue_name,
+            None,
+        );
+        let _entered = span.enter();
         self.woke({
             let e = self.inner();
             validate_all(jobs, e.config.max_payload_bytes)?;
@@ -165,6 +172,8 @@ impl<C: QueueConnection> Queue<C> {
         worker_id: &str,
         lease: Duration,
     ) -> Result<Vec<Job>> {
+        let span = crate::telemetry::span(crate::telemetry::Op::Receive, queue_name, None);
+        let _entered = span.enter();
         let e = self.inner();
         let started = std::time::Instant::now();
         let (queue_name, worker_id) = (queue_name.to_owned(), worker_id.to_owned());
@@ -193,6 +202,12 @@ impl<C: QueueConnection> Queue<C> {
 
     /// Records success with output already serialized as JSON text.
     pub fn complete_json(&self, lease: Lease, output_json: &str, duration: Duration) -> Result<()> {
+        let span = crate::telemetry::span(
+            crate::telemetry::Op::Settle("complete"),
+            "",
+            Some(lease.job_id),
+        );
+        let _entered = span.enter();
         let e = self.inner();
         let output_json = output_json.to_owned();
         e.write("complete", move |c| {
@@ -222,6 +237,9 @@ impl<C: QueueConnection> Queue<C> {
 
     /// Records a failed attempt; the job is retried with backoff or ends `dead`.
     pub fn fail(&self, lease: Lease, error: &str, duration: Duration) -> Result<JobState> {
+        let span =
+            crate::telemetry::span(crate::telemetry::Op::Settle("fail"), "", Some(lease.job_id));
+        let _entered = span.enter();
         let e = self.inner();
         let backoff = e.config.job_backoff;
         let error = error.to_owned();

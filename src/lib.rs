@@ -62,6 +62,7 @@ pub mod schema;
 #[cfg(feature = "postgres")]
 #[allow(missing_docs)]
 pub mod schema_postgres;
+mod telemetry;
 pub mod timestamp;
 mod wakeup;
 pub mod worker;

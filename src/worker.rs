@@ -514,6 +514,8 @@ where
     }
 
     fn process(&self, job: Job) {
+        let span = crate::telemetry::span(crate::telemetry::Op::Process, &job.queue, Some(job.id));
+        let _entered = span.enter();
         let lease = job.lease();
         // Before the deadline is set: an attempt recorded as timed out never reads shorter
         // than its limit.

@@ -422,7 +422,15 @@ fn a_worker_serves_its_metrics_while_it_works() {
         q.enqueue(&NewJob::new("mw", &n).unwrap()).unwrap();
     }
     let mut child = Command::new(env!("CARGO_BIN_EXE_jobdb"))
-        .args(["--database-url", &db.url(), "work", "--queue", "mw", "--exec", "echo '{}'"])
+        .args([
+            "--database-url",
+            &db.url(),
+            "work",
+            "--queue",
+            "mw",
+            "--exec",
+            "echo '{}'",
+        ])
         .args(["--metrics-listen", "127.0.0.1:0", "--exit-when-idle", "30s"])
         .env_remove("DATABASE_URL")
         .stdout(Stdio::null())

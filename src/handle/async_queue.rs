@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use tracing::Instrument;
 
 use super::{validate_all, Queue};
 use crate::db::async_calls::blocking;
@@ -17,6 +18,7 @@ use crate::manage::{self, CancelOutcome};
 use crate::models::{Job, JobResult, JobState, Lease, NewJob};
 use crate::pool::Config;
 use crate::queue::{self, Enqueued, Stats, ENQUEUE_CHUNK};
+use crate::telemetry;
 
 /// The queue for async code: every call of [`Queue`] that touches the database, as a future
 /// that never blocks a runtime thread. Cheap to clone; shares the handle (writer, pool,
@@ -116,10 +118,12 @@ impl<C: QueueConnection> AsyncQueue<C> {
         let e = self.inner();
         job.validate(e.config.max_payload_bytes)?;
         let job = job.clone();
+        let span = telemetry::span(telemetry::Op::Create("enqueue"), job.queue(), None);
         let done = e
             .write_async("enqueue", move |c| {
                 queue::insert_reporting(c, std::slice::from_ref(&job))
             })
+            .instrument(span)
             .await;
         let first = done.and_then(|d| {
             d.into_iter().next().ok_or_else(|| Error::CorruptRow {
@@ -161,10 +165,12 @@ impl<C: QueueConnection> AsyncQueue<C> {
         let e = self.inner();
         let started = Instant::now();
         let (queue_name, worker_id) = (queue_name.to_owned(), worker_id.to_owned());
+        let span = telemetry::span(telemetry::Op::Receive, &queue_name, None);
         let claimed = e
             .write_async("claim", move |c| {
                 queue::claim(c, &queue_name, limit, &worker_id, lease)
             })
+            .instrument(span)
             .await;
         e.metrics.claim_latency.record(started.elapsed());
         claimed
@@ -205,7 +211,11 @@ impl<C: QueueConnection> AsyncQueue<C> {
         duration: Duration,
     ) -> Result<()> {
         let write = move |c: &mut C| queue::complete_json(c, lease, &output_json, duration);
-        self.inner().write_async("complete", write).await
+        let span = telemetry::span(telemetry::Op::Settle("complete"), "", Some(lease.job_id));
+        self.inner()
+            .write_async("complete", write)
+            .instrument(span)
+            .await
     }
 
     /// [`Queue::complete_many`].
@@ -219,7 +229,11 @@ impl<C: QueueConnection> AsyncQueue<C> {
         let backoff = self.inner().config.job_backoff;
         let error = error.to_owned();
         let write = move |c: &mut C| queue::fail(c, lease, &error, duration, &backoff);
-        self.inner().write_async("fail", write).await
+        let span = telemetry::span(telemetry::Op::Settle("fail"), "", Some(lease.job_id));
+        self.inner()
+            .write_async("fail", write)
+            .instrument(span)
+            .await
     }
 
     /// [`Queue::release`].

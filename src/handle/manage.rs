@@ -18,6 +18,9 @@ impl<C: QueueConnection> Queue<C> {
     /// the same queue and key is returned instead (`inserted: false`). Race-free: the unique
     /// index decides inside the insert.
     pub fn enqueue_unique(&self, job: &NewJob) -> Result<Enqueued> {
+        let span =
+            crate::telemetry::span(crate::telemetry::Op::Create("enqueue"), job.queue(), None);
+        let _entered = span.enter();
         self.woke({
             let e = self.inner();
             job.validate(e.config.max_payload_bytes)?;

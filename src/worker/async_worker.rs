@@ -370,60 +370,64 @@ where
     ) -> impl Future<Output = ()> + Send + 'static {
         let (queue, handler) = (self.queue.clone(), self.handler.clone());
         let limit = job.timeout.or(self.config.job_timeout);
-        async move {
-            let lease = job.lease();
-            // Before the deadline is set: a timed-out attempt never reads shorter than its limit.
-            let started = Instant::now();
-            let flags = Arc::new(JobFlags::with_timeout(limit));
-            let token = CancellationToken::new();
-            let ctx = AsyncJobContext {
-                job,
-                token: token.clone(),
-                flags: flags.clone(),
-            };
-            let mut task = tokio::spawn(async move { handler(ctx).await });
-            shared.running().insert(
-                lease,
-                Running {
-                    flags: flags.clone(),
+        let span = crate::telemetry::span(crate::telemetry::Op::Process, &job.queue, Some(job.id));
+        tracing::Instrument::instrument(
+            async move {
+                let lease = job.lease();
+                // Before the deadline is set: a timed-out attempt never reads shorter than its limit.
+                let started = Instant::now();
+                let flags = Arc::new(JobFlags::with_timeout(limit));
+                let token = CancellationToken::new();
+                let ctx = AsyncJobContext {
+                    job,
                     token: token.clone(),
-                    handler: task.abort_handle(),
-                },
-            );
-            let deadline = flags.timeout.map(|(_, at)| at);
-            let outcome = tokio::select! {
-                r = &mut task => Some(r),
-                _ = sleep_until(deadline), if deadline.is_some() => None,
-            };
-            let Some(outcome) = outcome else {
-                // Past the limit: tell the handler, give it the grace to stop, then abort it.
-                token.cancel();
-                if tokio::time::timeout(OVERDUE_GRACE, &mut task)
-                    .await
-                    .is_err()
-                {
-                    task.abort();
-                }
-                shared.running().remove(&lease);
-                record_timeout(&queue, &shared, lease, &flags, started.elapsed()).await;
-                drop(permit);
-                return;
-            };
-            shared.running().remove(&lease);
-            let elapsed = started.elapsed();
-            if flags.timed_out().is_some() {
-                record_timeout(&queue, &shared, lease, &flags, elapsed).await;
-            } else if flags.abandon.load(Ordering::SeqCst) {
-                shared.counters.lease_lost.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    job_id = lease.job_id,
-                    "lease lost or job released while the handler ran; result abandoned"
+                    flags: flags.clone(),
+                };
+                let mut task = tokio::spawn(async move { handler(ctx).await });
+                shared.running().insert(
+                    lease,
+                    Running {
+                        flags: flags.clone(),
+                        token: token.clone(),
+                        handler: task.abort_handle(),
+                    },
                 );
-            } else {
-                record(&queue, &shared, lease, outcome, elapsed).await;
-            }
-            drop(permit);
-        }
+                let deadline = flags.timeout.map(|(_, at)| at);
+                let outcome = tokio::select! {
+                    r = &mut task => Some(r),
+                    _ = sleep_until(deadline), if deadline.is_some() => None,
+                };
+                let Some(outcome) = outcome else {
+                    // Past the limit: tell the handler, give it the grace to stop, then abort it.
+                    token.cancel();
+                    if tokio::time::timeout(OVERDUE_GRACE, &mut task)
+                        .await
+                        .is_err()
+                    {
+                        task.abort();
+                    }
+                    shared.running().remove(&lease);
+                    record_timeout(&queue, &shared, lease, &flags, started.elapsed()).await;
+                    drop(permit);
+                    return;
+                };
+                shared.running().remove(&lease);
+                let elapsed = started.elapsed();
+                if flags.timed_out().is_some() {
+                    record_timeout(&queue, &shared, lease, &flags, elapsed).await;
+                } else if flags.abandon.load(Ordering::SeqCst) {
+                    shared.counters.lease_lost.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        job_id = lease.job_id,
+                        "lease lost or job released while the handler ran; result abandoned"
+                    );
+                } else {
+                    record(&queue, &shared, lease, outcome, elapsed).await;
+                }
+                drop(permit);
+            },
+            span,
+        )
     }
 
     /// After the claim loop: let running jobs finish within the grace period; past it, fire
