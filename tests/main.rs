@@ -16,6 +16,7 @@ mod concurrency;
 mod conformance;
 mod copy;
 mod cross_process;
+mod dashboard;
 mod diesel_app;
 mod diesel_cli;
 mod durability;

@@ -23,6 +23,7 @@ mod bench;
 mod bench_async;
 mod bench_runtime;
 mod copy;
+mod dashboard;
 mod inspect;
 mod latency;
 mod ops;

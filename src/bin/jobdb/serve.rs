@@ -38,13 +38,13 @@ pub struct ServeArgs {
     read_only: bool,
 }
 
-struct Ctx<C: QueueConnection> {
-    queue: AsyncQueue<C>,
+pub(crate) struct Ctx<C: QueueConnection> {
+    pub(crate) queue: AsyncQueue<C>,
     token: Option<String>,
     read_only: bool,
 }
 
-type Shared<C> = Arc<Ctx<C>>;
+pub(crate) type Shared<C> = Arc<Ctx<C>>;
 
 /// Runs `jobdb serve` until SIGINT/SIGTERM.
 pub fn run<C: QueueConnection>(queue: Queue<C>, args: ServeArgs) -> Result<()> {
@@ -129,7 +129,13 @@ pub fn metrics_only<C: QueueConnection>(
 }
 
 fn router<C: QueueConnection>(ctx: Shared<C>) -> Router {
+    use crate::dashboard;
     Router::new()
+        .route("/", get(dashboard::overview::<C>))
+        .route("/jobs", get(dashboard::list::<C>))
+        .route("/jobs/{id}", get(dashboard::detail::<C>))
+        .route("/static/app.js", get(dashboard::script))
+        .route("/static/app.css", get(dashboard::style))
         .route("/metrics", get(metrics::<C>))
         .route("/api/queues", get(queues::<C>))
         .route("/api/jobs", get(list::<C>).post(enqueue::<C>))
@@ -150,12 +156,32 @@ async fn guard<C: QueueConnection>(
     next: Next,
 ) -> Response {
     let headers = request.headers();
+    let mut set_cookie = None;
     if let Some(token) = &ctx.token {
-        let sent = headers
+        let bearer = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        if sent != Some(token.as_str()) {
+        let cookie = headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .find_map(|c| c.trim().strip_prefix("jobdb_token="));
+        // A browser opens the pages once with `?token=…`; a cookie (HttpOnly, SameSite=Strict)
+        // carries it from then on.
+        let query = request
+            .uri()
+            .query()
+            .into_iter()
+            .flat_map(|q| q.split('&'))
+            .find_map(|p| p.strip_prefix("token="));
+        if query == Some(token.as_str()) {
+            set_cookie = Some(format!(
+                "jobdb_token={token}; HttpOnly; SameSite=Strict; Path=/"
+            ));
+        }
+        if ![bearer, cookie, query].contains(&Some(token.as_str())) {
             return refuse(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
@@ -190,7 +216,24 @@ async fn guard<C: QueueConnection>(
             );
         }
     }
-    next.run(request).await
+    let mut response = next.run(request).await;
+    let h = response.headers_mut();
+    // No inline script and nothing from elsewhere: an injected <script> or handler in a
+    // page would not run even if escaping failed.
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        header::HeaderValue::from_static(
+            "default-src 'self'; script-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
+        ),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        header::HeaderValue::from_static("nosniff"),
+    );
+    if let Some(cookie) = set_cookie.and_then(|c| header::HeaderValue::from_str(&c).ok()) {
+        h.insert(header::SET_COOKIE, cookie);
+    }
+    response
 }
 
 /// No `Origin` (a script, curl), or one whose host is the `Host` this request was sent to.
@@ -215,7 +258,7 @@ fn refuse(status: StatusCode, kind: &str, message: &str) -> Response {
 }
 
 /// jobdb's errors as answers, by kind (the CLI's exit codes' kinds), never by text.
-struct ApiError(jobdb::Error);
+pub(crate) struct ApiError(jobdb::Error);
 
 impl From<jobdb::Error> for ApiError {
     fn from(e: jobdb::Error) -> Self {
