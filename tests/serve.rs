@@ -371,6 +371,16 @@ fn pages_are_keyset_and_bulk_actions_touch_exactly_the_filtered_jobs<C: TestConn
         assert_eq!(status, 400, "{bad}: {body}");
     }
 
+    // The overview's chart counts the last hour's successes per queue.
+    for _ in 0..2 {
+        let lease = q.claim("a", 1, "w", Duration::from_secs(30)).unwrap()[0].lease();
+        q.complete(lease, &"ok", Duration::ZERO).unwrap();
+    }
+    let (status, page) = call(&format!("{}/", s.base), None, &[]);
+    assert_eq!(status, 200);
+    assert!(page.contains(r#"data-queue="a" data-total="2""#), "{page}");
+    assert!(page.contains(r#"data-queue="b" data-total="0""#), "{page}");
+
     // Bulk cancel of queue b: refused without confirm; with it, exactly queue b's jobs.
     let bulk = format!("{}/api/jobs/bulk", s.base);
     let (status, _) = call(
@@ -399,8 +409,12 @@ fn pages_are_keyset_and_bulk_actions_touch_exactly_the_filtered_jobs<C: TestConn
         (60, 0)
     );
     assert_eq!(
-        (stats.queues["a"].cancelled, stats.queues["a"].queued),
-        (0, 61)
+        (
+            stats.queues["a"].cancelled,
+            stats.queues["a"].queued,
+            stats.queues["a"].succeeded
+        ),
+        (0, 59, 2)
     );
     // Bulk retry of what is cancelled brings exactly those back; queued ones are skipped.
     let (_, body) = call(

@@ -235,6 +235,9 @@ pub(crate) trait ManageDriver: JobDriver {
         tick: NaiveDateTime,
         now: NaiveDateTime,
     ) -> Result<bool>;
+    /// `(queue, minute, succeeded)`: jobs that succeeded since `since`, counted per queue and
+    /// per whole minute after `since` (0, 1, …).
+    fn succeeded_per_minute(&mut self, since: NaiveDateTime) -> Result<Vec<(String, i64, i64)>>;
     /// Per-queue activity rows (one scan).
     fn queue_activity(
         &mut self,

@@ -131,6 +131,13 @@ impl<C: QueueConnection> Queue<C> {
         }
     }
 
+    /// Jobs that succeeded in each of the last 60 minutes, per queue (see
+    /// [`manage::throughput_last_hour`]).
+    pub fn throughput_last_hour(&self) -> Result<std::collections::BTreeMap<String, Vec<i64>>> {
+        let e = self.inner();
+        e.read("throughput", manage::throughput_last_hour)
+    }
+
     /// Per-queue activity: the oldest due job's wait, jobs finished in the last minute,
     /// paused or not (see [`manage::activity`]).
     pub fn activity(

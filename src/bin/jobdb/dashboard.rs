@@ -58,13 +58,14 @@ pub async fn overview<C: QueueConnection>(
 ) -> Result<Html<String>, ApiError> {
     let stats = ctx.queue.stats(None).await?;
     let activity = ctx.queue.blocking(|q| q.activity(None)).await??;
+    let hour = ctx.queue.blocking(|q| q.throughput_last_hour()).await??;
     let metrics = ctx.queue.sync().metrics();
     let states = JobState::ALL;
     Ok(page(
         "Queues",
         html! {
             table #queues {
-                tr { th { "queue" } @for s in states { th { (s.as_str()) } } th { "oldest due (s)" } th { "done/s" } th { "" } }
+                tr { th { "queue" } @for s in states { th { (s.as_str()) } } th { "oldest due (s)" } th { "done/s" } th { "succeeded, last hour" } th { "" } }
                 @for (name, counts) in &stats.queues {
                     @let a = activity.get(name);
                     @let paused = a.is_some_and(|a| a.paused);
@@ -77,6 +78,7 @@ pub async fn overview<C: QueueConnection>(
                         }
                         td data-queue=(name) data-field="oldest_due_age_s" { (a.and_then(|a| a.oldest_due_age_s).map_or("–".to_owned(), |s| format!("{s:.1}"))) }
                         td data-queue=(name) data-field="throughput_per_sec" { (a.map_or(0.0, |a| a.throughput_per_sec)) }
+                        td { (chart(name, hour.get(name))) }
                         td {
                             @if paused {
                                 button data-action="queue" data-verb="resume" data-queue=(name) { "resume" }
@@ -101,6 +103,24 @@ pub async fn overview<C: QueueConnection>(
             }
         },
     ))
+}
+
+/// Jobs succeeded per minute over the last hour as bars (an inline SVG, no script); the
+/// total in `data-total` and the title.
+fn chart(queue: &str, minutes: Option<&Vec<i64>>) -> Markup {
+    let empty = vec![0; 60];
+    let minutes = minutes.unwrap_or(&empty);
+    let total: i64 = minutes.iter().sum();
+    let top = minutes.iter().copied().max().unwrap_or(0).max(1);
+    html! {
+        svg.chart width="120" height="24" viewBox="0 0 120 24" data-queue=(queue) data-total=(total) {
+            title { (total) " succeeded in the last hour" }
+            @for (i, n) in minutes.iter().enumerate() {
+                @let h = (n * 24 + top - 1) / top;
+                rect x=(i * 2) y=(24 - h) width="2" height=(h) fill="#4a7" {}
+            }
+        }
+    }
 }
 
 fn count(c: &jobdb::StateCounts, s: JobState) -> i64 {
