@@ -386,7 +386,7 @@ pub fn throughput_last_hour<A: AsQueueConnection>(
     let conn = conn.queue_connection();
     let since = crate::timestamp::before("since", now(), Duration::from_secs(3600))?;
     let mut per_queue = std::collections::BTreeMap::new();
-    for (queue, minute, n) in conn.succeeded_per_minute(since)? {
+    for crate::driver::MinuteCount { queue, minute, n } in conn.succeeded_per_minute(since)? {
         let minutes: &mut Vec<i64> = per_queue.entry(queue).or_insert_with(|| vec![0; 60]);
         if let Ok(m) = usize::try_from(minute) {
             if let Some(slot) = minutes.get_mut(m) {

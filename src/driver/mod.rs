@@ -237,7 +237,7 @@ pub(crate) trait ManageDriver: JobDriver {
     ) -> Result<bool>;
     /// `(queue, minute, succeeded)`: jobs that succeeded since `since`, counted per queue and
     /// per whole minute after `since` (0, 1, …).
-    fn succeeded_per_minute(&mut self, since: NaiveDateTime) -> Result<Vec<(String, i64, i64)>>;
+    fn succeeded_per_minute(&mut self, since: NaiveDateTime) -> Result<Vec<MinuteCount>>;
     /// Per-queue activity rows (one scan).
     fn queue_activity(
         &mut self,
@@ -245,6 +245,18 @@ pub(crate) trait ManageDriver: JobDriver {
         now: NaiveDateTime,
         since: NaiveDateTime,
     ) -> Result<Vec<ActivityRow>>;
+}
+
+/// A row of `ManageDriver::succeeded_per_minute`.
+#[derive(QueryableByName)]
+pub(crate) struct MinuteCount {
+    #[diesel(sql_type = Text)]
+    pub queue: String,
+    /// Whole minutes after the start of the window.
+    #[diesel(sql_type = BigInt)]
+    pub minute: i64,
+    #[diesel(sql_type = BigInt)]
+    pub n: i64,
 }
 
 /// Whole tables, row by row with their ids, for `jobdb copy` (see `crate::copy`): reads by

@@ -248,6 +248,46 @@ fn same_origin(headers: &HeaderMap) -> bool {
     host.is_some() && origin_host == host
 }
 
+/// A JSON body whose rejection (not JSON, wrong fields) is a typed 400 like every other bad
+/// input, not axum's plain-text answer.
+struct JsonBody<T>(T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<S> for JsonBody<T> {
+    type Rejection = Response;
+    async fn from_request(request: Request, state: &S) -> Result<Self, Response> {
+        match Json::<T>::from_request(request, state).await {
+            Ok(Json(v)) => Ok(JsonBody(v)),
+            Err(e) => Err(refuse(
+                StatusCode::BAD_REQUEST,
+                "invalid_input",
+                &e.body_text(),
+            )),
+        }
+    }
+}
+
+/// A query string, rejected as [`JsonBody`] is.
+struct QueryParams<T>(T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequestParts<S>
+    for QueryParams<T>
+{
+    type Rejection = Response;
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Response> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(QueryParams(v)),
+            Err(e) => Err(refuse(
+                StatusCode::BAD_REQUEST,
+                "invalid_input",
+                &e.body_text(),
+            )),
+        }
+    }
+}
+
 /// An error answer, `{"error": …, "kind": …}`.
 fn refuse(status: StatusCode, kind: &str, message: &str) -> Response {
     (
@@ -354,18 +394,8 @@ struct EnqueueBody {
 
 async fn enqueue<C: QueueConnection>(
     State(ctx): State<Shared<C>>,
-    body: Result<Json<EnqueueBody>, axum::extract::rejection::JsonRejection>,
+    JsonBody(body): JsonBody<EnqueueBody>,
 ) -> Result<Response, ApiError> {
-    let Json(body) = match body {
-        Ok(b) => b,
-        Err(e) => {
-            return Ok(refuse(
-                StatusCode::BAD_REQUEST,
-                "invalid_input",
-                &e.body_text(),
-            ))
-        }
-    };
     let mut job = NewJob::new(body.queue, &body.payload)?.priority(body.priority);
     if body.delay_ms > 0 {
         job = job.run_at(jobdb::timestamp::from_now(
@@ -445,18 +475,8 @@ struct ListQuery {
 /// A page of jobs, newest first; `next_before` fetches the next page (keyset pagination).
 async fn list<C: QueueConnection>(
     State(ctx): State<Shared<C>>,
-    query: Result<axum::extract::Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+    QueryParams(q): QueryParams<ListQuery>,
 ) -> Result<Response, ApiError> {
-    let axum::extract::Query(q) = match query {
-        Ok(q) => q,
-        Err(e) => {
-            return Ok(refuse(
-                StatusCode::BAD_REQUEST,
-                "invalid_input",
-                &e.body_text(),
-            ))
-        }
-    };
     let filter = jobdb::queue::JobFilter {
         queue: q.queue,
         state: q.state,
@@ -498,18 +518,8 @@ enum BulkAction {
 /// are counted as skipped.
 async fn bulk<C: QueueConnection>(
     State(ctx): State<Shared<C>>,
-    body: Result<Json<BulkBody>, axum::extract::rejection::JsonRejection>,
+    JsonBody(body): JsonBody<BulkBody>,
 ) -> Result<Response, ApiError> {
-    let Json(body) = match body {
-        Ok(b) => b,
-        Err(e) => {
-            return Ok(refuse(
-                StatusCode::BAD_REQUEST,
-                "invalid_input",
-                &e.body_text(),
-            ))
-        }
-    };
     if !body.confirm {
         return Ok(refuse(
             StatusCode::BAD_REQUEST,

@@ -223,24 +223,17 @@ impl ManageDriver for PgConnection {
             == 1)
     }
 
-    fn succeeded_per_minute(&mut self, since: NaiveDateTime) -> Result<Vec<(String, i64, i64)>> {
-        #[derive(QueryableByName)]
-        struct Row {
-            #[diesel(sql_type = Text)]
-            queue: String,
-            #[diesel(sql_type = diesel::sql_types::BigInt)]
-            minute: i64,
-            #[diesel(sql_type = diesel::sql_types::BigInt)]
-            n: i64,
-        }
-        let rows: Vec<Row> = diesel::sql_query(
+    fn succeeded_per_minute(
+        &mut self,
+        since: NaiveDateTime,
+    ) -> Result<Vec<crate::driver::MinuteCount>> {
+        Ok(diesel::sql_query(
             "SELECT queue, floor(extract(epoch FROM updated_at - $1) / 60)::bigint AS minute, \
                     count(*) AS n \
              FROM jobs WHERE state = 'succeeded' AND updated_at >= $1 GROUP BY queue, minute",
         )
         .bind::<Timestamptz, _>(utc(since))
-        .load(self)?;
-        Ok(rows.into_iter().map(|r| (r.queue, r.minute, r.n)).collect())
+        .load(self)?)
     }
 
     /// Per-queue activity, the same rows as SQLite's `queue_activity`.

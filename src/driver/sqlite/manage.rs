@@ -228,24 +228,17 @@ impl ManageDriver for SqliteConnection {
     }
 
     /// Per-queue activity. One scan, on a reader.
-    fn succeeded_per_minute(&mut self, since: NaiveDateTime) -> Result<Vec<(String, i64, i64)>> {
-        #[derive(QueryableByName)]
-        struct Row {
-            #[diesel(sql_type = Text)]
-            queue: String,
-            #[diesel(sql_type = diesel::sql_types::BigInt)]
-            minute: i64,
-            #[diesel(sql_type = diesel::sql_types::BigInt)]
-            n: i64,
-        }
-        let rows: Vec<Row> = diesel::sql_query(
+    fn succeeded_per_minute(
+        &mut self,
+        since: NaiveDateTime,
+    ) -> Result<Vec<crate::driver::MinuteCount>> {
+        Ok(diesel::sql_query(
             "SELECT queue, CAST((julianday(updated_at) - julianday(?1)) * 1440 AS INTEGER) AS minute, \
                     count(*) AS n \
              FROM jobs WHERE state = 'succeeded' AND updated_at >= ?1 GROUP BY queue, minute",
         )
         .bind::<Timestamp, _>(since)
-        .load(self)?;
-        Ok(rows.into_iter().map(|r| (r.queue, r.minute, r.n)).collect())
+        .load(self)?)
     }
 
     fn queue_activity(
