@@ -57,11 +57,7 @@ fn start<C: app::AppConnection>(url: &str) -> Server {
 }
 
 fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(30)))
-        .build()
-        .new_agent()
+    crate::common::http_agent(Duration::from_secs(30))
 }
 
 /// A request's status and JSON body.

@@ -170,6 +170,24 @@ fn sqlite_locked_is_not_busy_and_is_not_retried() {
 #[derive(Clone, Default)]
 struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
 
+impl Captured {
+    /// A DEBUG subscriber that writes every event and every span's close (with its fields)
+    /// into the returned buffer.
+    fn debug_spans() -> (Captured, impl tracing::Subscriber + Send + Sync) {
+        let out = Captured::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
+            .with_ansi(false)
+            .with_writer({
+                let out = out.clone();
+                move || out.clone()
+            })
+            .finish();
+        (out, subscriber)
+    }
+}
+
 impl std::io::Write for Captured {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         self.0.lock().unwrap().extend_from_slice(buf);
@@ -188,19 +206,9 @@ impl std::io::Write for Captured {
 #[test]
 #[ignore = "tracing's process-wide interest cache races with other tests: run alone"]
 fn each_write_transaction_has_a_span_with_its_name_and_busy_retries() {
-    use tracing_subscriber::fmt::format::FmtSpan;
     let db = TestDb::new();
     let queue = db.queue_with(|c| c.sqlite.pragmas.busy_timeout = Duration::ZERO);
-    let out = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::DEBUG)
-        .with_span_events(FmtSpan::CLOSE)
-        .with_ansi(false)
-        .with_writer({
-            let out = out.clone();
-            move || out.clone()
-        })
-        .finish();
+    let (out, subscriber) = Captured::debug_spans();
     tracing::subscriber::with_default(subscriber, || {
         // Callsites cache whether any subscriber wants them; a test on another thread that
         // hits the `jobdb.write` span first, with no DEBUG subscriber in place, can leave it
@@ -265,19 +273,9 @@ fn the_wait_for_the_write_lock_is_not_counted_as_holding_it() {
 #[test]
 #[ignore = "tracing's process-wide interest cache races with other tests: run alone"]
 fn spans_carry_opentelemetry_messaging_attributes() {
-    use tracing_subscriber::fmt::format::FmtSpan;
     let db = TestDb::new();
     let queue = db.queue();
-    let out = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::DEBUG)
-        .with_span_events(FmtSpan::CLOSE)
-        .with_ansi(false)
-        .with_writer({
-            let out = out.clone();
-            move || out.clone()
-        })
-        .finish();
+    let (out, subscriber) = Captured::debug_spans();
     let id = tracing::subscriber::with_default(subscriber, || {
         tracing::callsite::rebuild_interest_cache();
         let id = queue.enqueue(&job()).unwrap();

@@ -48,3 +48,13 @@ pub fn assert_integrity_ok(db: &TestDb) {
         .unwrap();
     assert_eq!(r.integrity_check, "ok");
 }
+
+/// An HTTP client for the tests that talk to a server of ours: statuses are answers, not
+/// errors, and no request waits longer than `timeout`.
+pub fn http_agent(timeout: std::time::Duration) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(timeout))
+        .build()
+        .new_agent()
+}

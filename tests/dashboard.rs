@@ -37,11 +37,7 @@ fn free_port() -> u16 {
 }
 
 fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(60)))
-        .build()
-        .new_agent()
+    crate::common::http_agent(Duration::from_secs(60))
 }
 
 /// One WebDriver session.

@@ -52,11 +52,7 @@ fn serve(url: &str, extra: &[&str]) -> Server {
 }
 
 fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(30)))
-        .build()
-        .new_agent()
+    crate::common::http_agent(Duration::from_secs(30))
 }
 
 /// `(status, body)` of a request; POSTs send JSON unless `content_type` says otherwise.
