@@ -253,6 +253,7 @@ pub fn schema() -> Arc<Schema> {
         Field::new("unique_key", DataType::Utf8, true),
         Field::new("cancel_requested_at", ts(), true),
         Field::new("timeout_ms", DataType::Int64, true),
+        Field::new("progress", DataType::Utf8, true),
         Field::new("attempt", DataType::Int32, true),
         Field::new("outcome", DataType::Utf8, true),
         Field::new("output", DataType::Utf8, true),
@@ -318,6 +319,7 @@ fn record_batch(jobs: &[JobRow], results: &[ResultRow]) -> Result<RecordBatch> {
             .map(|(j, _)| j.cancel_requested_at.map(micros))
             .collect()),
         int64(&|(j, _)| j.timeout_ms),
+        text(&|(j, _)| j.progress.clone()),
         int32(&|(_, r)| r.map(|r| r.attempt)),
         text(&|(_, r)| r.map(|r| r.outcome.clone())),
         text(&|(_, r)| r.and_then(|r| r.output.clone())),

@@ -383,6 +383,7 @@ fn job_digest(r: &JobRow) -> (i64, u64) {
         r.timeout_ms,
     )
         .hash(&mut h);
+    r.progress.as_deref().map(canonical_json).hash(&mut h);
     (r.id, h.finish())
 }
 

@@ -235,6 +235,31 @@ impl<C: QueueConnection> Queue<C> {
         })
     }
 
+    /// Stores `value` as the progress of the job held by `lease` (fenced, as a heartbeat is;
+    /// see [`queue::set_progress`]). One write each call: a handler under [`crate::Worker`]
+    /// uses [`crate::JobContext::set_progress`] instead, which the worker rate-limits. Like a
+    /// heartbeat, it is not synced before it returns under [`crate::Synchronous::Durable`]: a
+    /// power cut may leave an earlier value.
+    pub fn set_progress(&self, lease: Lease, value: &impl Serialize) -> Result<()> {
+        let items = [(lease, queue::encode_progress(value)?)];
+        let e = self.inner();
+        e.write("set_progress", move |c| queue::set_progress_many(c, &items))?
+            .pop()
+            .unwrap_or(Err(crate::Error::Internal {
+                what: "set_progress",
+                reason: "set_progress_many returned no result for one item".into(),
+            }))
+    }
+
+    /// Stores many jobs' progress in one transaction; one result per item (see
+    /// [`queue::set_progress_many`]).
+    pub fn set_progress_many(&self, items: Vec<(Lease, String)>) -> Result<Vec<Result<()>>> {
+        let e = self.inner();
+        e.write("set_progress_many", move |c| {
+            queue::set_progress_many(c, &items)
+        })
+    }
+
     /// Records a failed attempt; the job is retried with backoff or ends `dead`.
     pub fn fail(&self, lease: Lease, error: &str, duration: Duration) -> Result<JobState> {
         let span =

@@ -116,6 +116,7 @@ pub struct JobRow {
     pub cancel_requested_at: Option<NaiveDateTime>,
     pub attempt_base: i32,
     pub timeout_ms: Option<i64>,
+    pub progress: Option<String>,
 }
 
 /// A job, as the API hands it out.
@@ -158,6 +159,10 @@ pub struct Job {
     pub attempt_base: i32,
     /// This job's time limit per attempt (`None`: the worker's default, if any).
     pub timeout: Option<std::time::Duration>,
+    /// The last progress an attempt reported ([`crate::JobContext::set_progress`]) as JSON
+    /// text; [`Job::progress`] deserializes it. Kept when the attempt ends, so a retried
+    /// attempt can resume from it. `None`: none reported.
+    pub progress_json: Option<String>,
 }
 
 impl Job {
@@ -178,6 +183,18 @@ impl Job {
             what: "payload",
             source,
         })
+    }
+
+    /// Deserializes the last reported progress into the caller's type (`None`: none yet).
+    pub fn progress<T: DeserializeOwned>(&self) -> Result<Option<T>> {
+        self.progress_json
+            .as_deref()
+            .map(serde_json::from_str)
+            .transpose()
+            .map_err(|source| Error::Json {
+                what: "progress",
+                source,
+            })
     }
 
     /// The lease this job was claimed under (meaningful while `running`).
@@ -219,6 +236,7 @@ impl TryFrom<JobRow> for Job {
                 .timeout_ms
                 .and_then(|ms| u64::try_from(ms).ok())
                 .map(std::time::Duration::from_millis),
+            progress_json: r.progress,
         })
     }
 }

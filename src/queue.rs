@@ -20,9 +20,11 @@ use crate::models::{
 };
 
 mod batch;
+mod progress;
 mod read;
 
 pub use batch::{complete_many, heartbeat_many, Completion};
+pub use progress::{encode_progress, set_progress, set_progress_many, MAX_PROGRESS_BYTES};
 pub use read::{
     any_running, audit, backend_version, explain_claim, get_job, get_results, has_pending_work,
     insert_finished, list_jobs, queued_count, stats, Audit, JobFilter, StateCounts, Stats,

@@ -20,6 +20,7 @@ diesel::table! {
         cancel_requested_at -> Nullable<Timestamp>,
         attempt_base -> Integer,
         timeout_ms -> Nullable<BigInt>,
+        progress -> Nullable<Text>,
     }
 }
 

@@ -20,6 +20,7 @@ diesel::table! {
         cancel_requested_at -> Nullable<Timestamptz>,
         attempt_base -> Int4,
         timeout_ms -> Nullable<Int8>,
+        progress -> Nullable<Jsonb>,
     }
 }
 

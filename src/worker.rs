@@ -72,6 +72,11 @@ pub struct WorkerConfig {
     pub worker_id: String,
     /// Prune finished jobs on a background thread (default: off).
     pub retention: Option<crate::manage::Retention>,
+    /// The least time between two progress writes of one job (default 1 s): a handler's
+    /// [`JobContext::set_progress`] only keeps the newest value, and the heartbeat thread
+    /// writes what is due, all jobs in one statement. Lower means a livelier dashboard and
+    /// more writes; it never adds more than one write transaction per heartbeat tick.
+    pub progress_every: Duration,
 }
 
 impl WorkerConfig {
@@ -94,6 +99,7 @@ impl WorkerConfig {
             handle_signals: false,
             worker_id: format!("pid{}-{:04x}", std::process::id(), fastrand::u16(..)),
             retention: None,
+            progress_every: Duration::from_secs(1),
         }
     }
 
@@ -137,6 +143,12 @@ impl WorkerConfig {
                     "{:?} must be more than zero and shorter than the lease ({:?})",
                     self.heartbeat_every, self.lease
                 ),
+            });
+        }
+        if self.progress_every.is_zero() {
+            return Err(Error::InvalidArgument {
+                field: "progress_every",
+                reason: "must be more than zero (it bounds the progress writes per job)".into(),
             });
         }
         // A lease that would run past the stored range of timestamps fails every claim: say

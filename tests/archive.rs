@@ -33,7 +33,7 @@ fn source(n: i64) -> TestDb {
          t(i, at) AS (SELECT i, strftime('%Y-%m-%d %H:%M:%f', 'now', '-3600 seconds') || printf('%03d', i % 1000) FROM n)
          INSERT INTO jobs (id, queue, state, priority, payload, attempts, max_attempts, run_at,
            created_at, updated_at, worker_id, last_error, unique_key, cancel_requested_at,
-           attempt_base, timeout_ms)
+           attempt_base, timeout_ms, progress)
          SELECT i, 'q' || (i % 4),
            CASE WHEN i > {n} THEN (CASE i % 2 WHEN 0 THEN 'queued' ELSE 'running' END)
                 ELSE (CASE i % 3 WHEN 0 THEN 'succeeded' WHEN 1 THEN 'dead' ELSE 'cancelled' END) END,
@@ -43,7 +43,8 @@ fn source(n: i64) -> TestDb {
            CASE WHEN i % 3 = 1 THEN 'failed: ' || i END,
            CASE WHEN i % 7 = 0 THEN 'k' || i END,
            CASE WHEN i % 3 = 2 AND i % 4 > 0 THEN at END,
-           0, CASE WHEN i % 2 = 0 THEN 5000 END
+           0, CASE WHEN i % 2 = 0 THEN 5000 END,
+           CASE WHEN i % 5 = 1 THEN '{{\"done\": ' || (i % 10) || '}}' END
          FROM t;
          WITH RECURSIVE a(k) AS (SELECT 1 UNION ALL SELECT k + 1 FROM a WHERE k < 3)
          INSERT INTO results (job_id, attempt, outcome, output, error, created_at, duration_ms)
@@ -83,6 +84,7 @@ struct Row {
     attempts: i32,
     updated_at_us: i64,
     unique_key: Option<String>,
+    progress: Option<String>,
     attempt: Option<i32>,
     outcome: Option<String>,
     output: Option<String>,
@@ -131,6 +133,7 @@ fn read_parquet(file: &Path) -> Vec<Row> {
             .as_any()
             .downcast_ref::<TimestampMicrosecondArray>()
             .unwrap();
+        let progress = texts("progress");
         let (key, attempt, outcome, output, error, duration) = (
             texts("unique_key"),
             i32s("attempt"),
@@ -148,6 +151,7 @@ fn read_parquet(file: &Path) -> Vec<Row> {
                 attempts: attempts.value(i),
                 updated_at_us: updated.value(i),
                 unique_key: opt(&key, i),
+                progress: opt(&progress, i),
                 attempt: (!attempt.is_null(i)).then(|| attempt.value(i)),
                 outcome: opt(&outcome, i),
                 output: opt(&output, i),
@@ -175,6 +179,7 @@ fn expected(jobs: &[JobRow], results: &[ResultRow]) -> Vec<Row> {
             attempts: j.attempts,
             updated_at_us: j.updated_at.and_utc().timestamp_micros(),
             unique_key: j.unique_key.clone(),
+            progress: j.progress.clone(),
             attempt: r.map(|r| r.attempt),
             outcome: r.map(|r| r.outcome.clone()),
             output: r.and_then(|r| r.output.clone()),

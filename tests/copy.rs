@@ -21,7 +21,7 @@ const JOBS: i64 = 100_000;
 
 /// The factory: rows put straight into every state (never reached by running anything), with
 /// payloads that JSONB would normalize, text that is hostile, microsecond timestamps, unique
-/// keys on live jobs, leases, cancel requests, attempt bases and time limits.
+/// keys on live jobs, leases, cancel requests, attempt bases, time limits and progress.
 fn source(jobs: i64) -> (TestDb, Queue) {
     let db = TestDb::new();
     let queue = db.queue();
@@ -35,7 +35,7 @@ fn source(jobs: i64) -> (TestDb, Queue) {
            FROM n)
          INSERT INTO jobs (id, queue, state, priority, payload, attempts, max_attempts, run_at,
            created_at, updated_at, worker_id, heartbeat_at, lease_expires_at, last_error,
-           unique_key, cancel_requested_at, attempt_base, timeout_ms)
+           unique_key, cancel_requested_at, attempt_base, timeout_ms, progress)
          SELECT i, 'q' || (i % 3),
            CASE i % 5 WHEN 0 THEN 'queued' WHEN 1 THEN 'running' WHEN 2 THEN 'succeeded'
                       WHEN 3 THEN 'dead' ELSE 'cancelled' END,
@@ -50,7 +50,8 @@ fn source(jobs: i64) -> (TestDb, Queue) {
            CASE WHEN i % 10 IN (0, 1) THEN 'key-' || i END,
            CASE WHEN i % 20 = 1 THEN at END,
            CASE WHEN i % 5 = 0 THEN i % 2 ELSE 0 END,
-           CASE WHEN i % 4 = 0 THEN 1000 * (1 + i % 60) END
+           CASE WHEN i % 4 = 0 THEN 1000 * (1 + i % 60) END,
+           CASE WHEN i % 3 = 1 THEN '{{\"done\":  ' || (i % 100) || ', \"of\": 100, \"step\": \"<b>x</b>\"}}' END
          FROM t;
          INSERT INTO results (job_id, attempt, outcome, output, error, created_at, duration_ms)
            SELECT id, attempts, CASE state WHEN 'succeeded' THEN 'succeeded' ELSE 'failed' END,
@@ -109,7 +110,8 @@ fn pg_tables(url: &str) -> Tables {
     Tables {
         jobs: diesel::sql_query(format!(
             "SELECT id, queue, state, priority, payload::text AS payload, attempts, max_attempts, \
-             {}, {}, {}, worker_id, {}, {}, last_error, unique_key, {}, attempt_base, timeout_ms \
+             {}, {}, {}, worker_id, {}, {}, last_error, unique_key, {}, attempt_base, timeout_ms, \
+             progress::text AS progress \
              FROM jobs ORDER BY id",
             utc("run_at"),
             utc("created_at"),
@@ -152,8 +154,15 @@ fn assert_equal(src: &Tables, dst: &Tables) {
     assert_eq!(src.jobs.len(), dst.jobs.len());
     for (a, b) in src.jobs.iter().zip(&dst.jobs) {
         assert_eq!(json(&a.payload), json(&b.payload), "job {}", a.id);
+        assert_eq!(
+            a.progress.as_deref().map(json),
+            b.progress.as_deref().map(json),
+            "job {}",
+            a.id
+        );
         let strip = |r: &JobRow| JobRow {
             payload: String::new(),
+            progress: None,
             ..r.clone()
         };
         assert_eq!(strip(a), strip(b), "job {}", a.id);

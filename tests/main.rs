@@ -31,6 +31,7 @@ mod pg_restart;
 mod pool;
 mod postgres;
 mod power_loss;
+mod progress;
 mod properties;
 mod regressions;
 mod serve;

@@ -17,9 +17,9 @@ crate::on_both_backends!(
 );
 
 /// `jobdb serve` on a free loopback port, killed when dropped.
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    base: String,
+    pub(crate) base: String,
 }
 
 impl Drop for Server {
@@ -29,7 +29,7 @@ impl Drop for Server {
     }
 }
 
-fn serve(url: &str, extra: &[&str]) -> Server {
+pub(crate) fn serve(url: &str, extra: &[&str]) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_jobdb"))
         .args(["--database-url", url, "serve", "--listen", "127.0.0.1:0"])
         .args(extra)
@@ -56,7 +56,7 @@ fn agent() -> ureq::Agent {
 }
 
 /// `(status, body)` of a request; POSTs send JSON unless `content_type` says otherwise.
-fn call(url: &str, post: Option<&str>, headers: &[(&str, &str)]) -> (u16, String) {
+pub(crate) fn call(url: &str, post: Option<&str>, headers: &[(&str, &str)]) -> (u16, String) {
     let agent = agent();
     let mut response = match post {
         Some(body) => {

@@ -47,11 +47,19 @@ pub(crate) struct WriteCtx<'a, C: QueueConnection> {
 /// Operations a power loss may undo without losing anything a caller was promised: the lease
 /// recovers them (the job is claimed again). Every other operation (enqueues, results,
 /// cancels, the app's own writes, anything new) is synced before its caller is answered.
-/// (`wal_truncate` writes no rows.)
+/// (`wal_truncate` writes no rows; a progress update lost to a power cut leaves an earlier
+/// value, as a lost heartbeat leaves an earlier expiry.)
 fn recoverable(name: &str) -> bool {
     matches!(
         name,
-        "claim" | "heartbeat" | "heartbeat_many" | "reap" | "release" | "wal_truncate"
+        "claim"
+            | "heartbeat"
+            | "heartbeat_many"
+            | "set_progress"
+            | "set_progress_many"
+            | "reap"
+            | "release"
+            | "wal_truncate"
     )
 }
 

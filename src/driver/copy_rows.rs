@@ -34,6 +34,7 @@ macro_rules! copy_inserts {
                             cancel_requested_at.eq(r.cancel_requested_at),
                             attempt_base.eq(r.attempt_base),
                             timeout_ms.eq(r.timeout_ms),
+                            progress.eq(r.progress.as_deref().map($output).transpose()?),
                         ),
                     ))
                 })

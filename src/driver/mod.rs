@@ -188,6 +188,9 @@ pub(crate) trait BatchDriver: JobDriver {
         rows: &[SucceededRow<'_>],
         now: NaiveDateTime,
     ) -> Result<usize>;
+    /// Stores each lease's progress (JSON text) on its job while the lease holds; the leases
+    /// it was stored for.
+    fn progress_set(&mut self, items: &[(Lease, &str)], now: NaiveDateTime) -> Result<Vec<Lease>>;
     /// Reaps those of `ids` whose lease is still expired (re-checked, so a stale list is
     /// harmless): a failed results row each, the job requeued, dead or cancelled. How many.
     fn reap_ids(&mut self, ids: &[i64], error: &str, now: NaiveDateTime) -> Result<usize>;
@@ -362,6 +365,27 @@ pub(crate) fn leases_json(leases: &[Lease]) -> Result<String> {
     let pairs: Vec<(i64, i32)> = leases.iter().map(|l| (l.job_id, l.attempt)).collect();
     serde_json::to_string(&pairs).map_err(|source| crate::Error::Json {
         what: "leases",
+        source,
+    })
+}
+
+/// Leases with a JSON value each, as the array `[[id, attempt, value], …]` the progress
+/// statement reads. Each value is JSON text the caller produced with serde_json (so it is
+/// embedded as it is, not quoted).
+pub(crate) fn leases_with_json(items: &[(Lease, &str)]) -> Result<String> {
+    let triples: Vec<(i64, i32, &serde_json::value::RawValue)> = items
+        .iter()
+        .map(|(l, json)| {
+            let raw: &serde_json::value::RawValue =
+                serde_json::from_str(json).map_err(|source| crate::Error::Json {
+                    what: "progress",
+                    source,
+                })?;
+            Ok((l.job_id, l.attempt, raw))
+        })
+        .collect::<Result<_>>()?;
+    serde_json::to_string(&triples).map_err(|source| crate::Error::Json {
+        what: "progress",
         source,
     })
 }

@@ -192,6 +192,12 @@ impl<C: QueueConnection> AsyncQueue<C> {
         self.inner().write_async("heartbeat_many", write).await
     }
 
+    /// [`Queue::set_progress_many`].
+    pub async fn set_progress_many(&self, items: Vec<(Lease, String)>) -> Result<Vec<Result<()>>> {
+        let write = move |c: &mut C| queue::set_progress_many(c, &items);
+        self.inner().write_async("set_progress_many", write).await
+    }
+
     /// [`Queue::complete`].
     pub async fn complete(
         &self,

@@ -99,7 +99,7 @@ pub fn heartbeat_many<A: AsQueueConnection>(
 /// One result per lease: `applied(lease)` for those the set statement applied to, else the
 /// error `settle` finds (lease lost, not found, cancelled) in that item's slot. A query error
 /// of `settle` is the whole transaction's error, not one item's.
-fn per_item<T, C: QueueConnection>(
+pub(super) fn per_item<T, C: QueueConnection>(
     conn: &mut C,
     leases: &[Lease],
     mut applied: impl FnMut(Lease) -> Option<Result<T>>,

@@ -24,7 +24,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::{AbortHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
-use super::context::JobFlags;
+use super::context::{due_progress, restore_due_progress, JobFlags};
 use super::{panic_message, timeout_error, Counters, HandlerError, WorkerConfig, WorkerReport};
 use super::{ShutdownHandle, ABANDON_WAIT};
 use crate::error::{Error, Result};
@@ -75,6 +75,15 @@ impl AsyncJobContext {
     /// Whether the handler should stop now (the token fired).
     pub fn should_abandon(&self) -> bool {
         self.token.is_cancelled()
+    }
+
+    /// Reports this attempt's progress, as [`crate::JobContext::set_progress`] does: the
+    /// newest value is kept and the heartbeat task writes it at most once per
+    /// [`crate::WorkerConfig::progress_every`] per job. Never waits.
+    pub fn set_progress(&self, value: &impl serde::Serialize) -> crate::Result<()> {
+        self.flags
+            .report_progress(crate::queue::encode_progress(value)?);
+        Ok(())
     }
 }
 
@@ -622,6 +631,7 @@ async fn heartbeat_loop<C: QueueConnection>(
             beat(&queue, &config, &shared).await;
             next_beat = now + config.heartbeat_every;
         }
+        write_progress(&queue, &config, &shared).await;
         tokio::select! {
             _ = tokio::time::sleep(tick) => {}
             _ = stop.cancelled() => return,
@@ -657,6 +667,29 @@ async fn beat<C: QueueConnection>(queue: &AsyncQueue<C>, config: &WorkerConfig, 
             }
         }
         Err(e) => tracing::warn!(error = %e, "heartbeat failed; will retry"),
+    }
+}
+
+/// Writes the progress handlers reported, at most once per `progress_every` per job.
+async fn write_progress<C: QueueConnection>(
+    queue: &AsyncQueue<C>,
+    config: &WorkerConfig,
+    shared: &Shared,
+) {
+    let (items, flags) = {
+        let running = shared.running();
+        due_progress(
+            running.iter().map(|(l, r)| (l, &r.flags)),
+            config.progress_every,
+        )
+    };
+    if items.is_empty() {
+        return;
+    }
+    // A lost lease fails only its own slot, and the heartbeat tells its handler.
+    if let Err(e) = queue.set_progress_many(items.clone()).await {
+        tracing::warn!(error = %e, "progress write failed; will retry");
+        restore_due_progress(items, &flags);
     }
 }
 

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use super::context::{due_progress, restore_due_progress};
 use super::{Active, Counters, JobFlags, WorkerConfig};
 use crate::manage::Retention;
 use crate::models::Lease;
@@ -98,9 +99,24 @@ pub(super) fn heartbeat_loop<C: QueueConnection>(
             }
             next_beat = now + config.heartbeat_every;
         }
+        write_progress(queue, config, active);
         thread::sleep(
             Duration::from_millis(5).max(config.heartbeat_every.min(Duration::from_millis(50))),
         );
+    }
+}
+
+/// Writes the progress handlers reported, at most once per `progress_every` per job and all
+/// due jobs in one statement.
+fn write_progress<C: QueueConnection>(queue: &Queue<C>, config: &WorkerConfig, active: &Active) {
+    let (items, flags) = due_progress(active.lock().iter(), config.progress_every);
+    if items.is_empty() {
+        return;
+    }
+    // A lost lease fails only its own slot, and the next heartbeat tells its handler.
+    if let Err(e) = queue.set_progress_many(items.clone()) {
+        tracing::warn!(error = %e, "progress write failed; will retry");
+        restore_due_progress(items, &flags);
     }
 }
 

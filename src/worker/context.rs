@@ -2,11 +2,13 @@
 //! [`ShutdownHandle`] that stops a worker or scheduler.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use serde::Serialize;
+
 use crate::error::{Error, Result};
-use crate::models::Job;
+use crate::models::{Job, Lease};
 
 /// Why a handler failed; recorded as the attempt's `error`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,6 +78,17 @@ pub(super) struct JobFlags {
     /// The timeout was recorded as the attempt's failure (by the handler's thread or, for a
     /// handler that ignores it, by the heartbeat thread): whoever sets it first records it.
     pub(super) timeout_recorded: AtomicBool,
+    /// The handler's latest progress not yet written, and when the last was.
+    pub(super) progress: Mutex<ProgressSlot>,
+}
+
+/// A handler's progress between its `set_progress` calls and the heartbeat thread's writes.
+#[derive(Debug, Default)]
+pub(super) struct ProgressSlot {
+    /// The newest value reported and not yet written (JSON text).
+    pending: Option<String>,
+    /// When a value of this attempt was last handed to the writer.
+    written_at: Option<Instant>,
 }
 
 impl JobFlags {
@@ -92,6 +105,36 @@ impl JobFlags {
             .is_some_and(|(_, deadline)| Instant::now() >= deadline + grace)
     }
 
+    /// Keeps `json` as the newest progress (a newer one replaces it before it is written).
+    pub(super) fn report_progress(&self, json: String) {
+        self.progress_slot().pending = Some(json);
+    }
+
+    /// The pending progress, if one is pending and the last write was at least `every` ago
+    /// (the first of an attempt is due at once); marks it written now.
+    fn take_due_progress(&self, every: Duration, now: Instant) -> Option<String> {
+        let mut slot = self.progress_slot();
+        if slot.written_at.is_some_and(|at| now < at + every) {
+            return None;
+        }
+        let json = slot.pending.take()?;
+        slot.written_at = Some(now);
+        Some(json)
+    }
+
+    /// Puts back a value whose write failed, unless a newer one came meanwhile.
+    fn restore_progress(&self, json: String) {
+        let mut slot = self.progress_slot();
+        if slot.pending.is_none() {
+            slot.pending = Some(json);
+        }
+    }
+
+    fn progress_slot(&self) -> std::sync::MutexGuard<'_, ProgressSlot> {
+        // Plain assignments under the lock: a poisoned slot is still consistent.
+        self.progress.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// The attempt's time limit, once it has run out.
     pub(super) fn timed_out(&self) -> Option<Duration> {
         self.timeout
@@ -100,10 +143,53 @@ impl JobFlags {
     }
 }
 
+/// The progress due to be written now, of the running jobs in `running`: at most one value
+/// per job per `every`, all of them for one statement. Returns them with their flags, for
+/// [`restore_due_progress`] when the write fails.
+pub(super) fn due_progress<'a>(
+    running: impl Iterator<Item = (&'a Lease, &'a Arc<JobFlags>)>,
+    every: Duration,
+) -> (Vec<(Lease, String)>, Vec<Arc<JobFlags>>) {
+    let now = Instant::now();
+    running
+        .filter_map(|(lease, flags)| {
+            let json = flags.take_due_progress(every, now)?;
+            Some(((*lease, json), flags.clone()))
+        })
+        .unzip()
+}
+
+/// After a failed write of `items`: each value goes back to its job's slot (unless the
+/// handler reported a newer one), to be written at the next tick.
+pub(super) fn restore_due_progress(items: Vec<(Lease, String)>, flags: &[Arc<JobFlags>]) {
+    for ((_, json), f) in items.into_iter().zip(flags) {
+        f.restore_progress(json);
+    }
+}
+
 impl JobContext {
     /// The job being run.
     pub fn job(&self) -> &Job {
         &self.job
+    }
+
+    /// Reports this attempt's progress: a small JSON value (at most
+    /// [`crate::queue::MAX_PROGRESS_BYTES`] as JSON text), e.g. `json!({"done": 120, "of":
+    /// 500})`, shown by `jobdb show`, the dashboard and [`crate::Job::progress`].
+    ///
+    /// Call it as often as you like: it only keeps the newest value, and the worker's
+    /// heartbeat thread writes it at most once per [`crate::WorkerConfig::progress_every`] per
+    /// job (all due jobs in one statement, fenced by the lease), so progress never floods the
+    /// writer. A value reported just before the handler returns may therefore never be
+    /// written; the job's result is the final word. The stored value outlives the attempt,
+    /// so a retried attempt can resume from `ctx.progress()`.
+    ///
+    /// Fails only on bad input ([`Error::InvalidArgument`] when too large, [`Error::Json`]
+    /// when not serializable), before anything is kept.
+    pub fn set_progress(&self, value: &impl Serialize) -> Result<()> {
+        self.flags
+            .report_progress(crate::queue::encode_progress(value)?);
+        Ok(())
     }
 
     /// True once the handler should stop: the job was cancelled ([`JobContext::is_cancelled`]),

@@ -243,6 +243,7 @@ pub async fn detail<C: QueueConnection>(
                 tr { th { "lease until" } td { (job.lease_expires_at.map(|t| t.to_rfc3339()).unwrap_or_default()) } }
                 tr { th { "unique key" } td { (job.unique_key.as_deref().unwrap_or("")) } }
                 tr { th { "last error" } td { (job.last_error.as_deref().unwrap_or("")) } }
+                tr { th { "progress" } td #progress { (job.progress_json.as_deref().unwrap_or("")) } }
             }
             p {
                 button #retry data-action="job" data-verb="retry" data-id=(id) { "retry" }

@@ -23,6 +23,7 @@ pub fn print_job<C: QueueConnection>(queue: &Queue<C>, id: i64, json: bool) -> R
             "cancel_requested_at": job.cancel_requested_at,
             "attempts_left": job.attempts_left(),
             "payload": as_value(&job.payload_json),
+            "progress": job.progress_json.as_deref().map(as_value),
             "results": results.iter().map(|r| serde_json::json!({
                 "attempt": r.attempt,
                 "outcome": r.outcome,
@@ -39,6 +40,9 @@ pub fn print_job<C: QueueConnection>(queue: &Queue<C>, id: i64, json: bool) -> R
             job.id, job.queue, job.state, job.attempts, job.max_attempts, job.priority
         );
         println!("payload: {}", job.payload_json);
+        if let Some(p) = &job.progress_json {
+            println!("progress: {p}");
+        }
         for r in &results {
             println!(
                 "  attempt {}: {} in {} ms{}",

@@ -11,7 +11,7 @@ use diesel::sql_types::{Text, Timestamptz};
 use super::utc;
 use crate::driver::stmt::{bind, cached};
 use crate::driver::{json_array, BatchDriver, SucceededRow};
-use crate::driver::{leases_json, LeaseRow};
+use crate::driver::{leases_json, leases_with_json, LeaseRow};
 use crate::error::Result;
 use crate::models::Lease;
 
@@ -50,6 +50,23 @@ impl BatchDriver for PgConnection {
         )
         .load(self)?;
         Ok(rows.iter().map(|r| (r.lease(), r.cancel != 0)).collect())
+    }
+
+    /// Stores progress on many running jobs in one statement, each only while its lease holds.
+    fn progress_set(&mut self, items: &[(Lease, &str)], now: NaiveDateTime) -> Result<Vec<Lease>> {
+        let rows: Vec<LeaseRow> = cached(
+            "UPDATE jobs SET progress = l.p, updated_at = ? \
+             FROM (SELECT (e->>0)::bigint AS lid, (e->>1)::int AS latt, e->2 AS p \
+                   FROM jsonb_array_elements(?::jsonb) e) AS l \
+             WHERE jobs.id = l.lid AND jobs.attempts = l.latt AND jobs.state = 'running' \
+             RETURNING jobs.id AS id, jobs.attempts AS attempts, 0 AS cancel",
+            (
+                bind::<Timestamptz, _>(utc(now)),
+                bind::<Text, _>(leases_with_json(items)?),
+            ),
+        )
+        .load(self)?;
+        Ok(rows.iter().map(LeaseRow::lease).collect())
     }
 
     /// Marks many jobs succeeded in one statement, each only if its lease is still ours and no

@@ -39,7 +39,8 @@ pub(crate) const JOB_COLUMNS: &str = "id, queue, state, priority, payload::text 
     (created_at AT TIME ZONE 'UTC') AS created_at, (updated_at AT TIME ZONE 'UTC') AS updated_at, \
     worker_id, (heartbeat_at AT TIME ZONE 'UTC') AS heartbeat_at, \
     (lease_expires_at AT TIME ZONE 'UTC') AS lease_expires_at, last_error, unique_key, \
-    (cancel_requested_at AT TIME ZONE 'UTC') AS cancel_requested_at, attempt_base, timeout_ms";
+    (cancel_requested_at AT TIME ZONE 'UTC') AS cancel_requested_at, attempt_base, timeout_ms, \
+    progress::text AS progress";
 
 /// A UTC timestamp as an instant, for binding to TIMESTAMPTZ.
 pub(crate) fn utc(t: NaiveDateTime) -> DateTime<Utc> {

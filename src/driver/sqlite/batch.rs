@@ -8,7 +8,7 @@ use diesel::sqlite::SqliteConnection;
 
 use crate::driver::stmt::{bind, cached};
 use crate::driver::{json_array, BatchDriver, SucceededRow};
-use crate::driver::{leases_json, LeaseRow};
+use crate::driver::{leases_json, leases_with_json, LeaseRow};
 use crate::error::Result;
 use crate::models::Lease;
 
@@ -37,6 +37,24 @@ impl BatchDriver for SqliteConnection {
         )
         .load(self)?;
         Ok(rows.iter().map(|r| (r.lease(), r.cancel != 0)).collect())
+    }
+
+    /// Stores progress on many running jobs in one statement, each only while its lease holds.
+    /// `value -> 2` is the element's JSON text (`->>` would unquote a bare string).
+    fn progress_set(&mut self, items: &[(Lease, &str)], now: NaiveDateTime) -> Result<Vec<Lease>> {
+        let rows: Vec<LeaseRow> = cached(
+            "UPDATE jobs SET progress = l.p, updated_at = ? \
+             FROM (SELECT value ->> 0 AS lid, value ->> 1 AS latt, value -> 2 AS p \
+                   FROM json_each(?)) AS l \
+             WHERE jobs.id = l.lid AND jobs.attempts = l.latt AND jobs.state = 'running' \
+             RETURNING jobs.id AS id, jobs.attempts AS attempts, 0 AS cancel",
+            (
+                bind::<Timestamp, _>(now),
+                bind::<Text, _>(leases_with_json(items)?),
+            ),
+        )
+        .load(self)?;
+        Ok(rows.iter().map(LeaseRow::lease).collect())
     }
 
     /// Marks many jobs succeeded in one statement, each only if its lease is still ours and no

@@ -1,0 +1,4 @@
+-- The last progress a running attempt reported (JobContext::set_progress): a small JSON
+-- value, written by the worker at most once per `progress_every` per job, fenced by the
+-- lease. Kept after the attempt ends, so a retried attempt can resume from it. NULL: none.
+ALTER TABLE jobs ADD COLUMN progress JSONB;
