@@ -50,6 +50,7 @@ pub mod manage;
 pub mod metrics;
 pub mod models;
 pub mod options;
+pub mod overview;
 pub mod pool;
 pub mod pragmas;
 pub mod prometheus;

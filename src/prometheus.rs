@@ -14,11 +14,18 @@ use crate::error::Result;
 use crate::handle::Queue;
 use crate::metrics::Histogram;
 use crate::models::JobState;
+use crate::overview::Overview;
 
 /// The metrics text for `queue`: one scan of `jobs` for the gauges (run on a reader).
 pub fn render<C: QueueConnection>(queue: &Queue<C>) -> Result<String> {
-    let stats = queue.stats(None)?;
-    let activity = queue.activity(None)?;
+    Ok(render_overview(queue, &queue.overview()?))
+}
+
+/// The metrics text with the queue gauges from `overview`, an [`Overview`] taken earlier
+/// (`jobdb serve` takes one in the background and serves every scrape from it, so a scrape
+/// never scans a large table); the counters and histograms are `queue`'s handle's, now.
+/// `jobdb_overview_age_seconds` says how old the gauges are.
+pub fn render_overview<C: QueueConnection>(queue: &Queue<C>, overview: &Overview) -> String {
     let mut out = String::new();
     let mut family = |name: &str, kind: &str, help: &str| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -29,7 +36,8 @@ pub fn render<C: QueueConnection>(queue: &Queue<C>) -> Result<String> {
         "Jobs in the database, by queue and state.",
     );
     let mut lines = String::new();
-    for (q, counts) in &stats.queues {
+    for (q, o) in &overview.queues {
+        let counts = &o.counts;
         for state in JobState::ALL {
             let n = match state {
                 JobState::Queued => counts.queued,
@@ -63,10 +71,28 @@ pub fn render<C: QueueConnection>(queue: &Queue<C>) -> Result<String> {
     ];
     for (name, help, value) in gauges {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
-        for (q, a) in &activity {
-            let _ = writeln!(out, "{name}{{queue=\"{}\"}} {}", label(q), value(a));
+        for (q, o) in &overview.queues {
+            let _ = writeln!(
+                out,
+                "{name}{{queue=\"{}\"}} {}",
+                label(q),
+                value(&o.activity)
+            );
         }
     }
+    let age = (chrono::Utc::now() - overview.as_of)
+        .to_std()
+        .unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "# HELP jobdb_overview_age_seconds How old the queue gauges above are (the scan they \
+         come from started this long ago).\n# TYPE jobdb_overview_age_seconds gauge\n\
+         jobdb_overview_age_seconds {}\n\
+         # HELP jobdb_overview_scan_seconds How long the scan of jobs behind the gauges took.\n\
+         # TYPE jobdb_overview_scan_seconds gauge\njobdb_overview_scan_seconds {}",
+        age.as_secs_f64(),
+        overview.took.as_secs_f64()
+    );
     let inner = &queue.db().inner;
     let retries = inner.stats.snapshot();
     let m = &inner.metrics;
@@ -143,7 +169,7 @@ pub fn render<C: QueueConnection>(queue: &Queue<C>) -> Result<String> {
     ] {
         histogram(&mut out, name, help, h);
     }
-    Ok(out)
+    out
 }
 
 /// A per-queue gauge: its name, its help, and its value from the queue's activity.

@@ -241,6 +241,14 @@ pub(crate) trait ManageDriver: JobDriver {
     /// `(queue, minute, succeeded)`: jobs that succeeded since `since`, counted per queue and
     /// per whole minute after `since` (0, 1, …).
     fn succeeded_per_minute(&mut self, since: NaiveDateTime) -> Result<Vec<MinuteCount>>;
+    /// Everything the overview shows, in one scan: a row per queue, state and (for jobs that
+    /// succeeded since `hour_ago`) minute of the hour.
+    fn overview_rows(
+        &mut self,
+        hour_ago: NaiveDateTime,
+        now: NaiveDateTime,
+        minute_ago: NaiveDateTime,
+    ) -> Result<Vec<OverviewRow>>;
     /// Per-queue activity rows (one scan).
     fn queue_activity(
         &mut self,
@@ -248,6 +256,27 @@ pub(crate) trait ManageDriver: JobDriver {
         now: NaiveDateTime,
         since: NaiveDateTime,
     ) -> Result<Vec<ActivityRow>>;
+}
+
+/// A row of `ManageDriver::overview_rows`: the jobs of one queue in one state (and, for
+/// those that succeeded in the last hour, one minute of it).
+#[derive(Debug, QueryableByName)]
+pub(crate) struct OverviewRow {
+    #[diesel(sql_type = Text)]
+    pub queue: String,
+    #[diesel(sql_type = Text)]
+    pub state: String,
+    /// Whole minutes after the start of the hour (`None`: not a job that succeeded in it).
+    #[diesel(sql_type = Nullable<BigInt>)]
+    pub minute: Option<i64>,
+    #[diesel(sql_type = BigInt)]
+    pub n: i64,
+    /// Seconds the oldest due queued job of the group has waited (`None`: none due).
+    #[diesel(sql_type = Nullable<Double>)]
+    pub oldest_due_s: Option<f64>,
+    /// Jobs of the group updated in the last minute.
+    #[diesel(sql_type = BigInt)]
+    pub recent: i64,
 }
 
 /// A row of `ManageDriver::succeeded_per_minute`.

@@ -138,6 +138,12 @@ impl<C: QueueConnection> Queue<C> {
         e.read("throughput", manage::throughput_last_hour)
     }
 
+    /// Everything an overview shows, from one scan on a reader (see [`crate::overview`]).
+    pub fn overview(&self) -> Result<crate::overview::Overview> {
+        let e = self.inner();
+        e.read("overview", crate::overview::overview)
+    }
+
     /// Per-queue activity: the oldest due job's wait, jobs finished in the last minute,
     /// paused or not (see [`manage::activity`]).
     pub fn activity(

@@ -150,7 +150,7 @@ pub struct StateCounts {
 }
 
 impl StateCounts {
-    fn add(&mut self, state: JobState, n: i64) {
+    pub(crate) fn add(&mut self, state: JobState, n: i64) {
         match state {
             JobState::Queued => self.queued += n,
             JobState::Running => self.running += n,

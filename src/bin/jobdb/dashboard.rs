@@ -56,9 +56,7 @@ fn page(title: &str, body: Markup) -> Html<String> {
 pub async fn overview<C: QueueConnection>(
     State(ctx): State<Shared<C>>,
 ) -> Result<Html<String>, ApiError> {
-    let stats = ctx.queue.stats(None).await?;
-    let activity = ctx.queue.blocking(|q| q.activity(None)).await??;
-    let hour = ctx.queue.blocking(|q| q.throughput_last_hour()).await??;
+    let overview = ctx.overview().await?;
     let metrics = ctx.queue.sync().metrics();
     let states = JobState::ALL;
     Ok(page(
@@ -66,21 +64,20 @@ pub async fn overview<C: QueueConnection>(
         html! {
             table #queues {
                 tr { th { "queue" } @for s in states { th { (s.as_str()) } } th { "oldest due (s)" } th { "done/s" } th { "succeeded, last hour" } th { "" } }
-                @for (name, counts) in &stats.queues {
-                    @let a = activity.get(name);
-                    @let paused = a.is_some_and(|a| a.paused);
+                @for (name, q) in &overview.queues {
+                    @let a = &q.activity;
                     tr {
-                        td { a href={ "/jobs?queue=" (urlencode(name)) } { (name) } @if paused { " (paused)" } }
+                        td { a href={ "/jobs?queue=" (urlencode(name)) } { (name) } @if a.paused { " (paused)" } }
                         @for s in states {
                             td data-queue=(name) data-field=(s.as_str()) {
-                                a href={ "/jobs?queue=" (urlencode(name)) "&state=" (s.as_str()) } { (count(counts, s)) }
+                                a href={ "/jobs?queue=" (urlencode(name)) "&state=" (s.as_str()) } { (count(&q.counts, s)) }
                             }
                         }
-                        td data-queue=(name) data-field="oldest_due_age_s" { (a.and_then(|a| a.oldest_due_age_s).map_or("–".to_owned(), |s| format!("{s:.1}"))) }
-                        td data-queue=(name) data-field="throughput_per_sec" { (a.map_or(0.0, |a| a.throughput_per_sec)) }
-                        td { (chart(name, hour.get(name))) }
+                        td data-queue=(name) data-field="oldest_due_age_s" { (a.oldest_due_age_s.map_or("–".to_owned(), |s| format!("{s:.1}"))) }
+                        td data-queue=(name) data-field="throughput_per_sec" { (a.throughput_per_sec) }
+                        td { (chart(name, &q.succeeded_per_minute)) }
                         td {
-                            @if paused {
+                            @if a.paused {
                                 button data-action="queue" data-verb="resume" data-queue=(name) { "resume" }
                             } @else {
                                 button data-action="queue" data-verb="pause" data-queue=(name) { "pause" }
@@ -88,6 +85,10 @@ pub async fn overview<C: QueueConnection>(
                         }
                     }
                 }
+            }
+            p #as-of data-as-of=(overview.as_of.to_rfc3339()) {
+                "Counts as of " (overview.as_of.format("%H:%M:%S UTC")) " (one scan of every job, "
+                (format!("{:.0}", overview.took.as_secs_f64() * 1000.0)) " ms, taken in the background)"
             }
             p { "Busy retries " (metrics.retries.busy_retries) ", busy give-ups " (metrics.retries.busy_exhausted)
                 ", WAL " (metrics.wal.bytes / 1024) " KiB (this server's handle)" }
@@ -107,9 +108,7 @@ pub async fn overview<C: QueueConnection>(
 
 /// Jobs succeeded per minute over the last hour as bars (an inline SVG, no script); the
 /// total in `data-total` and the title.
-fn chart(queue: &str, minutes: Option<&Vec<i64>>) -> Markup {
-    let empty = vec![0; 60];
-    let minutes = minutes.unwrap_or(&empty);
+fn chart(queue: &str, minutes: &[i64]) -> Markup {
     let total: i64 = minutes.iter().sum();
     let top = minutes.iter().copied().max().unwrap_or(0).max(1);
     html! {

@@ -28,6 +28,7 @@ mod inspect;
 mod latency;
 mod ops;
 mod serve;
+mod snapshot;
 
 use inspect::{doctor, print_job};
 

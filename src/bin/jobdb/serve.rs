@@ -22,6 +22,7 @@ use axum::{Json, Router};
 use jobdb::{AsyncQueue, NewJob, Queue, QueueConnection};
 use serde::{Deserialize, Serialize};
 
+use crate::snapshot::Snapshots;
 use crate::UsageError;
 
 /// Arguments of `jobdb serve`.
@@ -40,8 +41,21 @@ pub struct ServeArgs {
 
 pub(crate) struct Ctx<C: QueueConnection> {
     pub(crate) queue: AsyncQueue<C>,
+    /// The overview the pages, `/api/queues` and `/metrics` answer from (`None` for
+    /// `work --metrics-listen`, whose scrapes scan: a worker's database is its own business).
+    pub(crate) snapshots: Option<Arc<Snapshots<C>>>,
     token: Option<String>,
     read_only: bool,
+}
+
+impl<C: QueueConnection> Ctx<C> {
+    /// The overview to show: the shared snapshot, or a fresh scan where there is none.
+    pub(crate) async fn overview(&self) -> jobdb::Result<Arc<jobdb::overview::Overview>> {
+        match &self.snapshots {
+            Some(s) => s.get().await,
+            None => self.queue.blocking(|q| q.overview()).await?.map(Arc::new),
+        }
+    }
 }
 
 pub(crate) type Shared<C> = Arc<Ctx<C>>;
@@ -64,8 +78,10 @@ pub fn run<C: QueueConnection>(queue: Queue<C>, args: ServeArgs) -> Result<()> {
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let queue = queue.to_async();
         let ctx = Arc::new(Ctx {
-            queue: queue.to_async(),
+            snapshots: Some(Snapshots::start(queue.clone())),
+            queue,
             token: args.token.filter(|t| !t.is_empty()),
             read_only: args.read_only,
         });
@@ -101,6 +117,7 @@ pub fn metrics_only<C: QueueConnection>(
     );
     let ctx = Arc::new(Ctx {
         queue: queue.to_async(),
+        snapshots: None,
         token: None,
         read_only: true,
     });
@@ -189,7 +206,8 @@ async fn guard<C: QueueConnection>(
             );
         }
     }
-    if request.method() == Method::POST {
+    let action = request.method() == Method::POST;
+    if action {
         if ctx.read_only {
             return refuse(
                 StatusCode::FORBIDDEN,
@@ -217,6 +235,12 @@ async fn guard<C: QueueConnection>(
         }
     }
     let mut response = next.run(request).await;
+    if action {
+        // Whatever it changed, the next overview shows it (read your writes).
+        if let Some(s) = &ctx.snapshots {
+            s.invalidate();
+        }
+    }
     let h = response.headers_mut();
     // No inline script and nothing from elsewhere: an injected <script> or handler in a
     // page would not run even if escaping failed.
@@ -329,38 +353,32 @@ impl IntoResponse for ApiError {
 }
 
 async fn metrics<C: QueueConnection>(State(ctx): State<Shared<C>>) -> Result<Response, ApiError> {
-    let text = ctx
-        .queue
-        .blocking(|q| jobdb::prometheus::render(q))
-        .await??;
+    let overview = ctx.overview().await?;
+    let text = jobdb::prometheus::render_overview(ctx.queue.sync(), &overview);
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }
 
-/// One queue's figures.
+/// One queue's figures, and how old they are (every queue's are from the same scan).
 #[derive(Serialize)]
-struct QueueView {
-    queue: String,
-    counts: jobdb::StateCounts,
+struct QueueView<'a> {
+    queue: &'a str,
     #[serde(flatten)]
-    activity: Option<jobdb::QueueActivity>,
+    figures: &'a jobdb::overview::QueueOverview,
+    as_of: chrono::DateTime<chrono::Utc>,
 }
 
-async fn queues<C: QueueConnection>(
-    State(ctx): State<Shared<C>>,
-) -> Result<Json<Vec<QueueView>>, ApiError> {
-    let stats = ctx.queue.stats(None).await?;
-    let mut activity = ctx.queue.blocking(|q| q.activity(None)).await??;
-    Ok(Json(
-        stats
-            .queues
-            .into_iter()
-            .map(|(queue, counts)| QueueView {
-                activity: activity.remove(&queue),
-                queue,
-                counts,
-            })
-            .collect(),
-    ))
+async fn queues<C: QueueConnection>(State(ctx): State<Shared<C>>) -> Result<Response, ApiError> {
+    let overview = ctx.overview().await?;
+    let views: Vec<QueueView<'_>> = overview
+        .queues
+        .iter()
+        .map(|(queue, figures)| QueueView {
+            queue,
+            figures,
+            as_of: overview.as_of,
+        })
+        .collect();
+    Ok(Json(views).into_response())
 }
 
 #[derive(Serialize)]

@@ -236,6 +236,29 @@ impl ManageDriver for PgConnection {
         .load(self)?)
     }
 
+    /// The overview's one scan, the same rows as SQLite's.
+    fn overview_rows(
+        &mut self,
+        hour_ago: NaiveDateTime,
+        now: NaiveDateTime,
+        minute_ago: NaiveDateTime,
+    ) -> Result<Vec<crate::driver::OverviewRow>> {
+        Ok(diesel::sql_query(
+            "SELECT queue, state, \
+               CASE WHEN state = 'succeeded' AND updated_at >= $1 \
+                    THEN floor(extract(epoch FROM updated_at - $1) / 60)::bigint END AS minute, \
+               count(*) AS n, \
+               extract(epoch FROM $2 - min(run_at) FILTER (WHERE state = 'queued' AND run_at <= $2)) \
+                 ::float8 AS oldest_due_s, \
+               count(*) FILTER (WHERE updated_at >= $3) AS recent \
+             FROM jobs GROUP BY queue, state, minute",
+        )
+        .bind::<Timestamptz, _>(utc(hour_ago))
+        .bind::<Timestamptz, _>(utc(now))
+        .bind::<Timestamptz, _>(utc(minute_ago))
+        .load(self)?)
+    }
+
     /// Per-queue activity, the same rows as SQLite's `queue_activity`.
     fn queue_activity(
         &mut self,

@@ -241,6 +241,32 @@ impl ManageDriver for SqliteConnection {
         .load(self)?)
     }
 
+    /// The overview's one scan. SQLite sorts for GROUP BY (no index leads with `queue`, by
+    /// design: see the claim index's migration), so this is the price of one sort of the
+    /// table's groups; `jobdb serve` runs it in the background, not per request.
+    fn overview_rows(
+        &mut self,
+        hour_ago: NaiveDateTime,
+        now: NaiveDateTime,
+        minute_ago: NaiveDateTime,
+    ) -> Result<Vec<crate::driver::OverviewRow>> {
+        Ok(diesel::sql_query(
+            "SELECT queue, state, \
+               CASE WHEN state = 'succeeded' AND updated_at >= ?1 \
+                    THEN CAST((julianday(updated_at) - julianday(?1)) * 1440 AS INTEGER) END \
+                 AS minute, \
+               count(*) AS n, \
+               (julianday(?2) - julianday(min(CASE WHEN state = 'queued' AND run_at <= ?2 \
+                                               THEN run_at END))) * 86400.0 AS oldest_due_s, \
+               coalesce(sum(updated_at >= ?3), 0) AS recent \
+             FROM jobs GROUP BY queue, state, minute",
+        )
+        .bind::<Timestamp, _>(hour_ago)
+        .bind::<Timestamp, _>(now)
+        .bind::<Timestamp, _>(minute_ago)
+        .load(self)?)
+    }
+
     fn queue_activity(
         &mut self,
         queue: Option<&str>,

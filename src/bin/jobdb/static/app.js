@@ -80,6 +80,10 @@ async function refresh() {
         target.textContent = typeof v === "number" ? String(Math.round(v * 10) / 10) : String(v);
       }
     }
+    const asOf = document.getElementById("as-of");
+    if (asOf && queues.length > 0) {
+      asOf.textContent = "Counts as of " + new Date(queues[0].as_of).toISOString().slice(11, 19) + " UTC";
+    }
   } catch (e) {
     /* the next poll tries again */
   }
