@@ -311,7 +311,7 @@ impl<C: QueueConnection> Queue<C> {
         filter: &queue::JobFilter,
         before: Option<i64>,
         limit: u32,
-    ) -> Result<Vec<Job>> {
+    ) -> Result<queue::JobPage> {
         let e = self.inner();
         e.read("list_jobs", |c| queue::list_jobs(c, filter, before, limit))
     }

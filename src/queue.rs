@@ -27,8 +27,8 @@ pub use batch::{complete_many, heartbeat_many, Completion};
 pub use progress::{encode_progress, set_progress, set_progress_many, MAX_PROGRESS_BYTES};
 pub use read::{
     any_running, audit, backend_version, explain_claim, get_job, get_results, has_pending_work,
-    insert_finished, list_jobs, queued_count, stats, Audit, JobFilter, StateCounts, Stats,
-    MAX_PAGE,
+    insert_finished, list_jobs, queued_count, stats, Audit, JobFilter, JobPage, StateCounts, Stats,
+    LIST_BUDGET, LIST_WINDOW, MAX_PAGE,
 };
 
 /// Largest number of rows inserted by one transaction of [`enqueue_many`]: long enough to

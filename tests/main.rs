@@ -25,6 +25,7 @@ mod faults;
 mod history;
 mod interleave;
 mod lifecycle;
+mod list_pages;
 mod options;
 mod peer;
 mod pg_restart;

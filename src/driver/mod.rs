@@ -341,13 +341,16 @@ pub(crate) trait ReadDriver: JobDriver {
     fn job_exists(&mut self, job_id: i64) -> Result<bool>;
     /// All results rows of a job, by attempt.
     fn results_of(&mut self, job_id: i64) -> Result<Vec<ResultRow>>;
-    /// Jobs matching `filter` with an id below `before`, newest first, at most `limit`.
+    /// Jobs matching `filter` with an id in `from..before`, newest first, at most `limit`.
     fn list_jobs(
         &mut self,
         filter: &crate::queue::JobFilter,
+        from: i64,
         before: i64,
         limit: i64,
     ) -> Result<Vec<JobRow>>;
+    /// The highest job id (`None`: no jobs), from the primary key's last entry.
+    fn max_job_id(&mut self) -> Result<Option<i64>>;
     /// `(queue, state, count)` for every queue (or one).
     fn count_by_queue_state(&mut self, queue: Option<&str>)
         -> Result<Vec<(String, JobState, i64)>>;

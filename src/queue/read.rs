@@ -32,16 +32,39 @@ pub struct JobFilter {
 /// Most jobs one [`list_jobs`] page returns.
 pub const MAX_PAGE: u32 = 500;
 
+/// The ids a filtered page looks at in one statement: a range of the primary key, newest
+/// first. Without an index on the filtered columns (on purpose: see the claim index's
+/// migration), a filter that matches few jobs would otherwise scan the whole table for one
+/// page; in windows, a page's work is bounded however large the table is.
+pub const LIST_WINDOW: i64 = 50_000;
+
+/// How long one filtered page keeps scanning further windows for matches before it answers
+/// with what it has (and where to go on from).
+pub const LIST_BUDGET: std::time::Duration = std::time::Duration::from_millis(30);
+
+/// One page of [`list_jobs`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct JobPage {
+    /// The jobs, newest first.
+    pub jobs: Vec<Job>,
+    /// Where the next page starts (pass it as `before`); `None`: no older job matches. A page
+    /// can be shorter than asked and still have a next one: its search reached the time
+    /// budget, and the next page goes on below where it stopped.
+    pub next_before: Option<i64>,
+}
+
 /// One page of the jobs `filter` matches, newest first: those with an id below `before`
 /// (`None`: from the newest), at most `limit` (1 to [`MAX_PAGE`]). Keyset pagination: the
-/// next page starts before the last id of this one, so a page costs the same however deep
-/// it is (no OFFSET scan).
+/// next page starts at [`JobPage::next_before`], so a page costs the same however deep it is
+/// (no OFFSET scan). A filtered page searches the ids in windows of [`LIST_WINDOW`] for at
+/// most [`LIST_BUDGET`] (after its first window), so a filter that matches few of a million
+/// jobs answers in milliseconds and says where to go on.
 pub fn list_jobs<A: AsQueueConnection>(
     conn: &mut A,
     filter: &JobFilter,
     before: Option<i64>,
     limit: u32,
-) -> Result<Vec<Job>> {
+) -> Result<JobPage> {
     if !(1..=MAX_PAGE).contains(&limit) {
         return Err(Error::InvalidArgument {
             field: "limit",
@@ -49,10 +72,49 @@ pub fn list_jobs<A: AsQueueConnection>(
         });
     }
     let conn = conn.queue_connection();
-    conn.list_jobs(filter, before.unwrap_or(i64::MAX), i64::from(limit))?
-        .into_iter()
-        .map(Job::try_from)
-        .collect()
+    let filtered = filter != &JobFilter::default();
+    let mut top = match before {
+        Some(b) => b,
+        None => match conn.max_job_id()? {
+            Some(max) => max.saturating_add(1),
+            None => {
+                return Ok(JobPage {
+                    jobs: Vec::new(),
+                    next_before: None,
+                })
+            }
+        },
+    };
+    let started = std::time::Instant::now();
+    let mut rows = Vec::new();
+    loop {
+        let from = if filtered {
+            top.saturating_sub(LIST_WINDOW).max(0)
+        } else {
+            0
+        };
+        let want = i64::from(limit) - rows.len() as i64;
+        rows.extend(conn.list_jobs(filter, from, top, want)?);
+        if rows.len() == limit as usize {
+            let next_before = rows.last().map(|r| r.id);
+            return finish(rows, next_before);
+        }
+        if from <= 0 {
+            return finish(rows, None);
+        }
+        top = from;
+        if started.elapsed() >= LIST_BUDGET {
+            return finish(rows, Some(top));
+        }
+    }
+}
+
+/// The page of `rows`, which go on below `next_before`.
+fn finish(rows: Vec<crate::models::JobRow>, next_before: Option<i64>) -> Result<JobPage> {
+    Ok(JobPage {
+        jobs: rows.into_iter().map(Job::try_from).collect::<Result<_>>()?,
+        next_before,
+    })
 }
 
 /// All finished attempts of a job, oldest first ([`Error::NotFound`] if there is no job).

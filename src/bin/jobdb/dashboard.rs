@@ -157,13 +157,15 @@ pub async fn list<C: QueueConnection>(
         unique_key: q.unique_key.filter(|s| !s.is_empty()),
     };
     let (f, before) = (filter.clone(), q.before);
-    let jobs = ctx
+    let jobdb::queue::JobPage {
+        jobs,
+        next_before: next,
+    } = ctx
         .queue
         .blocking(move |queue| queue.list_jobs(&f, before, 50))
         .await??;
-    let next = (jobs.len() == 50)
-        .then(|| jobs.last().map(|j| j.id))
-        .flatten();
+    // A short page with more below: the search stopped at its time budget.
+    let searched_to = next.filter(|_| jobs.len() < 50);
     let query = |before: Option<i64>| {
         let mut parts = Vec::new();
         if let Some(v) = &filter.queue {
@@ -212,6 +214,9 @@ pub async fn list<C: QueueConnection>(
                         td { (j.updated_at.to_rfc3339()) }
                     }
                 }
+            }
+            @if let Some(n) = searched_to {
+                p #searched { "Searched the jobs down to id " (n) " so far; older ones may match too." }
             }
             @if let Some(n) = next { a #older href={ "/jobs?" (query(Some(n))) } { "older →" } }
         },

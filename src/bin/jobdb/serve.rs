@@ -502,14 +502,11 @@ async fn list<C: QueueConnection>(
     };
     let limit = q.limit.unwrap_or(50);
     let before = q.before;
-    let jobs = ctx
+    let page = ctx
         .queue
         .blocking(move |queue| queue.list_jobs(&filter, before, limit))
         .await??;
-    let next_before = (jobs.len() == limit as usize)
-        .then(|| jobs.last().map(|j| j.id))
-        .flatten();
-    Ok(Json(serde_json::json!({ "jobs": jobs, "next_before": next_before })).into_response())
+    Ok(Json(page).into_response())
 }
 
 /// The body of `POST /api/jobs/bulk`: an action on every job a filter matches.
@@ -554,11 +551,10 @@ async fn bulk<C: QueueConnection>(
             .queue
             .blocking(move |q| q.list_jobs(&filter, b, jobdb::queue::MAX_PAGE))
             .await??;
-        let Some(last) = page.last() else { break };
-        before = Some(last.id);
-        ids.extend(page.iter().map(|j| j.id));
-        if page.len() < jobdb::queue::MAX_PAGE as usize {
-            break;
+        ids.extend(page.jobs.iter().map(|j| j.id));
+        match page.next_before {
+            Some(next) => before = Some(next),
+            None => break,
         }
     }
     for id in ids {

@@ -33,11 +33,12 @@ impl ReadDriver for PgConnection {
     fn list_jobs(
         &mut self,
         filter: &crate::queue::JobFilter,
+        from: i64,
         before: i64,
         limit: i64,
     ) -> Result<Vec<JobRow>> {
         Ok(diesel::sql_query(format!(
-            "SELECT {JOB_COLUMNS} FROM jobs WHERE id < $1 \
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE id < $1 AND id >= $6 \
                AND ($2::text IS NULL OR queue = $2) \
                AND ($3::text IS NULL OR state = $3) \
                AND ($4::text IS NULL OR unique_key = $4) \
@@ -48,7 +49,13 @@ impl ReadDriver for PgConnection {
         .bind::<Nullable<Text>, _>(filter.state.map(|s| s.as_str()))
         .bind::<Nullable<Text>, _>(filter.unique_key.as_deref())
         .bind::<BigInt, _>(limit)
+        .bind::<BigInt, _>(from)
         .load(self)?)
+    }
+
+    fn max_job_id(&mut self) -> Result<Option<i64>> {
+        use crate::schema_postgres::jobs;
+        Ok(jobs::table.select(diesel::dsl::max(jobs::id)).first(self)?)
     }
 
     /// Whether a job with this id exists.

@@ -151,11 +151,13 @@ impl ReadDriver for SqliteConnection {
     fn list_jobs(
         &mut self,
         filter: &crate::queue::JobFilter,
+        from: i64,
         before: i64,
         limit: i64,
     ) -> Result<Vec<JobRow>> {
         let mut query = jobs::table
             .filter(jobs::id.lt(before))
+            .filter(jobs::id.ge(from))
             .select(JobRow::as_select())
             .into_boxed();
         if let Some(q) = &filter.queue {
@@ -168,6 +170,10 @@ impl ReadDriver for SqliteConnection {
             query = query.filter(jobs::unique_key.eq(key));
         }
         Ok(query.order(jobs::id.desc()).limit(limit).load(self)?)
+    }
+
+    fn max_job_id(&mut self) -> Result<Option<i64>> {
+        Ok(jobs::table.select(diesel::dsl::max(jobs::id)).first(self)?)
     }
 
     /// Whether a job with this id exists.
