@@ -44,6 +44,9 @@ pub struct Overview {
     pub queues: BTreeMap<String, QueueOverview>,
     /// All queues' counts together.
     pub total: StateCounts,
+    /// The size of SQLite's `-wal` file when the overview was taken (`None`: PostgreSQL, or
+    /// taken on a bare connection, which does not know its file).
+    pub wal_bytes: Option<u64>,
 }
 
 fn seconds<S: serde::Serializer>(d: &Duration, s: S) -> std::result::Result<S::Ok, S::Error> {
@@ -112,5 +115,6 @@ pub fn overview<A: AsQueueConnection>(conn: &mut A) -> Result<Overview> {
         took: started.elapsed(),
         queues,
         total,
+        wal_bytes: None,
     })
 }

@@ -143,7 +143,7 @@ pub fn render_overview<C: QueueConnection>(queue: &Queue<C>, overview: &Overview
         out,
         "# HELP jobdb_wal_bytes Size of the WAL file at the last check (SQLite).\n\
          # TYPE jobdb_wal_bytes gauge\njobdb_wal_bytes {}",
-        load(&m.wal_bytes)
+        overview.wal_bytes.unwrap_or_else(|| load(&m.wal_bytes))
     );
     for (name, help, h) in [
         (

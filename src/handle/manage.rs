@@ -141,7 +141,15 @@ impl<C: QueueConnection> Queue<C> {
     /// Everything an overview shows, from one scan on a reader (see [`crate::overview`]).
     pub fn overview(&self) -> Result<crate::overview::Overview> {
         let e = self.inner();
-        e.read("overview", crate::overview::overview)
+        let mut overview = e.read("overview", crate::overview::overview)?;
+        // The WAL's size from the file itself: a process without a checkpoint thread (a
+        // dashboard) has no other measure of it. A WAL not there is an empty one.
+        overview.wal_bytes = e.file.as_ref().map(|f| {
+            let mut wal = f.clone().into_os_string();
+            wal.push("-wal");
+            std::fs::metadata(wal).map_or(0, |m| m.len())
+        });
+        Ok(overview)
     }
 
     /// Per-queue activity: the oldest due job's wait, jobs finished in the last minute,

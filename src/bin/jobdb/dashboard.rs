@@ -91,7 +91,8 @@ pub async fn overview<C: QueueConnection>(
                 (format!("{:.0}", overview.took.as_secs_f64() * 1000.0)) " ms, taken in the background)"
             }
             p { "Busy retries " (metrics.retries.busy_retries) ", busy give-ups " (metrics.retries.busy_exhausted)
-                ", WAL " (metrics.wal.bytes / 1024) " KiB (this server's handle)" }
+                " (this server's handle)"
+                @if let Some(wal) = overview.wal_bytes { ", WAL " (wal / 1024) " KiB" } }
             h2 { "Enqueue a job" }
             form data-action="enqueue" {
                 label { "queue " input name="queue" required; } " "

@@ -358,6 +358,18 @@ fn run(cli: Cli, url_given: bool) -> Result<()> {
             config.pool_size = config.pool_size.max(args.concurrency as u32 + 2);
             jobdb::open_any(url, config, args)?
         }
+        Command::Serve(args) => {
+            let mut config = Config::from_env()?;
+            // A dashboard beside workers leaves the WAL to them: no checkpoint thread (and
+            // no TRUNCATE holding their writers back) of its own, unless asked for; its own
+            // rare writes checkpoint as SQLite does by default, at commit.
+            if !jobdb::pool::is_postgres_url(url)
+                && std::env::var_os("JOBDB_CHECKPOINT_EVERY_MS").is_none()
+            {
+                config.sqlite.checkpoint_every = None;
+            }
+            jobdb::open_any(url, config, Command::Serve(args))?
+        }
         other => jobdb::open_any(url, Config::from_env()?, other)?,
     }
 }
