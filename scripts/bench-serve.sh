@@ -9,7 +9,7 @@
 #    same file and a client loading the overview and /api/queues every second, alternated,
 #    ROUNDS each; prints both medians and their ratio.
 #
-# Usage: scripts/bench-serve.sh [BIN] [ROUNDS] [JOBS]
+# Usage: scripts/bench-serve.sh [BIN] [ROUNDS] [JOBS]   (SKIP_LATENCY=1: part 2 only)
 set -euo pipefail
 bin=${1:-target/release/jobdb}
 rounds=${2:-5}
@@ -27,6 +27,7 @@ serve() { # db port
   echo "serve did not start" >&2; exit 1
 }
 
+if [[ -z ${SKIP_LATENCY:-} ]]; then
 echo "== 1. latency with 1,000,000 jobs"
 db="$dir/million.db"
 "$bin" --database-url "sqlite://$db" migrate > /dev/null
@@ -76,6 +77,7 @@ done
 scan=$(curl -s "$base/metrics" | awk '/^jobdb_overview_scan_seconds/ {print $2}')
 echo "the background overview scan took ${scan} s"
 kill %1 2>/dev/null || true; wait 2>/dev/null || true
+fi
 
 echo "== 2. --workers 16 --jobs $jobs, alone and beside the dashboard refreshing every second"
 : > "$dir/alone"; : > "$dir/viewed"
