@@ -260,6 +260,7 @@ pub fn schema() -> Arc<Schema> {
         Field::new("error", DataType::Utf8, true),
         Field::new("finished_at", ts(), true),
         Field::new("duration_ms", DataType::Int64, true),
+        Field::new("attempt_worker_id", DataType::Utf8, true),
     ]))
 }
 
@@ -329,6 +330,7 @@ fn record_batch(jobs: &[JobRow], results: &[ResultRow]) -> Result<RecordBatch> {
             .map(|(_, r)| r.map(|r| micros(r.created_at)))
             .collect()),
         int64(&|(_, r)| r.map(|r| r.duration_ms)),
+        text(&|(_, r)| r.and_then(|r| r.worker_id.clone())),
     ];
     RecordBatch::try_new(schema(), columns).map_err(|e| Error::Archive {
         what: "cannot build a batch of rows".into(),

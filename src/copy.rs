@@ -391,7 +391,7 @@ fn result_digest(r: &ResultRow) -> (i64, u64) {
     let mut h = DefaultHasher::new();
     (r.id, r.job_id, r.attempt, &r.outcome).hash(&mut h);
     r.output.as_deref().map(canonical_json).hash(&mut h);
-    (&r.error, r.created_at, r.duration_ms).hash(&mut h);
+    (&r.error, r.created_at, r.duration_ms, &r.worker_id).hash(&mut h);
     (r.id, h.finish())
 }
 

@@ -508,6 +508,7 @@ pub struct ResultRow {
     pub error: Option<String>,
     pub created_at: NaiveDateTime,
     pub duration_ms: i64,
+    pub worker_id: Option<String>,
 }
 
 /// A row of `schedules`: a periodic schedule's last tick enqueued (read by `jobdb copy`).
@@ -565,6 +566,8 @@ pub struct JobResult {
     pub created_at: DateTime<Utc>,
     /// How long the handler ran, in milliseconds.
     pub duration_ms: i64,
+    /// The worker that held the attempt's lease (`None`: recorded before jobdb kept it).
+    pub worker_id: Option<String>,
 }
 
 impl JobResult {
@@ -604,6 +607,7 @@ impl TryFrom<ResultRow> for JobResult {
             error: r.error,
             created_at: r.created_at.and_utc(),
             duration_ms: r.duration_ms,
+            worker_id: r.worker_id,
         })
     }
 }

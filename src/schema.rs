@@ -41,6 +41,7 @@ diesel::table! {
         error -> Nullable<Text>,
         created_at -> Timestamp,
         duration_ms -> BigInt,
+        worker_id -> Nullable<Text>,
     }
 }
 

@@ -41,6 +41,7 @@ diesel::table! {
         error -> Nullable<Text>,
         created_at -> Timestamptz,
         duration_ms -> Int8,
+        worker_id -> Nullable<Text>,
     }
 }
 

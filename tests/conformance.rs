@@ -27,6 +27,7 @@ crate::on_both_backends!(
     sixteen_threads_claim_each_job_exactly_once,
     a_worker_runs_handlers_and_records_results,
     batched_heartbeats_and_completions_fence_each_item,
+    each_attempt_records_the_worker_that_ran_it,
 );
 
 fn job(queue: &str, n: u32) -> NewJob {
@@ -345,4 +346,53 @@ fn batched_heartbeats_and_completions_fence_each_item<C: TestConn>(b: &Backend<C
     assert!(done[0].as_ref().unwrap_err().is_lease_lost());
     assert!(done[1].is_ok() && done[2].is_ok());
     assert_eq!(q.stats(Some("bat")).unwrap().total.succeeded, 2);
+}
+
+/// Every way an attempt ends (a failure, a reap, a completion, a batched completion) records
+/// the worker that held its lease; the job row keeps only its last holder.
+fn each_attempt_records_the_worker_that_ran_it<C: TestConn>(b: &Backend<C>) {
+    let q = b.queue();
+    let id = q.enqueue(&job("who", 1)).unwrap();
+    let due_now = |b: &Backend<C>| b.exec("UPDATE jobs SET run_at = '2000-01-01 00:00:00'");
+    let first = q.claim("who", 1, "w-fails", lease_for()).unwrap()[0].lease();
+    q.fail(first, "no", Duration::ZERO).unwrap();
+    due_now(b);
+    q.claim("who", 1, "w-stalls", Duration::from_millis(50))
+        .unwrap();
+    thread::sleep(Duration::from_millis(120));
+    assert_eq!(q.reap().unwrap(), 1);
+    due_now(b);
+    let third = q.claim("who", 1, "w-finishes", lease_for()).unwrap()[0].lease();
+    q.complete(third, &"ok", Duration::ZERO).unwrap();
+    let workers: Vec<(i32, Option<String>)> = q
+        .get_results(id)
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.attempt, r.worker_id))
+        .collect();
+    assert_eq!(
+        workers,
+        [
+            (1, Some("w-fails".into())),
+            (2, Some("w-stalls".into())),
+            (3, Some("w-finishes".into()))
+        ]
+    );
+    assert_eq!(
+        q.get_job(id).unwrap().worker_id.as_deref(),
+        Some("w-finishes")
+    );
+
+    let batch = q.enqueue(&job("who", 2)).unwrap();
+    let lease = q.claim("who", 1, "w-batch", lease_for()).unwrap()[0].lease();
+    let done = q
+        .complete_many(vec![jobdb::queue::Completion {
+            lease,
+            output_json: "1".into(),
+            duration: Duration::ZERO,
+        }])
+        .unwrap();
+    assert!(done[0].is_ok());
+    let r = q.get_results(batch).unwrap();
+    assert_eq!(r[0].worker_id.as_deref(), Some("w-batch"));
 }

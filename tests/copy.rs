@@ -53,10 +53,11 @@ fn source(jobs: i64) -> (TestDb, Queue) {
            CASE WHEN i % 4 = 0 THEN 1000 * (1 + i % 60) END,
            CASE WHEN i % 3 = 1 THEN '{{\"done\":  ' || (i % 100) || ', \"of\": 100, \"step\": \"<b>x</b>\"}}' END
          FROM t;
-         INSERT INTO results (job_id, attempt, outcome, output, error, created_at, duration_ms)
+         INSERT INTO results (job_id, attempt, outcome, output, error, created_at, duration_ms, worker_id)
            SELECT id, attempts, CASE state WHEN 'succeeded' THEN 'succeeded' ELSE 'failed' END,
                   CASE state WHEN 'succeeded' THEN '{{\"ok\":1,  \"id\":' || id || '}}' END,
-                  CASE state WHEN 'dead' THEN last_error END, updated_at, id % 1000
+                  CASE state WHEN 'dead' THEN last_error END, updated_at, id % 1000,
+                  CASE WHEN id % 7 > 0 THEN 'pid' || (id % 97) || '-w' END
            FROM jobs WHERE state IN ('succeeded', 'dead');
          INSERT INTO results (job_id, attempt, outcome, error, created_at, duration_ms)
            SELECT id, 1, 'failed', 'lease expired', created_at, 0
@@ -123,7 +124,8 @@ fn pg_tables(url: &str) -> Tables {
         .load(&mut c)
         .unwrap(),
         results: diesel::sql_query(format!(
-            "SELECT id, job_id, attempt, outcome, output::text AS output, error, {}, duration_ms \
+            "SELECT id, job_id, attempt, outcome, output::text AS output, error, {}, duration_ms, \
+             worker_id \
              FROM results ORDER BY id",
             utc("created_at")
         ))

@@ -2,7 +2,7 @@
 //! without writing; a handler may report as often as it likes while the worker writes at most
 //! once per `progress_every` per job (counted by a trigger in the database, on the sync and
 //! the async worker); the value outlives the attempt; `jobdb show` and the job page show it,
-//! escaped.
+//! escaped, and each attempt's worker.
 
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -280,4 +280,19 @@ fn show_and_the_job_page_show_progress_as_text<C: TestConn>(b: &Backend<C>) {
     let stored: Value =
         serde_json::from_str(api["job"]["progress_json"].as_str().unwrap()).unwrap();
     assert_eq!(stored, hostile);
+
+    // Finished: the attempt's row names its worker, on the page, in the API and in `show`.
+    q.complete(lease, &"ok", Duration::from_millis(5)).unwrap();
+    let (_, page) = crate::serve::call(&format!("{}/jobs/{id}", server.base), None, &[]);
+    assert!(page.contains(r#"<td class="worker">w</td>"#), "{page}");
+    let (_, api) = crate::serve::call(&format!("{}/api/jobs/{id}", server.base), None, &[]);
+    let api: Value = serde_json::from_str(&api).unwrap();
+    assert_eq!(api["results"][0]["worker_id"], "w");
+    let out = Command::new(env!("CARGO_BIN_EXE_jobdb"))
+        .args(["--database-url", &b.url(), "show", &id.to_string()])
+        .env_remove("DATABASE_URL")
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("attempt 1: succeeded in 5 ms on w"), "{text}");
 }

@@ -61,6 +61,7 @@ macro_rules! copy_inserts {
                         error.eq(&r.error),
                         created_at.eq(r.created_at),
                         duration_ms.eq(r.duration_ms),
+                        worker_id.eq(&r.worker_id),
                     ))
                 })
                 .collect::<Result<Vec<_>>>()?;

@@ -258,13 +258,14 @@ pub async fn detail<C: QueueConnection>(
             pre #payload { (payload) }
             h2 { "Attempts" }
             table #attempts {
-                tr { th { "attempt" } th { "outcome" } th { "output or error" } th { "duration" } th { "finished" } }
+                tr { th { "attempt" } th { "outcome" } th { "output or error" } th { "duration" } th { "worker" } th { "finished" } }
                 @for r in &results {
                     tr {
                         td { (r.attempt) }
                         td { (format!("{:?}", r.outcome).to_lowercase()) }
                         td { pre { (r.output_json.as_deref().or(r.error.as_deref()).unwrap_or("")) } }
                         td { (r.duration_ms) " ms" }
+                        td.worker { (r.worker_id.as_deref().unwrap_or("")) }
                         td { (r.created_at.to_rfc3339()) }
                     }
                 }

@@ -31,6 +31,7 @@ pub fn print_job<C: QueueConnection>(queue: &Queue<C>, id: i64, json: bool) -> R
                 "error": r.error,
                 "duration_ms": r.duration_ms,
                 "created_at": r.created_at,
+                "worker_id": r.worker_id,
             })).collect::<Vec<_>>(),
         });
         println!("{out}");
@@ -45,10 +46,14 @@ pub fn print_job<C: QueueConnection>(queue: &Queue<C>, id: i64, json: bool) -> R
         }
         for r in &results {
             println!(
-                "  attempt {}: {} in {} ms{}",
+                "  attempt {}: {} in {} ms{}{}",
                 r.attempt,
                 r.outcome.as_str(),
                 r.duration_ms,
+                r.worker_id
+                    .as_deref()
+                    .map(|w| format!(" on {w}"))
+                    .unwrap_or_default(),
                 match (&r.output_json, &r.error) {
                     (Some(o), _) => format!(", output {o}"),
                     (None, Some(e)) => format!(", error {e}"),

@@ -116,9 +116,10 @@ impl BatchDriver for PgConnection {
         let rows_json = json_array("results", &rows)?;
         let rows_json = rows_json.as_str();
         Ok(cached(
-            "INSERT INTO results (job_id, attempt, outcome, output, error, created_at, duration_ms) \
+            "INSERT INTO results (job_id, attempt, outcome, output, error, created_at, duration_ms, \
+                                  worker_id) \
              SELECT (e->>0)::bigint, (e->>1)::int, 'succeeded', (e->>2)::jsonb, NULL, ?, \
-                    (e->>3)::bigint \
+                    (e->>3)::bigint, (SELECT worker_id FROM jobs WHERE id = (e->>0)::bigint) \
              FROM jsonb_array_elements(?::jsonb) e",
             (bind::<Timestamptz, _>(utc(now)), bind::<Text, _>(rows_json)),
         )
@@ -147,9 +148,10 @@ impl BatchDriver for PgConnection {
                  run_at = $3, last_error = $2, lease_expires_at = NULL, updated_at = $3 \
                WHERE id IN (SELECT value::bigint FROM jsonb_array_elements_text($1::jsonb)) \
                  AND state = 'running' AND lease_expires_at < $3 \
-               RETURNING id, attempts) \
-             INSERT INTO results (job_id, attempt, outcome, output, error, created_at, duration_ms) \
-             SELECT id, attempts, 'failed', NULL, $2, $3, 0 FROM reaped",
+               RETURNING id, attempts, worker_id) \
+             INSERT INTO results (job_id, attempt, outcome, output, error, created_at, duration_ms, \
+                                  worker_id) \
+             SELECT id, attempts, 'failed', NULL, $2, $3, 0, worker_id FROM reaped",
         )
         .bind::<Text, _>(ids_json)
         .bind::<Text, _>(error)

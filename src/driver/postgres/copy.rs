@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::models::{JobRow, PausedRow, ResultRow, ScheduleRow};
 
 const RESULT_COLUMNS: &str = "id, job_id, attempt, outcome, output::text AS output, error, \
-    (created_at AT TIME ZONE 'UTC') AS created_at, duration_ms";
+    (created_at AT TIME ZONE 'UTC') AS created_at, duration_ms, worker_id";
 
 #[derive(QueryableByName)]
 struct N {

@@ -356,9 +356,10 @@ impl JobDriver for PgConnection {
                UPDATE jobs SET state = 'succeeded', lease_expires_at = NULL, updated_at = ?, \
                  last_error = NULL \
                WHERE id = ? AND state = 'running' AND attempts = ? AND cancel_requested_at IS NULL \
-               RETURNING id, attempts) \
-             INSERT INTO results (job_id, attempt, outcome, output, error, created_at, duration_ms) \
-             SELECT id, attempts, ?, ?::jsonb, ?, ?, ? FROM done",
+               RETURNING id, attempts, worker_id) \
+             INSERT INTO results (job_id, attempt, outcome, output, error, created_at, duration_ms, \
+                                  worker_id) \
+             SELECT id, attempts, ?, ?::jsonb, ?, ?, ?, worker_id FROM done",
             (
                 bind::<Timestamptz, _>(now),
                 bind::<BigInt, _>(row.job_id),
@@ -376,8 +377,9 @@ impl JobDriver for PgConnection {
     /// Inserts one results row (the output is JSON text; it becomes JSONB).
     fn insert_result(&mut self, row: &NewResultRow<'_>) -> Result<()> {
         cached(
-            "INSERT INTO results (job_id, attempt, outcome, output, error, created_at, duration_ms) \
-             VALUES (?, ?, ?, ?::jsonb, ?, ?, ?)",
+            "INSERT INTO results (job_id, attempt, outcome, output, error, created_at, duration_ms, \
+                                  worker_id) \
+             VALUES (?, ?, ?, ?::jsonb, ?, ?, ?, (SELECT worker_id FROM jobs WHERE id = ?))",
             (
                 bind::<BigInt, _>(row.job_id),
                 bind::<Integer, _>(row.attempt),
@@ -386,6 +388,7 @@ impl JobDriver for PgConnection {
                 bind::<Nullable<Text>, _>(row.error),
                 bind::<Timestamptz, _>(utc(row.created_at)),
                 bind::<BigInt, _>(row.duration_ms),
+                bind::<BigInt, _>(row.job_id),
             ),
         )
         .execute(self)?;

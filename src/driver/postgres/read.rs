@@ -72,7 +72,7 @@ impl ReadDriver for PgConnection {
     fn results_of(&mut self, job_id: i64) -> Result<Vec<ResultRow>> {
         Ok(diesel::sql_query(
             "SELECT id, job_id, attempt, outcome, output::text AS output, error, \
-                    (created_at AT TIME ZONE 'UTC') AS created_at, duration_ms \
+                    (created_at AT TIME ZONE 'UTC') AS created_at, duration_ms, worker_id \
              FROM results WHERE job_id = $1 ORDER BY attempt, id",
         )
         .bind::<BigInt, _>(job_id)

@@ -98,8 +98,10 @@ impl BatchDriver for SqliteConnection {
         let rows_json = json_array("results", &rows)?;
         let rows_json = rows_json.as_str();
         Ok(cached(
-            "INSERT INTO results (job_id, attempt, outcome, output, error, created_at, duration_ms) \
-             SELECT value ->> 0, value ->> 1, 'succeeded', value ->> 2, NULL, ?, value ->> 3 \
+            "INSERT INTO results (job_id, attempt, outcome, output, error, created_at, duration_ms, \
+                                  worker_id) \
+             SELECT value ->> 0, value ->> 1, 'succeeded', value ->> 2, NULL, ?, value ->> 3, \
+                    (SELECT worker_id FROM jobs WHERE id = value ->> 0) \
              FROM json_each(?)",
             (bind::<Timestamp, _>(now), bind::<Text, _>(rows_json)),
         )
@@ -115,8 +117,9 @@ impl BatchDriver for SqliteConnection {
         let ids_json = json_array("job ids", ids)?;
         let ids_json = ids_json.as_str();
         cached(
-            "INSERT INTO results (job_id, attempt, outcome, output, error, created_at, duration_ms) \
-             SELECT id, attempts, 'failed', NULL, ?, ?, 0 FROM jobs \
+            "INSERT INTO results (job_id, attempt, outcome, output, error, created_at, duration_ms, \
+                                  worker_id) \
+             SELECT id, attempts, 'failed', NULL, ?, ?, 0, worker_id FROM jobs \
              WHERE id IN (SELECT value FROM json_each(?)) \
                AND state = 'running' AND lease_expires_at < ?",
             (

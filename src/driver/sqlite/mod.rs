@@ -343,8 +343,9 @@ impl JobDriver for SqliteConnection {
     /// Inserts one results row.
     fn insert_result(&mut self, row: &NewResultRow<'_>) -> Result<()> {
         cached(
-            "INSERT INTO results (job_id, attempt, outcome, output, error, created_at, duration_ms) \
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO results (job_id, attempt, outcome, output, error, created_at, duration_ms, \
+                                  worker_id) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, (SELECT worker_id FROM jobs WHERE id = ?))",
             (
                 bind::<BigInt, _>(row.job_id),
                 bind::<Integer, _>(row.attempt),
@@ -353,6 +354,7 @@ impl JobDriver for SqliteConnection {
                 bind::<Nullable<Text>, _>(row.error),
                 bind::<Timestamp, _>(row.created_at),
                 bind::<BigInt, _>(row.duration_ms),
+                bind::<BigInt, _>(row.job_id),
             ),
         )
         .execute(self)?;

@@ -2,3 +2,7 @@
 -- value, written by the worker at most once per `progress_every` per job, fenced by the
 -- lease. Kept after the attempt ends, so a retried attempt can resume from it. NULL: none.
 ALTER TABLE jobs ADD COLUMN progress JSONB;
+
+-- Who ran each attempt: the lease holder's worker_id when the attempt's result was recorded
+-- (the job row keeps only its last holder). NULL for attempts recorded before this column.
+ALTER TABLE results ADD COLUMN worker_id TEXT;

@@ -1,0 +1,2 @@
+ALTER TABLE results DROP COLUMN worker_id;
+ALTER TABLE jobs DROP COLUMN progress;
