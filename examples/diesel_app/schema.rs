@@ -20,6 +20,7 @@ diesel::table! {
         cancel_requested_at -> Nullable<Timestamp>,
         attempt_base -> Integer,
         timeout_ms -> Nullable<BigInt>,
+        progress -> Nullable<Text>,
     }
 }
 
@@ -49,6 +50,7 @@ diesel::table! {
         error -> Nullable<Text>,
         created_at -> Timestamp,
         duration_ms -> BigInt,
+        worker_id -> Nullable<Text>,
     }
 }
 
