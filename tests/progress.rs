@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use jobdb::{AsyncWorker, HandlerError, JobState, NewJob, Worker, WorkerConfig};
+use jobdb::{
+    AsyncWorker, HandlerError, JobState, NewJob, Queue, Worker, WorkerConfig, WorkerReport,
+};
 use serde_json::{json, Value};
 
 use crate::backends::{loud, Backend, TestConn};
@@ -144,8 +146,16 @@ fn allowed_writes(elapsed: Duration) -> i64 {
     (elapsed.as_secs_f64() / EVERY.as_secs_f64()).ceil() as i64 + 2
 }
 
-fn a_handler_reports_at_will_and_the_worker_writes_at_most_once_per_interval<C: TestConn>(
+/// The rate case around one worker runtime: `start` runs it on a thread of its own, with the
+/// config and the flag its handler waits for at the end.
+fn check_rate<C: TestConn>(
     b: &Backend<C>,
+    runtime: &str,
+    start: impl FnOnce(
+        Queue<C>,
+        WorkerConfig,
+        Arc<AtomicBool>,
+    ) -> thread::JoinHandle<jobdb::Result<WorkerReport>>,
 ) {
     let q = b.queue();
     log_progress_writes(b);
@@ -154,9 +164,31 @@ fn a_handler_reports_at_will_and_the_worker_writes_at_most_once_per_interval<C: 
     config.progress_every = EVERY;
     config.max_jobs = Some(1);
     let seen = Arc::new(AtomicBool::new(false));
-    let worker = {
-        let seen = seen.clone();
-        Worker::new(q.clone(), config, move |ctx| {
+    let started = Instant::now();
+    let run = start(q.clone(), config, seen.clone());
+    let waited = watch_for_final(b, id, &seen);
+    let report = run.join().unwrap().unwrap();
+    let elapsed = started.elapsed();
+    assert_eq!(report.succeeded, 1, "{report:?}");
+    let writes = progress_writes(b);
+    loud!(
+        "{runtime} progress: {} reports, {writes} writes in {elapsed:?} (final value seen after \
+         {waited:?})",
+        REPORTS + 1
+    );
+    assert!(writes >= 2, "{writes} writes: the worker wrote too little");
+    assert!(
+        writes <= allowed_writes(elapsed),
+        "{writes} writes in {elapsed:?} at one per {EVERY:?}"
+    );
+    assert_eq!(progress_of(b, id), Some(json!({"done": REPORTS})));
+}
+
+fn a_handler_reports_at_will_and_the_worker_writes_at_most_once_per_interval<C: TestConn>(
+    b: &Backend<C>,
+) {
+    check_rate(b, "sync", |q, config, seen| {
+        let worker = Worker::new(q, config, move |ctx| {
             for done in 0..REPORTS {
                 ctx.set_progress(&json!({ "done": done }))?;
                 if done % 100 == 0 {
@@ -168,38 +200,14 @@ fn a_handler_reports_at_will_and_the_worker_writes_at_most_once_per_interval<C: 
                 thread::sleep(Duration::from_millis(2));
             }
             Ok::<_, HandlerError>("done")
-        })
-    };
-    let started = Instant::now();
-    let run = thread::spawn(move || worker.run());
-    let waited = watch_for_final(b, id, &seen);
-    let report = run.join().unwrap().unwrap();
-    let elapsed = started.elapsed();
-    assert_eq!(report.succeeded, 1, "{report:?}");
-    let writes = progress_writes(b);
-    loud!(
-        "progress: {} reports, {writes} writes in {elapsed:?} (final value seen after {waited:?})",
-        REPORTS + 1
-    );
-    assert!(writes >= 2, "{writes} writes: the worker wrote too little");
-    assert!(
-        writes <= allowed_writes(elapsed),
-        "{writes} writes in {elapsed:?} at one per {EVERY:?}"
-    );
-    assert_eq!(progress_of(b, id), Some(json!({"done": REPORTS})));
+        });
+        thread::spawn(move || worker.run())
+    });
 }
 
 fn an_async_handler_reports_progress_the_same_way<C: TestConn>(b: &Backend<C>) {
-    let q = b.queue();
-    log_progress_writes(b);
-    let id = q.enqueue(&NewJob::new("arate", &1).unwrap()).unwrap();
-    let mut config = WorkerConfig::new("arate");
-    config.progress_every = EVERY;
-    config.max_jobs = Some(1);
-    let seen = Arc::new(AtomicBool::new(false));
-    let worker = {
-        let seen = seen.clone();
-        AsyncWorker::new(q.to_async(), config, move |ctx| {
+    check_rate(b, "async", |q, config, seen| {
+        let worker = AsyncWorker::new(q.to_async(), config, move |ctx| {
             let seen = seen.clone();
             async move {
                 for done in 0..REPORTS {
@@ -214,28 +222,16 @@ fn an_async_handler_reports_progress_the_same_way<C: TestConn>(b: &Backend<C>) {
                 }
                 Ok::<_, HandlerError>("done")
             }
+        });
+        thread::spawn(move || {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(worker.run())
         })
-    };
-    let started = Instant::now();
-    let run = thread::spawn(move || {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(worker.run())
     });
-    let waited = watch_for_final(b, id, &seen);
-    let report = run.join().unwrap().unwrap();
-    let elapsed = started.elapsed();
-    assert_eq!(report.succeeded, 1, "{report:?}");
-    let writes = progress_writes(b);
-    loud!("async progress: {writes} writes in {elapsed:?} (final seen after {waited:?})");
-    assert!(writes >= 2, "{writes} writes: the worker wrote too little");
-    assert!(
-        writes <= allowed_writes(elapsed),
-        "{writes} writes in {elapsed:?} at one per {EVERY:?}"
-    );
 }
 
 fn show_and_the_job_page_show_progress_as_text<C: TestConn>(b: &Backend<C>) {
