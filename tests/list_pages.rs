@@ -75,6 +75,19 @@ fn following_next_before_yields_every_match_once_newest_first<C: TestConn>(b: &B
             worst.as_secs_f64() * 1000.0
         );
     }
+    // A `before` far past the newest id starts at the newest: paging still ends.
+    let (mut seen, mut before, mut pages) = (Vec::new(), Some(i64::MAX), 0);
+    loop {
+        let page = q.list_jobs(&dead, before, 50).unwrap();
+        seen.extend(page.jobs.iter().map(|j| j.id));
+        pages += 1;
+        assert!(pages < 100, "paging from i64::MAX never ended");
+        match page.next_before {
+            Some(next) => before = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(seen, want);
     // Two filters together; and one that matches nothing ends with an empty last page.
     let both = JobFilter {
         queue: Some("b".into()),

@@ -73,18 +73,16 @@ pub fn list_jobs<A: AsQueueConnection>(
     }
     let conn = conn.queue_connection();
     let filtered = filter != &JobFilter::default();
-    let mut top = match before {
-        Some(b) => b,
-        None => match conn.max_job_id()? {
-            Some(max) => max.saturating_add(1),
-            None => {
-                return Ok(JobPage {
-                    jobs: Vec::new(),
-                    next_before: None,
-                })
-            }
-        },
+    // Never above the newest id: a `before` far past it would otherwise be searched window
+    // by empty window.
+    let Some(max) = conn.max_job_id()? else {
+        return Ok(JobPage {
+            jobs: Vec::new(),
+            next_before: None,
+        });
     };
+    let newest = max.saturating_add(1);
+    let mut top = before.map_or(newest, |b| b.min(newest));
     let started = std::time::Instant::now();
     let mut rows = Vec::new();
     loop {
