@@ -74,11 +74,23 @@ for p in "${paths[@]}"; do
   done
   printf '%s\n' "${ts[@]}" | sort -g | awk -v p="$p" '{a[NR]=$1} END {printf "%-45s %10.1f %10.1f\n", p, a[int((NR+1)/2)]*1000, a[NR]*1000}'
 done
+# Actions, and the overview right after each (it does not wait for a slow scan).
+: > "$dir/post"; : > "$dir/after"
+for i in $(seq 1 10); do
+  verb=pause; [[ $((i % 2)) == 0 ]] && verb=resume
+  curl -s -o /dev/null -w '%{time_total}\n' -XPOST -H 'content-type: application/json' \
+    "$base/api/queues/queue-0/$verb" >> "$dir/post"
+  curl -s -o /dev/null -w '%{time_total}\n' "$base/" >> "$dir/after"
+done
+for f in post after; do
+  sort -g "$dir/$f" | awk -v p="$f" '{a[NR]=$1} END {printf "%-45s %10.1f %10.1f\n", (p == "post" ? "POST /api/queues/queue-0/pause|resume" : "/ right after that action"), a[int((NR+1)/2)]*1000, a[NR]*1000}'
+done
 scan=$(curl -s "$base/metrics" | awk '/^jobdb_overview_scan_seconds/ {print $2}')
 echo "the background overview scan took ${scan} s"
 kill %1 2>/dev/null || true; wait 2>/dev/null || true
 fi
 
+if (( rounds == 0 )); then exit 0; fi
 echo "== 2. --workers 16 --jobs $jobs, alone and beside the dashboard refreshing every second"
 : > "$dir/alone"; : > "$dir/viewed"
 for r in $(seq 1 "$rounds"); do

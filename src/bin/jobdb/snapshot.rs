@@ -6,9 +6,12 @@
 //!   `max(1 s, 4 × the last scan)` after the previous one ended, so scanning takes at most a
 //!   fifth of one core however large the table is; otherwise every `max(5 s, 20 × scan)`.
 //!   Every answer says how old it is (`as_of`, `jobdb_overview_age_seconds`).
-//! - **Read your writes.** An action through this server (retry, cancel, pause, enqueue, …)
-//!   marks the snapshot stale: the next read waits for a scan that started after it, so the
-//!   page an action reloads shows its effect.
+//! - **Read your writes, where that is cheap.** An action through this server (retry, cancel,
+//!   pause, enqueue, …) marks the snapshot stale: the next read waits for a scan that started
+//!   after it, so the page an action reloads shows its effect. Unless scans are slow (the last
+//!   took more than [`SLOW_SCAN`], a table of hundreds of thousands of jobs): then the read
+//!   answers at once from the last snapshot, which says how old it is, and the scan it started
+//!   shows the action a moment later (a page never waits a second for its counts).
 //! - **Errors stay typed.** A read that needs a fresh snapshot when the background scan failed
 //!   runs the scan itself and answers with that scan's error.
 
@@ -28,6 +31,8 @@ const VIEWED_FACTOR: u32 = 4;
 /// The same while nobody looks.
 const IDLE_MIN: Duration = Duration::from_secs(5);
 const IDLE_FACTOR: u32 = 20;
+/// A scan slower than this is not waited for after an action (see the module docs).
+const SLOW_SCAN: Duration = Duration::from_millis(200);
 /// The longest a read waits for a fresh scan before it runs one itself.
 const WAIT_AT_MOST: Duration = Duration::from_secs(30);
 
@@ -126,11 +131,18 @@ impl<C: QueueConnection> Snapshots<C> {
                 .filter(|t| t.generation >= need)
                 .map(|t| t.overview.clone())
         };
-        let found = usable(&rx.borrow_and_update());
+        let (found, stale) = {
+            let current = rx.borrow_and_update();
+            let stale = current.as_ref().and_then(|t| t.overview.clone());
+            (usable(&current), stale)
+        };
         let found = match found {
             Some(found) => found,
             None => {
                 self.kick.notify_one();
+                if let Some(stale) = stale.filter(|o| o.took > SLOW_SCAN) {
+                    return Ok(stale);
+                }
                 let wait = async {
                     loop {
                         if rx.changed().await.is_err() {
