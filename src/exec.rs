@@ -12,6 +12,11 @@
 //! outlives its attempt, keeps the output pipe open, or runs beside the job's next attempt.
 //! Output is bounded: stdout up to [`ShellOptions::max_stdout_bytes`] (past it the attempt
 //! fails with a clear error), stderr as a ring of its last [`ShellOptions::stderr_tail_bytes`].
+//!
+//! Progress: a stderr line `jobdb:progress <JSON>` ([`PROGRESS_PREFIX`], e.g. `echo
+//! 'jobdb:progress {"done": 3, "of": 10}' >&2`) is the attempt's progress, as a Rust handler's
+//! [`JobContext::set_progress`] (rate-limited the same way); such lines are not part of the
+//! error. A line whose JSON does not parse, or is too large, stays in the error tail.
 
 use std::io::{Read, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -22,6 +27,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::worker::{HandlerError, JobContext};
+
+/// What starts a progress line on a command's stderr.
+pub const PROGRESS_PREFIX: &str = "jobdb:progress ";
 
 /// Bytes of stderr kept as the error of a failed attempt (the default).
 pub const STDERR_TAIL_BYTES: usize = 2048;
@@ -94,7 +102,11 @@ pub fn run_shell_with(
         options.max_stdout_bytes,
         overflowed.clone(),
     );
-    let stderr = read_tail(child.stderr.take(), options.stderr_tail_bytes);
+    let stderr = read_tail(
+        child.stderr.take(),
+        options.stderr_tail_bytes,
+        ctx.progress_reporter(),
+    );
 
     let ended = wait_or_stop(&mut child, ctx, &overflowed);
     // Whatever ended the attempt, nothing of the group outlives it.
@@ -274,22 +286,57 @@ fn read_capped(
     })
 }
 
-/// Reads everything, keeping only the last `keep` bytes.
-fn read_tail(pipe: Option<impl Read + Send + 'static>, keep: usize) -> thread::JoinHandle<Vec<u8>> {
+/// Reads everything, keeping only the last `keep` bytes; a complete line that starts with
+/// [`PROGRESS_PREFIX`] and carries valid JSON is reported as progress instead.
+fn read_tail(
+    pipe: Option<impl Read + Send + 'static>,
+    keep: usize,
+    progress: crate::worker::ProgressReporter,
+) -> thread::JoinHandle<Vec<u8>> {
     thread::spawn(move || {
         let mut tail: std::collections::VecDeque<u8> = std::collections::VecDeque::new();
         let Some(mut pipe) = pipe else {
             return Vec::new();
         };
+        // Bytes of the line being read; a line longer than `keep` cannot be progress anyway.
+        let mut line: Vec<u8> = Vec::new();
         let mut chunk = [0u8; 64 * 1024];
+        let keep_bytes = |bytes: &[u8], tail: &mut std::collections::VecDeque<u8>| {
+            tail.extend(bytes);
+            let excess = tail.len().saturating_sub(keep);
+            tail.drain(..excess);
+        };
         while let Ok(n) = pipe.read(&mut chunk) {
             if n == 0 {
                 break;
             }
-            tail.extend(&chunk[..n]);
-            let excess = tail.len().saturating_sub(keep);
-            tail.drain(..excess);
+            for piece in chunk[..n].split_inclusive(|&b| b == b'\n') {
+                line.extend_from_slice(piece);
+                if line.last() != Some(&b'\n') {
+                    if line.len() > keep.max(crate::queue::MAX_PROGRESS_BYTES + 64) {
+                        keep_bytes(&line, &mut tail);
+                        line.clear();
+                    }
+                    continue;
+                }
+                if !report_progress_line(&line, &progress) {
+                    keep_bytes(&line, &mut tail);
+                }
+                line.clear();
+            }
         }
+        keep_bytes(&line, &mut tail);
         tail.into_iter().collect()
     })
+}
+
+/// Reports `line` as progress if it is one (prefix, then JSON within the size limit).
+fn report_progress_line(line: &[u8], progress: &crate::worker::ProgressReporter) -> bool {
+    let Some(json) = line.strip_prefix(PROGRESS_PREFIX.as_bytes()) else {
+        return false;
+    };
+    match serde_json::from_slice::<serde_json::Value>(json) {
+        Ok(value) => progress.report(&value).is_ok(),
+        Err(_) => false,
+    }
 }

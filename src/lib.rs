@@ -91,4 +91,6 @@ pub use schedule::{Schedule, Scheduler, SchedulerReport};
 pub use tokio_util::sync::CancellationToken;
 #[cfg(feature = "tokio")]
 pub use worker::{AsyncJobContext, AsyncWorker};
-pub use worker::{HandlerError, JobContext, ShutdownHandle, Worker, WorkerConfig, WorkerReport};
+pub use worker::{
+    HandlerError, JobContext, ProgressReporter, ShutdownHandle, Worker, WorkerConfig, WorkerReport,
+};

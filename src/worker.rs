@@ -27,7 +27,7 @@ mod context;
 pub use async_worker::{AsyncJobContext, AsyncWorker};
 use background::{heartbeat_loop, retention_loop};
 use context::JobFlags;
-pub use context::{HandlerError, JobContext, ShutdownHandle};
+pub use context::{HandlerError, JobContext, ProgressReporter, ShutdownHandle};
 
 /// How a [`Worker`] runs.
 #[derive(Debug, Clone)]

@@ -22,6 +22,7 @@ crate::on_both_backends!(
     a_handler_reports_at_will_and_the_worker_writes_at_most_once_per_interval,
     an_async_handler_reports_progress_the_same_way,
     show_and_the_job_page_show_progress_as_text,
+    a_shell_command_reports_progress_on_stderr,
 );
 
 const LEASE: Duration = Duration::from_secs(30);
@@ -291,4 +292,53 @@ fn show_and_the_job_page_show_progress_as_text<C: TestConn>(b: &Backend<C>) {
         .unwrap();
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("attempt 1: succeeded in 5 ms on w"), "{text}");
+}
+
+/// `--exec` commands report progress with `jobdb:progress <JSON>` lines on stderr; those lines
+/// are not part of a failed attempt's error, and a line whose JSON is bad stays in it.
+fn a_shell_command_reports_progress_on_stderr<C: TestConn>(b: &Backend<C>) {
+    let q = b.queue();
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("go");
+    let id = q
+        .enqueue(&NewJob::new("shell", &1).unwrap().max_attempts(1))
+        .unwrap();
+    let mut config = WorkerConfig::new("shell");
+    config.progress_every = Duration::from_millis(100);
+    config.max_jobs = Some(1);
+    let command = format!(
+        "echo 'jobdb:progress {{\"done\": 1, \"step\": \"<b>x</b>\"}}' >&2; echo 'not progress' >&2; \
+         while [ ! -e '{}' ]; do sleep 0.02; done; echo 'jobdb:progress {{bad' >&2; exit 3",
+        marker.display()
+    );
+    let worker = Worker::new(q.clone(), config, move |ctx| {
+        jobdb::exec::run_shell(&command, ctx)
+    });
+    let run = thread::spawn(move || worker.run());
+    let started = Instant::now();
+    while progress_of(b, id) != Some(json!({"done": 1, "step": "<b>x</b>"})) {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the command's progress never arrived: {:?}",
+            progress_of(b, id)
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+    std::fs::write(&marker, b"").unwrap();
+    let report = run.join().unwrap().unwrap();
+    assert_eq!(report.failed, 1, "{report:?}");
+    let job = q.get_job(id).unwrap();
+    let error = job.last_error.unwrap_or_default();
+    assert!(error.contains("not progress"), "{error}");
+    assert!(error.contains("jobdb:progress {bad"), "{error}");
+    assert!(
+        !error.contains("\"done\""),
+        "a progress line leaked into the error: {error}"
+    );
+    assert_eq!(
+        job.progress_json
+            .as_deref()
+            .map(|p| serde_json::from_str::<Value>(p).unwrap()),
+        Some(json!({"done": 1, "step": "<b>x</b>"}))
+    );
 }

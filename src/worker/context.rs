@@ -215,6 +215,32 @@ impl JobContext {
     }
 }
 
+/// A handle that reports one attempt's progress from anywhere (another thread, a reader of a
+/// child's output): what [`JobContext::set_progress`] does, detached from the context's
+/// lifetime. Cheap to clone; reports after the attempt ended are kept nowhere.
+#[derive(Debug, Clone)]
+pub struct ProgressReporter {
+    flags: Arc<JobFlags>,
+}
+
+impl ProgressReporter {
+    /// As [`JobContext::set_progress`].
+    pub fn report(&self, value: &impl Serialize) -> Result<()> {
+        self.flags
+            .report_progress(crate::queue::encode_progress(value)?);
+        Ok(())
+    }
+}
+
+impl JobContext {
+    /// A [`ProgressReporter`] for this attempt, for work the handler hands to other threads.
+    pub fn progress_reporter(&self) -> ProgressReporter {
+        ProgressReporter {
+            flags: self.flags.clone(),
+        }
+    }
+}
+
 impl std::ops::Deref for JobContext {
     type Target = Job;
     fn deref(&self) -> &Job {
