@@ -210,16 +210,20 @@ impl<C: QueueConnection> Queue<C> {
         let _entered = span.enter();
         let e = self.inner();
         let output_json = output_json.to_owned();
-        e.write("complete", move |c| {
+        let done = e.write("complete", move |c| {
             queue::complete_json(c, lease, &output_json, duration)
-        })
+        });
+        e.metrics.outcomes.completion(&done);
+        done
     }
 
     /// Completes many jobs in one transaction; one result per item (see
     /// [`queue::complete_many`]).
     pub fn complete_many(&self, items: Vec<queue::Completion>) -> Result<Vec<Result<()>>> {
         let e = self.inner();
-        e.write("complete_many", move |c| queue::complete_many(c, &items))
+        let done = e.write("complete_many", move |c| queue::complete_many(c, &items))?;
+        done.iter().for_each(|r| e.metrics.outcomes.completion(r));
+        Ok(done)
     }
 
     /// Extends many leases in one transaction; one result per lease.
@@ -268,9 +272,11 @@ impl<C: QueueConnection> Queue<C> {
         let e = self.inner();
         let backoff = e.config.job_backoff;
         let error = error.to_owned();
-        e.write("fail", move |c| {
+        let failed = e.write("fail", move |c| {
             queue::fail(c, lease, &error, duration, &backoff)
-        })
+        });
+        e.metrics.outcomes.failure(&failed);
+        failed
     }
 
     /// Gives a running job back to the queue (shutdown).
@@ -289,7 +295,12 @@ impl<C: QueueConnection> Queue<C> {
         if ids.is_empty() {
             return Ok(0);
         }
-        e.write("reap", move |c| queue::reap_listed(c, &ids))
+        let reaped = e.write("reap", move |c| queue::reap_listed(c, &ids))?;
+        e.metrics
+            .outcomes
+            .expired
+            .fetch_add(reaped as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(reaped)
     }
 
     /// Counts per queue and state.

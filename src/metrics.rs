@@ -140,6 +140,89 @@ pub struct Metrics {
     pub wal_syncs: AtomicU64,
     /// How long a durable operation waited, after its commit, for the WAL sync covering it.
     pub sync_wait: Histogram,
+    /// Attempts this handle recorded, by how they ended.
+    pub outcomes: Outcomes,
+}
+
+/// Attempts one handle recorded, by how they ended: what `jobdb_attempts_finished_total`
+/// counts, so that `rate()` over it is each process's throughput by outcome.
+#[derive(Debug, Default)]
+pub struct Outcomes {
+    /// Completed: the job succeeded.
+    pub succeeded: AtomicU64,
+    /// Failed and queued again for a retry.
+    pub retried: AtomicU64,
+    /// Failed for the last time: the job is dead.
+    pub dead: AtomicU64,
+    /// Ended as cancelled (a cancel was requested while it ran).
+    pub cancelled: AtomicU64,
+    /// Refused: the lease was lost, so the result was not recorded.
+    pub refused: AtomicU64,
+    /// Leases of others that ran out and were reaped by this handle.
+    pub expired: AtomicU64,
+}
+
+impl Outcomes {
+    /// Counts a completion's result.
+    pub(crate) fn completion(&self, r: &crate::Result<()>) {
+        let counter = match r {
+            Ok(()) => &self.succeeded,
+            Err(e) if e.is_cancelled() => &self.cancelled,
+            Err(e) if e.is_lease_lost() => &self.refused,
+            Err(_) => return,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a failure's result.
+    pub(crate) fn failure(&self, r: &crate::Result<crate::JobState>) {
+        let counter = match r {
+            Ok(crate::JobState::Dead) => &self.dead,
+            Ok(crate::JobState::Cancelled) => &self.cancelled,
+            Ok(_) => &self.retried,
+            Err(e) if e.is_lease_lost() => &self.refused,
+            Err(_) => return,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counts now.
+    pub fn snapshot(&self) -> OutcomeCounts {
+        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        OutcomeCounts {
+            succeeded: n(&self.succeeded),
+            retried: n(&self.retried),
+            dead: n(&self.dead),
+            cancelled: n(&self.cancelled),
+            refused: n(&self.refused),
+            expired: n(&self.expired),
+        }
+    }
+
+    /// `(outcome label, count)` for each outcome, as `/metrics` labels them.
+    pub fn counts(&self) -> [(&'static str, u64); 6] {
+        let c = self.snapshot();
+        [
+            ("succeeded", c.succeeded),
+            ("retried", c.retried),
+            ("dead", c.dead),
+            ("cancelled", c.cancelled),
+            ("refused", c.refused),
+            ("expired", c.expired),
+        ]
+    }
+}
+
+/// [`Outcomes`] at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[allow(missing_docs)] // the fields are Outcomes' own
+pub struct OutcomeCounts {
+    pub succeeded: u64,
+    pub retried: u64,
+    pub dead: u64,
+    pub cancelled: u64,
+    pub refused: u64,
+    pub expired: u64,
 }
 
 /// Everything measured, at one moment.
@@ -161,6 +244,8 @@ pub struct MetricsSnapshot {
     pub wal: WalSnapshot,
     /// Wait after commit for the WAL sync, per durable operation (SQLite, durable).
     pub sync_wait: HistogramSnapshot,
+    /// Attempts this handle recorded, by how they ended.
+    pub outcomes: OutcomeCounts,
 }
 
 /// The WAL, as seen by the background checkpointer (all zero when it is off).
@@ -199,6 +284,7 @@ impl Metrics {
                 syncs: self.wal_syncs.load(Ordering::Relaxed),
             },
             sync_wait: self.sync_wait.snapshot(),
+            outcomes: self.outcomes.snapshot(),
         }
     }
 }

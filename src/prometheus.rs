@@ -141,6 +141,18 @@ pub fn render_overview<C: QueueConnection>(queue: &Queue<C>, overview: &Overview
     }
     let _ = writeln!(
         out,
+        "# HELP jobdb_attempts_finished_total Attempts this process's handle recorded, by \
+         outcome (succeeded, retried, dead, cancelled; refused: the lease was lost; expired: \
+         others' leases it reaped).\n# TYPE jobdb_attempts_finished_total counter"
+    );
+    for (outcome, n) in m.outcomes.counts() {
+        let _ = writeln!(
+            out,
+            "jobdb_attempts_finished_total{{outcome=\"{outcome}\"}} {n}"
+        );
+    }
+    let _ = writeln!(
+        out,
         "# HELP jobdb_wal_bytes Size of the WAL file at the last check (SQLite).\n\
          # TYPE jobdb_wal_bytes gauge\njobdb_wal_bytes {}",
         overview.wal_bytes.unwrap_or_else(|| load(&m.wal_bytes))

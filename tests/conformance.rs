@@ -28,6 +28,7 @@ crate::on_both_backends!(
     a_worker_runs_handlers_and_records_results,
     batched_heartbeats_and_completions_fence_each_item,
     each_attempt_records_the_worker_that_ran_it,
+    the_handle_counts_attempts_by_outcome,
 );
 
 fn job(queue: &str, n: u32) -> NewJob {
@@ -395,4 +396,46 @@ fn each_attempt_records_the_worker_that_ran_it<C: TestConn>(b: &Backend<C>) {
     assert!(done[0].is_ok());
     let r = q.get_results(batch).unwrap();
     assert_eq!(r[0].worker_id.as_deref(), Some("w-batch"));
+}
+
+/// What `jobdb_attempts_finished_total` counts: each way an attempt ends, once.
+fn the_handle_counts_attempts_by_outcome<C: TestConn>(b: &Backend<C>) {
+    let q = b.queue();
+    let due_now = |b: &Backend<C>| b.exec("UPDATE jobs SET run_at = '2000-01-01 00:00:00'");
+    q.enqueue(&job("outc", 1).max_attempts(2)).unwrap();
+    let first = q.claim("outc", 1, "w", lease_for()).unwrap()[0].lease();
+    assert_eq!(
+        q.fail(first, "no", Duration::ZERO).unwrap(),
+        JobState::Queued
+    );
+    due_now(b);
+    let second = q.claim("outc", 1, "w", lease_for()).unwrap()[0].lease();
+    assert_eq!(
+        q.fail(second, "no", Duration::ZERO).unwrap(),
+        JobState::Dead
+    );
+    assert!(q
+        .complete(second, &1, Duration::ZERO)
+        .unwrap_err()
+        .is_lease_lost());
+    q.enqueue(&job("outc", 2)).unwrap();
+    q.claim("outc", 1, "w", Duration::from_millis(50)).unwrap();
+    thread::sleep(Duration::from_millis(120));
+    assert_eq!(q.reap().unwrap(), 1);
+    due_now(b);
+    let third = q.claim("outc", 1, "w", lease_for()).unwrap()[0].lease();
+    q.complete(third, &1, Duration::ZERO).unwrap();
+    let c = q.metrics().outcomes;
+    assert_eq!(
+        (
+            c.succeeded,
+            c.retried,
+            c.dead,
+            c.cancelled,
+            c.refused,
+            c.expired
+        ),
+        (1, 1, 1, 0, 1, 1),
+        "{c:?}"
+    );
 }

@@ -493,6 +493,12 @@ fn a_worker_serves_its_metrics_while_it_works() {
         .parse()
         .unwrap();
     assert!(claims >= 3.0, "{text}");
+    // The worker's own count of what it recorded, by outcome.
+    assert!(
+        text.contains(r#"jobdb_attempts_finished_total{outcome="succeeded"} 3"#),
+        "{text}"
+    );
+    assert!(text.contains(r#"jobdb_attempts_finished_total{outcome="dead"} 0"#));
     promtool_check(&text);
     let _ = child.kill();
     let _ = child.wait();

@@ -218,16 +218,22 @@ impl<C: QueueConnection> AsyncQueue<C> {
     ) -> Result<()> {
         let write = move |c: &mut C| queue::complete_json(c, lease, &output_json, duration);
         let span = telemetry::span(telemetry::Op::Settle("complete"), "", Some(lease.job_id));
-        self.inner()
+        let done = self
+            .inner()
             .write_async("complete", write)
             .instrument(span)
-            .await
+            .await;
+        self.inner().metrics.outcomes.completion(&done);
+        done
     }
 
     /// [`Queue::complete_many`].
     pub async fn complete_many(&self, items: Vec<queue::Completion>) -> Result<Vec<Result<()>>> {
         let write = move |c: &mut C| queue::complete_many(c, &items);
-        self.inner().write_async("complete_many", write).await
+        let done = self.inner().write_async("complete_many", write).await?;
+        let outcomes = &self.inner().metrics.outcomes;
+        done.iter().for_each(|r| outcomes.completion(r));
+        Ok(done)
     }
 
     /// [`Queue::fail`].
@@ -236,10 +242,13 @@ impl<C: QueueConnection> AsyncQueue<C> {
         let error = error.to_owned();
         let write = move |c: &mut C| queue::fail(c, lease, &error, duration, &backoff);
         let span = telemetry::span(telemetry::Op::Settle("fail"), "", Some(lease.job_id));
-        self.inner()
+        let failed = self
+            .inner()
             .write_async("fail", write)
             .instrument(span)
-            .await
+            .await;
+        self.inner().metrics.outcomes.failure(&failed);
+        failed
     }
 
     /// [`Queue::release`].
@@ -258,8 +267,14 @@ impl<C: QueueConnection> AsyncQueue<C> {
         if ids.is_empty() {
             return Ok(0);
         }
-        e.write_async("reap", move |c| queue::reap_listed(c, &ids))
-            .await
+        let reaped = e
+            .write_async("reap", move |c| queue::reap_listed(c, &ids))
+            .await?;
+        e.metrics
+            .outcomes
+            .expired
+            .fetch_add(reaped as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(reaped)
     }
 
     /// [`Queue::cancel`].
