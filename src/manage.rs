@@ -377,22 +377,3 @@ impl Retention {
         .filter_map(|(s, d)| d.map(|d| (s, d)))
     }
 }
-
-/// Jobs that succeeded in each of the last 60 minutes, per queue (oldest minute first): the
-/// dashboard's chart. One scan of `jobs`; run it on a reader.
-pub fn throughput_last_hour<A: AsQueueConnection>(
-    conn: &mut A,
-) -> Result<std::collections::BTreeMap<String, Vec<i64>>> {
-    let conn = conn.queue_connection();
-    let since = crate::timestamp::before("since", now(), Duration::from_secs(3600))?;
-    let mut per_queue = std::collections::BTreeMap::new();
-    for crate::driver::MinuteCount { queue, minute, n } in conn.succeeded_per_minute(since)? {
-        let minutes: &mut Vec<i64> = per_queue.entry(queue).or_insert_with(|| vec![0; 60]);
-        if let Ok(m) = usize::try_from(minute) {
-            if let Some(slot) = minutes.get_mut(m) {
-                *slot += n;
-            }
-        }
-    }
-    Ok(per_queue)
-}

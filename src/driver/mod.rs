@@ -238,9 +238,6 @@ pub(crate) trait ManageDriver: JobDriver {
         tick: NaiveDateTime,
         now: NaiveDateTime,
     ) -> Result<bool>;
-    /// `(queue, minute, succeeded)`: jobs that succeeded since `since`, counted per queue and
-    /// per whole minute after `since` (0, 1, …).
-    fn succeeded_per_minute(&mut self, since: NaiveDateTime) -> Result<Vec<MinuteCount>>;
     /// Everything the overview shows, in one scan: a row per queue, state and (for jobs that
     /// succeeded since `hour_ago`) minute of the hour.
     fn overview_rows(
@@ -277,18 +274,6 @@ pub(crate) struct OverviewRow {
     /// Jobs of the group updated in the last minute.
     #[diesel(sql_type = BigInt)]
     pub recent: i64,
-}
-
-/// A row of `ManageDriver::succeeded_per_minute`.
-#[derive(QueryableByName)]
-pub(crate) struct MinuteCount {
-    #[diesel(sql_type = Text)]
-    pub queue: String,
-    /// Whole minutes after the start of the window.
-    #[diesel(sql_type = BigInt)]
-    pub minute: i64,
-    #[diesel(sql_type = BigInt)]
-    pub n: i64,
 }
 
 /// Whole tables, row by row with their ids, for `jobdb copy` (see `crate::copy`): reads by

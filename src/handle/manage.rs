@@ -131,13 +131,6 @@ impl<C: QueueConnection> Queue<C> {
         }
     }
 
-    /// Jobs that succeeded in each of the last 60 minutes, per queue (see
-    /// [`manage::throughput_last_hour`]).
-    pub fn throughput_last_hour(&self) -> Result<std::collections::BTreeMap<String, Vec<i64>>> {
-        let e = self.inner();
-        e.read("throughput", manage::throughput_last_hour)
-    }
-
     /// Everything an overview shows, from one scan on a reader (see [`crate::overview`]).
     pub fn overview(&self) -> Result<crate::overview::Overview> {
         let e = self.inner();

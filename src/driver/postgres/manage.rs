@@ -223,19 +223,6 @@ impl ManageDriver for PgConnection {
             == 1)
     }
 
-    fn succeeded_per_minute(
-        &mut self,
-        since: NaiveDateTime,
-    ) -> Result<Vec<crate::driver::MinuteCount>> {
-        Ok(diesel::sql_query(
-            "SELECT queue, floor(extract(epoch FROM updated_at - $1) / 60)::bigint AS minute, \
-                    count(*) AS n \
-             FROM jobs WHERE state = 'succeeded' AND updated_at >= $1 GROUP BY queue, minute",
-        )
-        .bind::<Timestamptz, _>(utc(since))
-        .load(self)?)
-    }
-
     /// The overview's one scan, the same rows as SQLite's.
     fn overview_rows(
         &mut self,

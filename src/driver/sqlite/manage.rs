@@ -227,20 +227,6 @@ impl ManageDriver for SqliteConnection {
         Ok(advanced.is_some())
     }
 
-    /// Per-queue activity. One scan, on a reader.
-    fn succeeded_per_minute(
-        &mut self,
-        since: NaiveDateTime,
-    ) -> Result<Vec<crate::driver::MinuteCount>> {
-        Ok(diesel::sql_query(
-            "SELECT queue, CAST((julianday(updated_at) - julianday(?1)) * 1440 AS INTEGER) AS minute, \
-                    count(*) AS n \
-             FROM jobs WHERE state = 'succeeded' AND updated_at >= ?1 GROUP BY queue, minute",
-        )
-        .bind::<Timestamp, _>(since)
-        .load(self)?)
-    }
-
     /// The overview's one scan. SQLite sorts for GROUP BY (no index leads with `queue`, by
     /// design: see the claim index's migration), so this is the price of one sort of the
     /// table's groups; `jobdb serve` runs it in the background, not per request.
