@@ -235,6 +235,18 @@ fn an_async_handler_reports_progress_the_same_way<C: TestConn>(b: &Backend<C>) {
     });
 }
 
+/// What `jobdb show ID [extra]` prints (it must succeed).
+fn show<C: TestConn>(b: &Backend<C>, id: i64, extra: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_jobdb"))
+        .args(["--database-url", &b.url(), "show", &id.to_string()])
+        .args(extra)
+        .env_remove("DATABASE_URL")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
 fn show_and_the_job_page_show_progress_as_text<C: TestConn>(b: &Backend<C>) {
     let q = b.queue();
     let id = q.enqueue(&NewJob::new("shown", &1).unwrap()).unwrap();
@@ -242,26 +254,9 @@ fn show_and_the_job_page_show_progress_as_text<C: TestConn>(b: &Backend<C>) {
     let hostile = json!({"step": "<script>window.pwned=1</script>", "done": 7});
     q.set_progress(lease, &hostile).unwrap();
 
-    let out = Command::new(env!("CARGO_BIN_EXE_jobdb"))
-        .args([
-            "--database-url",
-            &b.url(),
-            "show",
-            &id.to_string(),
-            "--json",
-        ])
-        .env_remove("DATABASE_URL")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let shown: Value = serde_json::from_str(&show(b, id, &["--json"])).unwrap();
     assert_eq!(shown["progress"], hostile);
-    let out = Command::new(env!("CARGO_BIN_EXE_jobdb"))
-        .args(["--database-url", &b.url(), "show", &id.to_string()])
-        .env_remove("DATABASE_URL")
-        .output()
-        .unwrap();
-    let text = String::from_utf8(out.stdout).unwrap();
+    let text = show(b, id, &[]);
     assert!(text.contains("progress: {"), "{text}");
 
     let server = crate::serve::serve(&b.url(), &[]);
@@ -285,12 +280,7 @@ fn show_and_the_job_page_show_progress_as_text<C: TestConn>(b: &Backend<C>) {
     let (_, api) = crate::serve::call(&format!("{}/api/jobs/{id}", server.base), None, &[]);
     let api: Value = serde_json::from_str(&api).unwrap();
     assert_eq!(api["results"][0]["worker_id"], "w");
-    let out = Command::new(env!("CARGO_BIN_EXE_jobdb"))
-        .args(["--database-url", &b.url(), "show", &id.to_string()])
-        .env_remove("DATABASE_URL")
-        .output()
-        .unwrap();
-    let text = String::from_utf8(out.stdout).unwrap();
+    let text = show(b, id, &[]);
     assert!(text.contains("attempt 1: succeeded in 5 ms on w"), "{text}");
 }
 
