@@ -16,12 +16,15 @@ pub trait WithQueue {
     fn with<C: QueueConnection>(self, queue: Queue<C>) -> Self::Output;
 }
 
-/// Opens the queue at `url` (a `postgres://` URL with the `postgres` feature, else a SQLite
+/// Opens the queue at `url` (a `postgres://` URL with the `postgres` feature, a `mysql://` or `mariadb://` URL with the
+/// `mysql` feature, else a SQLite
 /// path or URL) and runs `then` on it.
 pub fn open_any<W: WithQueue>(url: &str, config: Config, then: W) -> Result<W::Output> {
     match crate::DatabaseUrl::parse(url)? {
         #[cfg(feature = "postgres")]
         crate::DatabaseUrl::Postgres(_) => Ok(then.with(crate::PgQueue::open(url, config)?)),
+        #[cfg(feature = "mysql")]
+        crate::DatabaseUrl::Mysql(_) => Ok(then.with(crate::MysqlQueue::open(url, config)?)),
         _ => Ok(then.with(crate::SqliteQueue::open(url, config)?)),
     }
 }

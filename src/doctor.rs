@@ -90,7 +90,8 @@ fn durability(sync: crate::Synchronous) -> Check {
     check("durability (JOBDB_SYNCHRONOUS)", actual, "durable", true)
 }
 
-/// What `doctor` finds on a PostgreSQL server: whether a commit is durable there.
+/// What `doctor` finds on a database server (PostgreSQL, or MySQL / MariaDB with feature
+/// `mysql`): whether a commit is durable there.
 #[derive(Debug, Clone, Serialize)]
 pub struct PgDiagnosis {
     /// `server_version`.
@@ -138,6 +139,69 @@ pub fn diagnose_postgres(url: &str) -> Result<PgDiagnosis> {
             &sync_commit,
             "on (or remote_write / remote_apply with replicas)",
             sync_commit != "off",
+        ),
+    ];
+    Ok(PgDiagnosis {
+        server_version,
+        checks,
+    })
+}
+
+/// Examines a MySQL / MariaDB server (the same report as PostgreSQL's):
+/// - `innodb_flush_log_at_trx_commit` must be 1: 0 or 2 acknowledge a commit before its redo
+///   log reaches the disk, so a power loss (2) or a crash (0) can undo acknowledged jobs;
+/// - with the binary log on, `sync_binlog` should be 1 for the same reason;
+/// - the version must have `SKIP LOCKED` and `JSON_TABLE` (MySQL 8.0, MariaDB 10.6).
+#[cfg(feature = "mysql")]
+pub fn diagnose_mysql(url: &str) -> Result<PgDiagnosis> {
+    use diesel::MysqlConnection;
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        v: String,
+    }
+    let url = crate::pool::mysql_url(url);
+    let mut conn = MysqlConnection::establish(&url).map_err(|source| Error::Connection {
+        url: crate::pool::redact(&url),
+        source,
+    })?;
+    let mut var = |expr: &str| -> Result<String> {
+        let r: Row =
+            diesel::sql_query(format!("SELECT CAST({expr} AS CHAR) AS v")).get_result(&mut conn)?;
+        Ok(r.v)
+    };
+    let server_version = var("VERSION()")?;
+    let flush = var("@@innodb_flush_log_at_trx_commit")?;
+    let log_bin = var("@@log_bin")?;
+    let sync_binlog = var("@@sync_binlog")?;
+    let mariadb = server_version.contains("MariaDB");
+    let numbers: Vec<u32> = server_version
+        .split(|c: char| !c.is_ascii_digit())
+        .take(2)
+        .map(|n| n.parse().unwrap_or(0))
+        .collect();
+    let (major, minor) = (
+        numbers.first().copied().unwrap_or(0),
+        numbers.get(1).copied().unwrap_or(0),
+    );
+    let new_enough = if mariadb {
+        (major, minor) >= (10, 6)
+    } else {
+        major >= 8
+    };
+    let checks = vec![
+        check(
+            "version",
+            &server_version,
+            "MySQL 8.0+ or MariaDB 10.6+ (SKIP LOCKED, JSON_TABLE)",
+            new_enough,
+        ),
+        check("innodb_flush_log_at_trx_commit", &flush, "1", flush == "1"),
+        check(
+            "sync_binlog",
+            format!("{sync_binlog} (log_bin {log_bin})"),
+            "1 when the binary log is on",
+            log_bin == "0" || sync_binlog == "1",
         ),
     ];
     Ok(PgDiagnosis {

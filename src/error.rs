@@ -299,10 +299,11 @@ impl Error {
     }
 
     /// True when a raw retryable error is inside (not the final [`Error::Busy`]): SQLite's
-    /// busy, or PostgreSQL's serialization failure or deadlock (the server rolled the whole
-    /// transaction back, so re-running it is safe). This is what the retry loop retries on.
+    /// busy, PostgreSQL's serialization failure or deadlock (the server rolled the whole
+    /// transaction back, so re-running it is safe), or MySQL's deadlock (1213) or lock wait
+    /// timeout (1205; the transaction is rolled back by the retry loop before it re-runs). This is what the retry loop retries on.
     pub(crate) fn is_retryable(&self) -> bool {
-        matches!(self, Error::Database(e) if is_busy_diesel(e) || is_pg_transient(e))
+        matches!(self, Error::Database(e) if is_busy_diesel(e) || is_server_transient(e))
     }
 
     /// True when the connection to a database server was lost (a PostgreSQL restart). What
@@ -320,19 +321,32 @@ impl Error {
     }
 }
 
-/// libpq's and PostgreSQL's words for a connection that is gone. Diesel maps SQLSTATE class
+/// The client libraries' and servers' words for a connection that is gone.
+///
+/// PostgreSQL: libpq's and the server's words. Diesel maps SQLSTATE class
 /// 08 and a dead libpq connection to `ClosedConnection`; these cover what it leaves as
 /// `Unknown` with only a text: the server's admin_shutdown / crash_shutdown (57P01, 57P02:
 /// "terminating connection …", in English once the pool has set `lc_messages = 'C'`) and
 /// libpq's own client-side messages, which are never translated in our libpq (pq-sys builds
 /// it without NLS).
-const CONNECTION_LOST_MESSAGES: [&str; 6] = [
+///
+/// MySQL / MariaDB: Diesel maps no client error code to a kind, so CR_SERVER_GONE_ERROR (2006,
+/// "MySQL server has gone away" / MariaDB Connector/C's "Server has gone away": matched
+/// without its first word),
+/// CR_SERVER_LOST (2013, "Lost connection to [MySQL] server during query"), ER_SERVER_SHUTDOWN
+/// (1053) and ER_CONNECTION_KILLED (1927) are matched by their texts, which the client library
+/// never translates (and the server's are English unless `lc_messages` was changed).
+const CONNECTION_LOST_MESSAGES: [&str; 10] = [
     "server closed the connection",
     "no connection to the server",
     "terminating connection",
     "could not receive data from server",
     "could not send data to server",
     "connection to server was lost",
+    "has gone away",
+    "Lost connection to",
+    "Server shutdown in progress",
+    "Connection was killed",
 ];
 
 /// PostgreSQL errors that roll back the whole transaction and go away when it is re-run:
@@ -340,15 +354,26 @@ const CONNECTION_LOST_MESSAGES: [&str; 6] = [
 /// (40P01). Diesel 2.3 gives 40P01 no kind and does not expose the SQLSTATE, so it is matched
 /// by its primary message, which is English because the pool sets `lc_messages = 'C'` on
 /// every connection it may (src/pool/postgres.rs).
-fn is_pg_transient(e: &DieselError) -> bool {
+///
+/// MySQL / MariaDB: ER_LOCK_DEADLOCK (1213) is `SerializationFailure` by Diesel's kind (by
+/// code; the server rolled the transaction back); ER_LOCK_WAIT_TIMEOUT (1205) has no kind and
+/// is matched by its fixed English text (the server rolls back only the statement, and the
+/// retry loop rolls back the rest before it re-runs the whole transaction).
+fn is_server_transient(e: &DieselError) -> bool {
     match e {
         DieselError::DatabaseError(diesel::result::DatabaseErrorKind::SerializationFailure, _) => {
             true
         }
-        DieselError::DatabaseError(_, info) => info.message().starts_with("deadlock detected"),
+        DieselError::DatabaseError(_, info) => {
+            info.message().starts_with("deadlock detected")
+                || info.message().starts_with(MYSQL_LOCK_WAIT_TIMEOUT)
+        }
         _ => false,
     }
 }
+
+/// MySQL's and MariaDB's message for ER_LOCK_WAIT_TIMEOUT (1205).
+const MYSQL_LOCK_WAIT_TIMEOUT: &str = "Lock wait timeout exceeded";
 
 /// SQLite's message for SQLITE_BUSY. Diesel 2.3 hands over only constraint codes as kinds;
 /// BUSY arrives as `DatabaseError(Unknown, info)` with `sqlite3_errmsg`'s text and no code.

@@ -36,6 +36,9 @@ pub struct Queue<C: QueueConnection = SqliteConnection> {
 
 /// A queue on SQLite.
 pub type SqliteQueue = Queue<SqliteConnection>;
+/// A queue on MySQL or MariaDB.
+#[cfg(feature = "mysql")]
+pub type MysqlQueue = Queue<diesel::mysql::MysqlConnection>;
 /// A queue on PostgreSQL.
 #[cfg(feature = "postgres")]
 pub type PgQueue = Queue<diesel::pg::PgConnection>;

@@ -20,12 +20,39 @@ use crate::retry::{retry_busy, RetryPolicy, RetryStats};
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(feature = "postgres")]
+pub(crate) use postgres::english_messages;
+#[cfg(feature = "postgres")]
 pub use postgres::{build_postgres_pool, run_postgres_migrations, PgPool, POSTGRES_MIGRATIONS};
+
+#[cfg(feature = "mysql")]
+mod mysql;
+#[cfg(feature = "mysql")]
+pub use mysql::{
+    build_mysql_pool, run_mysql_migrations, MysqlPool, MYSQL_MIGRATIONS, MYSQL_SESSION_SETTINGS,
+};
+
+/// Whether `url` names a MySQL or MariaDB database (`mysql://` or `mariadb://`).
+pub fn is_mysql_url(url: &str) -> bool {
+    let lower = url.trim_start().to_ascii_lowercase();
+    lower.starts_with("mysql://") || lower.starts_with("mariadb://")
+}
 
 /// Whether `url` names a PostgreSQL database (`postgres://` or `postgresql://`).
 pub fn is_postgres_url(url: &str) -> bool {
     let lower = url.trim_start().to_ascii_lowercase();
     lower.starts_with("postgres://") || lower.starts_with("postgresql://")
+}
+
+/// A `mariadb://` URL as the `mysql://` URL Diesel's client connects with (the scheme is all
+/// that differs); any other URL as it is.
+pub fn mysql_url(url: &str) -> String {
+    let trimmed = url.trim_start();
+    match trimmed.get(..10) {
+        Some(scheme) if scheme.eq_ignore_ascii_case("mariadb://") => {
+            format!("mysql://{}", &trimmed[10..])
+        }
+        _ => url.to_owned(),
+    }
 }
 
 /// `url` with any password replaced by `***`, for error messages and logs.
@@ -260,6 +287,9 @@ pub enum DatabaseUrl {
     Sqlite(String),
     /// A PostgreSQL database; the string is the URL libpq connects to.
     Postgres(String),
+    /// A MySQL or MariaDB database (feature `mysql`); the string is the `mysql://` URL the
+    /// client library connects to (a `mariadb://` URL is accepted and rewritten to it).
+    Mysql(String),
 }
 
 impl std::str::FromStr for DatabaseUrl {
@@ -271,6 +301,11 @@ impl std::str::FromStr for DatabaseUrl {
 }
 
 impl DatabaseUrl {
+    /// Whether it names a MySQL or MariaDB database.
+    pub fn is_mysql(&self) -> bool {
+        matches!(self, DatabaseUrl::Mysql(_))
+    }
+
     /// Whether it names a PostgreSQL database.
     pub fn is_postgres(&self) -> bool {
         matches!(self, DatabaseUrl::Postgres(_))
@@ -295,6 +330,14 @@ impl DatabaseUrl {
             }
             return Err(invalid(
                 "PostgreSQL is not supported by this build (feature `postgres` is off)",
+            ));
+        }
+        if is_mysql_url(url) {
+            if cfg!(feature = "mysql") {
+                return Ok(DatabaseUrl::Mysql(mysql_url(url)));
+            }
+            return Err(invalid(
+                "MySQL / MariaDB is not supported by this build (feature `mysql` is off)",
             ));
         }
         let path = url

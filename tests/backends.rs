@@ -28,6 +28,8 @@ pub struct Backend<C> {
 enum Db {
     Sqlite(TestDb),
     Postgres(PgTestDb),
+    #[cfg(feature = "mysql")]
+    Mysql(crate::mysql_backend::MyTestDb),
 }
 
 impl Backend<SqliteConnection> {
@@ -49,16 +51,38 @@ impl Backend<PgConnection> {
     }
 }
 
+#[cfg(feature = "mysql")]
+impl Backend<diesel::MysqlConnection> {
+    /// `None` (after saying so on stderr) when no MySQL / MariaDB server is configured.
+    pub fn mysql(test: &str) -> Option<Self> {
+        crate::mysql_backend::MyTestDb::new(test).map(|db| Backend {
+            db: Db::Mysql(db),
+            _conn: PhantomData,
+        })
+    }
+}
+
 impl<C: TestConn> Backend<C> {
     pub fn url(&self) -> String {
         match &self.db {
             Db::Sqlite(db) => db.url(),
             Db::Postgres(db) => db.url.clone(),
+            #[cfg(feature = "mysql")]
+            Db::Mysql(db) => db.url.clone(),
         }
     }
 
     pub fn is_postgres(&self) -> bool {
         matches!(self.db, Db::Postgres(_))
+    }
+
+    /// Whether this is the MySQL / MariaDB variant.
+    #[allow(dead_code)]
+    pub fn is_mysql(&self) -> bool {
+        #[cfg(feature = "mysql")]
+        return matches!(self.db, Db::Mysql(_));
+        #[cfg(not(feature = "mysql"))]
+        false
     }
 
     pub fn queue(&self) -> Queue<C> {
@@ -192,61 +216,9 @@ impl TestConn for PgConnection {
     }
 }
 
-/// The server URL tests create their databases on: `JOBDB_TEST_POSTGRES_URL`, else a
-/// postgres `DATABASE_URL`, else a Docker container (when a Docker engine answers).
+/// The server URL tests create their PostgreSQL databases on (see `crate::containers`).
 pub fn postgres_server_url() -> Option<String> {
-    std::env::var("JOBDB_TEST_POSTGRES_URL")
-        .ok()
-        .or_else(|| std::env::var("DATABASE_URL").ok())
-        .filter(|u| u.starts_with("postgres://") || u.starts_with("postgresql://"))
-        .or_else(docker_postgres)
-}
-
-/// The fallback for machines with Docker and no configured server: one container,
-/// `jobdb-test-postgres` (postgres:17-alpine, trust auth, a random local port), started on
-/// first use and reused by later runs; `docker rm -f jobdb-test-postgres` removes it. Uses the
-/// docker CLI rather than the testcontainers crate (no async runtime in the test build).
-/// Not exercised on our CI machine, which has no Docker engine.
-fn docker_postgres() -> Option<String> {
-    static URL: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    URL.get_or_init(|| {
-        let docker = |args: &[&str]| {
-            std::process::Command::new("docker")
-                .args(args)
-                .output()
-                .ok()
-                .filter(|o| o.status.success())
-                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        };
-        docker(&["info", "--format", "{{.ServerVersion}}"])?;
-        const NAME: &str = "jobdb-test-postgres";
-        if docker(&["start", NAME]).is_none() {
-            docker(&[
-                "run",
-                "-d",
-                "--name",
-                NAME,
-                "-e",
-                "POSTGRES_HOST_AUTH_METHOD=trust",
-                "-p",
-                "127.0.0.1::5432",
-                "postgres:17-alpine",
-            ])?;
-        }
-        let port = docker(&["port", NAME, "5432"])?;
-        let port = port.lines().next()?.rsplit(':').next()?.to_owned();
-        let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        while PgConnection::establish(&url).is_err() {
-            if std::time::Instant::now() > deadline {
-                eprintln!("the {NAME} container did not accept connections within 60 s");
-                return None;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(500));
-        }
-        Some(url)
-    })
-    .clone()
+    crate::containers::server_url(&crate::containers::POSTGRES)
 }
 
 /// A database of its own on the test server, dropped when this is dropped.
@@ -309,10 +281,30 @@ macro_rules! loud {
 }
 pub(crate) use loud;
 
-/// Declares each listed `fn name(b: &Backend)` as two tests, `sqlite::name` and
-/// `postgres::name`.
+/// Declares each listed `fn name(b: &Backend)` as a test per backend: `sqlite::name`,
+/// `postgres::name` and (feature `mysql`) `mysql::name`.
 #[macro_export]
 macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        $crate::on_sqlite_and_postgres!($($name),*);
+        #[cfg(feature = "mysql")]
+        mod mysql {
+            $(
+                #[test]
+                fn $name() {
+                    if let Some(b) = $crate::backends::Backend::mysql(stringify!($name)) {
+                        super::$name(&b);
+                    }
+                }
+            )*
+        }
+    };
+}
+
+/// As [`on_both_backends`], without the MySQL variant (for cases about a feature MySQL does
+/// not have, such as LISTEN).
+#[macro_export]
+macro_rules! on_sqlite_and_postgres {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
             $(

@@ -14,6 +14,7 @@ mod cli_ops;
 mod common;
 mod concurrency;
 mod conformance;
+mod containers;
 mod copy;
 mod cross_process;
 mod dashboard;
@@ -26,6 +27,10 @@ mod history;
 mod interleave;
 mod lifecycle;
 mod list_pages;
+#[cfg(feature = "mysql")]
+mod mysql;
+#[cfg(feature = "mysql")]
+mod mysql_backend;
 mod options;
 mod peer;
 mod pg_restart;

@@ -81,14 +81,19 @@ pub trait AppConnection: QueueConnection {
 
 macro_rules! app_connection {
     ($conn:ty, $ddl:expr) => {
+        app_connection!($conn, $ddl, |conn: &mut $conn, post: &NewPost| {
+            diesel::insert_into(posts::table)
+                .values((posts::title.eq(&post.title), posts::body.eq(&post.body)))
+                .returning(posts::id)
+                .get_result(conn)
+        });
+    };
+    ($conn:ty, $ddl:expr, $insert:expr) => {
         impl AppConnection for $conn {
             const POSTS_DDL: &'static str = $ddl;
 
             fn insert_post(&mut self, post: &NewPost) -> QueryResult<i64> {
-                diesel::insert_into(posts::table)
-                    .values((posts::title.eq(&post.title), posts::body.eq(&post.body)))
-                    .returning(posts::id)
-                    .get_result(self)
+                $insert(self, post)
             }
 
             fn set_published(&mut self, id: i64) -> QueryResult<usize> {
@@ -117,6 +122,24 @@ app_connection!(
     diesel::PgConnection,
     "CREATE TABLE IF NOT EXISTS posts (id BIGSERIAL PRIMARY KEY, title TEXT NOT NULL, body \
      TEXT NOT NULL, published BOOLEAN NOT NULL DEFAULT FALSE)"
+);
+
+// MySQL has no INSERT … RETURNING: the id is the connection's LAST_INSERT_ID(), read in the
+// same transaction.
+#[cfg(feature = "mysql")]
+app_connection!(
+    diesel::MysqlConnection,
+    "CREATE TABLE IF NOT EXISTS posts (id BIGINT AUTO_INCREMENT PRIMARY KEY, title TEXT NOT \
+     NULL, body TEXT NOT NULL, published BOOLEAN NOT NULL DEFAULT FALSE)",
+    |conn: &mut diesel::MysqlConnection, post: &NewPost| {
+        diesel::insert_into(posts::table)
+            .values((posts::title.eq(&post.title), posts::body.eq(&post.body)))
+            .execute(conn)?;
+        diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(
+            "LAST_INSERT_ID()",
+        ))
+        .get_result(conn)
+    }
 );
 
 /// Creates the app's table (jobdb's own tables come from its migrations when it opens).

@@ -25,6 +25,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let bind = std::env::var("BIND").unwrap_or_else(|_| "127.0.0.1:3000".into());
     match DatabaseUrl::parse(&url)? {
         DatabaseUrl::Postgres(_) => serve::<diesel::PgConnection>(&url, &bind).await,
+        #[cfg(feature = "mysql")]
+        DatabaseUrl::Mysql(_) => serve::<diesel::MysqlConnection>(&url, &bind).await,
         _ => serve::<diesel::SqliteConnection>(&url, &bind).await,
     }
 }

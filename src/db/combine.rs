@@ -71,7 +71,13 @@ pub(crate) fn heal<C: QueueConnection>(conn: &mut C, err: &Error, reconnect: Opt
     let Some(url) = reconnect.filter(|_| err.is_connection_lost()) else {
         return;
     };
-    match C::establish(url) {
+    let fresh = C::establish(&crate::pool::mysql_url(url))
+        .map_err(|source| Error::Connection {
+            url: crate::pool::redact(url),
+            source,
+        })
+        .and_then(|mut fresh| fresh.prepare_session().map(|()| fresh));
+    match fresh {
         Ok(fresh) => {
             *conn = fresh;
             tracing::warn!(error = %err, "database connection lost; reconnected");

@@ -28,6 +28,7 @@ pub(crate) mod async_calls;
 pub(crate) mod checkpoint;
 pub(crate) mod combine;
 pub(crate) mod gate;
+mod mysql;
 mod postgres;
 mod sqlite;
 pub(crate) mod wal_sync;

@@ -16,7 +16,7 @@ use crate::pool::{build_pool, run_migrations, Config, SqlitePool};
 
 impl DbBackend for SqliteConnection {
     fn accepts(url: &str) -> bool {
-        !crate::pool::is_postgres_url(url)
+        !crate::pool::is_postgres_url(url) && !crate::pool::is_mysql_url(url)
     }
 
     fn build_pool(url: &str, config: &Config) -> Result<Pool<Self>> {

@@ -123,6 +123,13 @@ pub(crate) trait JobDriver: Connection + Send + 'static {
     fn write_transaction<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T>;
     /// Whether a transaction is open (or left in error).
     fn in_transaction(&mut self) -> bool;
+    /// Applies the session settings the pool's customizer applies to each new connection
+    /// (MySQL's isolation level, PostgreSQL's message language), to one the handle opened
+    /// itself to replace a connection the server dropped. Nothing on SQLite, whose writer
+    /// and pool settings are applied where those connections are made.
+    fn prepare_session(&mut self) -> Result<()> {
+        Ok(())
+    }
     /// Whether the next commits on this connection wait for the disk (SQLite's `synchronous`
     /// FULL or NORMAL; see [`crate::Synchronous::Durable`]). Called outside a transaction.
     /// Servers decide durability themselves: a no-op there.
@@ -442,6 +449,8 @@ where
     }
 }
 
+#[cfg(feature = "mysql")]
+pub(crate) mod mysql;
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;
 pub(crate) mod sqlite;

@@ -49,11 +49,16 @@ struct EnglishMessages;
 
 impl r2d2::CustomizeConnection<PgConnection, diesel::r2d2::Error> for EnglishMessages {
     fn on_acquire(&self, conn: &mut PgConnection) -> std::result::Result<(), diesel::r2d2::Error> {
-        use diesel::connection::SimpleConnection;
-        if let Err(e) = conn.batch_execute("SET lc_messages TO 'C'") {
-            tracing::debug!(error = %e, "lc_messages stays the server's: error texts may be translated");
-        }
+        english_messages(conn);
         Ok(())
+    }
+}
+
+/// `SET lc_messages = 'C'` where the role may (see [`build_postgres_pool`]).
+pub(crate) fn english_messages(conn: &mut PgConnection) {
+    use diesel::connection::SimpleConnection;
+    if let Err(e) = conn.batch_execute("SET lc_messages TO 'C'") {
+        tracing::debug!(error = %e, "lc_messages stays the server's: error texts may be translated");
     }
 }
 

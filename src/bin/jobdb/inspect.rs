@@ -68,7 +68,11 @@ pub fn print_job<C: QueueConnection>(queue: &Queue<C>, id: i64, json: bool) -> R
 pub fn doctor(url: &str, json: bool) -> Result<()> {
     #[cfg(feature = "postgres")]
     if jobdb::pool::is_postgres_url(url) {
-        return doctor_postgres(url, json);
+        return doctor_server("postgresql", jobdb::doctor::diagnose_postgres(url)?, json);
+    }
+    #[cfg(feature = "mysql")]
+    if jobdb::pool::is_mysql_url(url) {
+        return doctor_server("mysql", jobdb::doctor::diagnose_mysql(url)?, json);
     }
     let d = jobdb::doctor::diagnose(url, &Config::from_env()?)?;
     if json {
@@ -105,13 +109,13 @@ pub fn doctor(url: &str, json: bool) -> Result<()> {
     }
 }
 
-#[cfg(feature = "postgres")]
-fn doctor_postgres(url: &str, json: bool) -> Result<()> {
-    let d = jobdb::doctor::diagnose_postgres(url)?;
+/// A database server's report (PostgreSQL or MySQL), printed; an error if a check failed.
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+fn doctor_server(kind: &str, d: jobdb::doctor::PgDiagnosis, json: bool) -> Result<()> {
     if json {
         println!("{}", serde_json::to_string(&d)?);
     } else {
-        println!("postgresql {}", d.server_version);
+        println!("{kind} {}", d.server_version);
         for c in &d.checks {
             let mark = if c.ok { "ok  " } else { "FAIL" };
             println!(

@@ -364,6 +364,7 @@ fn run(cli: Cli, url_given: bool) -> Result<()> {
             // no TRUNCATE holding their writers back) of its own, unless asked for; its own
             // rare writes checkpoint as SQLite does by default, at commit.
             if !jobdb::pool::is_postgres_url(url)
+                && !jobdb::pool::is_mysql_url(url)
                 && std::env::var_os("JOBDB_CHECKPOINT_EVERY_MS").is_none()
             {
                 config.sqlite.checkpoint_every = None;

@@ -175,6 +175,12 @@ impl JobDriver for PgConnection {
         crate::driver::in_transaction(self)
     }
 
+    /// `lc_messages = 'C'` where the role may, as the pool's customizer sets it.
+    fn prepare_session(&mut self) -> Result<()> {
+        crate::pool::english_messages(self);
+        Ok(())
+    }
+
     /// Outside a transaction the statement alone (it commits by itself, saving the BEGIN and
     /// COMMIT round trips); inside one, a savepoint.
     fn atomic_write<T>(&mut self, f: impl FnOnce(&mut PgConnection) -> Result<T>) -> Result<T> {

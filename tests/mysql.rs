@@ -1,0 +1,178 @@
+//! MySQL / MariaDB through the real binary (feature `mysql`): four `jobdb work` processes of
+//! four workers each run 2,000 jobs, each exactly once with its own output; and the same run
+//! with the server restarted in the middle (`#[ignore]`d: it restarts the machine's server, so
+//! `.ci/run` runs it alone), which must lose and duplicate nothing.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::mysql_backend::MyTestDb;
+
+fn jobdb(url: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_jobdb"));
+    cmd.arg("--database-url")
+        .arg(url)
+        .env_remove("DATABASE_URL")
+        .env_remove("RUST_LOG");
+    cmd
+}
+
+/// Enqueues 2,000 jobs through the CLI, runs 4 × 4 workers (`cat` echoes each payload), calls
+/// `meanwhile` once a tenth of them succeeded, and checks that every job succeeded once with
+/// its own payload as its output.
+fn four_by_four(test: &str, meanwhile: impl FnOnce()) {
+    let Some(db) = MyTestDb::new(test) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("jobs.ndjson");
+    let lines: String = (0..2000).map(|i| format!("{{\"n\":{i}}}\n")).collect();
+    std::fs::write(&file, lines).unwrap();
+    let out = jobdb(&db.url)
+        .args(["enqueue", "--file"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let workers: Vec<Child> = (0..4)
+        .map(|_| {
+            jobdb(&db.url)
+                .args([
+                    "work",
+                    "--concurrency",
+                    "4",
+                    "--lease",
+                    "5s",
+                    "--exit-when-empty",
+                ])
+                .args(["--exec", "sleep 0.005; cat"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    {
+        let queue = jobdb::MysqlQueue::open(&db.url, jobdb::Config::default()).unwrap();
+        let started = Instant::now();
+        while queue.stats(None).unwrap().total.succeeded < 200 {
+            assert!(started.elapsed() < Duration::from_secs(60), "no progress");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let t0 = Instant::now();
+    meanwhile();
+    let t1 = t0.elapsed();
+    for w in workers {
+        let out = w.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "worker failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    crate::backends::loud!(
+        "{test}: 4 x 4 workers, 2000 jobs: the event took {t1:.1?}, the rest of the run {:.1?}",
+        t0.elapsed() - t1
+    );
+    let queue = jobdb::MysqlQueue::open(&db.url, jobdb::Config::default()).unwrap();
+    let audit = queue.audit("default").unwrap();
+    assert_eq!(
+        (audit.jobs, audit.not_succeeded, audit.duplicated),
+        (2000, 0, 0),
+        "every job succeeded exactly once"
+    );
+    // Each output is its own payload: the right result went to the right job.
+    for id in 1..=2000 {
+        let job = queue.get_job(id).unwrap();
+        let r = queue.get_results(job.id).unwrap();
+        let ok: Vec<_> = r
+            .iter()
+            .filter(|r| r.outcome == jobdb::Outcome::Succeeded)
+            .collect();
+        assert_eq!(ok.len(), 1, "job {}: {r:?}", job.id);
+        assert_eq!(
+            ok[0].output_json.as_deref(),
+            Some(job.payload_json.as_str())
+        );
+    }
+}
+
+#[test]
+fn four_worker_processes_on_mysql_run_every_job_exactly_once_with_its_output() {
+    four_by_four("four_worker_processes_on_mysql", || {});
+}
+
+#[test]
+#[ignore = "restarts the MariaDB server; run alone (see .ci/run)"]
+fn mysql_restart_mid_run_loses_and_duplicates_nothing() {
+    four_by_four("mysql_restart", || {
+        let restarted = Command::new("bash")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/mariadb.sh"))
+            .arg("restart")
+            .status()
+            .unwrap();
+        assert!(restarted.success(), "scripts/mariadb.sh restart failed");
+    });
+}
+
+/// Two transactions through the handle lock two rows in opposite orders: InnoDB kills one
+/// with ER_LOCK_DEADLOCK (1213), and the handle re-runs that whole transaction, so both
+/// commit and each of their writes lands exactly once.
+#[test]
+fn a_deadlock_is_retried_as_a_whole_transaction() {
+    use diesel::prelude::*;
+    use diesel::sql_types::BigInt;
+    use std::sync::{Arc, Barrier};
+    let Some(db) = MyTestDb::new("mysql_deadlock") else {
+        return;
+    };
+    let q = jobdb::MysqlQueue::open(&db.url, jobdb::Config::default()).unwrap();
+    let a = q.enqueue(&jobdb::NewJob::new("d", &1).unwrap()).unwrap();
+    let b = q.enqueue(&jobdb::NewJob::new("d", &2).unwrap()).unwrap();
+    let barrier = Arc::new(Barrier::new(2));
+    let bump = |conn: &mut diesel::MysqlConnection, id: i64| -> jobdb::Result<()> {
+        diesel::sql_query("UPDATE jobs SET priority = priority + 1 WHERE id = ?")
+            .bind::<BigInt, _>(id)
+            .execute(conn)?;
+        Ok(())
+    };
+    let run = |first: i64, second: i64| {
+        let (q, barrier) = (q.clone(), barrier.clone());
+        std::thread::spawn(move || {
+            let mut tries = 0;
+            q.db().write(move |conn| {
+                tries += 1;
+                bump(conn, first)?;
+                if tries == 1 {
+                    // Both hold their first row before either asks for its second.
+                    barrier.wait();
+                }
+                bump(conn, second)?;
+                Ok(tries)
+            })
+        })
+    };
+    let (one, two) = (run(a, b), run(b, a));
+    let tries = one.join().unwrap().unwrap() + two.join().unwrap().unwrap();
+    assert!(
+        tries >= 3,
+        "one of the two deadlocked and ran again ({tries} runs)"
+    );
+    assert!(
+        q.db().retry_stats().busy_retries >= 1,
+        "{:?}",
+        q.db().retry_stats()
+    );
+    for id in [a, b] {
+        assert_eq!(
+            q.get_job(id).unwrap().priority,
+            2,
+            "job {id}: two bumps, once each"
+        );
+    }
+}

@@ -1,0 +1,152 @@
+//! The MySQL / MariaDB test backend (feature `mysql`): a fresh database on the server named
+//! by `JOBDB_TEST_MYSQL_URL` (e.g. `mysql://root@127.0.0.1:3306/test`), dropped afterwards.
+//! Without a server the MySQL variants say SKIPPED on stderr; with `JOBDB_REQUIRE_MYSQL=1`
+//! (set by `.ci/run`) a missing server fails them instead. Where no URL is configured and a
+//! Docker engine answers, a container is the fallback (see `crate::containers`).
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Datetime, Integer, Text};
+use diesel::MysqlConnection;
+
+use crate::backends::TestConn;
+
+/// The server URL tests create their databases on.
+pub fn mysql_server_url() -> Option<String> {
+    crate::containers::server_url(&crate::containers::MARIADB)
+}
+
+/// A database of its own on the test server, dropped when this is dropped.
+pub struct MyTestDb {
+    server: String,
+    name: String,
+    pub url: String,
+}
+
+impl MyTestDb {
+    pub fn new(test: &str) -> Option<MyTestDb> {
+        let Some(server) = mysql_server_url() else {
+            if std::env::var("JOBDB_REQUIRE_MYSQL").as_deref() == Ok("1") {
+                panic!("JOBDB_REQUIRE_MYSQL=1 but JOBDB_TEST_MYSQL_URL is not set (and no Docker engine answers)");
+            }
+            crate::backends::loud!(
+                "SKIPPED {test} on MySQL: no server (set JOBDB_TEST_MYSQL_URL=mysql://user@host:3306/db, \
+                 or run a Docker engine for the mariadb:11 fallback)"
+            );
+            return None;
+        };
+        static N: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "jobdb_t_{}_{}_{:04x}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed),
+            fastrand::u16(..)
+        );
+        let mut admin = MysqlConnection::establish(&server)
+            .unwrap_or_else(|e| panic!("cannot reach the test MySQL server: {e}"));
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .unwrap();
+        let url = match server.rsplit_once('/') {
+            Some((base, _db)) if base.contains("://") && !base.ends_with('/') => {
+                format!("{base}/{name}")
+            }
+            _ => panic!("JOBDB_TEST_MYSQL_URL needs a database path: {server}"),
+        };
+        Some(MyTestDb { server, name, url })
+    }
+}
+
+impl Drop for MyTestDb {
+    fn drop(&mut self) {
+        if let Ok(mut admin) = MysqlConnection::establish(&self.server) {
+            let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {}", self.name));
+        }
+    }
+}
+
+#[derive(QueryableByName)]
+struct N {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+#[derive(QueryableByName)]
+struct ResultRow {
+    #[diesel(sql_type = Integer)]
+    attempt: i32,
+    #[diesel(sql_type = Text)]
+    outcome: String,
+}
+
+impl TestConn for MysqlConnection {
+    fn prepare(&mut self) {
+        // The pool's session settings, so a test connection behaves as the queue's do.
+        self.batch_execute(
+            "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED; SET time_zone = '+00:00'",
+        )
+        .unwrap();
+    }
+    /// The suites' portable `CAST(x AS BIGINT)` is `CAST(x AS SIGNED)` in MySQL.
+    fn query_i64(&mut self, sql: &str) -> i64 {
+        let sql = sql.replace(" AS BIGINT)", " AS SIGNED)");
+        diesel::sql_query(sql).get_result::<N>(self).unwrap().n
+    }
+    fn set_running(&mut self, id: i64, attempt: i32, lease_expires_at: DateTime<Utc>) {
+        diesel::sql_query(
+            "UPDATE jobs SET state = 'running', attempts = ?, worker_id = 'factory', \
+             heartbeat_at = UTC_TIMESTAMP(6), lease_expires_at = ? WHERE id = ?",
+        )
+        .bind::<Integer, _>(attempt)
+        .bind::<Datetime, _>(lease_expires_at.naive_utc())
+        .bind::<BigInt, _>(id)
+        .execute(self)
+        .unwrap();
+    }
+    /// Another session of this database is waiting on a lock: InnoDB lists it as LOCK WAIT,
+    /// or (MariaDB, whose optimizer takes a primary-key row's lock while it plans, before the
+    /// transaction shows in `innodb_trx`) it has been executing one statement for two polls
+    /// 20 ms apart, which a single-row statement of these cases only does while blocked.
+    fn until_another_waits(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut seen = 0;
+        loop {
+            let waiting: N = diesel::sql_query(
+                "SELECT COUNT(*) AS n FROM information_schema.innodb_trx t \
+                 JOIN information_schema.processlist p ON p.id = t.trx_mysql_thread_id \
+                 WHERE t.trx_state = 'LOCK WAIT' AND p.db = DATABASE()",
+            )
+            .get_result(self)
+            .unwrap();
+            if waiting.n > 0 {
+                return;
+            }
+            let running: N = diesel::sql_query(
+                "SELECT COUNT(*) AS n FROM information_schema.processlist \
+                 WHERE db = DATABASE() AND id <> CONNECTION_ID() \
+                   AND command IN ('Query', 'Execute') AND info IS NOT NULL",
+            )
+            .get_result(self)
+            .unwrap();
+            seen = if running.n > 0 { seen + 1 } else { 0 };
+            if seen >= 2 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the other session never waited");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    fn results(&mut self, id: i64) -> Vec<(i32, String)> {
+        diesel::sql_query("SELECT attempt, outcome FROM results WHERE job_id = ? ORDER BY attempt")
+            .bind::<BigInt, _>(id)
+            .load::<ResultRow>(self)
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.attempt, r.outcome))
+            .collect()
+    }
+}
