@@ -85,7 +85,7 @@ impl<C: QueueConnection> Queue<C> {
         &self.db
     }
 
-    /// Which backend this queue is on: `"sqlite"` or `"postgres"`.
+    /// Which backend this queue is on: `"sqlite"`, `"postgres"` or `"mysql"`.
     pub fn backend(&self) -> &'static str {
         C::NAME
     }

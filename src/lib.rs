@@ -4,13 +4,14 @@
 //! many worker threads and processes share one database file, and callers never see
 //! `database is locked`: every write is a short `BEGIN IMMEDIATE` transaction, re-run whole
 //! with jittered backoff while the database is busy, up to a deadline ([`Error::Busy`]).
-//! PostgreSQL (feature `postgres`, on by default; a `postgres://` URL) gives the same API for
-//! workers on many machines.
+//! PostgreSQL (feature `postgres`, on by default; a `postgres://` URL) and MySQL / MariaDB
+//! (feature `mysql`, off by default; a `mysql://` URL) give the same API for workers on many
+//! machines.
 //!
 //! Three layers:
 //! - functions on your connection in [`queue`] ([`queue::enqueue`], [`queue::claim`],
 //!   [`queue::complete`], …) and [`manage`], generic over [`QueueConnection`]
-//!   (`SqliteConnection`, `PgConnection`; sealed: each backend's SQL is a crate-private
+//!   (`SqliteConnection`, `PgConnection`, `MysqlConnection`; sealed: each backend's SQL is a crate-private
 //!   driver), which join the caller's own Diesel transaction when one is open;
 //! - [`Db`], the persistence handle: an r2d2 pool with the backend's settings, the writer
 //!   (on SQLite all writes of a process go through one connection, and writes that arrive
@@ -18,7 +19,7 @@
 //!   PostgreSQL writes run in parallel), the busy-retry loop, the WAL checkpointer, metrics;
 //! - [`Queue`], the queue's operations on a `Db`, each one whole transaction re-run on busy.
 //!   Generic over the backend like sqlx's `Pool<DB>`: `Queue` is SQLite's, `Queue<PgConnection>`
-//!   ([`PgQueue`]) PostgreSQL's, and [`open_any`] picks one by the URL at run time.
+//!   ([`PgQueue`]) PostgreSQL's, `Queue<MysqlConnection>` (`MysqlQueue`) MySQL's, and [`open_any`] picks one by the URL at run time.
 //!
 //! ```no_run
 //! use jobdb::{Config, NewJob, Queue};

@@ -86,28 +86,67 @@ fn diesel_cli_runs_redoes_and_prints_the_committed_schema() {
 
 #[test]
 fn diesel_cli_runs_the_postgres_migrations_and_prints_the_committed_postgres_schema() {
-    if !diesel_available() {
-        assert!(
-            std::env::var("JOBDB_REQUIRE_DIESEL_CLI").is_err(),
-            "JOBDB_REQUIRE_DIESEL_CLI is set but the diesel CLI is not installed"
-        );
-        crate::backends::loud!(
-            "SKIPPED diesel_cli postgres test: the `diesel` CLI is not installed"
-        );
+    if !diesel_required_or_skip("postgres") {
         return;
     }
     let Some(db) = crate::backends::PgTestDb::new("diesel_cli postgres") else {
         return;
     };
+    server_cli(&db.url, "postgres");
+    // The embedded migrations agree: nothing pending, the queue works on the CLI's tables.
+    let queue = jobdb::PgQueue::open(&db.url, jobdb::Config::default()).unwrap();
+    assert!(queue.migrate().unwrap().is_empty());
+    let id = queue
+        .enqueue(&jobdb::NewJob::new("cli", &1).unwrap())
+        .unwrap();
+    assert_eq!(queue.get_job(id).unwrap().queue, "cli");
+}
+
+#[cfg(feature = "mysql")]
+#[test]
+fn diesel_cli_runs_the_mysql_migrations_and_prints_the_committed_mysql_schema() {
+    if !diesel_required_or_skip("mysql") {
+        return;
+    }
+    let Some(db) = crate::mysql_backend::MyTestDb::new("diesel_cli mysql") else {
+        return;
+    };
+    server_cli(&db.url, "mysql");
+    let queue = jobdb::MysqlQueue::open(&db.url, jobdb::Config::default()).unwrap();
+    assert!(queue.migrate().unwrap().is_empty());
+    let id = queue
+        .enqueue(&jobdb::NewJob::new("cli", &1).unwrap())
+        .unwrap();
+    assert_eq!(queue.get_job(id).unwrap().queue, "cli");
+}
+
+/// Whether the diesel CLI is there; when it is not, fails under `JOBDB_REQUIRE_DIESEL_CLI`,
+/// else says SKIPPED.
+fn diesel_required_or_skip(backend: &str) -> bool {
+    if diesel_available() {
+        return true;
+    }
+    assert!(
+        std::env::var("JOBDB_REQUIRE_DIESEL_CLI").is_err(),
+        "JOBDB_REQUIRE_DIESEL_CLI is set but the diesel CLI is not installed"
+    );
+    crate::backends::loud!("SKIPPED diesel_cli {backend} test: the `diesel` CLI is not installed");
+    false
+}
+
+/// `diesel migration run`, `migration redo --all` and `print-schema` on the server database
+/// at `url` with `diesel.<backend>.toml` (copied, so that the schema is written outside
+/// `src/`), and the printed schema compared with `src/schema_<backend>.rs`.
+fn server_cli(url: &str, backend: &str) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let dir = tempfile::tempdir().unwrap();
-    // A copy of diesel.postgres.toml that writes the schema elsewhere (never src/).
     let config = dir.path().join("diesel.toml");
-    let schema = dir.path().join("schema_postgres.rs");
-    let toml = std::fs::read_to_string(root.join("diesel.postgres.toml"))
+    let committed_file = format!("src/schema_{backend}.rs");
+    let schema = dir.path().join(format!("schema_{backend}.rs"));
+    let toml = std::fs::read_to_string(root.join(format!("diesel.{backend}.toml")))
         .unwrap()
         .replace(
-            "file = \"src/schema_postgres.rs\"",
+            &format!("file = {committed_file:?}"),
             &format!("file = {:?}", schema.to_str().unwrap()),
         );
     std::fs::write(&config, toml).unwrap();
@@ -115,13 +154,13 @@ fn diesel_cli_runs_the_postgres_migrations_and_prints_the_committed_postgres_sch
         let mut cmd = Command::new("diesel");
         cmd.args(args)
             .arg("--database-url")
-            .arg(&db.url)
+            .arg(url)
             .arg("--config-file")
             .arg(&config)
             .current_dir(root);
         if args[0] == "migration" {
             cmd.arg("--migration-dir")
-                .arg(root.join("migrations/postgres"));
+                .arg(root.join("migrations").join(backend));
         }
         let out = cmd.output().unwrap();
         assert!(
@@ -134,16 +173,9 @@ fn diesel_cli_runs_the_postgres_migrations_and_prints_the_committed_postgres_sch
     run(&["migration", "run"]);
     run(&["migration", "redo", "--all"]);
     let printed = run(&["print-schema"]);
-    let committed = std::fs::read_to_string(root.join("src/schema_postgres.rs")).unwrap();
+    let committed = std::fs::read_to_string(root.join(&committed_file)).unwrap();
     assert_eq!(
         printed, committed,
-        "src/schema_postgres.rs differs from `diesel print-schema`"
+        "{committed_file} differs from `diesel print-schema`"
     );
-    // The embedded migrations agree: nothing pending, the queue works on the CLI's tables.
-    let queue = jobdb::PgQueue::open(&db.url, jobdb::Config::default()).unwrap();
-    assert!(queue.migrate().unwrap().is_empty());
-    let id = queue
-        .enqueue(&jobdb::NewJob::new("cli", &1).unwrap())
-        .unwrap();
-    assert_eq!(queue.get_job(id).unwrap().queue, "cli");
 }

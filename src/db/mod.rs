@@ -234,7 +234,7 @@ impl<C: QueueConnection> Db<C> {
         Ok(db)
     }
 
-    /// `"sqlite"` or `"postgres"`.
+    /// `"sqlite"`, `"postgres"` or `"mysql"`.
     pub fn backend(&self) -> &'static str {
         C::NAME
     }

@@ -117,7 +117,7 @@ pub(crate) trait JobDriver: Connection + Send + 'static {
     /// (SQLite: one writer at a time anyway) or runs them in parallel on pooled connections
     /// (PostgreSQL).
     const GROUP_COMMIT: bool;
-    /// `"sqlite"` or `"postgres"`.
+    /// `"sqlite"`, `"postgres"` or `"mysql"`.
     const NAME: &'static str;
     /// Runs `f` as one write transaction (a savepoint inside an open one).
     fn write_transaction<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T>;

@@ -96,7 +96,7 @@ pub(crate) struct PhaseReport {
 /// The final report (`--json` prints it as one object).
 #[derive(Debug, Serialize)]
 pub struct BenchReport {
-    /// "sqlite" or "postgres".
+    /// "sqlite", "postgres" or "mysql".
     pub backend: &'static str,
     /// Jobs processed.
     pub jobs: usize,
@@ -863,8 +863,5 @@ fn peak_rss_kib() -> u64 {
 
 /// The URL without its password, for the report.
 fn redacted(url: &str) -> String {
-    #[cfg(feature = "postgres")]
-    return jobdb::pool::redact(url);
-    #[cfg(not(feature = "postgres"))]
-    url.to_owned()
+    jobdb::pool::redact(url)
 }

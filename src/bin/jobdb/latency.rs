@@ -31,7 +31,7 @@ struct Pickups {
 /// The figures `--latency` reports.
 #[derive(Debug, Serialize)]
 pub struct LatencyReport {
-    /// "sqlite" or "postgres".
+    /// "sqlite", "postgres" or "mysql".
     pub backend: &'static str,
     /// Jobs measured.
     pub jobs: usize,

@@ -1,6 +1,7 @@
 //! Set-based statements on MySQL / MariaDB: the leases travel as one JSON array read by
 //! `JSON_TABLE`; the rows still held are locked with one fenced `SELECT … FOR UPDATE` (in id
-//! order), then changed by id, so what is returned is exactly what was changed.
+//! order), then changed by id, so what is returned is exactly what was changed. Each runs in
+//! a transaction of its own (a savepoint inside the caller's).
 
 use chrono::NaiveDateTime;
 use diesel::mysql::MysqlConnection;
@@ -50,24 +51,26 @@ impl BatchDriver for MysqlConnection {
         now: NaiveDateTime,
         lease_expires_at: NaiveDateTime,
     ) -> Result<Vec<(Lease, bool)>> {
-        if leases.is_empty() {
-            return Ok(Vec::new());
-        }
-        let held = lock_held(self, leases, false)?;
-        if held.is_empty() {
-            return Ok(Vec::new());
-        }
-        let ids: Vec<i64> = held.iter().map(|r| r.id).collect();
-        diesel::sql_query(format!(
-            "UPDATE jobs SET heartbeat_at = ?, lease_expires_at = ?, updated_at = ? \
-             WHERE id IN {}",
-            id_list(&ids)
-        ))
-        .bind::<Datetime, _>(now)
-        .bind::<Datetime, _>(lease_expires_at)
-        .bind::<Datetime, _>(now)
-        .execute(self)?;
-        Ok(held.iter().map(|r| (r.lease(), r.cancel != 0)).collect())
+        self.transaction(|conn| {
+            if leases.is_empty() {
+                return Ok(Vec::new());
+            }
+            let held = lock_held(conn, leases, false)?;
+            if held.is_empty() {
+                return Ok(Vec::new());
+            }
+            let ids: Vec<i64> = held.iter().map(|r| r.id).collect();
+            diesel::sql_query(format!(
+                "UPDATE jobs SET heartbeat_at = ?, lease_expires_at = ?, updated_at = ? \
+                 WHERE id IN {}",
+                id_list(&ids)
+            ))
+            .bind::<Datetime, _>(now)
+            .bind::<Datetime, _>(lease_expires_at)
+            .bind::<Datetime, _>(now)
+            .execute(conn)?;
+            Ok(held.iter().map(|r| (r.lease(), r.cancel != 0)).collect())
+        })
     }
 
     /// Stores progress on many running jobs, each only while its lease holds: one fenced
@@ -76,48 +79,52 @@ impl BatchDriver for MysqlConnection {
     /// progress value may be nested up to jobdb's 128. Progress is written at most once a
     /// second per job, so the sets are small.)
     fn progress_set(&mut self, items: &[(Lease, &str)], now: NaiveDateTime) -> Result<Vec<Lease>> {
-        let mut stored: Vec<Lease> = Vec::with_capacity(items.len());
-        for (i, (lease, value)) in items.iter().enumerate() {
-            if items[i + 1..].iter().any(|(later, _)| later == lease) {
-                continue;
+        self.transaction(|conn| {
+            let mut stored: Vec<Lease> = Vec::with_capacity(items.len());
+            for (i, (lease, value)) in items.iter().enumerate() {
+                if items[i + 1..].iter().any(|(later, _)| later == lease) {
+                    continue;
+                }
+                let changed = cached(
+                    "UPDATE jobs SET progress = ?, updated_at = ? \
+                     WHERE id = ? AND state = 'running' AND attempts = ?",
+                    (
+                        bind::<Text, _>(*value),
+                        bind::<Datetime, _>(now),
+                        bind::<diesel::sql_types::BigInt, _>(lease.job_id),
+                        bind::<diesel::sql_types::Integer, _>(lease.attempt),
+                    ),
+                )
+                .execute(conn)?;
+                if changed == 1 {
+                    stored.push(*lease);
+                }
             }
-            let changed = cached(
-                "UPDATE jobs SET progress = ?, updated_at = ? \
-                 WHERE id = ? AND state = 'running' AND attempts = ?",
-                (
-                    bind::<Text, _>(*value),
-                    bind::<Datetime, _>(now),
-                    bind::<diesel::sql_types::BigInt, _>(lease.job_id),
-                    bind::<diesel::sql_types::Integer, _>(lease.attempt),
-                ),
-            )
-            .execute(self)?;
-            if changed == 1 {
-                stored.push(*lease);
-            }
-        }
-        Ok(stored)
+            Ok(stored)
+        })
     }
 
     /// Marks many jobs succeeded, each only if its lease is still ours and no cancel was
     /// requested; returns the leases marked.
     fn succeed_set(&mut self, leases: &[Lease], now: NaiveDateTime) -> Result<Vec<Lease>> {
-        if leases.is_empty() {
-            return Ok(Vec::new());
-        }
-        let held = lock_held(self, leases, true)?;
-        if held.is_empty() {
-            return Ok(Vec::new());
-        }
-        let ids: Vec<i64> = held.iter().map(|r| r.id).collect();
-        diesel::sql_query(format!(
-            "UPDATE jobs SET state = 'succeeded', lease_expires_at = NULL, updated_at = ?, \
-               last_error = NULL WHERE id IN {}",
-            id_list(&ids)
-        ))
-        .bind::<Datetime, _>(now)
-        .execute(self)?;
-        Ok(held.iter().map(LeaseRow::lease).collect())
+        self.transaction(|conn| {
+            if leases.is_empty() {
+                return Ok(Vec::new());
+            }
+            let held = lock_held(conn, leases, true)?;
+            if held.is_empty() {
+                return Ok(Vec::new());
+            }
+            let ids: Vec<i64> = held.iter().map(|r| r.id).collect();
+            diesel::sql_query(format!(
+                "UPDATE jobs SET state = 'succeeded', lease_expires_at = NULL, updated_at = ?, \
+                   last_error = NULL WHERE id IN {}",
+                id_list(&ids)
+            ))
+            .bind::<Datetime, _>(now)
+            .execute(conn)?;
+            Ok(held.iter().map(LeaseRow::lease).collect())
+        })
     }
 
     /// Inserts many succeeded results rows in one statement, each with its job's lease holder
@@ -165,39 +172,41 @@ impl BatchDriver for MysqlConnection {
     /// otherwise leave a running job with a stray failed row (the race PostgreSQL's driver
     /// closes with one statement). Here the locked rows are exactly the ones changed.
     fn reap_ids(&mut self, ids: &[i64], error: &str, now: NaiveDateTime) -> Result<usize> {
-        if ids.is_empty() {
-            return Ok(0);
-        }
-        let expired: Vec<Id> = diesel::sql_query(format!(
-            "SELECT id FROM jobs WHERE id IN {} AND state = 'running' AND lease_expires_at < ? \
-             ORDER BY id FOR UPDATE",
-            id_list(ids)
-        ))
-        .bind::<Datetime, _>(now)
-        .load(self)?;
-        if expired.is_empty() {
-            return Ok(0);
-        }
-        let locked = id_list(&expired.iter().map(|r| r.id).collect::<Vec<_>>());
-        diesel::sql_query(format!(
-            "INSERT INTO results (job_id, attempt, outcome, output, error, created_at, duration_ms, \
-                                  worker_id) \
-             SELECT id, attempts, 'failed', NULL, ?, ?, 0, worker_id FROM jobs WHERE id IN {locked}"
-        ))
-        .bind::<Text, _>(error)
-        .bind::<Datetime, _>(now)
-        .execute(self)?;
-        Ok(diesel::sql_query(format!(
-            "UPDATE jobs SET \
-               state = CASE WHEN cancel_requested_at IS NOT NULL THEN 'cancelled' \
-                            WHEN attempts - attempt_base >= max_attempts THEN 'dead' \
-                            ELSE 'queued' END, \
-               run_at = ?, last_error = ?, lease_expires_at = NULL, updated_at = ? \
-             WHERE id IN {locked}"
-        ))
-        .bind::<Datetime, _>(now)
-        .bind::<Text, _>(error)
-        .bind::<Datetime, _>(now)
-        .execute(self)?)
+        self.transaction(|conn| {
+            if ids.is_empty() {
+                return Ok(0);
+            }
+            let expired: Vec<Id> = diesel::sql_query(format!(
+                "SELECT id FROM jobs WHERE id IN {} AND state = 'running' AND lease_expires_at < ? \
+                 ORDER BY id FOR UPDATE",
+                id_list(ids)
+            ))
+            .bind::<Datetime, _>(now)
+            .load(conn)?;
+            if expired.is_empty() {
+                return Ok(0);
+            }
+            let locked = id_list(&expired.iter().map(|r| r.id).collect::<Vec<_>>());
+            diesel::sql_query(format!(
+                "INSERT INTO results (job_id, attempt, outcome, output, error, created_at, duration_ms, \
+                                      worker_id) \
+                 SELECT id, attempts, 'failed', NULL, ?, ?, 0, worker_id FROM jobs WHERE id IN {locked}"
+            ))
+            .bind::<Text, _>(error)
+            .bind::<Datetime, _>(now)
+            .execute(conn)?;
+            Ok(diesel::sql_query(format!(
+                "UPDATE jobs SET \
+                   state = CASE WHEN cancel_requested_at IS NOT NULL THEN 'cancelled' \
+                                WHEN attempts - attempt_base >= max_attempts THEN 'dead' \
+                                ELSE 'queued' END, \
+                   run_at = ?, last_error = ?, lease_expires_at = NULL, updated_at = ? \
+                 WHERE id IN {locked}"
+            ))
+            .bind::<Datetime, _>(now)
+            .bind::<Text, _>(error)
+            .bind::<Datetime, _>(now)
+            .execute(conn)?)
+        })
     }
 }

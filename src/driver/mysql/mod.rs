@@ -9,8 +9,9 @@
 //!   LOCKED`, then `UPDATE … WHERE id IN (…)`, then the rows read back: all inside ONE
 //!   transaction, so no other claimer can take a job between the pick and the update (the
 //!   race fang's MySQL path has, whose pick runs outside the transaction).
-//! - Every write therefore runs inside a transaction (`atomic_write` is one, unlike
-//!   PostgreSQL's bare statement). Sessions are READ COMMITTED (see
+//! - Those writes therefore run in a transaction of their own (a savepoint inside the
+//!   caller's); a write that is one statement (a heartbeat's fenced UPDATE, a release, a
+//!   cancel) runs alone in autocommit, as on PostgreSQL. Sessions are READ COMMITTED (see
 //!   `pool/mysql.rs`): no gap locks, so claims never block enqueues.
 //! - Columns are DATETIME(6) holding UTC, bound and read as UTC `NaiveDateTime`s; JSON is
 //!   LONGTEXT, checked by jobdb before it is written (see the migration for why).
@@ -137,6 +138,117 @@ fn insert_jobs(
     Ok(ids)
 }
 
+/// The claim's statements, inside its transaction: pick due jobs in (priority, run_at, id)
+/// order, skipping rows other claimers hold (the paused-queue subquery is a plain consistent
+/// read, which InnoDB does not lock even inside a locking read: a pause or resume in flight
+/// neither blocks nor is skipped), mark them running with a new attempt and lease, read them
+/// back.
+fn claim_in_transaction(conn: &mut MysqlConnection, p: &ClaimParams<'_>) -> Result<Vec<JobRow>> {
+    let ClaimParams {
+        queue,
+        limit,
+        worker_id,
+        now,
+        lease_expires_at,
+    } = *p;
+    let picked: Vec<Id> = cached(
+        "SELECT id FROM jobs WHERE queue = ? AND state = 'queued' AND run_at <= ? \
+           AND NOT EXISTS (SELECT 1 FROM paused_queues p WHERE p.queue = ?) \
+         ORDER BY priority, run_at, id LIMIT ? FOR UPDATE SKIP LOCKED",
+        (
+            bind::<Text, _>(queue),
+            bind::<Datetime, _>(now),
+            bind::<Text, _>(queue),
+            bind::<BigInt, _>(i64::from(limit)),
+        ),
+    )
+    .load(conn)?;
+    if picked.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<i64> = picked.iter().map(|r| r.id).collect();
+    let list = id_list(&ids);
+    diesel::sql_query(format!(
+        "UPDATE jobs SET state = 'running', attempts = attempts + 1, worker_id = ?, \
+           heartbeat_at = ?, lease_expires_at = ?, updated_at = ? WHERE id IN {list}"
+    ))
+    .bind::<Text, _>(worker_id)
+    .bind::<Datetime, _>(now)
+    .bind::<Datetime, _>(lease_expires_at)
+    .bind::<Datetime, _>(now)
+    .execute(conn)?;
+    let mut rows: Vec<JobRow> =
+        diesel::sql_query(format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id IN {list}"))
+            .load(conn)?;
+    rows.sort_by_key(|r| (r.priority, r.run_at, r.id));
+    Ok(rows)
+}
+
+/// A failed attempt's statements, inside its transaction (see [`JobDriver::mark_failed`]).
+fn mark_failed_in_transaction(
+    conn: &mut MysqlConnection,
+    p: &FailParams<'_>,
+) -> Result<Option<JobState>> {
+    let FailParams {
+        lease: Lease { job_id, attempt },
+        error,
+        now,
+        retry_at,
+    } = *p;
+    let changed = cached(
+        "UPDATE jobs SET \
+           state = CASE WHEN cancel_requested_at IS NOT NULL THEN 'cancelled' \
+                        WHEN attempts - attempt_base >= max_attempts THEN 'dead' \
+                        ELSE 'queued' END, \
+           run_at = CASE WHEN cancel_requested_at IS NOT NULL \
+                           OR attempts - attempt_base >= max_attempts THEN run_at ELSE ? END, \
+           last_error = ?, lease_expires_at = NULL, updated_at = ? \
+         WHERE id = ? AND state = 'running' AND attempts = ?",
+        (
+            bind::<Datetime, _>(retry_at),
+            bind::<Text, _>(error),
+            bind::<Datetime, _>(now),
+            bind::<BigInt, _>(job_id),
+            bind::<Integer, _>(attempt),
+        ),
+    )
+    .execute(conn)?;
+    if changed == 0 {
+        return Ok(None);
+    }
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = Text)]
+        state: String,
+    }
+    let row: Row = cached(
+        "SELECT state FROM jobs WHERE id = ?",
+        (bind::<BigInt, _>(job_id),),
+    )
+    .get_result(conn)?;
+    parse_state(Some(job_id), &row.state).map(Some)
+}
+
+/// A completion's statements, inside its transaction (see [`JobDriver::succeed_with_result`]).
+fn succeed_in_transaction(conn: &mut MysqlConnection, row: &NewResultRow<'_>) -> Result<usize> {
+    let changed = cached(
+        "UPDATE jobs SET state = 'succeeded', lease_expires_at = NULL, updated_at = ?, \
+           last_error = NULL \
+         WHERE id = ? AND state = 'running' AND attempts = ? AND cancel_requested_at IS NULL",
+        (
+            bind::<Datetime, _>(row.created_at),
+            bind::<BigInt, _>(row.job_id),
+            bind::<Integer, _>(row.attempt),
+        ),
+    )
+    .execute(conn)?;
+    if changed == 0 {
+        return Ok(0);
+    }
+    conn.insert_result(row)?;
+    Ok(changed)
+}
+
 #[derive(QueryableByName)]
 struct Cancel {
     #[diesel(sql_type = Integer)]
@@ -166,67 +278,31 @@ impl JobDriver for MysqlConnection {
         Ok(self.batch_execute(crate::pool::MYSQL_SESSION_SETTINGS)?)
     }
 
-    /// Always a transaction (a savepoint inside one): without RETURNING our single writes are
-    /// a locking read and a write, which must commit together.
+    /// Outside a transaction the statements alone, as on PostgreSQL: each driver method whose
+    /// write is more than one statement (a locking read and its write) runs them in a
+    /// transaction of its own; inside one, a savepoint.
     fn atomic_write<T>(&mut self, f: impl FnOnce(&mut MysqlConnection) -> Result<T>) -> Result<T> {
-        self.write_transaction(f)
+        if crate::driver::in_transaction(self) {
+            self.write_transaction(f)
+        } else {
+            f(self)
+        }
     }
 
     /// Inserts validated jobs without unique keys; ids in the order given.
     fn insert_new(&mut self, jobs: &[NewJob], now: NaiveDateTime) -> Result<Vec<i64>> {
-        insert_jobs(self, jobs, now)
+        if jobs.len() <= 1 {
+            return insert_jobs(self, jobs, now);
+        }
+        // The look-up of the lock mode and the INSERTs (one per chunk) commit together.
+        self.transaction(|c| insert_jobs(c, jobs, now))
     }
 
-    /// The claim, inside the caller's transaction: pick due jobs in (priority, run_at, id)
+    /// The claim, in a transaction of its own (a savepoint inside the caller's): pick due jobs in (priority, run_at, id)
     /// order, skipping rows other claimers hold, mark them running with a new attempt (the
     /// fencing token) and lease, read them back.
     fn claim(&mut self, p: &ClaimParams<'_>) -> Result<Vec<JobRow>> {
-        let ClaimParams {
-            queue,
-            limit,
-            worker_id,
-            now,
-            lease_expires_at,
-        } = *p;
-        // A plain read first: a subquery on paused_queues inside the locking read would lock
-        // (or, with SKIP LOCKED, skip) paused_queues rows too.
-        let paused: read::Count = cached(
-            "SELECT COUNT(*) AS n FROM paused_queues WHERE queue = ?",
-            (bind::<Text, _>(queue),),
-        )
-        .get_result(self)?;
-        if paused.n > 0 {
-            return Ok(Vec::new());
-        }
-        let picked: Vec<Id> = cached(
-            "SELECT id FROM jobs WHERE queue = ? AND state = 'queued' AND run_at <= ? \
-             ORDER BY priority, run_at, id LIMIT ? FOR UPDATE SKIP LOCKED",
-            (
-                bind::<Text, _>(queue),
-                bind::<Datetime, _>(now),
-                bind::<BigInt, _>(i64::from(limit)),
-            ),
-        )
-        .load(self)?;
-        if picked.is_empty() {
-            return Ok(Vec::new());
-        }
-        let ids: Vec<i64> = picked.iter().map(|r| r.id).collect();
-        let list = id_list(&ids);
-        diesel::sql_query(format!(
-            "UPDATE jobs SET state = 'running', attempts = attempts + 1, worker_id = ?, \
-               heartbeat_at = ?, lease_expires_at = ?, updated_at = ? WHERE id IN {list}"
-        ))
-        .bind::<Text, _>(worker_id)
-        .bind::<Datetime, _>(now)
-        .bind::<Datetime, _>(lease_expires_at)
-        .bind::<Datetime, _>(now)
-        .execute(self)?;
-        let mut rows: Vec<JobRow> =
-            diesel::sql_query(format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id IN {list}"))
-                .load(self)?;
-        rows.sort_by_key(|r| (r.priority, r.run_at, r.id));
-        Ok(rows)
+        self.transaction(|c| claim_in_transaction(c, p))
     }
 
     /// `EXPLAIN` of the claim's locking read, one line per table access (its key and rows).
@@ -260,9 +336,10 @@ impl JobDriver for MysqlConnection {
             .join("\n"))
     }
 
-    /// Extends a lease if it is still ours (the fenced UPDATE takes the row lock, so the read
-    /// after it sees the row as it is): `None` if it was not, else whether a cancel was
-    /// requested (the lease is extended either way).
+    /// Extends a lease if it is still ours: `None` if it was not, else whether a cancel was
+    /// requested (the lease is extended either way). Two statements, no transaction needed:
+    /// the fenced UPDATE alone decides whether the lease held; the read after it can only see
+    /// a cancel requested since, which is news the handler wants anyway.
     fn heartbeat(
         &mut self,
         lease: Lease,
@@ -298,44 +375,7 @@ impl JobDriver for MysqlConnection {
     /// state, or `None` if the lease was not ours. (MySQL assigns SET columns left to right,
     /// reading earlier assignments: `run_at`'s CASE reads no column `state`'s changes.)
     fn mark_failed(&mut self, p: &FailParams<'_>) -> Result<Option<JobState>> {
-        let FailParams {
-            lease: Lease { job_id, attempt },
-            error,
-            now,
-            retry_at,
-        } = *p;
-        let changed = cached(
-            "UPDATE jobs SET \
-               state = CASE WHEN cancel_requested_at IS NOT NULL THEN 'cancelled' \
-                            WHEN attempts - attempt_base >= max_attempts THEN 'dead' \
-                            ELSE 'queued' END, \
-               run_at = CASE WHEN cancel_requested_at IS NOT NULL \
-                               OR attempts - attempt_base >= max_attempts THEN run_at ELSE ? END, \
-               last_error = ?, lease_expires_at = NULL, updated_at = ? \
-             WHERE id = ? AND state = 'running' AND attempts = ?",
-            (
-                bind::<Datetime, _>(retry_at),
-                bind::<Text, _>(error),
-                bind::<Datetime, _>(now),
-                bind::<BigInt, _>(job_id),
-                bind::<Integer, _>(attempt),
-            ),
-        )
-        .execute(self)?;
-        if changed == 0 {
-            return Ok(None);
-        }
-        #[derive(QueryableByName)]
-        struct Row {
-            #[diesel(sql_type = Text)]
-            state: String,
-        }
-        let row: Row = cached(
-            "SELECT state FROM jobs WHERE id = ?",
-            (bind::<BigInt, _>(job_id),),
-        )
-        .get_result(self)?;
-        parse_state(Some(job_id), &row.state).map(Some)
+        self.transaction(|c| mark_failed_in_transaction(c, p))
     }
 
     /// Puts a running job back to `queued` (shutdown) if the lease is still ours; `cancelled`
@@ -381,22 +421,7 @@ impl JobDriver for MysqlConnection {
     /// inserts its results row from the row it just locked, in the caller's transaction. Rows
     /// changed (0 or 1).
     fn succeed_with_result(&mut self, row: &NewResultRow<'_>) -> Result<usize> {
-        let changed = cached(
-            "UPDATE jobs SET state = 'succeeded', lease_expires_at = NULL, updated_at = ?, \
-               last_error = NULL \
-             WHERE id = ? AND state = 'running' AND attempts = ? AND cancel_requested_at IS NULL",
-            (
-                bind::<Datetime, _>(row.created_at),
-                bind::<BigInt, _>(row.job_id),
-                bind::<Integer, _>(row.attempt),
-            ),
-        )
-        .execute(self)?;
-        if changed == 0 {
-            return Ok(0);
-        }
-        self.insert_result(row)?;
-        Ok(changed)
+        self.transaction(|c| succeed_in_transaction(c, row))
     }
 
     /// Inserts one results row, with the job's current lease holder as the attempt's worker.
