@@ -176,3 +176,42 @@ fn a_deadlock_is_retried_as_a_whole_transaction() {
         );
     }
 }
+
+/// Sets larger than the cached statements' limit (64 ids) take the uncached path: a claim,
+/// batched heartbeats and batched completions of 100 jobs each touch exactly those jobs.
+#[test]
+fn sets_past_the_cached_statement_limit_claim_beat_and_complete_exactly_their_jobs() {
+    use jobdb::queue::{self, Completion};
+    let Some(db) = MyTestDb::new("mysql_large_sets") else {
+        return;
+    };
+    let q = jobdb::MysqlQueue::open(&db.url, jobdb::Config::default()).unwrap();
+    let jobs: Vec<_> = (0..150)
+        .map(|n| jobdb::NewJob::new("big", &n).unwrap())
+        .collect();
+    q.enqueue_many(&jobs).unwrap();
+    let mut c = <diesel::MysqlConnection as diesel::Connection>::establish(&db.url).unwrap();
+    let claimed = queue::claim(&mut c, "big", 100, "w", Duration::from_secs(30)).unwrap();
+    assert_eq!(claimed.len(), 100);
+    assert!(claimed
+        .iter()
+        .all(|j| j.state == jobdb::JobState::Running && j.attempts == 1));
+    let leases: Vec<_> = claimed.iter().map(|j| j.lease()).collect();
+    let beats = queue::heartbeat_many(&mut c, &leases, Duration::from_secs(30)).unwrap();
+    assert!(beats.iter().all(|b| b.is_ok()), "{beats:?}");
+    let done: Vec<_> = leases
+        .iter()
+        .map(|&lease| Completion {
+            lease,
+            output_json: "1".into(),
+            duration: Duration::ZERO,
+        })
+        .collect();
+    let out = queue::complete_many(&mut c, &done).unwrap();
+    assert!(out.iter().all(|r| r.is_ok()), "{out:?}");
+    let counts = q.stats(Some("big")).unwrap().total;
+    assert_eq!(
+        (counts.succeeded, counts.queued, counts.running),
+        (100, 50, 0)
+    );
+}

@@ -88,6 +88,17 @@ macro_rules! impl_binds {
     };
 }
 
+impl BindCount for () {
+    const COUNT: usize = 0;
+}
+impl<DB: Backend> Binds<DB> for () {
+    fn push<'b>(&'b self, _index: usize, _out: &mut AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        Err(DieselError::QueryBuilderError(
+            "more placeholders than binds".into(),
+        ))
+    }
+}
+
 impl_binds!(1; 0 A);
 impl_binds!(2; 0 A, 1 B);
 impl_binds!(3; 0 A, 1 B, 2 C);
@@ -125,3 +136,68 @@ impl<B> Query for Cached<B> {
 }
 
 impl<B, Conn> RunQueryDsl<Conn> for Cached<B> {}
+
+/// Fixed binds, then a list of ids as BIGINT binds: the binds of a statement whose text ends
+/// its fixed placeholders with `IN (?, ?, …)`, one `?` per id (see [`cached_with_ids`]).
+#[derive(Debug, Clone)]
+#[cfg_attr(not(feature = "mysql"), allow(dead_code))]
+pub struct WithIds<'a, B> {
+    fixed: B,
+    ids: &'a [i64],
+}
+
+#[cfg_attr(not(feature = "mysql"), allow(dead_code))]
+impl<B: BindCount> WithIds<'_, B> {
+    const FIXED: usize = B::COUNT;
+}
+
+impl<DB, B> Binds<DB> for WithIds<'_, B>
+where
+    DB: Backend + HasSqlType<diesel::sql_types::BigInt>,
+    i64: ToSql<diesel::sql_types::BigInt, DB>,
+    B: Binds<DB> + BindCount,
+{
+    fn push<'b>(&'b self, index: usize, out: &mut AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        match index.checked_sub(Self::FIXED) {
+            None => self.fixed.push(index, out),
+            Some(i) => match self.ids.get(i) {
+                Some(id) => out.push_bind_param::<diesel::sql_types::BigInt, i64>(id),
+                None => Err(DieselError::QueryBuilderError(
+                    "more placeholders than binds".into(),
+                )),
+            },
+        }
+    }
+}
+
+/// Most ids a statement of [`cached_with_ids`] binds: each count is its own text in the
+/// connection's statement cache (and, on MySQL, a server-side prepared statement, of which a
+/// server admits a bounded number), so larger sets go through an uncached statement.
+#[cfg_attr(not(feature = "mysql"), allow(dead_code))]
+pub const MAX_CACHED_IDS: usize = 64;
+
+/// `head` (with `fixed`'s placeholders) followed by ` IN (?, …)` for `ids` and `tail`, as a
+/// cacheable statement. `ids` must be non-empty and at most [`MAX_CACHED_IDS`].
+#[cfg_attr(not(feature = "mysql"), allow(dead_code))]
+pub fn cached_with_ids<'a, B: BindCount>(
+    head: &str,
+    fixed: B,
+    ids: &'a [i64],
+    tail: &str,
+) -> Cached<WithIds<'a, B>> {
+    debug_assert!(!ids.is_empty() && ids.len() <= MAX_CACHED_IDS);
+    debug_assert_eq!(head.matches('?').count(), B::COUNT, "{head}");
+    debug_assert!(!tail.contains('?'), "{tail}");
+    let mut sql = String::with_capacity(head.len() + tail.len() + 6 + 2 * ids.len());
+    sql.push_str(head);
+    sql.push_str(" IN (");
+    for i in 0..ids.len() {
+        sql.push_str(if i == 0 { "?" } else { ",?" });
+    }
+    sql.push(')');
+    sql.push_str(tail);
+    Cached {
+        sql: sql.into(),
+        binds: WithIds { fixed, ids },
+    }
+}

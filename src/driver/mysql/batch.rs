@@ -9,7 +9,7 @@ use diesel::prelude::*;
 use diesel::sql_types::{Datetime, Text};
 
 use super::{id_list, Id};
-use crate::driver::stmt::{bind, cached};
+use crate::driver::stmt::{bind, cached, cached_with_ids, MAX_CACHED_IDS};
 use crate::driver::{json_array, BatchDriver, SucceededRow};
 use crate::driver::{leases_json, LeaseRow};
 use crate::error::Result;
@@ -60,15 +60,22 @@ impl BatchDriver for MysqlConnection {
                 return Ok(Vec::new());
             }
             let ids: Vec<i64> = held.iter().map(|r| r.id).collect();
-            diesel::sql_query(format!(
-                "UPDATE jobs SET heartbeat_at = ?, lease_expires_at = ?, updated_at = ? \
-                 WHERE id IN {}",
-                id_list(&ids)
-            ))
-            .bind::<Datetime, _>(now)
-            .bind::<Datetime, _>(lease_expires_at)
-            .bind::<Datetime, _>(now)
-            .execute(conn)?;
+            const SQL: &str = "UPDATE jobs SET heartbeat_at = ?, lease_expires_at = ?, \
+                               updated_at = ? WHERE id";
+            if ids.len() <= MAX_CACHED_IDS {
+                let binds = (
+                    bind::<Datetime, _>(now),
+                    bind::<Datetime, _>(lease_expires_at),
+                    bind::<Datetime, _>(now),
+                );
+                cached_with_ids(SQL, binds, &ids, "").execute(conn)?;
+            } else {
+                diesel::sql_query(format!("{SQL} IN {}", id_list(&ids)))
+                    .bind::<Datetime, _>(now)
+                    .bind::<Datetime, _>(lease_expires_at)
+                    .bind::<Datetime, _>(now)
+                    .execute(conn)?;
+            }
             Ok(held.iter().map(|r| (r.lease(), r.cancel != 0)).collect())
         })
     }
@@ -116,13 +123,15 @@ impl BatchDriver for MysqlConnection {
                 return Ok(Vec::new());
             }
             let ids: Vec<i64> = held.iter().map(|r| r.id).collect();
-            diesel::sql_query(format!(
-                "UPDATE jobs SET state = 'succeeded', lease_expires_at = NULL, updated_at = ?, \
-                   last_error = NULL WHERE id IN {}",
-                id_list(&ids)
-            ))
-            .bind::<Datetime, _>(now)
-            .execute(conn)?;
+            const SQL: &str = "UPDATE jobs SET state = 'succeeded', lease_expires_at = NULL, \
+                               updated_at = ?, last_error = NULL WHERE id";
+            if ids.len() <= MAX_CACHED_IDS {
+                cached_with_ids(SQL, (bind::<Datetime, _>(now),), &ids, "").execute(conn)?;
+            } else {
+                diesel::sql_query(format!("{SQL} IN {}", id_list(&ids)))
+                    .bind::<Datetime, _>(now)
+                    .execute(conn)?;
+            }
             Ok(held.iter().map(LeaseRow::lease).collect())
         })
     }

@@ -24,7 +24,7 @@ use diesel::mysql::MysqlConnection;
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Datetime, Integer, Nullable, Text};
 
-use crate::driver::stmt::{bind, cached};
+use crate::driver::stmt::{bind, cached, cached_with_ids, MAX_CACHED_IDS};
 use crate::driver::{parse_state, ClaimParams, FailParams, JobDriver};
 use crate::error::Result;
 use crate::models::JobState;
@@ -167,19 +167,32 @@ fn claim_in_transaction(conn: &mut MysqlConnection, p: &ClaimParams<'_>) -> Resu
         return Ok(Vec::new());
     }
     let ids: Vec<i64> = picked.iter().map(|r| r.id).collect();
-    let list = id_list(&ids);
-    diesel::sql_query(format!(
+    const MARK: &str =
         "UPDATE jobs SET state = 'running', attempts = attempts + 1, worker_id = ?, \
-           heartbeat_at = ?, lease_expires_at = ?, updated_at = ? WHERE id IN {list}"
-    ))
-    .bind::<Text, _>(worker_id)
-    .bind::<Datetime, _>(now)
-    .bind::<Datetime, _>(lease_expires_at)
-    .bind::<Datetime, _>(now)
-    .execute(conn)?;
-    let mut rows: Vec<JobRow> =
-        diesel::sql_query(format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id IN {list}"))
-            .load(conn)?;
+         heartbeat_at = ?, lease_expires_at = ?, updated_at = ? WHERE id";
+    let marks = || {
+        (
+            bind::<Text, _>(worker_id),
+            bind::<Datetime, _>(now),
+            bind::<Datetime, _>(lease_expires_at),
+            bind::<Datetime, _>(now),
+        )
+    };
+    let read_back = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id");
+    // Cached statements for the usual sizes (a prepare and a close saved each).
+    let mut rows: Vec<JobRow> = if ids.len() <= MAX_CACHED_IDS {
+        cached_with_ids(MARK, marks(), &ids, "").execute(conn)?;
+        cached_with_ids(&read_back, (), &ids, "").load(conn)?
+    } else {
+        let list = id_list(&ids);
+        diesel::sql_query(format!("{MARK} IN {list}"))
+            .bind::<Text, _>(worker_id)
+            .bind::<Datetime, _>(now)
+            .bind::<Datetime, _>(lease_expires_at)
+            .bind::<Datetime, _>(now)
+            .execute(conn)?;
+        diesel::sql_query(format!("{read_back} IN {list}")).load(conn)?
+    };
     rows.sort_by_key(|r| (r.priority, r.run_at, r.id));
     Ok(rows)
 }
