@@ -31,6 +31,33 @@ pub use mysql::{
     build_mysql_pool, run_mysql_migrations, MysqlPool, MYSQL_MIGRATIONS, MYSQL_SESSION_SETTINGS,
 };
 
+/// A pool of connections to a database server (PostgreSQL, MySQL), each new one set up by
+/// `customizer`. One connection is opened first, so an unreachable server, wrong credentials
+/// or a missing database is a clear [`Error::Connection`] now rather than a pool timeout
+/// later. Connections are not pinged at check-out (that cost 25% of throughput on
+/// PostgreSQL): one a server restart killed fails its next statement as connection-lost, and
+/// the handle replaces it then (`Error::is_connection_lost`).
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+fn server_pool<C: diesel::r2d2::R2D2Connection + 'static>(
+    url: &str,
+    config: &Config,
+    customizer: Box<dyn r2d2::CustomizeConnection<C, diesel::r2d2::Error>>,
+) -> Result<r2d2::Pool<ConnectionManager<C>>> {
+    config.validate()?;
+    C::establish(url).map_err(|source| Error::Connection {
+        url: redact(url),
+        source,
+    })?;
+    r2d2::Pool::builder()
+        .max_size(config.pool_size)
+        .min_idle(Some(0))
+        .connection_timeout(config.connection_timeout)
+        .test_on_check_out(false)
+        .connection_customizer(customizer)
+        .build(ConnectionManager::new(url))
+        .map_err(Error::Pool)
+}
+
 /// Whether `url` names a MySQL or MariaDB database (`mysql://` or `mariadb://`).
 pub fn is_mysql_url(url: &str) -> bool {
     let lower = url.trim_start().to_ascii_lowercase();

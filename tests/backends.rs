@@ -221,23 +221,53 @@ pub fn postgres_server_url() -> Option<String> {
     crate::containers::server_url(&crate::containers::POSTGRES)
 }
 
-/// A database of its own on the test server, dropped when this is dropped.
-pub struct PgTestDb {
+/// A kind of database server the tests create databases on.
+pub trait TestServer: Connection + SimpleConnection {
+    /// "PostgreSQL", "MySQL".
+    const NAME: &'static str;
+    /// The variable that makes a missing server a failure (`.ci/run` sets it).
+    const REQUIRE: &'static str;
+    /// What to set to name a server.
+    const HOW: &'static str;
+    /// The configured server's URL (see `crate::containers`).
+    fn server_url() -> Option<String>;
+    /// SQL dropping database `name`, whoever is still connected.
+    fn drop_database(name: &str) -> String;
+}
+
+impl TestServer for PgConnection {
+    const NAME: &'static str = "PostgreSQL";
+    const REQUIRE: &'static str = "JOBDB_REQUIRE_POSTGRES";
+    const HOW: &'static str = "set JOBDB_TEST_POSTGRES_URL=postgres://user@host/db, or run a \
+        Docker engine for the postgres:17-alpine fallback";
+    fn server_url() -> Option<String> {
+        postgres_server_url()
+    }
+    fn drop_database(name: &str) -> String {
+        format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    }
+}
+
+/// A database of its own on the test server of kind `C`, dropped when this is dropped.
+pub struct ServerTestDb<C: TestServer> {
     server: String,
     name: String,
     pub url: String,
+    _conn: PhantomData<C>,
 }
 
-impl PgTestDb {
-    pub fn new(test: &str) -> Option<PgTestDb> {
-        let Some(server) = postgres_server_url() else {
-            if std::env::var("JOBDB_REQUIRE_POSTGRES").as_deref() == Ok("1") {
-                panic!("JOBDB_REQUIRE_POSTGRES=1 but neither JOBDB_TEST_POSTGRES_URL nor a postgres DATABASE_URL is set");
+/// A database of its own on the PostgreSQL test server.
+pub type PgTestDb = ServerTestDb<PgConnection>;
+
+impl<C: TestServer> ServerTestDb<C> {
+    /// `None` (after saying SKIPPED on stderr) when no server is configured; a panic instead
+    /// under `C::REQUIRE=1`.
+    pub fn new(test: &str) -> Option<Self> {
+        let Some(server) = C::server_url() else {
+            if std::env::var(C::REQUIRE).as_deref() == Ok("1") {
+                panic!("{}=1 but no {} server is configured", C::REQUIRE, C::NAME);
             }
-            crate::backends::loud!(
-                "SKIPPED {test} on PostgreSQL: no server (set JOBDB_TEST_POSTGRES_URL=postgres://user@host/db, \
-                 or run a Docker engine for the postgres:17-alpine fallback)"
-            );
+            crate::backends::loud!("SKIPPED {test} on {}: no server ({})", C::NAME, C::HOW);
             return None;
         };
         static N: AtomicU32 = AtomicU32::new(0);
@@ -247,26 +277,31 @@ impl PgTestDb {
             N.fetch_add(1, Ordering::Relaxed),
             fastrand::u16(..)
         );
-        let mut admin = PgConnection::establish(&server)
-            .unwrap_or_else(|e| panic!("cannot reach the test PostgreSQL server: {e}"));
+        let mut admin = C::establish(&server)
+            .unwrap_or_else(|e| panic!("cannot reach the test {} server: {e}", C::NAME));
         admin
             .batch_execute(&format!("CREATE DATABASE {name}"))
             .unwrap();
         let url = match server.rsplit_once('/') {
-            Some((base, _db)) => format!("{base}/{name}"),
-            None => panic!("JOBDB_TEST_POSTGRES_URL needs a database path: {server}"),
+            Some((base, _db)) if !base.ends_with('/') => format!("{base}/{name}"),
+            _ => panic!(
+                "the test {} server URL needs a database path: {server}",
+                C::NAME
+            ),
         };
-        Some(PgTestDb { server, name, url })
+        Some(ServerTestDb {
+            server,
+            name,
+            url,
+            _conn: PhantomData,
+        })
     }
 }
 
-impl Drop for PgTestDb {
+impl<C: TestServer> Drop for ServerTestDb<C> {
     fn drop(&mut self) {
-        if let Ok(mut admin) = PgConnection::establish(&self.server) {
-            let _ = admin.batch_execute(&format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
-            ));
+        if let Ok(mut admin) = C::establish(&self.server) {
+            let _ = admin.batch_execute(&C::drop_database(&self.name));
         }
     }
 }

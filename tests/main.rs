@@ -45,3 +45,4 @@ mod stop_modes;
 mod timeouts;
 mod wal;
 mod worker;
+mod worker_processes;

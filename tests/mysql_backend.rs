@@ -4,7 +4,6 @@
 //! (set by `.ci/run`) a missing server fails them instead. Where no URL is configured and a
 //! Docker engine answers, a container is the fallback (see `crate::containers`).
 
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -13,59 +12,26 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Datetime, Integer, Text};
 use diesel::MysqlConnection;
 
-use crate::backends::TestConn;
+use crate::backends::{ServerTestDb, TestConn, TestServer};
 
 /// The server URL tests create their databases on.
 pub fn mysql_server_url() -> Option<String> {
     crate::containers::server_url(&crate::containers::MARIADB)
 }
 
-/// A database of its own on the test server, dropped when this is dropped.
-pub struct MyTestDb {
-    server: String,
-    name: String,
-    pub url: String,
-}
+/// A database of its own on the MySQL test server.
+pub type MyTestDb = ServerTestDb<MysqlConnection>;
 
-impl MyTestDb {
-    pub fn new(test: &str) -> Option<MyTestDb> {
-        let Some(server) = mysql_server_url() else {
-            if std::env::var("JOBDB_REQUIRE_MYSQL").as_deref() == Ok("1") {
-                panic!("JOBDB_REQUIRE_MYSQL=1 but JOBDB_TEST_MYSQL_URL is not set (and no Docker engine answers)");
-            }
-            crate::backends::loud!(
-                "SKIPPED {test} on MySQL: no server (set JOBDB_TEST_MYSQL_URL=mysql://user@host:3306/db, \
-                 or run a Docker engine for the mariadb:11 fallback)"
-            );
-            return None;
-        };
-        static N: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "jobdb_t_{}_{}_{:04x}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed),
-            fastrand::u16(..)
-        );
-        let mut admin = MysqlConnection::establish(&server)
-            .unwrap_or_else(|e| panic!("cannot reach the test MySQL server: {e}"));
-        admin
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .unwrap();
-        let url = match server.rsplit_once('/') {
-            Some((base, _db)) if base.contains("://") && !base.ends_with('/') => {
-                format!("{base}/{name}")
-            }
-            _ => panic!("JOBDB_TEST_MYSQL_URL needs a database path: {server}"),
-        };
-        Some(MyTestDb { server, name, url })
+impl TestServer for MysqlConnection {
+    const NAME: &'static str = "MySQL";
+    const REQUIRE: &'static str = "JOBDB_REQUIRE_MYSQL";
+    const HOW: &'static str = "set JOBDB_TEST_MYSQL_URL=mysql://user@host:3306/db, or run a \
+        Docker engine for the mariadb:11 fallback";
+    fn server_url() -> Option<String> {
+        mysql_server_url()
     }
-}
-
-impl Drop for MyTestDb {
-    fn drop(&mut self) {
-        if let Ok(mut admin) = MysqlConnection::establish(&self.server) {
-            let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {}", self.name));
-        }
+    fn drop_database(name: &str) -> String {
+        format!("DROP DATABASE IF EXISTS {name}")
     }
 }
 

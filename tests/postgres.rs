@@ -1,74 +1,13 @@
 //! PostgreSQL through the real binary: many worker processes exactly once, and clear errors
 //! for an unreachable server, wrong credentials and a missing database.
 
-use std::process::{Child, Command, Stdio};
-
 use crate::backends::{postgres_server_url, PgTestDb};
-
-fn jobdb(url: &str) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_jobdb"));
-    cmd.arg("--database-url")
-        .arg(url)
-        .env_remove("DATABASE_URL")
-        .env_remove("RUST_LOG");
-    cmd
-}
+use crate::worker_processes::jobdb;
 
 #[test]
 fn four_worker_processes_on_postgres_run_every_job_exactly_once() {
-    let Some(db) = PgTestDb::new("four_worker_processes_on_postgres") else {
-        return;
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("jobs.ndjson");
-    let lines: String = (0..2000).map(|i| format!("{{\"n\":{i}}}\n")).collect();
-    std::fs::write(&file, lines).unwrap();
-    let out = jobdb(&db.url)
-        .args(["enqueue", "--file"])
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let workers: Vec<Child> = (0..4)
-        .map(|_| {
-            jobdb(&db.url)
-                .args([
-                    "work",
-                    "--concurrency",
-                    "4",
-                    "--exit-when-empty",
-                    "--exec",
-                    "cat",
-                ])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    for w in workers {
-        let out = w.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let queue = jobdb::PgQueue::open(&db.url, jobdb::Config::default()).unwrap();
-    let audit = queue.audit("default").unwrap();
-    assert_eq!(
-        (audit.jobs, audit.not_succeeded, audit.duplicated),
-        (2000, 0, 0)
-    );
-    // Each output is its payload: the right result went to the right job.
-    for id in [1, 1000, 2000] {
-        let job = queue.get_job(id).unwrap();
-        let r = queue.get_results(id).unwrap();
-        assert_eq!(r[0].output_json.as_deref(), Some(job.payload_json.as_str()));
+    if let Some(db) = PgTestDb::new("four_worker_processes_on_postgres") {
+        crate::worker_processes::four_by_four::<diesel::PgConnection>(&db.url, || {});
     }
 }
 

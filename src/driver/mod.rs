@@ -12,6 +12,7 @@
 //! nor call a driver method (so nothing can bypass the fencing in `queue.rs`).
 
 pub(crate) mod copy_rows;
+pub(crate) mod rows;
 
 use chrono::NaiveDateTime;
 use diesel::prelude::*;

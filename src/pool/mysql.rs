@@ -3,7 +3,7 @@
 use diesel::connection::SimpleConnection;
 use diesel::mysql::MysqlConnection;
 use diesel::r2d2::ConnectionManager;
-use diesel::{Connection, RunQueryDsl};
+use diesel::RunQueryDsl;
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
 use super::Config;
@@ -30,24 +30,10 @@ pub const MYSQL_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/m
 pub const MYSQL_SESSION_SETTINGS: &str = "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED; \
      SET time_zone = '+00:00'; SET SESSION innodb_lock_wait_timeout = 10";
 
-/// Builds a pool for `url`. One connection is opened first, so an unreachable server, wrong
-/// credentials or a missing database is a clear [`Error::Connection`] now rather than a pool
-/// timeout later. As on PostgreSQL, connections are not pinged at check-out: one a server
-/// restart killed fails its next statement as connection-lost, and is replaced then.
+/// Builds a pool for `url`, as PostgreSQL's is built (one connection opened first for a clear
+/// error, no ping at check-out), each new connection given [`MYSQL_SESSION_SETTINGS`].
 pub fn build_mysql_pool(url: &str, config: &Config) -> Result<MysqlPool> {
-    config.validate()?;
-    MysqlConnection::establish(url).map_err(|source| Error::Connection {
-        url: crate::pool::redact(url),
-        source,
-    })?;
-    r2d2::Pool::builder()
-        .max_size(config.pool_size)
-        .min_idle(Some(0))
-        .connection_timeout(config.connection_timeout)
-        .test_on_check_out(false)
-        .connection_customizer(Box::new(SessionSettings))
-        .build(ConnectionManager::new(url))
-        .map_err(Error::Pool)
+    super::server_pool(url, config, Box::new(SessionSettings))
 }
 
 /// Applies [`MYSQL_SESSION_SETTINGS`] to each new pooled connection; a connection that refuses

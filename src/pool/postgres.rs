@@ -27,19 +27,7 @@ pub const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migration
 /// told apart by their text, which `lc_messages` translates. Where the role may not, the
 /// server's own language stays and the English texts are matched as before.
 pub fn build_postgres_pool(url: &str, config: &Config) -> Result<PgPool> {
-    config.validate()?;
-    PgConnection::establish(url).map_err(|source| Error::Connection {
-        url: crate::pool::redact(url),
-        source,
-    })?;
-    r2d2::Pool::builder()
-        .max_size(config.pool_size)
-        .min_idle(Some(0))
-        .connection_timeout(config.connection_timeout)
-        .test_on_check_out(false)
-        .connection_customizer(Box::new(EnglishMessages))
-        .build(ConnectionManager::new(url))
-        .map_err(Error::Pool)
+    super::server_pool(url, config, Box::new(EnglishMessages))
 }
 
 /// Sets `lc_messages = 'C'` on each new connection when the role is allowed to (see

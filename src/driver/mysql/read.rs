@@ -7,6 +7,7 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Datetime, Nullable, Text};
 
 use super::JOB_COLUMNS;
+use crate::driver::rows::{AuditRow, AUDIT_BY_SUMS};
 use crate::driver::stmt::{bind, cached};
 use crate::driver::{parse_state, ReadDriver};
 use crate::error::Result;
@@ -14,11 +15,7 @@ use crate::models::JobState;
 use crate::models::{JobRow, ResultRow};
 use crate::queue::Audit;
 
-#[derive(QueryableByName)]
-pub(crate) struct Count {
-    #[diesel(sql_type = BigInt)]
-    pub n: i64,
-}
+pub(crate) use crate::driver::rows::Count;
 
 /// The columns of `results` as [`ResultRow`] reads them.
 pub(crate) const RESULT_COLUMNS: &str =
@@ -159,29 +156,8 @@ impl ReadDriver for MysqlConnection {
     /// Exactly-once audit of one queue: (jobs, jobs not succeeded, jobs with more than one
     /// succeeded results row).
     fn audit(&mut self, queue: &str) -> Result<Audit> {
-        #[derive(QueryableByName)]
-        struct Row {
-            #[diesel(sql_type = BigInt)]
-            jobs: i64,
-            #[diesel(sql_type = BigInt)]
-            not_succeeded: i64,
-            #[diesel(sql_type = BigInt)]
-            duplicated: i64,
-        }
-        let r: Row = diesel::sql_query(
-            "SELECT COUNT(*) AS jobs, \
-                    COALESCE(SUM(state <> 'succeeded'), 0) AS not_succeeded, \
-                    COALESCE(SUM((SELECT COUNT(*) FROM results r WHERE r.job_id = j.id \
-                                  AND r.outcome = 'succeeded') > 1), 0) AS duplicated \
-             FROM jobs j WHERE queue = ?",
-        )
-        .bind::<Text, _>(queue)
-        .get_result(self)?;
-        Ok(Audit {
-            jobs: r.jobs,
-            not_succeeded: r.not_succeeded,
-            duplicated: r.duplicated,
-        })
+        let r: AuditRow = cached(AUDIT_BY_SUMS, (bind::<Text, _>(queue),)).get_result(self)?;
+        Ok(r.into())
     }
 
     /// Inserts `n` already-succeeded jobs on `queue` (benchmark history), up to a million

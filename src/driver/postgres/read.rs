@@ -6,18 +6,13 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Nullable, Text, Timestamptz};
 
 use super::{utc, JOB_COLUMNS};
+use crate::driver::rows::{AuditRow, Count};
 use crate::driver::stmt::{bind, cached};
 use crate::driver::{parse_state, ReadDriver};
 use crate::error::Result;
 use crate::models::JobState;
 use crate::models::{JobRow, ResultRow};
 use crate::queue::Audit;
-
-#[derive(QueryableByName)]
-struct Count {
-    #[diesel(sql_type = BigInt)]
-    n: i64,
-}
 
 impl ReadDriver for PgConnection {
     /// One job row, `None` if no such id.
@@ -149,16 +144,7 @@ impl ReadDriver for PgConnection {
     /// Exactly-once audit of one queue: (jobs, jobs not succeeded, jobs with more than one
     /// succeeded results row).
     fn audit(&mut self, queue: &str) -> Result<Audit> {
-        #[derive(QueryableByName)]
-        struct Row {
-            #[diesel(sql_type = BigInt)]
-            jobs: i64,
-            #[diesel(sql_type = BigInt)]
-            not_succeeded: i64,
-            #[diesel(sql_type = BigInt)]
-            duplicated: i64,
-        }
-        let r: Row = diesel::sql_query(
+        let r: AuditRow = diesel::sql_query(
             "SELECT count(*) AS jobs, \
                     count(*) FILTER (WHERE state <> 'succeeded') AS not_succeeded, \
                     count(*) FILTER (WHERE (SELECT count(*) FROM results r WHERE r.job_id = j.id \
@@ -167,11 +153,7 @@ impl ReadDriver for PgConnection {
         )
         .bind::<Text, _>(queue)
         .get_result(self)?;
-        Ok(Audit {
-            jobs: r.jobs,
-            not_succeeded: r.not_succeeded,
-            duplicated: r.duplicated,
-        })
+        Ok(r.into())
     }
 
     /// Inserts `n` already-succeeded jobs on `queue` in one statement (benchmark history).

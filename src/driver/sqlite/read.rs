@@ -6,6 +6,7 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Integer, Text, Timestamp};
 use diesel::sqlite::SqliteConnection;
 
+use crate::driver::rows::{AuditRow, Count, AUDIT_BY_SUMS};
 use crate::driver::stmt::{bind, cached};
 use crate::driver::{parse_state, ReadDriver};
 use crate::error::{Error, Result};
@@ -210,12 +211,7 @@ impl ReadDriver for SqliteConnection {
 
     /// Queued jobs of `queue`, due or not (served by the claim index).
     fn queued_count(&mut self, queue: &str) -> Result<i64> {
-        #[derive(QueryableByName)]
-        struct Row {
-            #[diesel(sql_type = BigInt)]
-            n: i64,
-        }
-        let row: Row = cached(
+        let row: Count = cached(
             "SELECT count(*) AS n FROM jobs WHERE queue = ? AND state = 'queued'",
             (bind::<Text, _>(queue),),
         )
@@ -224,12 +220,7 @@ impl ReadDriver for SqliteConnection {
     }
 
     fn pending_count(&mut self, queue: &str, now: NaiveDateTime) -> Result<i64> {
-        #[derive(QueryableByName)]
-        struct Row {
-            #[diesel(sql_type = BigInt)]
-            n: i64,
-        }
-        let row: Row = cached(
+        let row: Count = cached(
             "SELECT count(*) AS n FROM jobs WHERE queue = ? AND state = 'queued' \
              AND (run_at <= ? OR attempts > attempt_base)",
             (bind::<Text, _>(queue), bind::<Timestamp, _>(now)),
@@ -256,29 +247,8 @@ impl ReadDriver for SqliteConnection {
     /// Exactly-once audit of one queue, in SQL: (jobs, jobs not succeeded, jobs with more than one
     /// succeeded results row).
     fn audit(&mut self, queue: &str) -> Result<Audit> {
-        #[derive(QueryableByName)]
-        struct Row {
-            #[diesel(sql_type = BigInt)]
-            jobs: i64,
-            #[diesel(sql_type = BigInt)]
-            not_succeeded: i64,
-            #[diesel(sql_type = BigInt)]
-            duplicated: i64,
-        }
-        let r: Row = diesel::sql_query(
-            "SELECT count(*) AS jobs, \
-                    coalesce(sum(state <> 'succeeded'), 0) AS not_succeeded, \
-                    coalesce(sum((SELECT count(*) FROM results r WHERE r.job_id = j.id \
-                                  AND r.outcome = 'succeeded') > 1), 0) AS duplicated \
-             FROM jobs j WHERE queue = ?",
-        )
-        .bind::<Text, _>(queue)
-        .get_result(self)?;
-        Ok(Audit {
-            jobs: r.jobs,
-            not_succeeded: r.not_succeeded,
-            duplicated: r.duplicated,
-        })
+        let r: AuditRow = cached(AUDIT_BY_SUMS, (bind::<Text, _>(queue),)).get_result(self)?;
+        Ok(r.into())
     }
 
     /// Inserts `n` already-succeeded jobs on `queue` in one statement (for `jobdb bench --finished`:
