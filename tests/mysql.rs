@@ -129,3 +129,46 @@ fn sets_past_the_cached_statement_limit_claim_beat_and_complete_exactly_their_jo
         (100, 50, 0)
     );
 }
+
+/// A row lock held past the session's `innodb_lock_wait_timeout` (10 s): the waiting write
+/// gets ER_LOCK_WAIT_TIMEOUT (1205), and the handle re-runs the whole transaction, which
+/// commits once the lock is gone. The caller sees only the success.
+#[test]
+fn a_lock_wait_timeout_is_retried_as_a_whole_transaction() {
+    use diesel::connection::SimpleConnection;
+    use diesel::Connection;
+    let Some(db) = MyTestDb::new("mysql_lock_wait") else {
+        return;
+    };
+    let q = jobdb::MysqlQueue::open(&db.url, jobdb::Config::default()).unwrap();
+    let id = q.enqueue(&jobdb::NewJob::new("w", &1).unwrap()).unwrap();
+    let mut holder = MysqlConnection::establish(&db.url).unwrap();
+    holder
+        .batch_execute(&format!(
+            "BEGIN; SELECT id FROM jobs WHERE id = {id} FOR UPDATE"
+        ))
+        .unwrap();
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(12));
+        holder.batch_execute("COMMIT").unwrap();
+    });
+    let started = std::time::Instant::now();
+    let before = q.db().retry_stats().busy_retries;
+    let outcome = q.cancel(id).unwrap();
+    let waited = started.elapsed();
+    release.join().unwrap();
+    assert_eq!(
+        q.get_job(id).unwrap().state,
+        jobdb::JobState::Cancelled,
+        "{outcome:?}"
+    );
+    assert!(
+        q.db().retry_stats().busy_retries > before,
+        "{:?}",
+        q.db().retry_stats()
+    );
+    assert!(
+        waited >= Duration::from_secs(10),
+        "it waited out the lock: {waited:?}"
+    );
+}
