@@ -301,12 +301,13 @@ impl Error {
     /// True when a raw retryable error is inside (not the final [`Error::Busy`]): SQLite's
     /// busy, PostgreSQL's serialization failure or deadlock (the server rolled the whole
     /// transaction back, so re-running it is safe), or MySQL's deadlock (1213) or lock wait
-    /// timeout (1205; the transaction is rolled back by the retry loop before it re-runs). This is what the retry loop retries on.
+    /// timeout (1205; the retry loop rolls the transaction back before it re-runs it). This
+    /// is what the retry loop retries on.
     pub(crate) fn is_retryable(&self) -> bool {
         matches!(self, Error::Database(e) if is_busy_diesel(e) || is_server_transient(e))
     }
 
-    /// True when the connection to a database server was lost (a PostgreSQL restart). What
+    /// True when the connection to a database server was lost (a PostgreSQL or MySQL restart). What
     /// the statement did is unknown, so it is not retried; the connection is replaced.
     pub fn is_connection_lost(&self) -> bool {
         match self.root() {
@@ -330,12 +331,12 @@ impl Error {
 /// libpq's own client-side messages, which are never translated in our libpq (pq-sys builds
 /// it without NLS).
 ///
-/// MySQL / MariaDB: Diesel maps no client error code to a kind, so CR_SERVER_GONE_ERROR (2006,
-/// "MySQL server has gone away" / MariaDB Connector/C's "Server has gone away": matched
-/// without its first word),
-/// CR_SERVER_LOST (2013, "Lost connection to [MySQL] server during query"), ER_SERVER_SHUTDOWN
-/// (1053) and ER_CONNECTION_KILLED (1927) are matched by their texts, which the client library
-/// never translates (and the server's are English unless `lc_messages` was changed).
+/// MySQL / MariaDB: Diesel maps no client error code to a kind, so CR_SERVER_GONE_ERROR
+/// (2006, "MySQL server has gone away", or MariaDB Connector/C's "Server has gone away":
+/// matched without its first word), CR_SERVER_LOST (2013, "Lost connection to [MySQL] server
+/// during query"), ER_SERVER_SHUTDOWN (1053) and ER_CONNECTION_KILLED (1927) are matched by
+/// their texts, which the client library never translates (the server's are English unless
+/// `lc_messages` was changed).
 const CONNECTION_LOST_MESSAGES: [&str; 10] = [
     "server closed the connection",
     "no connection to the server",
