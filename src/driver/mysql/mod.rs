@@ -74,37 +74,40 @@ pub(crate) fn last_insert_id(conn: &mut MysqlConnection) -> Result<i64> {
     Ok(r.id)
 }
 
-/// Whether one multi-row INSERT gets consecutive AUTO_INCREMENT ids, so that
-/// `LAST_INSERT_ID()` (the first row's) gives all of them: InnoDB's
+/// The step between the AUTO_INCREMENT ids of one multi-row INSERT, if they are evenly
+/// spaced, so that `LAST_INSERT_ID()` (the first row's) gives all of them: InnoDB's
 /// `innodb_autoinc_lock_mode` 0 or 1 (MariaDB's default) guarantee it for an INSERT whose
-/// row count is known; 2 (MySQL 8's default) interleaves concurrent inserts and does not.
-fn consecutive_ids(conn: &mut MysqlConnection) -> Result<bool> {
+/// row count is known, `auto_increment_increment` apart (1 unless a multi-primary setup
+/// changed it); 2 (MySQL 8's default) interleaves concurrent inserts and does not (`None`).
+fn id_step(conn: &mut MysqlConnection) -> Result<Option<i64>> {
     #[derive(QueryableByName)]
     struct Mode {
         #[diesel(sql_type = BigInt)]
         mode: i64,
+        #[diesel(sql_type = BigInt)]
+        step: i64,
     }
-    let m: Mode =
-        diesel::sql_query("SELECT @@innodb_autoinc_lock_mode AS mode").get_result(conn)?;
-    Ok(m.mode < 2)
+    let m: Mode = diesel::sql_query(
+        "SELECT @@innodb_autoinc_lock_mode AS mode, @@auto_increment_increment AS step",
+    )
+    .get_result(conn)?;
+    Ok((m.mode < 2).then_some(m.step))
 }
 
 /// Rows per multi-row INSERT: 11 binds each, well under MySQL's 65,535 placeholders.
 const INSERT_CHUNK: usize = 2_000;
 
-/// Inserts validated jobs in multi-row INSERTs (one row per INSERT where ids would not be
-/// consecutive); ids in the order given.
+/// Inserts validated jobs in multi-row INSERTs (one row per INSERT where the ids of one
+/// would not be evenly spaced); ids in the order given.
 fn insert_jobs(
     conn: &mut MysqlConnection,
     jobs: &[NewJob],
     now: NaiveDateTime,
 ) -> Result<Vec<i64>> {
     use crate::schema_mysql::jobs::dsl as j;
-    let chunk = if jobs.len() > 1 && consecutive_ids(conn)? {
-        INSERT_CHUNK
-    } else {
-        1
-    };
+    let step = if jobs.len() > 1 { id_step(conn)? } else { None };
+    let chunk = if step.is_some() { INSERT_CHUNK } else { 1 };
+    let step = step.unwrap_or(1);
     let mut ids = Vec::with_capacity(jobs.len());
     for part in jobs.chunks(chunk) {
         let rows: Vec<_> = part
@@ -133,7 +136,7 @@ fn insert_jobs(
                 reason: format!("an INSERT of {} jobs inserted {n}", part.len()),
             });
         }
-        ids.extend((0..part.len() as i64).map(|k| first + k));
+        ids.extend((0..part.len() as i64).map(|k| first + k * step));
     }
     Ok(ids)
 }
