@@ -788,9 +788,10 @@ fn print_table(r: &BenchReport) {
         r.workers,
         r.processes,
         r.batch,
-        r.synchronous
-            .as_deref()
-            .unwrap_or("(the server's synchronous_commit)")
+        r.synchronous.as_deref().unwrap_or(match r.backend {
+            "mysql" => "(the server's innodb_flush_log_at_trx_commit)",
+            _ => "(the server's synchronous_commit)",
+        })
     );
     println!(
         "  worker phase     {:>10.0} jobs/s  ({})",
