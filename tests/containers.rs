@@ -1,9 +1,11 @@
 //! Where the PostgreSQL and MySQL test variants get their server: the configured URL
 //! (`JOBDB_TEST_POSTGRES_URL` / `JOBDB_TEST_MYSQL_URL`, or a matching `DATABASE_URL`), else a
 //! container when a Docker engine answers, else none (the variants then say SKIPPED, or fail
-//! under `JOBDB_REQUIRE_*=1`). The decision is a pure function ([`decide`]), tested below; the
-//! container itself is started with the docker CLI, which this project's CI machine (no Docker
-//! engine) never reaches.
+//! under `JOBDB_REQUIRE_*=1`). The decision is a pure function ([`decide`]), tested below.
+//! The container is started through the `testcontainers` crate's blocking runner (the tests
+//! need no async runtime of their own), named and marked for reuse, so later runs find it
+//! running. This project's CI machine has no Docker engine, so that path is not exercised
+//! there.
 
 /// One kind of test server.
 pub struct Server {
@@ -11,11 +13,12 @@ pub struct Server {
     pub env: &'static str,
     /// URL schemes that `DATABASE_URL` may use for this kind.
     pub schemes: &'static [&'static str],
-    /// The container's name, image, port and environment.
+    /// The container's name, image and tag, port and environment.
     pub container: &'static str,
     pub image: &'static str,
+    pub tag: &'static str,
     pub port: u16,
-    pub docker_env: &'static [&'static str],
+    pub docker_env: &'static [(&'static str, &'static str)],
     /// The URL for a container listening on local `port`.
     pub url: fn(u16) -> String,
 }
@@ -24,9 +27,10 @@ pub const POSTGRES: Server = Server {
     env: "JOBDB_TEST_POSTGRES_URL",
     schemes: &["postgres://", "postgresql://"],
     container: "jobdb-test-postgres",
-    image: "postgres:17-alpine",
+    image: "postgres",
+    tag: "17-alpine",
     port: 5432,
-    docker_env: &["POSTGRES_HOST_AUTH_METHOD=trust"],
+    docker_env: &[("POSTGRES_HOST_AUTH_METHOD", "trust")],
     url: |port| format!("postgres://postgres@127.0.0.1:{port}/postgres"),
 };
 
@@ -35,11 +39,12 @@ pub const MARIADB: Server = Server {
     env: "JOBDB_TEST_MYSQL_URL",
     schemes: &["mysql://", "mariadb://"],
     container: "jobdb-test-mariadb",
-    image: "mariadb:11",
+    image: "mariadb",
+    tag: "11",
     port: 3306,
     docker_env: &[
-        "MARIADB_ALLOW_EMPTY_ROOT_PASSWORD=1",
-        "MARIADB_DATABASE=test",
+        ("MARIADB_ALLOW_EMPTY_ROOT_PASSWORD", "1"),
+        ("MARIADB_DATABASE", "test"),
     ],
     url: |port| format!("mysql://root@127.0.0.1:{port}/test"),
 };
@@ -86,55 +91,45 @@ pub fn server_url(server: &'static Server) -> Option<String> {
     }
 }
 
-fn docker(args: &[&str]) -> Option<String> {
-    std::process::Command::new("docker")
-        .args(args)
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-}
-
+/// Whether a Docker engine answers (`docker info`).
 fn docker_answers() -> bool {
-    docker(&["info", "--format", "{{.ServerVersion}}"]).is_some()
+    std::process::Command::new("docker")
+        .args(["info", "--format", "{{.ServerVersion}}"])
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
-/// The `docker port` output's host port (`127.0.0.1:49153` → 49153).
-pub fn host_port(docker_port_output: &str) -> Option<u16> {
-    docker_port_output
-        .lines()
-        .next()?
-        .rsplit(':')
-        .next()?
-        .trim()
-        .parse()
-        .ok()
-}
-
-/// One container per kind, started on first use and reused by later runs (`docker rm -f
-/// <name>` removes it); waits up to 60 s for it to accept connections.
+/// One container per kind, started through testcontainers on first use (named, and marked
+/// for reuse so that later runs find it running: `docker rm -f <name>` removes it); waits up
+/// to 60 s for it to accept connections. `None`, after saying why, when it cannot start.
 fn container_url(server: &'static Server) -> Option<String> {
     use std::collections::HashMap;
     use std::sync::Mutex;
+    use testcontainers::core::IntoContainerPort;
+    use testcontainers::runners::SyncRunner;
+    use testcontainers::{GenericImage, ImageExt, ReuseDirective};
     static URLS: Mutex<Option<HashMap<&'static str, Option<String>>>> = Mutex::new(None);
     let mut urls = URLS.lock().unwrap_or_else(|e| e.into_inner());
     let urls = urls.get_or_insert_with(HashMap::new);
     urls.entry(server.container)
         .or_insert_with(|| {
-            if docker(&["start", server.container]).is_none() {
-                let port = format!("127.0.0.1::{}", server.port);
-                let mut args = vec!["run", "-d", "--name", server.container, "-p", &port];
-                for e in server.docker_env {
-                    args.extend(["-e", e]);
-                }
-                args.push(server.image);
-                docker(&args)?;
+            let mut request = GenericImage::new(server.image, server.tag)
+                .with_exposed_port(server.port.tcp())
+                .with_container_name(server.container)
+                .with_reuse(ReuseDirective::Always);
+            for (name, value) in server.docker_env {
+                request = request.with_env_var(*name, *value);
             }
-            let port = host_port(&docker(&[
-                "port",
-                server.container,
-                &server.port.to_string(),
-            ])?)?;
+            let container = request
+                .start()
+                .map_err(|e| eprintln!("cannot start the {} container: {e}", server.container))
+                .ok()?;
+            let port = container
+                .get_host_port_ipv4(server.port)
+                .map_err(|e| eprintln!("the {} container's port: {e}", server.container))
+                .ok()?;
+            // Dropping the handle leaves a container marked for reuse running.
+            drop(container);
             let url = (server.url)(port);
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
             while !accepts(&url) {
@@ -208,8 +203,6 @@ mod tests {
 
     #[test]
     fn the_container_url_is_built_from_the_mapped_port() {
-        assert_eq!(host_port("127.0.0.1:49153\n[::1]:49153"), Some(49153));
-        assert_eq!(host_port("garbage"), None);
         assert_eq!((MARIADB.url)(49153), "mysql://root@127.0.0.1:49153/test");
         assert_eq!(
             (POSTGRES.url)(5),

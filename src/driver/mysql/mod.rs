@@ -440,9 +440,11 @@ impl JobDriver for MysqlConnection {
         self.transaction(|c| succeed_in_transaction(c, row))
     }
 
-    /// Inserts one results row, with the job's current lease holder as the attempt's worker.
+    /// Inserts one results row, with the job's current lease holder as the attempt's worker
+    /// (read from the job's row, so a job that is not there is [`crate::Error::NotFound`],
+    /// where the other backends' foreign key refuses the row).
     fn insert_result(&mut self, row: &NewResultRow<'_>) -> Result<()> {
-        cached(
+        let inserted = cached(
             "INSERT INTO results (job_id, attempt, outcome, output, error, created_at, duration_ms, \
                                   worker_id) \
              SELECT ?, ?, ?, ?, ?, ?, ?, worker_id FROM jobs WHERE id = ?",
@@ -458,6 +460,9 @@ impl JobDriver for MysqlConnection {
             ),
         )
         .execute(self)?;
+        if inserted == 0 {
+            return Err(crate::Error::NotFound { job_id: row.job_id });
+        }
         Ok(())
     }
 
