@@ -52,10 +52,8 @@ struct ResultRow {
 impl TestConn for MysqlConnection {
     fn prepare(&mut self) {
         // The pool's session settings, so a test connection behaves as the queue's do.
-        self.batch_execute(
-            "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED; SET time_zone = '+00:00'",
-        )
-        .unwrap();
+        self.batch_execute(jobdb::pool::MYSQL_SESSION_SETTINGS)
+            .unwrap();
     }
     /// The suites' portable `CAST(x AS BIGINT)` is `CAST(x AS SIGNED)` in MySQL.
     fn query_i64(&mut self, sql: &str) -> i64 {

@@ -71,7 +71,7 @@ pub(crate) fn heal<C: QueueConnection>(conn: &mut C, err: &Error, reconnect: Opt
     let Some(url) = reconnect.filter(|_| err.is_connection_lost()) else {
         return;
     };
-    let fresh = C::establish(&crate::pool::mysql_url(url))
+    let fresh = C::establish(url)
         .map_err(|source| Error::Connection {
             url: crate::pool::redact(url),
             source,

@@ -178,8 +178,11 @@ impl<C: QueueConnection> Db<C> {
             });
         }
         C::refuse_foreign(&config)?;
-        let pool = C::build_pool(url, &config)?;
-        Db::with_pool(pool, config, Some(url.to_owned()))
+        // One spelling of the URL from here on, for the pool and for the connections the
+        // handle opens itself (a `mariadb://` URL becomes the `mysql://` one it means).
+        let url = crate::pool::mysql_url(url);
+        let pool = C::build_pool(&url, &config)?;
+        Db::with_pool(pool, config, Some(url))
     }
 
     /// Wraps a pool the caller built (with [`crate::build_pool`], or with the same

@@ -17,7 +17,7 @@ impl DbBackend for MysqlConnection {
     }
 
     fn build_pool(url: &str, config: &Config) -> Result<Pool<Self>> {
-        build_mysql_pool(&crate::pool::mysql_url(url), config)
+        build_mysql_pool(url, config)
     }
 
     fn refuse_foreign(config: &Config) -> Result<()> {

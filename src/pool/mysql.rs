@@ -32,8 +32,9 @@ pub const MYSQL_SESSION_SETTINGS: &str = "SET SESSION TRANSACTION ISOLATION LEVE
 
 /// Builds a pool for `url`, as PostgreSQL's is built (one connection opened first for a clear
 /// error, no ping at check-out), each new connection given [`MYSQL_SESSION_SETTINGS`].
+/// A `mariadb://` URL is taken as the `mysql://` URL it means.
 pub fn build_mysql_pool(url: &str, config: &Config) -> Result<MysqlPool> {
-    super::server_pool(url, config, Box::new(SessionSettings))
+    super::server_pool(&super::mysql_url(url), config, Box::new(SessionSettings))
 }
 
 /// Applies [`MYSQL_SESSION_SETTINGS`] to each new pooled connection; a connection that refuses
