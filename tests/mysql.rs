@@ -172,3 +172,25 @@ fn a_lock_wait_timeout_is_retried_as_a_whole_transaction() {
         "it waited out the lock: {waited:?}"
     );
 }
+
+/// An unreachable server, a missing database and bad credentials are each one clear line
+/// (exit 1) naming the problem, with the password never echoed.
+#[test]
+fn bad_mysql_urls_are_one_clear_line_each() {
+    use crate::postgres::one_clear_line;
+    let Some(server) = crate::mysql_backend::mysql_server_url() else {
+        crate::backends::loud!("SKIPPED bad_mysql_urls: no MySQL server configured");
+        return;
+    };
+    let err = one_clear_line("mysql://root@127.0.0.1:1/test");
+    assert!(
+        err.contains("cannot open database") && err.contains("127.0.0.1"),
+        "{err}"
+    );
+    let base = server.rsplit_once('/').map(|(b, _)| b).unwrap_or(&server);
+    let err = one_clear_line(&format!("{base}/jobdb_no_such_database"));
+    assert!(err.contains("jobdb_no_such_database"), "{err}");
+    let err = one_clear_line("mysql://no_such_user:hunter2@127.0.0.1:3306/test");
+    assert!(err.contains("no_such_user"), "{err}");
+    assert!(!err.contains("hunter2"), "the password leaked: {err}");
+}

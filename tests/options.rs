@@ -33,6 +33,37 @@ fn one_url_type_names_either_backend_and_each_handle_refuses_the_other() {
     assert!(err.is_invalid_input(), "{err:?}");
 }
 
+/// `mysql://` and `mariadb://` name MySQL with feature `mysql`, and are a typed bad-URL error
+/// saying so without it; neither is ever taken for a SQLite file name; a SQLite handle
+/// refuses one without touching the network (port 1 listens to nothing).
+#[test]
+fn mysql_urls_name_mysql_or_are_refused_by_a_build_without_it() {
+    for url in ["mysql://u@h/db", "MariaDB://u@h/db"] {
+        match DatabaseUrl::parse(url) {
+            Ok(parsed) => {
+                assert!(
+                    cfg!(feature = "mysql") && parsed.is_mysql(),
+                    "{url}: {parsed:?}"
+                );
+                let DatabaseUrl::Mysql(spelled) = parsed else {
+                    unreachable!()
+                };
+                assert!(spelled.starts_with("mysql://"), "{spelled}");
+            }
+            Err(e) => {
+                assert!(
+                    !cfg!(feature = "mysql") && e.is_invalid_input(),
+                    "{url}: {e:?}"
+                );
+                assert!(e.to_string().contains("feature `mysql`"), "{e}");
+            }
+        }
+    }
+    let err = SqliteQueue::open("mysql://u:secret@127.0.0.1:1/db", Config::default()).unwrap_err();
+    assert!(err.is_invalid_input(), "{err:?}");
+    assert!(!err.to_string().contains("secret"), "{err}");
+}
+
 #[test]
 fn a_postgres_handle_refuses_sqlite_settings_and_a_sqlite_handle_postgres_ones() {
     let mut durable = Config::default();

@@ -11,7 +11,8 @@ fn four_worker_processes_on_postgres_run_every_job_exactly_once() {
     }
 }
 
-fn one_clear_line(url: &str) -> String {
+/// `jobdb stats` on `url` fails with exit 1 and exactly one line on stderr, returned.
+pub(crate) fn one_clear_line(url: &str) -> String {
     let out = jobdb(url).args(["stats"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
