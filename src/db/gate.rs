@@ -10,6 +10,12 @@
 //! and no longer. Meanwhile the process's other operations queue in its group commit, so
 //! the next transaction carries more of them.
 //!
+//! In order: the kernel wakes every `flock` waiter at an unlock and lets them race, so a
+//! process can lose several rounds in a row. Writers first wait for their turn in a ticket
+//! queue shared by the processes (`ticket.rs`), and take the `flock`, then normally free,
+//! when it comes. The `flock` still excludes; the queue only orders, and a dead or stopped
+//! ticket costs the others one short stall, never a hang.
+//!
 //! The gate is taken before `BEGIN IMMEDIATE` and released after `COMMIT`, never the other
 //! way round, so it cannot deadlock with SQLite's lock: a writer that is not jobdb (an app's
 //! own `establish` connection) never takes the gate and still meets jobdb at SQLite's lock,
@@ -31,6 +37,8 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
+use super::ticket::{Ticket, TicketQueue};
+
 /// The open lock file, shared by the threads of one handle. The mutex keeps two threads of
 /// the process from holding the `flock` "together": both would hold it through the same
 /// open file, and the first to unlock would release it for the other.
@@ -38,11 +46,16 @@ use std::sync::{Mutex, MutexGuard};
 pub(crate) struct WriteGate {
     file: Mutex<File>,
     path: PathBuf,
+    /// First come, first served across processes (`ticket.rs`); `None` where the lock file
+    /// cannot be mapped, and the `flock` alone then decides the order.
+    order: Option<TicketQueue>,
 }
 
-/// Held while a write transaction runs; releases the `flock`, then the mutex, when dropped.
+/// Held while a write transaction runs; releases the `flock`, hands the turn on, then
+/// releases the mutex, when dropped.
 pub(crate) struct GateGuard<'a> {
     file: MutexGuard<'a, File>,
+    turn: Option<(&'a TicketQueue, Ticket)>,
 }
 
 impl WriteGate {
@@ -71,9 +84,11 @@ impl WriteGate {
                 return None;
             }
         };
+        let order = TicketQueue::map(&file);
         let gate = WriteGate {
             file: Mutex::new(file),
             path,
+            order,
         };
         // Probe once that the filesystem supports it.
         let probed = gate.hold().map(drop);
@@ -87,11 +102,36 @@ impl WriteGate {
         }
     }
 
-    /// Waits for the gate (in the kernel: no polling) and holds it until the guard drops.
+    /// Waits for the gate (in the kernel: no polling) and holds it until the guard drops:
+    /// first for this writer's turn in the ticket queue, then for the `flock`, which is
+    /// then normally free or about to be.
     pub(crate) fn hold(&self) -> std::io::Result<GateGuard<'_>> {
         let file = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        flock(&file, true)?;
-        Ok(GateGuard { file })
+        let turn = self
+            .order
+            .as_ref()
+            .map(|q| (q, q.enter(|| try_flock(&file))));
+        let guard = GateGuard { file, turn };
+        if !guard.turn.is_some_and(|(_, t)| t.holds_flock()) {
+            flock(&guard.file, true)?;
+        }
+        Ok(guard)
+    }
+}
+
+impl GateGuard<'_> {
+    /// Whether this writer waited for its turn (see `ticket.rs`): false after a stall.
+    #[cfg(test)]
+    pub(crate) fn in_turn(&self) -> bool {
+        self.turn.is_none_or(|(_, t)| t.in_turn())
+    }
+}
+
+impl WriteGate {
+    /// The ticket queue, where the lock file could be mapped.
+    #[cfg(test)]
+    pub(crate) fn queue(&self) -> Option<&TicketQueue> {
+        self.order.as_ref()
     }
 }
 
@@ -99,8 +139,13 @@ impl Drop for GateGuard<'_> {
     fn drop(&mut self) {
         if let Err(e) = flock(&self.file, false) {
             // The descriptor stays open, so the lock would stay held: say so loudly. (Unlock
-            // of a valid descriptor does not fail in practice.)
+            // of a valid descriptor, or of one not locked after a failed flock, does not fail
+            // in practice.)
             tracing::error!(error = %e, "cannot release the write gate");
+        }
+        // After the unlock, so the next ticket finds the flock free when it wakes.
+        if let Some((queue, ticket)) = self.turn.take() {
+            queue.leave(ticket);
         }
     }
 }
@@ -123,6 +168,26 @@ fn flock(file: &File, exclusive: bool) -> std::io::Result<()> {
             return Err(e);
         }
     }
+}
+
+/// Takes the `flock` if it is free, without waiting: whether it did.
+#[cfg(unix)]
+fn try_flock(file: &File) -> std::io::Result<bool> {
+    use std::os::unix::io::AsRawFd;
+    // SAFETY: flock on a descriptor we own, open for the whole call.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(true);
+    }
+    let e = std::io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EWOULDBLOCK) | Some(libc::EINTR) => Ok(false),
+        _ => Err(e),
+    }
+}
+
+#[cfg(not(unix))]
+fn try_flock(_file: &File) -> std::io::Result<bool> {
+    Ok(false)
 }
 
 #[cfg(not(unix))]

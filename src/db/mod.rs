@@ -31,6 +31,7 @@ pub(crate) mod gate;
 mod mysql;
 mod postgres;
 mod sqlite;
+pub(crate) mod ticket;
 pub(crate) mod wal_sync;
 
 use std::sync::{Arc, Once};
