@@ -102,6 +102,12 @@ impl WriteGate {
         }
     }
 
+    /// The ticket queue, where the lock file could be mapped.
+    #[cfg(test)]
+    pub(crate) fn queue(&self) -> Option<&TicketQueue> {
+        self.order.as_ref()
+    }
+
     /// Waits for the gate (in the kernel: no polling) and holds it until the guard drops:
     /// first for this writer's turn in the ticket queue, then for the `flock`, which is
     /// then normally free or about to be.
@@ -119,19 +125,11 @@ impl WriteGate {
     }
 }
 
+#[cfg(test)]
 impl GateGuard<'_> {
     /// Whether this writer waited for its turn (see `ticket.rs`): false after a stall.
-    #[cfg(test)]
     pub(crate) fn in_turn(&self) -> bool {
         self.turn.is_none_or(|(_, t)| t.in_turn())
-    }
-}
-
-impl WriteGate {
-    /// The ticket queue, where the lock file could be mapped.
-    #[cfg(test)]
-    pub(crate) fn queue(&self) -> Option<&TicketQueue> {
-        self.order.as_ref()
     }
 }
 
@@ -150,48 +148,54 @@ impl Drop for GateGuard<'_> {
     }
 }
 
-#[cfg(unix)]
+/// What `flock` is asked to do.
+#[derive(Clone, Copy)]
+enum Lock {
+    /// Wait for the lock.
+    Wait,
+    /// Take the lock only if it is free.
+    IfFree,
+    /// Let it go.
+    Release,
+}
+
+/// Waits for the `flock` (`exclusive`) or releases it.
 fn flock(file: &File, exclusive: bool) -> std::io::Result<()> {
-    use std::os::unix::io::AsRawFd;
-    let op = if exclusive {
-        libc::LOCK_EX
-    } else {
-        libc::LOCK_UN
-    };
-    loop {
-        // SAFETY: flock on a descriptor we own, open for the whole call.
-        if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
-            return Ok(());
-        }
-        let e = std::io::Error::last_os_error();
-        if e.kind() != std::io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
+    let op = if exclusive { Lock::Wait } else { Lock::Release };
+    flock_op(file, op).map(drop)
 }
 
 /// Takes the `flock` if it is free, without waiting: whether it did.
-#[cfg(unix)]
 fn try_flock(file: &File) -> std::io::Result<bool> {
+    flock_op(file, Lock::IfFree)
+}
+
+/// One `flock` call, retried when a signal interrupts a wait; `Ok(false)` only for
+/// [`Lock::IfFree`] finding the lock taken.
+#[cfg(unix)]
+fn flock_op(file: &File, op: Lock) -> std::io::Result<bool> {
     use std::os::unix::io::AsRawFd;
-    // SAFETY: flock on a descriptor we own, open for the whole call.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-        return Ok(true);
-    }
-    let e = std::io::Error::last_os_error();
-    match e.raw_os_error() {
-        Some(libc::EWOULDBLOCK) | Some(libc::EINTR) => Ok(false),
-        _ => Err(e),
+    let code = match op {
+        Lock::Wait => libc::LOCK_EX,
+        Lock::IfFree => libc::LOCK_EX | libc::LOCK_NB,
+        Lock::Release => libc::LOCK_UN,
+    };
+    loop {
+        // SAFETY: flock on a descriptor we own, open for the whole call.
+        if unsafe { libc::flock(file.as_raw_fd(), code) } == 0 {
+            return Ok(true);
+        }
+        let e = std::io::Error::last_os_error();
+        match (op, e.raw_os_error()) {
+            (Lock::IfFree, Some(libc::EWOULDBLOCK)) => return Ok(false),
+            (_, Some(libc::EINTR)) => continue,
+            _ => return Err(e),
+        }
     }
 }
 
 #[cfg(not(unix))]
-fn try_flock(_file: &File) -> std::io::Result<bool> {
-    Ok(false)
-}
-
-#[cfg(not(unix))]
-fn flock(_file: &File, _exclusive: bool) -> std::io::Result<()> {
+fn flock_op(_file: &File, _op: Lock) -> std::io::Result<bool> {
     Err(std::io::Error::new(
         std::io::ErrorKind::Unsupported,
         "the write gate needs flock (Unix)",
