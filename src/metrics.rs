@@ -131,9 +131,9 @@ pub struct Metrics {
     pub wal_bytes: AtomicU64,
     /// Largest WAL size seen by the checkpointer, bytes.
     pub wal_bytes_max: AtomicU64,
-    /// TRUNCATE checkpoints that reset an oversize WAL.
+    /// RESTART checkpoints that reset an oversize WAL (named when they were TRUNCATEs).
     pub wal_truncates: AtomicU64,
-    /// TRUNCATE checkpoints that gave up because a reader held the old WAL.
+    /// RESTART checkpoints that gave up because a reader held the old WAL.
     pub wal_truncate_busy: AtomicU64,
     /// `fdatasync`s of the WAL run for durable acknowledgements (SQLite, `synchronous`
     /// durable): fewer than the commits they covered.
@@ -257,9 +257,9 @@ pub struct WalSnapshot {
     pub bytes: u64,
     /// Largest WAL size seen, bytes.
     pub bytes_max: u64,
-    /// Oversize WALs reset by a TRUNCATE checkpoint.
+    /// Oversize WALs reset by a RESTART checkpoint (named when they were TRUNCATEs).
     pub truncates: u64,
-    /// TRUNCATE checkpoints that a long read transaction made give up.
+    /// RESTART checkpoints that a long read transaction made give up.
     pub truncate_busy: u64,
     /// `fdatasync`s for durable acknowledgements.
     pub syncs: u64,

@@ -21,10 +21,10 @@ pub struct SqliteOptions {
     /// a commit, while the write lock is held (`JOBDB_CHECKPOINT_EVERY_MS=0`).
     pub checkpoint_every: Option<Duration>,
     /// When the WAL still holds more than this many bytes after a background checkpoint, the
-    /// checkpointer runs `wal_checkpoint(TRUNCATE)`, which waits for readers of the old WAL and
-    /// resets it (see `checkpoint.rs`). `None` turns it off (`JOBDB_WAL_TRUNCATE_BYTES=0`).
+    /// checkpointer runs `wal_checkpoint(RESTART)`, which waits for readers of the old WAL so
+    /// the next writer starts it over (see `checkpoint.rs`; the name is older than the mode). `None` turns it off (`JOBDB_WAL_TRUNCATE_BYTES=0`).
     pub wal_truncate_above: Option<u64>,
-    /// How long that TRUNCATE may wait for readers (and so hold writers back), at most
+    /// How long that reset may wait for readers (and so hold writers back), at most
     /// (`JOBDB_WAL_TRUNCATE_WAIT_MS`).
     pub wal_truncate_wait: Duration,
     /// Open databases on network filesystems (NFS, SMB, FUSE, …). WAL's shared memory does not

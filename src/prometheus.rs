@@ -124,7 +124,7 @@ pub fn render_overview<C: QueueConnection>(queue: &Queue<C>, overview: &Overview
         ),
         (
             "jobdb_wal_truncates_total",
-            "WAL truncations by this process (SQLite).",
+            "Resets of an oversize WAL by this process (SQLite; RESTART checkpoints).",
             load(&m.wal_truncates),
         ),
         (

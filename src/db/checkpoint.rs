@@ -10,13 +10,22 @@
 //! The policy, every `Config::checkpoint_every` (500 ms):
 //! 1. `PRAGMA wal_checkpoint(PASSIVE)`: copies what it can, never waits, never blocks anyone.
 //! 2. When the WAL still holds more than `Config::wal_truncate_above` bytes (16 MiB),
-//!    `wal_checkpoint(TRUNCATE)` in 50 ms attempts for up to `Config::wal_truncate_wait` (1 s;
+//!    `wal_checkpoint(RESTART)` in 50 ms attempts for up to `Config::wal_truncate_wait` (1 s;
 //!    why attempts and not one long busy wait: [`truncate_within`]):
 //!    SQLite takes the write lock, copies the rest, then waits for the readers still on the
-//!    old WAL to finish (new readers no longer need it, so they do not extend the wait),
-//!    restarts the WAL and truncates the file to zero bytes. Writers wait meanwhile, at most
+//!    old WAL to finish (new readers no longer need it, so they do not extend the wait), and
+//!    the next writer starts the WAL over from its first frame. Writers wait meanwhile, at most
 //!    the wait plus the copy; they are not failed (busy_timeout and the retry loop).
-//! 3. A TRUNCATE that gives up (a read transaction that lasts longer than the wait) is retried
+//!
+//!    Why RESTART and not TRUNCATE, which also cuts the file to zero bytes: the writes after
+//!    a truncation grow the file again, and growing it means allocating blocks, which on ext4
+//!    waits for the WAL syncs of the durable mode and makes each of those syncs write the
+//!    inode too. A restarted WAL is overwritten in the blocks it has; SQLite trims the file
+//!    to `journal_size_limit` (64 MiB) at the restart, so its size stays bounded. Measured on
+//!    this project's 2-vCPU machine, one alternated run, medians of 3 (TRUNCATE / RESTART):
+//!    one worker 1,652 / 2,222 jobs/s; 64 workers in 8 processes 2,818 / 3,961 jobs/s, claim
+//!    p99 21.9 / 11.2 ms; the WAL bound test's largest file 2.1 / 2.1 MB.
+//! 3. A reset that gives up (a read transaction that lasts longer than the wait) is retried
 //!    with doubling pauses up to a minute, with a warning naming the WAL size: one read
 //!    transaction that never ends pins the WAL in any SQLite, and only its owner can end it.
 //!
@@ -42,7 +51,7 @@ pub(crate) trait CheckpointTarget: Send + Sync + 'static {
     /// Where checkpoints are counted.
     fn metrics(&self) -> &Metrics;
     /// Runs `f` on the process's writer connection, in line with the queue's own write
-    /// transactions. The TRUNCATE runs there: on any other connection it would compete with
+    /// transactions. The reset (RESTART) runs there: on any other connection it would compete with
     /// our writer for the write lock through the busy handler and could starve while the
     /// writer, committing back to back, keeps growing the WAL.
     fn on_writer(
@@ -87,7 +96,7 @@ fn run<T: CheckpointTarget>(target: Weak<T>, policy: Policy) {
     }
 }
 
-/// When the next TRUNCATE may be tried: right away, or after a pause that doubles with each
+/// When the next reset (RESTART) may be tried: right away, or after a pause that doubles with each
 /// failure, so a pinned WAL does not stall writers for `truncate_wait` every round.
 #[derive(Debug, Default)]
 struct TruncateSchedule {
@@ -156,16 +165,16 @@ fn one_round<T: CheckpointTarget>(
         metrics.wal_truncates.fetch_add(1, Ordering::Relaxed);
         metrics.wal_bytes.store(0, Ordering::Relaxed);
         schedule.succeeded();
-        tracing::debug!(wal_bytes, "WAL over its limit: checkpointed and truncated");
+        tracing::debug!(wal_bytes, "WAL over its limit: checkpointed and restarted");
     }
     Ok(())
 }
 
-/// How long one TRUNCATE attempt may wait in SQLite's busy handler before it gives up and
+/// How long one RESTART attempt may wait in SQLite's busy handler before it gives up and
 /// [`truncate_within`] tries again.
 const TRUNCATE_ATTEMPT: Duration = Duration::from_millis(50);
 
-/// `wal_checkpoint(TRUNCATE)` in short attempts until one succeeds or `policy.truncate_wait`
+/// `wal_checkpoint(RESTART)` in short attempts until one succeeds or `policy.truncate_wait`
 /// has passed, then the writer's busy timeout is restored.
 ///
 /// Why not one attempt with the whole wait as its busy timeout: while SQLite waits for a
@@ -188,7 +197,7 @@ fn truncate_attempts(conn: &mut SqliteConnection, deadline: Instant) -> Result<C
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         set_busy_timeout(conn, left.min(TRUNCATE_ATTEMPT))?;
-        let outcome = checkpoint(conn, CheckpointMode::Truncate)?;
+        let outcome = checkpoint(conn, CheckpointMode::Restart)?;
         if outcome.busy == 0 || Instant::now() >= deadline {
             return Ok(outcome);
         }

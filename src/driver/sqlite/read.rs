@@ -20,9 +20,11 @@ use crate::schema::{jobs, results};
 pub enum CheckpointMode {
     /// Copies what it can without waiting for any lock; never blocks readers or writers.
     Passive,
-    /// Takes the write lock, copies everything, waits (busy handler) for readers of the old
-    /// WAL, then resets the WAL and truncates its file to zero bytes.
-    Truncate,
+    /// Takes the write lock, copies everything and waits (busy handler) for readers of the
+    /// old WAL, so the next writer starts the WAL over from its first frame. The file keeps
+    /// its size (SQLite trims it to `journal_size_limit` at that restart), so the writes that
+    /// follow overwrite blocks the file already has.
+    Restart,
 }
 
 /// What `PRAGMA wal_checkpoint` reported.
@@ -44,7 +46,7 @@ pub struct CheckpointOutcome {
 pub fn checkpoint(conn: &mut SqliteConnection, mode: CheckpointMode) -> Result<CheckpointOutcome> {
     let sql = match mode {
         CheckpointMode::Passive => "PRAGMA wal_checkpoint(PASSIVE)",
-        CheckpointMode::Truncate => "PRAGMA wal_checkpoint(TRUNCATE)",
+        CheckpointMode::Restart => "PRAGMA wal_checkpoint(RESTART)",
     };
     Ok(diesel::sql_query(sql).get_result(conn)?)
 }
