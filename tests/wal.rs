@@ -117,3 +117,58 @@ fn wal_bound_overlapping_readers_cannot_make_the_wal_grow_past_the_truncate_limi
         "without the policy the WAL should outgrow the bounded run: {unbounded} vs {max_file}"
     );
 }
+
+/// The reset keeps the WAL file's blocks (RESTART, not TRUNCATE): writes after it overwrite
+/// the file instead of growing it again, which on ext4 allocated blocks behind the durable
+/// mode's WAL syncs and stalled every writer of every process for 20–40 ms at each reset
+/// (README, "RESTART, not TRUNCATE"). Reached without timing: a WAL over the limit and no
+/// writer afterwards, so the PASSIVE rounds copy it all but nothing restarts it, and the
+/// policy's reset must run; the test waits for the checkpointer's count, not for a time.
+#[test]
+fn the_wal_reset_keeps_the_file_and_the_next_writes_overwrite_it() {
+    let db = TestDb::new();
+    let q = db.queue_with(|c| {
+        c.sqlite.checkpoint_every = Some(Duration::from_millis(50));
+        c.sqlite.wal_truncate_above = Some(LIMIT);
+    });
+    let wal_path = format!("{}-wal", db.url());
+    let jobs: Vec<NewJob> = (0..2000)
+        .map(|i| NewJob::new("reset", &format!("{i:0>1000}")).unwrap())
+        .collect();
+    q.enqueue_batch(&jobs).unwrap();
+    let grown = std::fs::metadata(&wal_path).unwrap().len();
+    assert!(
+        grown > 2 * LIMIT,
+        "the load made a WAL over the limit: {grown}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while q.metrics().wal.truncates == 0 {
+        assert!(Instant::now() < deadline, "no reset: {:?}", q.metrics().wal);
+        thread::sleep(Duration::from_millis(10));
+    }
+    let after_reset = std::fs::metadata(&wal_path).unwrap().len();
+    assert_eq!(
+        after_reset, grown,
+        "the reset kept the file (a TRUNCATE cuts it to zero)"
+    );
+    // The next writer starts the WAL over: a small write stays within the old file and the
+    // WAL then holds only its frames.
+    q.enqueue(&NewJob::new("reset", &"one more").unwrap())
+        .unwrap();
+    assert_eq!(std::fs::metadata(&wal_path).unwrap().len(), grown);
+    let mut c = SqliteConnection::establish(&db.url()).unwrap();
+    #[derive(diesel::QueryableByName)]
+    struct Log {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        log: i64,
+    }
+    use diesel::RunQueryDsl;
+    let log: Log = diesel::sql_query("PRAGMA wal_checkpoint(PASSIVE)")
+        .get_result(&mut c)
+        .unwrap();
+    assert!(
+        log.log < 20,
+        "the WAL restarted from its first frame: {} frames",
+        log.log
+    );
+}
