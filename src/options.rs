@@ -22,7 +22,8 @@ pub struct SqliteOptions {
     pub checkpoint_every: Option<Duration>,
     /// When the WAL still holds more than this many bytes after a background checkpoint, the
     /// checkpointer runs `wal_checkpoint(RESTART)`, which waits for readers of the old WAL so
-    /// the next writer starts it over (see `checkpoint.rs`; the name is older than the mode). `None` turns it off (`JOBDB_WAL_TRUNCATE_BYTES=0`).
+    /// the next writer starts it over (see `checkpoint.rs`; the name is older than the mode).
+    /// `None` turns it off (`JOBDB_WAL_TRUNCATE_BYTES=0`).
     pub wal_truncate_above: Option<u64>,
     /// How long that reset may wait for readers (and so hold writers back), at most
     /// (`JOBDB_WAL_TRUNCATE_WAIT_MS`).

@@ -11,7 +11,7 @@
 //! 1. `PRAGMA wal_checkpoint(PASSIVE)`: copies what it can, never waits, never blocks anyone.
 //! 2. When the WAL still holds more than `Config::wal_truncate_above` bytes (16 MiB),
 //!    `wal_checkpoint(RESTART)` in 50 ms attempts for up to `Config::wal_truncate_wait` (1 s;
-//!    why attempts and not one long busy wait: [`truncate_within`]):
+//!    why attempts and not one long busy wait: [`reset_within`]):
 //!    SQLite takes the write lock, copies the rest, then waits for the readers still on the
 //!    old WAL to finish (new readers no longer need it, so they do not extend the wait), and
 //!    the next writer starts the WAL over from its first frame. Writers wait meanwhile, at most
@@ -51,8 +51,8 @@ pub(crate) trait CheckpointTarget: Send + Sync + 'static {
     /// Where checkpoints are counted.
     fn metrics(&self) -> &Metrics;
     /// Runs `f` on the process's writer connection, in line with the queue's own write
-    /// transactions. The reset (RESTART) runs there: on any other connection it would compete with
-    /// our writer for the write lock through the busy handler and could starve while the
+    /// transactions. The reset (RESTART) runs there: on any other connection it would compete
+    /// with our writer for the write lock through the busy handler and could starve while the
     /// writer, committing back to back, keeps growing the WAL.
     fn on_writer(
         &self,
@@ -81,7 +81,7 @@ pub(crate) fn start<T: CheckpointTarget>(target: Weak<T>, policy: Policy) {
 }
 
 fn run<T: CheckpointTarget>(target: Weak<T>, policy: Policy) {
-    let mut truncate = TruncateSchedule::default();
+    let mut truncate = ResetSchedule::default();
     // Fixed once the database exists: read on the first round that succeeds.
     let mut page_bytes = None;
     loop {
@@ -96,15 +96,15 @@ fn run<T: CheckpointTarget>(target: Weak<T>, policy: Policy) {
     }
 }
 
-/// When the next reset (RESTART) may be tried: right away, or after a pause that doubles with each
-/// failure, so a pinned WAL does not stall writers for `truncate_wait` every round.
+/// When the next reset (RESTART) may be tried: right away, or after a pause that doubles with
+/// each failure, so a pinned WAL does not stall writers for `truncate_wait` every round.
 #[derive(Debug, Default)]
-struct TruncateSchedule {
+struct ResetSchedule {
     failures: u32,
     not_before: Option<Instant>,
 }
 
-impl TruncateSchedule {
+impl ResetSchedule {
     fn due(&self) -> bool {
         self.not_before.map_or(true, |t| Instant::now() >= t)
     }
@@ -118,14 +118,14 @@ impl TruncateSchedule {
     }
 
     fn succeeded(&mut self) {
-        *self = TruncateSchedule::default();
+        *self = ResetSchedule::default();
     }
 }
 
 fn one_round<T: CheckpointTarget>(
     target: &T,
     policy: &Policy,
-    schedule: &mut TruncateSchedule,
+    schedule: &mut ResetSchedule,
     page_bytes: &mut Option<u64>,
 ) -> Result<()> {
     let metrics = target.metrics();
@@ -151,7 +151,7 @@ fn one_round<T: CheckpointTarget>(
     if wal_bytes <= limit || !schedule.due() {
         return Ok(());
     }
-    let truncated = target.on_writer(&mut |conn| truncate_within(conn, policy))?;
+    let truncated = target.on_writer(&mut |conn| reset_within(conn, policy))?;
     if truncated.busy != 0 {
         metrics.wal_truncate_busy.fetch_add(1, Ordering::Relaxed);
         schedule.failed(policy.every);
@@ -171,8 +171,8 @@ fn one_round<T: CheckpointTarget>(
 }
 
 /// How long one RESTART attempt may wait in SQLite's busy handler before it gives up and
-/// [`truncate_within`] tries again.
-const TRUNCATE_ATTEMPT: Duration = Duration::from_millis(50);
+/// [`reset_within`] tries again.
+const RESET_ATTEMPT: Duration = Duration::from_millis(50);
 
 /// `wal_checkpoint(RESTART)` in short attempts until one succeeds or `policy.truncate_wait`
 /// has passed, then the writer's busy timeout is restored.
@@ -185,18 +185,18 @@ const TRUNCATE_ATTEMPT: Duration = Duration::from_millis(50);
 /// wait, 1 s or 3 s, used up under two 200 ms readers). A new attempt reads the marks afresh,
 /// skips the slots that have moved on, and only waits for readers that really are on the old
 /// WAL; after the copy, new readers read the database file and stop extending the wait.
-fn truncate_within(conn: &mut SqliteConnection, policy: &Policy) -> Result<CheckpointOutcome> {
-    let attempts = truncate_attempts(conn, Instant::now() + policy.truncate_wait);
+fn reset_within(conn: &mut SqliteConnection, policy: &Policy) -> Result<CheckpointOutcome> {
+    let attempts = reset_attempts(conn, Instant::now() + policy.truncate_wait);
     let restored = set_busy_timeout(conn, policy.busy_timeout);
     let outcome = attempts?;
     restored?;
     Ok(outcome)
 }
 
-fn truncate_attempts(conn: &mut SqliteConnection, deadline: Instant) -> Result<CheckpointOutcome> {
+fn reset_attempts(conn: &mut SqliteConnection, deadline: Instant) -> Result<CheckpointOutcome> {
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        set_busy_timeout(conn, left.min(TRUNCATE_ATTEMPT))?;
+        set_busy_timeout(conn, left.min(RESET_ATTEMPT))?;
         let outcome = checkpoint(conn, CheckpointMode::Restart)?;
         if outcome.busy == 0 || Instant::now() >= deadline {
             return Ok(outcome);
@@ -217,7 +217,7 @@ mod tests {
     #[test]
     fn truncate_pauses_double_after_failures_and_reset_on_success() {
         let every = Duration::from_millis(500);
-        let mut s = TruncateSchedule::default();
+        let mut s = ResetSchedule::default();
         assert!(s.due());
         s.failed(every);
         assert!(
