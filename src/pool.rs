@@ -25,7 +25,11 @@ pub(crate) use postgres::english_messages;
 pub use postgres::{build_postgres_pool, run_postgres_migrations, PgPool, POSTGRES_MIGRATIONS};
 
 #[cfg(feature = "mysql")]
+mod cloexec;
+#[cfg(feature = "mysql")]
 mod mysql;
+#[cfg(feature = "mysql")]
+pub(crate) use mysql::close_on_exec;
 #[cfg(feature = "mysql")]
 pub use mysql::{
     build_mysql_pool, run_mysql_migrations, MysqlPool, MYSQL_MIGRATIONS, MYSQL_SESSION_SETTINGS,

@@ -48,8 +48,46 @@ impl r2d2::CustomizeConnection<MysqlConnection, diesel::r2d2::Error> for Session
         conn: &mut MysqlConnection,
     ) -> std::result::Result<(), diesel::r2d2::Error> {
         conn.batch_execute(MYSQL_SESSION_SETTINGS)
-            .map_err(diesel::r2d2::Error::QueryError)
+            .map_err(diesel::r2d2::Error::QueryError)?;
+        close_on_exec(conn).map_err(diesel::r2d2::Error::QueryError)
     }
+}
+
+/// Makes `conn`'s socket close-on-exec (see `cloexec.rs`: Connector/C leaves it inheritable,
+/// so a spawned job's command would keep a crashed worker's sessions and locks alive), found
+/// by the client address the server saw it come from. A socket not found (a proxy between,
+/// which the server sees instead of us) or a process without `/proc` is logged and left as
+/// it is: the connection works the same, only a spawned child inherits it.
+pub(crate) fn close_on_exec(conn: &mut MysqlConnection) -> diesel::QueryResult<()> {
+    use super::cloexec::ClientEnd;
+    #[derive(diesel::QueryableByName)]
+    struct Seen {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        host: String,
+        #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+        socket: Option<String>,
+    }
+    let seen: Seen = diesel::sql_query(
+        "SELECT HOST AS host, @@socket AS socket FROM information_schema.PROCESSLIST \
+         WHERE ID = CONNECTION_ID()",
+    )
+    .get_result(conn)?;
+    // TCP shows as `address:port`; a Unix-domain connection as `localhost`, without a port.
+    let end = match seen.host.rsplit_once(':').and_then(|(_, p)| p.parse().ok()) {
+        Some(port) => ClientEnd::Tcp(port),
+        None => match seen.socket {
+            Some(path) => ClientEnd::Unix(path),
+            None => return Ok(()),
+        },
+    };
+    match super::cloexec::close_on_exec(&end) {
+        Ok(0) if cfg!(target_os = "linux") => {
+            tracing::debug!(?end, "no socket of ours at the MySQL connection's address")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not mark MySQL sockets close-on-exec"),
+    }
+    Ok(())
 }
 
 /// Runs the pending MySQL migrations while holding a named server lock (`GET_LOCK`), so

@@ -288,10 +288,12 @@ impl JobDriver for MysqlConnection {
         crate::driver::in_transaction(self)
     }
 
-    /// The pool's session settings (READ COMMITTED above all; see `pool/mysql.rs`).
+    /// The pool's session settings (READ COMMITTED above all; see `pool/mysql.rs`), and the
+    /// socket close-on-exec, as the pool's customizer sets up each of its connections.
     fn prepare_session(&mut self) -> Result<()> {
         use diesel::connection::SimpleConnection;
-        Ok(self.batch_execute(crate::pool::MYSQL_SESSION_SETTINGS)?)
+        self.batch_execute(crate::pool::MYSQL_SESSION_SETTINGS)?;
+        Ok(crate::pool::close_on_exec(self)?)
     }
 
     /// Outside a transaction the statements alone, as on PostgreSQL: each driver method whose
