@@ -29,6 +29,9 @@ const QUEUE: &str = "hist";
 const THREAD_LEASE: Duration = Duration::from_millis(300);
 /// The worker processes' lease; SIGSTOPs last 1.2× to 2× it.
 const PROCESS_LEASE_MS: u64 = 1000;
+/// How long after the history ends every actor must be done (each is in at most one
+/// operation then); longer is a hang, reported as a failure.
+const ACTOR_END_BOUND: Duration = Duration::from_secs(60);
 
 /// What the history did, for the closing figures.
 #[derive(Default)]
@@ -74,7 +77,8 @@ fn history<C: TestConn>(b: &Backend<C>, seed: u64, secs: u64) {
         })
         .collect();
     let mut rng = fastrand::Rng::with_seed(seed);
-    let mut workers: Vec<Child> = (0..2).map(|_| spawn_worker(b)).collect();
+    let mut workers = Workers((0..2).map(|_| spawn_worker(b)).collect());
+    let workers = &mut workers.0;
     while Instant::now() < deadline {
         thread::sleep(Duration::from_millis(rng.u64(200..500)));
         let w = rng.usize(..workers.len());
@@ -100,11 +104,23 @@ fn history<C: TestConn>(b: &Backend<C>, seed: u64, secs: u64) {
         }
     }
     stop.store(true, Ordering::Relaxed);
+    // An actor ends within one operation (a stall is at most 2.3 leases): one still running
+    // a minute later is stuck in the database client, and the test says so instead of
+    // hanging the suite.
+    let ended = Instant::now() + ACTOR_END_BOUND;
     for a in actors {
+        while !a.is_finished() {
+            assert!(
+                Instant::now() < ended,
+                "an actor was still in an operation {ACTOR_END_BOUND:?} after the history \
+                 ended (seed={seed}): a statement that never returned"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
         a.join().expect("an actor failed: see its panic above");
     }
-    for mut w in workers {
-        signal(&w, libc::SIGCONT);
+    for w in workers.iter_mut() {
+        signal(w, libc::SIGCONT);
         let _ = w.kill();
         let _ = w.wait();
     }
@@ -128,6 +144,20 @@ fn history<C: TestConn>(b: &Backend<C>, seed: u64, secs: u64) {
         INVARIANTS
     );
     assert!(counts.ops.load(Ordering::Relaxed) > 100, "the history ran");
+}
+
+/// The `jobdb work` processes, killed however the test ends (a failed assertion included),
+/// so none outlives it.
+struct Workers(Vec<Child>);
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        for w in &mut self.0 {
+            signal(w, libc::SIGCONT);
+            let _ = w.kill();
+            let _ = w.wait();
+        }
+    }
 }
 
 fn spawn_worker<C: TestConn>(b: &Backend<C>) -> Child {
