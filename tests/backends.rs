@@ -123,6 +123,18 @@ pub trait TestConn: QueueConnection + SimpleConnection + Sized {
     fn results(&mut self, id: i64) -> Vec<(i32, String)>;
     /// The one BIGINT value, named `n`, that `sql` selects.
     fn query_i64(&mut self, sql: &str) -> i64;
+    /// What the server's sessions on this database are doing (one line each), for the message
+    /// of a test that found a statement hanging; nothing where there is no server (SQLite).
+    fn sessions(&mut self) -> String {
+        String::new()
+    }
+}
+
+/// One server session, as `TestConn::sessions` lists it.
+#[derive(QueryableByName)]
+pub struct SessionRow {
+    #[diesel(sql_type = Text)]
+    pub line: String,
 }
 
 #[derive(QueryableByName)]
@@ -188,6 +200,16 @@ impl TestConn for PgConnection {
         .bind::<BigInt, _>(id)
         .execute(self)
         .unwrap();
+    }
+    fn sessions(&mut self) -> String {
+        diesel::sql_query(
+            "SELECT concat_ws(' | ', pid, state, wait_event_type, wait_event, \
+                    now() - state_change, left(query, 120)) AS line \
+             FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .load::<SessionRow>(self)
+        .map(|rows| rows.into_iter().map(|r| r.line + "\n").collect())
+        .unwrap_or_else(|e| format!("(pg_stat_activity unreadable: {e:?})"))
     }
     fn until_another_waits(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(30);

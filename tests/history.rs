@@ -110,11 +110,14 @@ fn history<C: TestConn>(b: &Backend<C>, seed: u64, secs: u64) {
     let ended = Instant::now() + ACTOR_END_BOUND;
     for a in actors {
         while !a.is_finished() {
-            assert!(
-                Instant::now() < ended,
-                "an actor was still in an operation {ACTOR_END_BOUND:?} after the history \
-                 ended (seed={seed}): a statement that never returned"
-            );
+            if Instant::now() >= ended {
+                panic!(
+                    "an actor was still in an operation {ACTOR_END_BOUND:?} after the history \
+                     ended (seed={seed}): a statement that never returned. The server's \
+                     sessions:\n{}",
+                    b.conn().sessions()
+                );
+            }
             thread::sleep(Duration::from_millis(50));
         }
         a.join().expect("an actor failed: see its panic above");

@@ -75,6 +75,15 @@ impl TestConn for MysqlConnection {
     /// or (MariaDB, whose optimizer takes a primary-key row's lock while it plans, before the
     /// transaction shows in `innodb_trx`) it has been executing one statement for two polls
     /// 20 ms apart, which a single-row statement of these cases only does while blocked.
+    fn sessions(&mut self) -> String {
+        diesel::sql_query(
+            "SELECT CONCAT_WS(' | ', ID, HOST, COMMAND, TIME, STATE, LEFT(INFO, 120)) AS line \
+             FROM information_schema.PROCESSLIST WHERE DB = DATABASE() AND ID <> CONNECTION_ID()",
+        )
+        .load::<crate::backends::SessionRow>(self)
+        .map(|rows| rows.into_iter().map(|r| r.line + "\n").collect())
+        .unwrap_or_else(|e| format!("(the process list is unreadable: {e:?})"))
+    }
     fn until_another_waits(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut seen = 0;
