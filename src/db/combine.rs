@@ -21,6 +21,8 @@ use crate::retry::{retry_busy, RetryPolicy, RetryStats};
 
 #[cfg(feature = "tokio")]
 mod oneshot;
+#[cfg(test)]
+mod tests;
 mod threads;
 pub(crate) use threads::{Kick, WriterThreads};
 
@@ -324,15 +326,10 @@ impl<C: QueueConnection> Combiner<C> {
     ) {
         let mut extra = 0;
         loop {
-            let group: Vec<Queued<C>> = {
-                let mut pending = lock(&self.pending);
-                let n = pending.len().min(MAX_GROUP);
-                pending.drain(..n).collect()
-            };
-            if group.is_empty() {
+            let Some((group, held)) = self.next_group(ctx) else {
                 return;
-            }
-            self.run_group(writer, ctx, &group);
+            };
+            self.run_group(writer, ctx, &group, held);
             // Our operation ran once it is answered, or committed and waiting for its WAL
             // sync (it is answered only after `flush_durable`, which runs after this loop).
             let ran = {
@@ -366,7 +363,7 @@ impl<C: QueueConnection> Combiner<C> {
         let fresh = writer.is_none();
         let result = checkout(&mut writer, ctx.pool).and_then(|conn| {
             writer_sync_normal(&mut **conn, ctx, fresh)?;
-            traced(ctx, name, 1, || f(&mut *conn))
+            traced(ctx, name, 1, None, || f(&mut *conn))
         });
         let seq = match (&result, ctx.wal_sync) {
             (Ok(_), Some(sync)) if !recoverable(name) => Some(sync.committed()),
@@ -397,7 +394,7 @@ impl<C: QueueConnection> Combiner<C> {
         mut f: impl FnMut(&mut C) -> Result<T>,
     ) -> Result<T> {
         let mut conn = ctx.pool.get()?;
-        let result = traced(ctx, name, 1, || f(&mut conn));
+        let result = traced(ctx, name, 1, None, || f(&mut conn));
         match &result {
             Ok(_) => {
                 ctx.metrics
@@ -438,11 +435,34 @@ impl<C: QueueConnection> Combiner<C> {
         }
     }
 
+    /// The next group, if any is queued, with the write gate already taken for it: the gate
+    /// is waited for first and the queue drained after, so what this process's threads queued
+    /// while it waited for its turn (behind other processes) rides in the same transaction,
+    /// where draining first left it for another turn at the gate. (In one process the gate is
+    /// free and this changes nothing.)
+    fn next_group<'g>(&self, ctx: &WriteCtx<'g, C>) -> Option<(Vec<Queued<C>>, Option<Held<'g>>)> {
+        if lock(&self.pending).is_empty() {
+            return None;
+        }
+        let since = std::time::Instant::now();
+        let held = ctx.gate.map(|g| Held {
+            guard: g.hold(),
+            since,
+        });
+        let group: Vec<Queued<C>> = {
+            let mut pending = lock(&self.pending);
+            let n = pending.len().min(MAX_GROUP);
+            pending.drain(..n).collect()
+        };
+        (!group.is_empty()).then_some((group, held))
+    }
+
     fn run_group(
         &self,
         writer: &mut Option<PooledConnection<C>>,
         ctx: &WriteCtx<'_, C>,
         group: &[Queued<C>],
+        held: Option<Held<'_>>,
     ) {
         // Named after its first operation; `ops` says how many rode along.
         let name = group.first().map_or("empty", |op| op.name());
@@ -453,7 +473,7 @@ impl<C: QueueConnection> Combiner<C> {
         let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             checkout(writer, ctx.pool).and_then(|conn| {
                 writer_sync_normal(&mut **conn, ctx, fresh)?;
-                traced(ctx, name, group.len(), || match group {
+                traced(ctx, name, group.len(), held, || match group {
                     // Alone, the operation is its own BEGIN IMMEDIATE transaction: no savepoint.
                     [op] => op.run(conn),
                     _ => conn.write_transaction(|c| group.iter().try_for_each(|op| op.run(c))),
@@ -518,10 +538,12 @@ fn writer_sync_normal<C: QueueConnection>(
 
 /// Runs a write transaction under the retry loop inside a `jobdb.write` span that carries its
 /// name, how many operations ride in it, the busy retries it needed and how long it took.
+/// `held`: the gate, when the caller took it already (`next_group`), for the first try.
 fn traced<C: QueueConnection, R>(
     ctx: &WriteCtx<'_, C>,
     name: &'static str,
     ops: usize,
+    mut held: Option<Held<'_>>,
     mut f: impl FnMut() -> Result<R>,
 ) -> Result<R> {
     let span = tracing::debug_span!(
@@ -536,7 +558,7 @@ fn traced<C: QueueConnection, R>(
     let mut tries: u32 = 0;
     let result = retry_busy(ctx.policy, ctx.stats, name, || {
         tries += 1;
-        timed(ctx, name, ops, &mut f)
+        timed(ctx, name, ops, held.take(), &mut f)
     });
     span.record("busy_retries", tries.saturating_sub(1));
     span.record("duration_ms", started.elapsed().as_secs_f64() * 1000.0);
@@ -556,18 +578,29 @@ pub(crate) fn lock_acquired() {
     LOCK_ACQUIRED.with(|c| c.set(Some(std::time::Instant::now())));
 }
 
+/// The write gate taken for a group before its operations were gathered (`next_group`).
+pub(crate) struct Held<'g> {
+    guard: std::io::Result<super::gate::GateGuard<'g>>,
+    /// When the wait for it began: counted as waiting for the write lock.
+    since: std::time::Instant,
+}
+
 /// Runs one try of a write transaction, recording how long it waited for the write lock and
-/// how long it held it, and warning when the hold passes the slow threshold.
+/// how long it held it, and warning when the hold passes the slow threshold. The gate is
+/// taken here unless `held` brings it (then released here all the same).
 fn timed<C: QueueConnection, R>(
     ctx: &WriteCtx<'_, C>,
     name: &'static str,
     ops: usize,
+    held: Option<Held<'_>>,
     f: impl FnOnce() -> R,
 ) -> R {
     LOCK_ACQUIRED.with(|c| c.set(None));
-    let started = std::time::Instant::now();
     // Waiting at the gate is waiting for the write lock: it counts in `lock_wait`.
-    let gate = ctx.gate.map(|g| g.hold());
+    let (started, gate) = match held {
+        Some(h) => (h.since, Some(h.guard)),
+        None => (std::time::Instant::now(), ctx.gate.map(|g| g.hold())),
+    };
     if let Some(Err(e)) = &gate {
         tracing::warn!(error = %e, "cannot take the write gate; this transaction goes without");
     }

@@ -7,8 +7,9 @@
 //! for a second or more while the others take turns (measured: claim max 1.3–1.5 s with 4–8
 //! processes). A process blocked in `flock` is woken by the kernel the moment the holder
 //! releases it, without polling, so the wait is as long as the transactions ahead of it
-//! and no longer. Meanwhile the process's other operations queue in its group commit, so
-//! the next transaction carries more of them.
+//! and no longer. Meanwhile the process's other operations queue in its group commit, and
+//! the combiner gathers its group only once it holds the gate, so the transaction it then
+//! runs carries them too (`combine.rs`, `next_group`).
 //!
 //! In order: the kernel wakes every `flock` waiter at an unlock and lets them race, so a
 //! process can lose several rounds in a row. Writers first wait for their turn in a ticket

@@ -142,6 +142,12 @@ impl TicketQueue {
         ))
     }
 
+    /// How many tickets have been handed out: a test sees a writer enter the queue.
+    #[cfg(test)]
+    pub(crate) fn tickets_taken(&self) -> u32 {
+        self.word(NEXT).load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     fn word(&self, i: usize) -> &AtomicU32 {
         debug_assert!(i < LEN / 4);
         // SAFETY: i is within the mapping, which is 4-byte aligned (page aligned) and lives

@@ -7,7 +7,7 @@
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::Duration;
 
-use super::{lock, Combiner, Task, Wake, WriteCtx, EXTRA_ROUNDS, MAX_GROUP};
+use super::{lock, Combiner, Task, Wake, WriteCtx, EXTRA_ROUNDS};
 use crate::db::Inner;
 use crate::driver::QueueConnection;
 use crate::error::Result;
@@ -150,15 +150,10 @@ impl<C: QueueConnection> Combiner<C> {
             return false;
         };
         for _ in 0..=EXTRA_ROUNDS {
-            let group: Vec<_> = {
-                let mut pending = lock(&self.pending);
-                let n = pending.len().min(MAX_GROUP);
-                pending.drain(..n).collect()
-            };
-            if group.is_empty() {
+            let Some((group, held)) = self.next_group(ctx) else {
                 break;
-            }
-            self.run_group(&mut writer, ctx, &group);
+            };
+            self.run_group(&mut writer, ctx, &group, held);
             // Durable operations wait for the sync: start it rather than run more first.
             if !lock(&self.durable).is_empty() {
                 break;
