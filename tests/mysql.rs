@@ -198,7 +198,9 @@ fn bad_mysql_urls_are_one_clear_line_each() {
 /// A process spawned beside open MySQL connections does not inherit them. Connector/C opens
 /// its socket without close-on-exec; inherited, a worker's `--exec` job kept a crashed
 /// worker's sessions (and whatever they locked) open on the server for as long as it ran.
-/// Over TCP and, where the URL can say `localhost`, over the server's Unix socket.
+/// Over TCP and, where the URL can say `localhost`, over the server's Unix socket. Each check
+/// runs in a process of its own (`cloexec_check`), where no other test's connections are
+/// open: the suite's own helper connections are not the pool's and stay inheritable.
 #[test]
 fn a_spawned_process_holds_none_of_the_pools_mysql_sockets() {
     let Some(db) = MyTestDb::new("mysql_cloexec") else {
@@ -209,70 +211,75 @@ fn a_spawned_process_holds_none_of_the_pools_mysql_sockets() {
         urls.push(db.url.replace("@127.0.0.1:3306/", "@localhost/"));
     }
     for url in urls {
-        let q = jobdb::MysqlQueue::open(&url, jobdb::Config::default()).unwrap();
-        // Several connections open at once, so the pool holds more than one.
-        std::thread::scope(|s| {
-            for i in 0..4 {
-                let q = &q;
-                s.spawn(move || q.enqueue(&jobdb::NewJob::new("c", &i).unwrap()).unwrap());
-            }
-        });
-        let ours = sockets("self");
-        assert!(!ours.is_empty(), "the pool has connections open ({url})");
-        let mut child = Command::new("sleep")
-            .arg("30")
-            .stdin(std::process::Stdio::null())
-            .spawn()
+        let out = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "mysql::cloexec_check",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CLOEXEC_URL, &url)
+            .output()
             .unwrap();
-        let theirs = sockets(&child.id().to_string());
-        let _ = child.kill();
-        let _ = child.wait();
-        // A socket another test's thread opened just then may be inherited before its own
-        // connection marks it; it is close-on-exec by now. Ours never would be, unfixed.
-        let inherited: Vec<_> = theirs
-            .keys()
-            .filter(|inode| ours.get(*inode).is_some_and(|&fd| !close_on_exec(fd)))
-            .collect();
-        assert!(
-            inherited.is_empty(),
-            "the child holds {} of our {} sockets over {url}",
-            inherited.len(),
-            ours.len()
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
         );
-        crate::backends::loud!(
-            "cloexec over {}: the child held none of our {} sockets",
-            if url.contains("@localhost/") {
-                "the Unix socket"
-            } else {
-                "TCP"
-            },
-            ours.len()
-        );
+        assert!(out.status.success(), "over {url}:\n{stdout}\n{stderr}");
+        let line = stdout
+            .lines()
+            .find_map(|l| l.find("CLOEXEC ").map(|at| &l[at..]))
+            .unwrap_or_else(|| panic!("the check did not run over {url}:\n{stdout}\n{stderr}"));
+        crate::backends::loud!("{line} ({url})");
     }
 }
 
-/// The sockets open in process `pid` (`self` for this one): inode to descriptor.
-fn sockets(pid: &str) -> std::collections::BTreeMap<String, u32> {
+/// Where `cloexec_check` finds the database to check.
+const CLOEXEC_URL: &str = "JOBDB_TEST_CLOEXEC_URL";
+
+/// The check of the test above, run by it in a process of its own; without its variable it
+/// does nothing (the suite's own run of it).
+#[test]
+fn cloexec_check() {
+    let Ok(url) = std::env::var(CLOEXEC_URL) else {
+        return;
+    };
+    let q = jobdb::MysqlQueue::open(&url, jobdb::Config::default()).unwrap();
+    // Several connections open at once, so the pool holds more than one.
+    std::thread::scope(|s| {
+        for i in 0..4 {
+            let q = &q;
+            s.spawn(move || q.enqueue(&jobdb::NewJob::new("c", &i).unwrap()).unwrap());
+        }
+    });
+    let ours = socket_inodes("self");
+    assert!(ours.len() >= 2, "the pool has connections open: {ours:?}");
+    let mut child = Command::new("sleep")
+        .arg("30")
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let theirs = socket_inodes(&child.id().to_string());
+    let _ = child.kill();
+    let _ = child.wait();
+    let inherited: Vec<_> = ours.intersection(&theirs).collect();
+    assert!(
+        inherited.is_empty(),
+        "the child holds {} of our {} sockets",
+        inherited.len(),
+        ours.len()
+    );
+    println!("CLOEXEC the child held none of our {} sockets", ours.len());
+}
+
+/// The inodes of the sockets open in process `pid` (`self` for this one).
+fn socket_inodes(pid: &str) -> std::collections::BTreeSet<String> {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
         .filter_map(|e| {
-            let e = e.ok()?;
-            let target = std::fs::read_link(e.path()).ok()?;
+            let target = std::fs::read_link(e.ok()?.path()).ok()?;
             let t = target.to_str()?;
-            let fd = e.file_name().to_str()?.parse().ok()?;
-            t.starts_with("socket:").then(|| (t.to_owned(), fd))
+            t.starts_with("socket:").then(|| t.to_owned())
         })
         .collect()
-}
-
-/// Whether this process's descriptor `fd` is close-on-exec (`O_CLOEXEC` in its fdinfo flags,
-/// octal). A descriptor closed meanwhile counts as not inheritable.
-fn close_on_exec(fd: u32) -> bool {
-    let Ok(info) = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")) else {
-        return true;
-    };
-    info.lines()
-        .find_map(|l| l.strip_prefix("flags:"))
-        .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
-        .is_some_and(|flags| flags & 0o2000000 != 0)
 }
