@@ -3,7 +3,7 @@
 use diesel::connection::SimpleConnection;
 use diesel::mysql::MysqlConnection;
 use diesel::r2d2::ConnectionManager;
-use diesel::RunQueryDsl;
+use diesel::{OptionalExtension, RunQueryDsl};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
 use super::Config;
@@ -67,11 +67,18 @@ pub(crate) fn close_on_exec(conn: &mut MysqlConnection) -> diesel::QueryResult<(
         #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
         socket: Option<String>,
     }
-    let seen: Seen = diesel::sql_query(
+    // A session always sees its own row; a server that shows none (a proxy's own list) has
+    // nothing to match, which is not an error of the connection.
+    let Some(seen) = diesel::sql_query(
         "SELECT HOST AS host, @@socket AS socket FROM information_schema.PROCESSLIST \
          WHERE ID = CONNECTION_ID()",
     )
-    .get_result(conn)?;
+    .get_result::<Seen>(conn)
+    .optional()?
+    else {
+        tracing::debug!("the MySQL server lists no session of ours; sockets left as they are");
+        return Ok(());
+    };
     // TCP shows as `address:port`; a Unix-domain connection as `localhost`, without a port.
     let end = match seen.host.rsplit_once(':').and_then(|(_, p)| p.parse().ok()) {
         Some(port) => ClientEnd::Tcp(port),
