@@ -298,8 +298,11 @@ fn a_panic_or_a_time_limit_becomes_a_failed_attempt<C: TestConn>(b: &Backend<C>)
 
 /// What the async API is for: on a `current_thread` runtime, a 1 ms ticker keeps ticking
 /// while 1,000 tasks enqueue and an async worker runs their jobs; the same load through the
-/// blocking calls stalls it. A timing bound: it runs apart, on a quiet machine (`.ci/run`
-/// calls it after the suite), since other tests' threads on two cores preempt the ticker's.
+/// blocking calls stalls it. It runs apart (`.ci/run` calls it after the suite), and its bound
+/// is loose: on two cores the pool's own blocking threads preempt the runtime's for a
+/// scheduler slice (4–5 ms lags seen on a quiet machine), so what it asserts is the
+/// difference the async API makes (the blocking path stalls for many times longer), with an
+/// absolute ceiling far below the blocking path's 50–100 ms.
 #[test]
 #[ignore = "timing: run apart (.ci/run)"]
 fn ticker_lag_a_current_thread_runtime_keeps_ticking_while_jobs_flow() {
@@ -307,6 +310,7 @@ fn ticker_lag_a_current_thread_runtime_keeps_ticking_while_jobs_flow() {
     let q = db.queue();
     // The best of up to three runs: a stall the async path caused would be in every run, a
     // preemption by something else on the machine (two cores) in one.
+    let ceiling = Duration::from_millis(20);
     let mut async_lag = Duration::MAX;
     for run in 0..3 {
         let lag = ticker_lag(&q, &format!("tick-async-{run}"), false);
@@ -322,10 +326,11 @@ fn ticker_lag_a_current_thread_runtime_keeps_ticking_while_jobs_flow() {
         ms(async_lag),
         ms(blocking_lag)
     );
-    assert!(async_lag <= Duration::from_millis(5), "{async_lag:?}");
+    assert!(async_lag <= ceiling, "{async_lag:?} > {ceiling:?}");
     assert!(
-        blocking_lag > async_lag * 2,
-        "{blocking_lag:?} vs {async_lag:?}"
+        blocking_lag > async_lag * 4,
+        "the blocking path stalled the ticker {blocking_lag:?}, the async one {async_lag:?}: \
+         less than four times as long"
     );
 }
 
