@@ -144,6 +144,11 @@ enum Wake<T> {
         reply: Mutex<Option<tokio::sync::oneshot::Sender<Result<T>>>>,
         kick: Arc<dyn Fn() + Send + Sync>,
     },
+    /// Without the `tokio` feature only threads wait: this variant can never be built (it
+    /// holds an `Infallible`) and only keeps `T` in the type.
+    #[cfg(not(feature = "tokio"))]
+    #[allow(dead_code)]
+    Never(std::convert::Infallible, std::marker::PhantomData<fn() -> T>),
 }
 
 impl<C, T, F> Op<C> for Task<T, F>
@@ -197,6 +202,8 @@ where
                     let _ = tx.send(st.result.take().unwrap_or_else(|| Err(no_result())));
                 }
             }
+            #[cfg(not(feature = "tokio"))]
+            Wake::Never(never, _) => match *never {},
         }
     }
 
@@ -208,6 +215,8 @@ where
             }
             #[cfg(feature = "tokio")]
             Wake::Future { kick, .. } => kick(),
+            #[cfg(not(feature = "tokio"))]
+            Wake::Never(never, _) => match *never {},
         }
     }
 }
