@@ -436,7 +436,15 @@ where
         let mut idle = self.config.poll_min;
         while !self.shutdown.is_requested() && !self.drained.load(Ordering::SeqCst) {
             if let Some(max) = self.config.max_jobs {
-                if self.claims.fetch_add(1, Ordering::SeqCst) >= max {
+                // Take a slot only while one is free: a thread that finds none leaves the
+                // count as it was, so a slot given back after an empty claim is still there
+                // for the thread that gave it back (this one quits; that one goes on).
+                let took = self
+                    .claims
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                        (n < max).then_some(n + 1)
+                    });
+                if took.is_err() {
                     // Every slot is taken: this thread is done (the others finish theirs).
                     break;
                 }

@@ -241,3 +241,47 @@ fn a_reap_period_that_cannot_work_is_refused_before_anything_starts() {
     }
     assert_eq!(q.stats(None).unwrap().total.queued, 1, "nothing ran");
 }
+
+/// `max_jobs = N` with a live producer that enqueues the next job only once the last one
+/// finished: every thread keeps finding the queue empty, so threads take and give back claim
+/// slots all along. The worker must run all N and only then stop. c92a778 let a thread that
+/// found every slot taken quit without giving its count back, so with 8 threads the worker
+/// stopped after fewer than N and left the rest queued.
+#[test]
+fn max_jobs_with_a_live_producer_runs_exactly_that_many() {
+    const N: u64 = 6;
+    let db = TestDb::new();
+    let q = db.queue();
+    let mut config = WorkerConfig::new("live").lease(Duration::from_secs(30));
+    config.concurrency = 8;
+    config.max_jobs = Some(N);
+    config.poll_min = Duration::from_millis(1);
+    config.poll_max = Duration::from_millis(5);
+    let worker = Worker::new(q.clone(), config, |_job| Ok::<_, HandlerError>("done"));
+    let runner = thread::spawn(move || worker.run().unwrap());
+    for i in 0..N {
+        let id = q.enqueue(&NewJob::new("live", &i).unwrap()).unwrap();
+        // Bounded only so a broken worker fails the test instead of hanging it; a quiet run
+        // finishes each job in milliseconds.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while q.get_job(id).unwrap().state != JobState::Succeeded {
+            // Read again once the worker has stopped: it may have finished this job between
+            // the read above and now.
+            if runner.is_finished() {
+                let job = q.get_job(id).unwrap();
+                assert_eq!(
+                    job.state,
+                    JobState::Succeeded,
+                    "the worker stopped after {i} of {N} jobs with job {id} not run"
+                );
+                break;
+            }
+            assert!(Instant::now() < deadline, "job {id} never ran");
+            thread::sleep(Duration::from_millis(2));
+        }
+    }
+    let report = runner.join().unwrap();
+    assert_eq!(report.succeeded, N);
+    let extra = q.enqueue(&NewJob::new("live", &N).unwrap()).unwrap();
+    assert_eq!(q.get_job(extra).unwrap().state, JobState::Queued);
+}
