@@ -148,7 +148,10 @@ enum Wake<T> {
     /// holds an `Infallible`) and only keeps `T` in the type.
     #[cfg(not(feature = "tokio"))]
     #[allow(dead_code)]
-    Never(std::convert::Infallible, std::marker::PhantomData<fn() -> T>),
+    Never(
+        std::convert::Infallible,
+        std::marker::PhantomData<fn() -> T>,
+    ),
 }
 
 impl<C, T, F> Op<C> for Task<T, F>
