@@ -9,7 +9,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let path = dir.join("app.sqlite3");
     let db: jobdb::Db = jobdb::Db::open(path.to_str().ok_or("path")?, jobdb::Config::default())?;
     let id = db.write(|conn| {
-        jobdb::queue::enqueue(conn, &jobdb::NewJob::new("mail", &serde_json::json!({"to": 1}))?)
+        jobdb::queue::enqueue(
+            conn,
+            &jobdb::NewJob::new("mail", &serde_json::json!({"to": 1}))?,
+        )
     })?;
     let queue = jobdb::Queue::on(db);
     let jobs = queue.claim("mail", 1, "app", Duration::from_secs(30))?;
