@@ -329,7 +329,7 @@ pub fn activity<A: AsQueueConnection>(
     // A paused queue with no jobs yet still shows up as paused.
     for q in paused
         .into_iter()
-        .filter(|q| queue.map_or(true, |only| only == q))
+        .filter(|q| queue.is_none_or(|only| only == q))
     {
         out.entry(q).or_default().paused = true;
     }

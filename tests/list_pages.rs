@@ -70,7 +70,7 @@ fn following_next_before_yields_every_match_once_newest_first<C: TestConn>(b: &B
             seen.extend(page.jobs.iter().map(|j| j.id));
             match page.next_before {
                 Some(next) => {
-                    assert!(before.map_or(true, |b| next < b), "{next} did not go down");
+                    assert!(before.is_none_or(|b| next < b), "{next} did not go down");
                     before = Some(next);
                 }
                 None => break,

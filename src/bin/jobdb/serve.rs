@@ -62,7 +62,7 @@ pub(crate) type Shared<C> = Arc<Ctx<C>>;
 
 /// Runs `jobdb serve` until SIGINT/SIGTERM.
 pub fn run<C: QueueConnection>(queue: Queue<C>, args: ServeArgs) -> Result<()> {
-    if !args.listen.ip().is_loopback() && !args.token.as_deref().is_some_and(|t| !t.is_empty()) {
+    if !args.listen.ip().is_loopback() && args.token.as_deref().is_none_or(|t| t.is_empty()) {
         return Err(UsageError(format!(
             "--listen {} is not a loopback address: give a --token (or JOBDB_SERVE_TOKEN) so \
              that only its holders can use the API",

@@ -84,7 +84,8 @@ impl WriterThreads {
         (combining && syncing).then_some(helpers)
     }
 
-    /// A task's kick: wakes the combining thread.
+    /// A task's kick: wakes the combining thread (the async calls').
+    #[cfg(feature = "tokio")]
     pub(crate) fn kick(&self) -> Kick {
         self.kick.clone()
     }
