@@ -111,9 +111,11 @@ fn past_the_deadline_the_caller_gets_error_busy_and_nothing_is_written() {
         Error::Busy { attempts, waited } => {
             assert!(attempts > 1, "it retried: {attempts}");
             // It stops before a sleep that would overshoot the deadline; one try can add at
-            // most one busy_timeout (20 ms) beyond it.
+            // most one busy_timeout (20 ms) beyond it. A quiet run overshoots by at most that
+            // much; the bound allows ten times as much (200 ms), still less than one more
+            // backoff sleep at its cap (250 ms) on top of the try.
             assert!(waited >= Duration::from_millis(150), "{waited:?}");
-            assert!(waited <= Duration::from_millis(300 + 20 + 50), "{waited:?}");
+            assert!(waited <= Duration::from_millis(300 + 200), "{waited:?}");
         }
         other => panic!("expected Error::Busy, got {other:?}"),
     }
@@ -241,8 +243,8 @@ fn each_write_transaction_has_a_span_with_its_name_and_busy_retries() {
     assert!(closed.contains("duration_ms="), "{closed}");
 }
 
-/// Issue "Handlers and the CLI under hostile use": the slow-transaction warning said `claim`
-/// "held the write lock" 5014 ms while it had only waited for it. Waiting and holding are now
+/// The slow-transaction warning once said `claim` "held the write lock" 5014 ms while it had
+/// only waited for it. Waiting and holding are now
 /// two figures: a transaction queued 300 ms behind another process's writer waited 300 ms and
 /// held the lock for a moment, and is not "slow".
 #[test]
@@ -259,6 +261,7 @@ fn the_wait_for_the_write_lock_is_not_counted_as_holding_it() {
     holder.join().unwrap();
     let m = queue.metrics();
     assert!(m.lock_wait.max_ms >= 250.0, "it waited for the lock: {m:?}");
+    // A quiet run holds it for about a millisecond: 150 ms is a margin of over 10×.
     assert!(
         m.lock_hold.max_ms < 150.0,
         "it held the lock briefly: {m:?}"

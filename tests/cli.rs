@@ -593,7 +593,7 @@ fn a_job_released_at_shutdown_keeps_its_attempts() {
     );
 }
 
-/// Issue "Handlers and the CLI under hostile use": the read-only `stats`, `show` and `wait`
+/// Found by hostile use: the read-only `stats`, `show` and `wait`
 /// exited 75 after the retry deadline while another process held the write lock (opening the
 /// queue took the lock to look for pending migrations). WAL readers need no lock.
 #[test]
@@ -816,7 +816,7 @@ fn doctor_changes_nothing_and_refuses_a_non_database_with_exit_2() {
     assert!(stderr.contains("not a SQLite database"), "{stderr}");
 }
 
-/// Issue "Handlers and the CLI under hostile use": `enqueue --file` of 2M lines held the write
+/// Found by hostile use: `enqueue --file` of 2M lines held the write
 /// lock 32.6 s in one transaction (474 MB RSS), and meanwhile another process's `enqueue`
 /// exited 75. Now a file goes in transactions of 1000 rows (after every line was checked):
 /// another process's enqueues and a worker run beside a big import, and nobody exits 75.

@@ -261,7 +261,7 @@ fn every_new_command_documents_itself_in_help() {
     }
 }
 
-/// Issue "Handlers and the CLI under hostile use": values that could never work started,
+/// Found by hostile use: values that could never work started,
 /// warned on every tick or panicked; each is now exit 2 with one line naming it.
 #[test]
 fn worker_and_schedule_values_that_cannot_work_are_refused_with_exit_2() {

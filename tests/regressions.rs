@@ -27,7 +27,7 @@ fn nested(depth: usize) -> String {
     format!("{}1{}", "[".repeat(depth), "]".repeat(depth))
 }
 
-/// Issue "Handlers and the CLI under hostile use": 100k-deep JSON passed the CLI's check and
+/// Found by hostile use: 100k-deep JSON passed the CLI's check and
 /// failed as an untyped "CHECK constraint failed" (SQLite) or "stack depth limit exceeded"
 /// (PostgreSQL), exit 1. Now: exit 2 on both, naming the limit; the limit itself is accepted.
 fn json_nested_too_deep_is_refused_the_same_on_both_backends<C: TestConn>(b: &Backend<C>) {
@@ -344,7 +344,7 @@ fn postgres_connections_speak_c_messages() {
     assert_eq!(r.lc_messages, "C");
 }
 
-/// Issue "Handlers and the CLI under hostile use": SQLite stored `"a\u0000b"` and `"\ud800"`,
+/// Found by hostile use: SQLite stored `"a\u0000b"` and `"\ud800"`,
 /// PostgreSQL refused them with an untyped "database error" (exit 1): the backends disagreed.
 /// Now both refuse them, exit 2; a proper surrogate pair (an emoji) is fine on both.
 fn nul_and_lone_surrogates_are_refused_the_same_on_both_backends<C: TestConn>(b: &Backend<C>) {

@@ -75,30 +75,31 @@ fn load_with_overlapping_readers(db: &TestDb, q: &Queue, secs: u64) -> (u64, Wal
     (max_file, q.metrics().wal)
 }
 
-/// Timing-sensitive: the WAL's peak is what the writer appends while a truncate waits for
-/// readers, and under the full suite's parallel load on two cores that wait stretches (it
-/// failed once in four full-suite runs). So it runs apart, after the suite, on a quiet
-/// machine: `.ci/run` calls it with `--ignored wal_bound`.
+/// The WAL's peak is what the writer appends while a reset waits for readers, so load on the
+/// machine moves it; the bounds below keep a 10× margin over a quiet run (a peak of 2.9 MiB
+/// against the 1 MiB limit; 75 MiB without the policy) and say so.
 #[test]
-#[ignore = "timing-sensitive: run alone (`cargo test --test main -- --ignored wal_bound`)"]
 fn wal_bound_overlapping_readers_cannot_make_the_wal_grow_past_the_truncate_limit() {
     let db = TestDb::new();
     let q = db.queue_with(|c| {
         c.sqlite.checkpoint_every = Some(Duration::from_millis(100));
         c.sqlite.wal_truncate_above = Some(LIMIT);
-        c.sqlite.wal_truncate_wait = Duration::from_secs(1);
+        // Ten times the readers' 200 ms, so a loaded machine's slower readers still leave
+        // the reset room before it gives up.
+        c.sqlite.wal_truncate_wait = Duration::from_secs(2);
     });
     let (max_file, wal) = load_with_overlapping_readers(&db, &q, 4);
     eprintln!("with the TRUNCATE policy: largest WAL file {max_file} bytes, {wal:?}");
     assert!(wal.truncates >= 1, "the policy ran: {wal:?}");
     // Readers that follow one another on a read-mark slot once starved every TRUNCATE of
     // its whole wait (SQLite retries the slot's lock without rereading its mark); the
-    // checkpointer now retries in short attempts, so 200 ms readers never outlast a 1 s wait.
+    // checkpointer now retries in short attempts, so 200 ms readers never outlast a 2 s wait.
     assert_eq!(wal.truncate_busy, 0, "a TRUNCATE gave up: {wal:?}");
     // The bound is the limit plus what the writer appends between two rounds (100 ms; the
-    // writer waits while a TRUNCATE runs): a few MiB at this write rate.
+    // writer waits while a TRUNCATE runs): a few MiB at this write rate. 32 MiB is 10× a quiet
+    // run's peak, and still under half of what the same load reaches without the policy.
     assert!(
-        max_file < 16 * LIMIT,
+        max_file < 32 * LIMIT,
         "WAL reached {max_file} bytes with a {LIMIT}-byte limit"
     );
     drop(q);
@@ -112,6 +113,7 @@ fn wal_bound_overlapping_readers_cannot_make_the_wal_grow_past_the_truncate_limi
     let (unbounded, wal) = load_with_overlapping_readers(&db, &q, 4);
     eprintln!("PASSIVE only: largest WAL file {unbounded} bytes, {wal:?}");
     assert_eq!(wal.truncates, 0);
+    // A quiet run's ratio is 26×: 2× keeps a 10× margin.
     assert!(
         unbounded > 2 * max_file,
         "without the policy the WAL should outgrow the bounded run: {unbounded} vs {max_file}"

@@ -195,7 +195,7 @@ fn the_shutdown_handle_stops_claiming_and_lets_running_handlers_finish() {
     assert!(s.queued > 0, "it stopped claiming");
 }
 
-/// Issue "Handlers and the CLI under hostile use": handler threads still running when `run`
+/// Found by hostile use: handler threads still running when `run`
 /// returned were detached without a word. Now the report counts them (and a warning names
 /// them), after their jobs were released.
 #[test]
