@@ -270,6 +270,18 @@ pub fn diagnose(url: &str, config: &Config) -> Result<Diagnosis> {
         ));
     }
     let sqlite_version = crate::queue::backend_version(&mut conn)?;
+    // The WAL-reset bug: this process's SQLite must be past it, and so must every other
+    // process's that opens the file (doctor cannot see theirs).
+    let (linked, linked_text) = crate::sqlite::linked_version();
+    checks.push(check(
+        "sqlite_wal_reset_fix",
+        format!(
+            "{linked_text} linked here; every other process on this file needs it too (an \
+             older sqlite3 shell or app can corrupt a WAL database)"
+        ),
+        format!("SQLite {}", crate::sqlite::FLOOR_TEXT),
+        !crate::sqlite::has_wal_reset_bug(linked),
+    ));
     let compile_options = compile_options(&mut conn)?;
     let threadsafe = !compile_options.iter().any(|o| o == "THREADSAFE=0");
     checks.push(check("threadsafe", threadsafe, true, threadsafe));

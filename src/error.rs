@@ -112,6 +112,25 @@ pub enum Error {
         answered: String,
     },
 
+    /// The SQLite library linked into this process has the WAL-reset bug (3.7.0 through
+    /// 3.51.2, but for the 3.44.6 and 3.50.7 backports): with several connections in WAL mode
+    /// it can corrupt the database or lose commits, so jobdb will not open one with it. Link
+    /// a newer SQLite (jobdb's default `libsqlite3-sys` build bundles one).
+    #[error("the linked SQLite {linked} has the WAL-reset bug (several connections in WAL mode can corrupt the database or lose commits): jobdb needs SQLite {floor}, and so does every other process that opens the file")]
+    UnsafeSqlite {
+        /// The linked library's version.
+        linked: String,
+        /// The oldest safe version(s), in words.
+        floor: &'static str,
+    },
+
+    /// Inside jobdb only: the app's closure returned its own error, which rolled its writes
+    /// back and goes to the caller as it was ([`crate::Db::write`]). Never retried, never
+    /// returned to an app.
+    #[doc(hidden)]
+    #[error("the app's transaction returned an error of its own and was rolled back")]
+    AppRollback,
+
     /// Opening a connection failed (file not found, permissions, not a database, …).
     #[error("cannot open database {url:?}: {source}", url = crate::pool::redact(.url))]
     Connection {
@@ -287,6 +306,7 @@ impl Error {
                 | Error::InvalidArgument { .. }
                 | Error::InvalidDatabaseUrl { .. }
                 | Error::WalUnavailable { .. }
+                | Error::UnsafeSqlite { .. }
         )
     }
 

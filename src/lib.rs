@@ -68,6 +68,7 @@ pub mod schema_mysql;
 #[cfg(feature = "postgres")]
 #[allow(missing_docs)]
 pub mod schema_postgres;
+pub mod sqlite;
 mod telemetry;
 pub mod timestamp;
 mod wakeup;

@@ -42,6 +42,11 @@ pub struct SqliteOptions {
     /// if so. `None` leaves them to their poll backoff (up to `poll_max`, 200 ms)
     /// (`JOBDB_WATCH_MS`, 0 = off).
     pub watch_every: Option<Duration>,
+    /// Statements slower than this, on jobdb's connections and on those
+    /// [`crate::sqlite::protect_process`] protects, are logged through `tracing` (warn) with
+    /// their SQL text; `None` logs none. Every statement's duration is counted by kind either
+    /// way (`JOBDB_SLOW_STATEMENT_MS`, 0 = off).
+    pub slow_statement: Option<Duration>,
 }
 
 impl Default for SqliteOptions {
@@ -54,6 +59,7 @@ impl Default for SqliteOptions {
             allow_network_filesystem: false,
             write_gate: true,
             watch_every: Some(Duration::from_millis(1)),
+            slow_statement: Some(Duration::from_millis(100)),
         }
     }
 }
@@ -111,6 +117,10 @@ impl SqliteOptions {
             (
                 self.watch_every != d.watch_every,
                 "sqlite.watch_every (JOBDB_WATCH_MS)",
+            ),
+            (
+                self.slow_statement != d.slow_statement,
+                "sqlite.slow_statement (JOBDB_SLOW_STATEMENT_MS)",
             ),
         ]
         .into_iter()

@@ -249,6 +249,9 @@ impl Config {
         if let Some(ms) = env_u64("JOBDB_WATCH_MS")? {
             c.sqlite.watch_every = (ms > 0).then(|| Duration::from_millis(ms));
         }
+        if let Some(ms) = env_u64("JOBDB_SLOW_STATEMENT_MS")? {
+            c.sqlite.slow_statement = (ms > 0).then(|| Duration::from_millis(ms));
+        }
         if let Some(v) = env_u64("JOBDB_WRITE_GATE")? {
             c.sqlite.write_gate = v != 0;
         }
@@ -436,6 +439,7 @@ fn percent_decode(s: &str) -> Option<String> {
 /// builds an r2d2 pool whose customizer applies the pragmas to each connection.
 pub fn build_pool(url: &str, config: &Config) -> Result<SqlitePool> {
     config.validate()?;
+    crate::sqlite::check_floor()?;
     let parsed = DatabaseUrl::parse(url)?;
     let file_path = parsed.file_path();
     let read_only = parsed.read_only();
@@ -489,7 +493,9 @@ pub fn build_pool(url: &str, config: &Config) -> Result<SqlitePool> {
         // r2d2 would run `SELECT 1` on every checkout; a SQLite file handle does not go stale
         // like a socket, and a connection left mid-transaction is caught by `has_broken`.
         .test_on_check_out(false)
-        .connection_customizer(Box::new(ConnectionCustomizer::new(pragmas)))
+        .connection_customizer(Box::new(
+            ConnectionCustomizer::new(pragmas).slow_statement(config.sqlite.slow_statement),
+        ))
         .build(manager)
         .map_err(Error::Pool)
 }

@@ -251,23 +251,46 @@ impl IntegerPragma {
 }
 
 /// The r2d2 customizer: applies [`Pragmas`] to each new physical connection (r2d2 calls
-/// `on_acquire` once per connection it opens, not on every checkout).
+/// `on_acquire` once per connection it opens, not on every checkout), then installs jobdb's
+/// busy handler and statement hook on it (see [`crate::sqlite`]): the busy handler waits up to
+/// `busy_timeout`, and for the write lock takes its turn at the write gate instead of
+/// sleeping, so an app's writes on `db.pool()` connections queue in order with jobdb's.
 #[derive(Debug, Clone)]
 pub struct ConnectionCustomizer {
     pragmas: Pragmas,
+    slow_statement: Option<Duration>,
 }
 
 impl ConnectionCustomizer {
-    /// A customizer that applies these pragmas.
+    /// A customizer that applies these pragmas (statements slower than 100 ms are logged).
     pub fn new(pragmas: Pragmas) -> Self {
-        ConnectionCustomizer { pragmas }
+        ConnectionCustomizer {
+            pragmas,
+            slow_statement: Some(Duration::from_millis(100)),
+        }
+    }
+
+    /// Logs statements slower than this (`None`: none).
+    pub fn slow_statement(mut self, slow: Option<Duration>) -> Self {
+        self.slow_statement = slow;
+        self
     }
 }
 
 impl r2d2::CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for ConnectionCustomizer {
     fn on_acquire(&self, conn: &mut SqliteConnection) -> Result<(), diesel::r2d2::Error> {
+        // busy_timeout first (see `Pragmas::statements`): the other pragmas may need a lock.
+        // The guard then replaces SQLite's handler with jobdb's.
         let sql = self.pragmas.statements().concat();
         conn.batch_execute(&sql)
-            .map_err(diesel::r2d2::Error::QueryError)
+            .map_err(diesel::r2d2::Error::QueryError)?;
+        crate::sqlite::guard_connection(
+            conn,
+            crate::sqlite::GuardSettings {
+                busy_timeout: self.pragmas.busy_timeout,
+                slow_statement: self.slow_statement,
+            },
+        );
+        Ok(())
     }
 }

@@ -181,7 +181,47 @@ pub fn render_overview<C: QueueConnection>(queue: &Queue<C>, overview: &Overview
     ] {
         histogram(&mut out, name, help, h);
     }
+    statement_histograms(&mut out);
     out
+}
+
+/// Every SQLite statement of the process's guarded connections (jobdb's pool, and the app's
+/// where [`crate::sqlite::protect_process`] was called), by kind: one family, a series per kind.
+fn statement_histograms(out: &mut String) {
+    let _ = writeln!(
+        out,
+        "# HELP jobdb_sqlite_slow_statements_total SQLite statements logged as slow.\n\
+         # TYPE jobdb_sqlite_slow_statements_total counter\n\
+         jobdb_sqlite_slow_statements_total {}\n\
+         # HELP jobdb_sqlite_busy_snapshot_total Writes refused with SQLITE_BUSY_SNAPSHOT \
+         (a DEFERRED transaction that read, then wrote after another commit).\n\
+         # TYPE jobdb_sqlite_busy_snapshot_total counter\n\
+         jobdb_sqlite_busy_snapshot_total {}",
+        crate::sqlite::slow_statements(),
+        crate::sqlite::busy_snapshots()
+    );
+    let name = "jobdb_sqlite_statement_duration_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} How long SQLite statements took, by kind (every guarded connection of \
+         the process).\n# TYPE {name} histogram"
+    );
+    for kind in crate::sqlite::StatementKind::ALL {
+        let (buckets, sum, count) = crate::sqlite::statement_histogram(kind).cumulative();
+        let kind = kind.label();
+        for (le, n) in buckets
+            .iter()
+            .take_while(|(_, n)| *n < count)
+            .chain(buckets.iter().find(|(_, n)| *n == count))
+        {
+            let _ = writeln!(out, "{name}_bucket{{kind=\"{kind}\",le=\"{le}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{kind=\"{kind}\",le=\"+Inf\"}} {count}\n\
+             {name}_sum{{kind=\"{kind}\"}} {sum}\n{name}_count{{kind=\"{kind}\"}} {count}"
+        );
+    }
 }
 
 /// A per-queue gauge: its name, its help, and its value from the queue's activity.

@@ -17,9 +17,10 @@ fn pooled_connections_report_the_configured_pragmas() {
     let mut b = pool.get().unwrap();
     for conn in [&mut *a, &mut *b] {
         assert_eq!(journal_mode(conn).unwrap(), "wal");
+        // jobdb's busy handler, with the configured timeout (SQLite's own reads 0 then).
         assert_eq!(
-            read_integer_pragma(conn, IntegerPragma::BusyTimeout).unwrap(),
-            4321
+            jobdb::sqlite::guarded_busy_timeout(conn),
+            Some(std::time::Duration::from_millis(4321))
         );
         // The default (durable): FULL on the pool's connections; the writer of a `Db` runs
         // at NORMAL with its own WAL syncer (tests/durability.rs).

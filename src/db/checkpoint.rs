@@ -66,7 +66,8 @@ pub(crate) struct Policy {
     pub every: Duration,
     pub truncate_above: Option<u64>,
     pub truncate_wait: Duration,
-    pub busy_timeout: Duration,
+    /// The writer's busy handler, put back after a reset's short waits.
+    pub guard: crate::sqlite::GuardSettings,
 }
 
 /// Starts the checkpoint thread. A failure to start is logged, not fatal: SQLite still works,
@@ -106,7 +107,7 @@ struct ResetSchedule {
 
 impl ResetSchedule {
     fn due(&self) -> bool {
-        self.not_before.map_or(true, |t| Instant::now() >= t)
+        self.not_before.is_none_or(|t| Instant::now() >= t)
     }
 
     fn failed(&mut self, every: Duration) {
@@ -175,7 +176,7 @@ fn one_round<T: CheckpointTarget>(
 const RESET_ATTEMPT: Duration = Duration::from_millis(50);
 
 /// `wal_checkpoint(RESTART)` in short attempts until one succeeds or `policy.truncate_wait`
-/// has passed, then the writer's busy timeout is restored.
+/// has passed, then the writer's busy handler is put back.
 ///
 /// Why not one attempt with the whole wait as its busy timeout: while SQLite waits for a
 /// reader's slot it retries the lock on that slot without looking again at the slot's read
@@ -187,10 +188,8 @@ const RESET_ATTEMPT: Duration = Duration::from_millis(50);
 /// WAL; after the copy, new readers read the database file and stop extending the wait.
 fn reset_within(conn: &mut SqliteConnection, policy: &Policy) -> Result<CheckpointOutcome> {
     let attempts = reset_attempts(conn, Instant::now() + policy.truncate_wait);
-    let restored = set_busy_timeout(conn, policy.busy_timeout);
-    let outcome = attempts?;
-    restored?;
-    Ok(outcome)
+    crate::sqlite::guard_connection(conn, policy.guard);
+    attempts
 }
 
 fn reset_attempts(conn: &mut SqliteConnection, deadline: Instant) -> Result<CheckpointOutcome> {

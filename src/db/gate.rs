@@ -113,16 +113,119 @@ impl WriteGate {
     /// first for this writer's turn in the ticket queue, then for the `flock`, which is
     /// then normally free or about to be.
     pub(crate) fn hold(&self) -> std::io::Result<GateGuard<'_>> {
+        if held_by_this_thread() {
+            // An app connection of this thread holds the gate (`crate::sqlite`): waiting for
+            // it here would wait for ourselves. This transaction goes without, and meets that
+            // connection at SQLite's lock (busy wait, then the retry loop), as it would have.
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::WouldBlock,
+                "this thread already holds the write gate through another connection",
+            ));
+        }
         let file = self.file.lock().unwrap_or_else(|p| p.into_inner());
         let turn = self
             .order
             .as_ref()
             .map(|q| (q, q.enter(|| try_flock(&file))));
         let guard = GateGuard { file, turn };
+        // Counted from here: the guard's drop uncounts it, also on the error below.
+        HELD_HERE.with(|n| n.set(n.get() + 1));
         if !guard.turn.is_some_and(|(_, t)| t.holds_flock()) {
             flock(&guard.file, true)?;
         }
         Ok(guard)
+    }
+}
+
+thread_local! {
+    /// How many gates this thread holds now (the writer's, or an app connection's that
+    /// `crate::sqlite` protects): a thread that holds one never waits for one, which would be
+    /// waiting for itself.
+    static HELD_HERE: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Whether this thread holds a write gate now.
+pub(crate) fn held_by_this_thread() -> bool {
+    HELD_HERE.with(|n| n.get() > 0)
+}
+
+/// The gate as one SQLite connection of the app takes it when SQLite finds the write lock
+/// taken (`crate::sqlite`, the fair busy handler): an open file of its own, so its `flock`
+/// excludes the other connections of the process as it excludes other processes, and its
+/// place in the same ticket queue, so the app's writers and jobdb's take turns in arrival
+/// order. Unlike the writer's, every wait here has a deadline (the connection's busy
+/// timeout): SQLite then returns `SQLITE_BUSY` as it would have.
+pub(crate) struct ConnGate {
+    file: File,
+    order: Option<TicketQueue>,
+}
+
+/// A connection's hold on the gate: released by [`ConnGate::release`].
+#[derive(Debug)]
+pub(crate) struct ConnHold {
+    ticket: Option<Ticket>,
+}
+
+impl ConnGate {
+    /// Opens the gate of the database at `database` if jobdb made one (the lock file exists):
+    /// an app's connections never create it, so a database jobdb never opened keeps no file
+    /// beside it. `None` otherwise, or where the file cannot be opened.
+    pub(crate) fn open_existing(database: &Path) -> Option<ConnGate> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(WriteGate::path_for(database))
+            .ok()?;
+        let order = TicketQueue::map(&file);
+        Some(ConnGate { file, order })
+    }
+
+    /// Waits for this connection's turn and the `flock`, until `deadline`. `None`: the
+    /// deadline passed first (the turn, if it came, is handed on).
+    pub(crate) fn acquire(&self, deadline: std::time::Instant) -> Option<ConnHold> {
+        let ticket = match &self.order {
+            Some(q) => Some(q.enter_by(|| try_flock(&self.file), Some(deadline))?),
+            None => None,
+        };
+        let hold = ConnHold { ticket };
+        if hold.ticket.is_some_and(|t| t.holds_flock()) {
+            HELD_HERE.with(|n| n.set(n.get() + 1));
+            return Some(hold);
+        }
+        // The turn has come: the `flock` is normally free now, or about to be (a holder that
+        // takes no ticket, such as util-linux `flock`, is waited out in short sleeps).
+        let mut pause = std::time::Duration::from_micros(100);
+        loop {
+            match try_flock(&self.file) {
+                Ok(true) => {
+                    HELD_HERE.with(|n| n.set(n.get() + 1));
+                    return Some(hold);
+                }
+                Ok(false) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(std::time::Duration::from_millis(2));
+                }
+                _ => {
+                    self.hand_on(hold);
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Lets the gate go: the `flock`, then the turn.
+    pub(crate) fn release(&self, hold: ConnHold) {
+        if let Err(e) = flock(&self.file, false) {
+            tracing::error!(error = %e, "cannot release the write gate");
+        }
+        HELD_HERE.with(|n| n.set(n.get().saturating_sub(1)));
+        self.hand_on(hold);
+    }
+
+    fn hand_on(&self, hold: ConnHold) {
+        if let (Some(q), Some(t)) = (&self.order, hold.ticket) {
+            q.leave(t);
+        }
     }
 }
 
@@ -136,6 +239,7 @@ impl GateGuard<'_> {
 
 impl Drop for GateGuard<'_> {
     fn drop(&mut self) {
+        HELD_HERE.with(|n| n.set(n.get().saturating_sub(1)));
         if let Err(e) = flock(&self.file, false) {
             // The descriptor stays open, so the lock would stay held: say so loudly. (Unlock
             // of a valid descriptor, or of one not locked after a failed flock, does not fail

@@ -72,7 +72,7 @@ impl DbBackend for SqliteConnection {
                 every,
                 truncate_above: options.wal_truncate_above,
                 truncate_wait: options.wal_truncate_wait,
-                busy_timeout: options.pragmas.busy_timeout,
+                guard: crate::sqlite::guard_settings(&db.config),
             };
             checkpoint::start(Arc::downgrade(db), policy);
         }

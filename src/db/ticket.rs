@@ -165,6 +165,21 @@ impl TicketQueue {
     /// this writer goes out of turn, already holding the `flock`. A holder that merely holds
     /// long (a big transaction, an outside `flock`) keeps the queue in turn.
     pub(crate) fn enter(&self, try_flock: impl Fn() -> std::io::Result<bool>) -> Ticket {
+        match self.enter_by(try_flock, None) {
+            Some(ticket) => ticket,
+            // Without a deadline the wait only ends with a ticket.
+            None => unreachable!("a wait without a deadline gave up"),
+        }
+    }
+
+    /// As [`TicketQueue::enter`], giving up at `deadline` (`None`: never). A ticket given up
+    /// on is never served: the writers behind it pass it after one [`STALL`], as they pass a
+    /// dead process's.
+    pub(crate) fn enter_by(
+        &self,
+        try_flock: impl Fn() -> std::io::Result<bool>,
+        deadline: Option<Instant>,
+    ) -> Option<Ticket> {
         let number = self.word(NEXT).fetch_add(1, SeqCst);
         let mut seen = self.word(SERVING).load(SeqCst);
         let mut still_since = Instant::now();
@@ -174,12 +189,19 @@ impl TicketQueue {
             let seq = self.slot(number).load(SeqCst);
             let serving = self.word(SERVING).load(SeqCst);
             if at_or_after(serving.wrapping_add(WINDOW - 1), number) {
-                return Ticket {
+                return Some(Ticket {
                     number,
                     in_turn: true,
                     locked: false,
-                };
+                });
             }
+            let left = match deadline {
+                Some(d) => match d.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => left,
+                    _ => return None,
+                },
+                None => STALL,
+            };
             if serving != seen {
                 seen = serving;
                 still_since = Instant::now();
@@ -200,15 +222,15 @@ impl TicketQueue {
                             serving,
                             "the gate's queue stood still with the gate free; out of turn"
                         );
-                        return Ticket {
+                        return Some(Ticket {
                             number,
                             in_turn: false,
                             locked,
-                        };
+                        });
                     }
                 }
             }
-            futex_wait(self.slot(number), seq, STALL - still);
+            futex_wait(self.slot(number), seq, (STALL - still).min(left));
         }
     }
 

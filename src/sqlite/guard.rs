@@ -1,0 +1,343 @@
+//! The per-connection part of the protection: a fair busy handler and a statement-end hook,
+//! installed on a raw SQLite handle (by the process-wide auto-extension for every connection
+//! the process opens, and by jobdb's pool for its own connections).
+//!
+//! The busy handler. SQLite calls it when a lock it needs is taken. Its own handler
+//! (`busy_timeout`) sleeps 1, 2, 5 … 100 ms per wait and retries blindly, so the lock goes to
+//! whoever wakes at the right moment: behind jobdb's writers, which queue in the kernel at the
+//! write gate and hand the lock on without sleeping, such a connection waits for whole
+//! backlogs (the pool's connections: p99 over 100 ms). This handler, when the connection waits
+//! for the *write* lock of a database jobdb uses, takes a turn at jobdb's write gate instead
+//! (`db/gate.rs`: a ticket queue in arrival order, then the `flock`), and holds it until the
+//! connection is out of its transaction, so the app's write runs next and no jobdb writer
+//! slips in between. Waits for anything else (a reader meeting a checkpoint or a recovery),
+//! and waits while this thread already holds a gate, sleep 1 ms a try, as Rails' handler does.
+//! Every wait gives up at the connection's busy timeout, as SQLite's handler would.
+//!
+//! The statement-end hook (`sqlite3_trace_v2`, `SQLITE_TRACE_PROFILE`): after each statement
+//! it lets the gate go once the connection is back in autocommit (its COMMIT or ROLLBACK ran,
+//! or a lone statement finished), records the statement's duration by kind, and logs one
+//! slower than the threshold with its SQL text (placeholders only: SQLite's unexpanded text
+//! never holds bound values).
+//!
+//! One state per connection, owned by the connection itself (`sqlite3_set_clientdata`): it
+//! is freed when the connection closes, and the hooks are removed first. A connection that
+//! later replaces either hook (Diesel's `on_busy`, `set_busy_timeout` or `on_trace`, or
+//! `PRAGMA busy_timeout`) leaves this protection; one that replaces the trace hook while it
+//! holds the gate keeps holding it until it closes, and jobdb's writers wait for that.
+
+use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use libsqlite3_sys as ffi;
+
+use crate::db::gate::{held_by_this_thread, ConnGate, ConnHold};
+
+/// What a connection's guard is set up with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct GuardSettings {
+    /// How long one wait for a lock may last before SQLite returns `SQLITE_BUSY`.
+    pub busy_timeout: Duration,
+    /// Statements slower than this are logged (`None`: none is).
+    pub slow_statement: Option<Duration>,
+}
+
+/// The name the state is kept under in the connection (`sqlite3_set_clientdata`).
+const KEY: &CStr = c"jobdb.guard";
+
+/// How long a wait that does not take the gate sleeps between tries.
+const POLL: Duration = Duration::from_millis(1);
+
+struct Guard {
+    db: *mut ffi::sqlite3,
+    settings: GuardSettings,
+    /// Whether the connection's first statement has started (see [`Guard::first_statement`]).
+    started: std::sync::atomic::AtomicBool,
+    /// The main database's file; `None` in memory or for a temporary database.
+    file: Option<PathBuf>,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    /// The database's write gate, once found (jobdb made its lock file).
+    gate: Option<ConnGate>,
+    /// Holding the gate now, until the connection is back in autocommit.
+    held: Option<ConnHold>,
+    /// When the current wait for a lock began.
+    waiting_since: Option<Instant>,
+    /// The busy handler gave up since the last statement ended.
+    gave_up: bool,
+}
+
+/// Installs the guard on `db`, replacing its busy handler, its trace callback and a guard
+/// installed before.
+///
+/// # Safety
+/// `db` is an open connection, used by no other thread during the call.
+pub(crate) unsafe fn install(db: *mut ffi::sqlite3, settings: GuardSettings) {
+    // SAFETY: db is open (the caller's promise); "main" is a valid name.
+    let file = unsafe { main_file(db) };
+    let guard = Box::into_raw(Box::new(Guard {
+        db,
+        settings,
+        started: std::sync::atomic::AtomicBool::new(false),
+        file,
+        state: Mutex::new(State::default()),
+    }));
+    // SAFETY: db is open; the guard lives until the connection closes, when `destroy` runs
+    // (replacing an older guard runs its destructor, which removes the old hooks first, so
+    // the new ones are registered after it).
+    unsafe {
+        ffi::sqlite3_set_clientdata(db, KEY.as_ptr(), guard.cast(), Some(destroy));
+        ffi::sqlite3_busy_handler(db, Some(on_busy), guard.cast());
+        ffi::sqlite3_trace_v2(
+            db,
+            (ffi::SQLITE_TRACE_STMT | ffi::SQLITE_TRACE_PROFILE) as c_uint,
+            Some(on_trace),
+            guard.cast(),
+        );
+    }
+}
+
+/// The settings of the guard installed on `db`, if one is.
+///
+/// # Safety
+/// `db` is an open connection, used by no other thread during the call.
+pub(crate) unsafe fn settings_of(db: *mut ffi::sqlite3) -> Option<GuardSettings> {
+    // SAFETY: db is open; a non-null pointer under our key is a live guard of ours.
+    unsafe {
+        let p = ffi::sqlite3_get_clientdata(db, KEY.as_ptr());
+        (!p.is_null()).then(|| (*p.cast::<Guard>()).settings)
+    }
+}
+
+/// The connection's main database file, if it has one on disk.
+///
+/// # Safety
+/// `db` is an open connection.
+unsafe fn main_file(db: *mut ffi::sqlite3) -> Option<PathBuf> {
+    // SAFETY: db is open; the returned name lives as long as the connection and is copied.
+    let name = unsafe { ffi::sqlite3_db_filename(db, c"main".as_ptr()) };
+    if name.is_null() {
+        return None;
+    }
+    // SAFETY: a non-null filename is a NUL-terminated string.
+    let bytes = unsafe { CStr::from_ptr(name) }.to_bytes();
+    if bytes.is_empty() {
+        return None;
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        Some(PathBuf::from(std::ffi::OsStr::from_bytes(bytes)))
+    }
+    #[cfg(not(unix))]
+    {
+        std::str::from_utf8(bytes).ok().map(PathBuf::from)
+    }
+}
+
+unsafe extern "C" fn destroy(p: *mut c_void) {
+    let guard = p.cast::<Guard>();
+    // SAFETY: p is the guard `install` leaked, destroyed once (SQLite calls the destructor
+    // once, at close or when the data is replaced). Its connection is still open here:
+    // the hooks that point at the guard are removed before it is freed.
+    unsafe {
+        let db = (*guard).db;
+        ffi::sqlite3_busy_handler(db, None, std::ptr::null_mut());
+        ffi::sqlite3_trace_v2(db, 0, None, std::ptr::null_mut());
+        let guard = Box::from_raw(guard);
+        let mut st = guard.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let (Some(hold), Some(gate)) = (st.held.take(), st.gate.as_ref()) {
+            gate.release(hold);
+        }
+    }
+}
+
+unsafe extern "C" fn on_busy(p: *mut c_void, count: c_int) -> c_int {
+    // SAFETY: p is a live guard (removed from the connection before it is freed).
+    let guard = unsafe { &*p.cast::<Guard>() };
+    // A panic must not cross into C: treat it as giving up.
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| guard.busy(count)))
+        .unwrap_or(false)
+        .into()
+}
+
+unsafe extern "C" fn on_trace(
+    event: c_uint,
+    p: *mut c_void,
+    stmt: *mut c_void,
+    x: *mut c_void,
+) -> c_int {
+    if event == ffi::SQLITE_TRACE_STMT as c_uint {
+        // SAFETY: p is a live guard.
+        let guard = unsafe { &*p.cast::<Guard>() };
+        if !guard
+            .started
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            guard.first_statement();
+        }
+        return 0;
+    }
+    if event != ffi::SQLITE_TRACE_PROFILE as c_uint {
+        return 0;
+    }
+    // SAFETY: p is a live guard; for PROFILE, stmt is the statement and x points to its
+    // duration in nanoseconds (an i64), both valid for the call.
+    let (guard, stmt, nanos) = unsafe {
+        (
+            &*p.cast::<Guard>(),
+            stmt.cast::<ffi::sqlite3_stmt>(),
+            x.cast::<i64>().as_ref().copied().unwrap_or(0),
+        )
+    };
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        guard.statement_ended(stmt, Duration::from_nanos(nanos.max(0) as u64))
+    }));
+    0
+}
+
+impl Guard {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The connection's first statement is starting. A driver may have set a busy timeout
+    /// of its own between the open (when the guard was installed) and now (rusqlite sets
+    /// 5 s), which replaced the guard's handler: it is put back once, here. A timeout the app
+    /// sets from now on (`PRAGMA busy_timeout`, Diesel's `set_busy_timeout`) is the app's
+    /// choice and stays.
+    fn first_statement(&self) {
+        let me: *const Guard = self;
+        // SAFETY: the connection is open, inside one of its calls on this thread; the guard
+        // outlives the registration (removed before it is freed).
+        unsafe {
+            ffi::sqlite3_busy_handler(self.db, Some(on_busy), me.cast_mut().cast());
+        }
+    }
+
+    /// One call of the busy handler: true to try again.
+    fn busy(&self, count: c_int) -> bool {
+        let mut st = self.state();
+        let now = Instant::now();
+        if count == 0 || st.waiting_since.is_none() {
+            st.waiting_since = Some(now);
+        }
+        let since = st.waiting_since.unwrap_or(now);
+        let deadline = since + self.settings.busy_timeout;
+        if now >= deadline {
+            // Giving up: SQLite returns SQLITE_BUSY. A gate taken for this wait goes too.
+            if let (Some(hold), Some(gate)) = (st.held.take(), st.gate.as_ref()) {
+                gate.release(hold);
+            }
+            st.waiting_since = None;
+            st.gave_up = true;
+            return false;
+        }
+        let wants_gate = st.held.is_none() && !held_by_this_thread() && self.writing();
+        if wants_gate && st.gate.is_none() {
+            st.gate = self.file.as_deref().and_then(ConnGate::open_existing);
+        }
+        match (&st.gate, wants_gate) {
+            (Some(gate), true) => match gate.acquire(deadline) {
+                Some(hold) => {
+                    st.held = Some(hold);
+                    true
+                }
+                None => {
+                    st.waiting_since = None;
+                    st.gave_up = true;
+                    false
+                }
+            },
+            _ => {
+                drop(st);
+                std::thread::sleep(POLL.min(deadline - now));
+                true
+            }
+        }
+    }
+
+    /// Whether the statement waiting is one that writes (the wait is for the write lock):
+    /// some statement of the connection is running and is not read-only (`BEGIN IMMEDIATE`
+    /// counts as writing, a plain `BEGIN` or a `SELECT` does not).
+    fn writing(&self) -> bool {
+        let mut stmt = std::ptr::null_mut();
+        loop {
+            // SAFETY: the connection is open and this runs on its thread, inside one of its
+            // calls; the statement list is walked as SQLite documents.
+            stmt = unsafe { ffi::sqlite3_next_stmt(self.db, stmt) };
+            if stmt.is_null() {
+                return false;
+            }
+            // SAFETY: stmt is a statement of this connection.
+            let (busy, readonly) = unsafe {
+                (
+                    ffi::sqlite3_stmt_busy(stmt) != 0,
+                    ffi::sqlite3_stmt_readonly(stmt) != 0,
+                )
+            };
+            if busy && !readonly {
+                return true;
+            }
+        }
+    }
+
+    fn statement_ended(&self, stmt: *mut ffi::sqlite3_stmt, took: Duration) {
+        // SAFETY: stmt is the statement that just ended; its SQL text lives as long as it.
+        let sql = unsafe {
+            let p: *const c_char = ffi::sqlite3_sql(stmt);
+            (!p.is_null()).then(|| CStr::from_ptr(p).to_bytes())
+        };
+        let sql = sql.unwrap_or_default();
+        super::statements::record(sql, took);
+        if self.settings.slow_statement.is_some_and(|slow| took > slow) {
+            super::statements::count_slow();
+            tracing::warn!(
+                sql = %String::from_utf8_lossy(sql),
+                duration_ms = took.as_secs_f64() * 1000.0,
+                "slow SQLite statement"
+            );
+        }
+        let mut st = self.state();
+        let gave_up = std::mem::take(&mut st.gave_up);
+        st.waiting_since = None;
+        // SAFETY: the connection is open, inside one of its calls on this thread; stmt is
+        // the statement that just ended.
+        let (autocommit, readonly, txn) = unsafe {
+            (
+                ffi::sqlite3_get_autocommit(self.db) != 0,
+                ffi::sqlite3_stmt_readonly(stmt) != 0,
+                ffi::sqlite3_txn_state(self.db, c"main".as_ptr()),
+            )
+        };
+        // A statement that writes ended inside a transaction that still only reads: it could
+        // not take the write lock. Unless the busy handler gave up on it, that is
+        // SQLITE_BUSY_SNAPSHOT, which no waiting cures: say what does.
+        let writes = matches!(
+            super::StatementKind::of(sql),
+            super::StatementKind::Insert
+                | super::StatementKind::Update
+                | super::StatementKind::Delete
+        );
+        if writes && !autocommit && !readonly && txn == ffi::SQLITE_TXN_READ && !gave_up {
+            super::statements::count_busy_snapshot();
+            tracing::warn!(
+                sql = %String::from_utf8_lossy(sql),
+                "database is locked (SQLITE_BUSY_SNAPSHOT): this transaction read, then tried \
+                 to write after another connection had committed, so its snapshot is stale and \
+                 no busy handler can help. Open write transactions with BEGIN IMMEDIATE \
+                 (Diesel: `conn.immediate_transaction`), or retry the whole transaction"
+            );
+        }
+        if st.held.is_some() && autocommit {
+            if let (Some(hold), Some(gate)) = (st.held.take(), st.gate.as_ref()) {
+                gate.release(hold);
+            }
+        }
+    }
+}

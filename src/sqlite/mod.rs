@@ -1,0 +1,137 @@
+//! SQLite beyond jobdb's own handle: the app's own connections protected, statement
+//! timings, and the oldest SQLite jobdb accepts.
+//!
+//! jobdb's writes never meet `database is locked`: they queue at a write gate shared by every
+//! jobdb process, then re-run whole while busy. An app's *own* connections do not by
+//! themselves: Diesel's `SqliteConnection::establish` sets no busy timeout, so beside jobdb's
+//! workers its writes fail, and even with a timeout SQLite's busy handler sleeps up to 100 ms a
+//! wait and lets jobdb's writers, which never sleep, go first. [`protect_process`] fixes
+//! both for every SQLite connection the process opens afterwards (Diesel's `establish`, an r2d2
+//! pool of the app, rusqlite), through SQLite's `sqlite3_auto_extension`, without a change to
+//! the code that opens them:
+//!
+//! ```no_run
+//! # fn main() -> jobdb::Result<()> {
+//! let config = jobdb::Config::from_env()?;
+//! jobdb::sqlite::protect_process(&config)?; // once, at startup, before connections are opened
+//! // … the app's unmodified `SqliteConnection::establish(…)` and `immediate_transaction` …
+//! # Ok(()) }
+//! ```
+//!
+//! Each connection opened after the call gets:
+//! - a busy handler that waits up to `config.sqlite.pragmas.busy_timeout` (5 s), and that,
+//!   when the connection waits for the *write* lock of a database jobdb uses, takes its turn
+//!   at jobdb's write gate (arrival order, shared with jobdb's writers in every process) and
+//!   holds it until the connection's transaction ends, instead of sleeping;
+//! - a statement hook that records each statement's duration by kind
+//!   ([`statement_durations`], `jobdb_sqlite_statement_duration_seconds` in `/metrics`) and
+//!   logs statements slower than `config.sqlite.slow_statement` through `tracing`, with
+//!   their SQL text (bound values are never part of it).
+//!
+//! jobdb's own pool connections get the same handler and hook (they are set up through
+//! Diesel's raw-handle access), whether or not the process is protected. [`Db::open`] does
+//! not call [`protect_process`]: the call changes every SQLite connection the process opens
+//! (other databases and other libraries' too), which only the app can decide; the README's
+//! "In an existing Diesel app" shows where it goes.
+//!
+//! What no busy handler can cure: a DEFERRED transaction (Diesel's `conn.transaction`) that
+//! reads, then writes after another connection committed, fails with `SQLITE_BUSY_SNAPSHOT`
+//! ("database is locked") at once, because its snapshot is stale and waiting cannot refresh
+//! it. Open write transactions with `conn.immediate_transaction` (or retry the whole
+//! transaction); a protected connection logs a warning naming this when it happens.
+//!
+//! [`Db::open`]: crate::Db::open
+
+mod floor;
+pub(crate) mod guard;
+mod statements;
+
+use std::ffi::{c_char, c_int};
+use std::sync::RwLock;
+
+use libsqlite3_sys as ffi;
+
+pub(crate) use floor::check_linked as check_floor;
+pub use floor::{has_wal_reset_bug, linked_version, FLOOR_TEXT, SAFE_SINCE};
+pub(crate) use guard::GuardSettings;
+pub(crate) use statements::histogram as statement_histogram;
+pub use statements::{busy_snapshots, slow_statements, statement_durations, StatementKind};
+
+use crate::error::{Error, Result};
+use crate::pool::Config;
+
+/// What [`protect_process`] set, read by every connection the process opens afterwards.
+static PROTECTION: RwLock<Option<GuardSettings>> = RwLock::new(None);
+
+/// The settings a connection's guard takes from a configuration.
+pub(crate) fn guard_settings(config: &Config) -> GuardSettings {
+    GuardSettings {
+        busy_timeout: config.sqlite.pragmas.busy_timeout,
+        slow_statement: config.sqlite.slow_statement,
+    }
+}
+
+/// Protects every SQLite connection this process opens from now on (see the module docs):
+/// the fair busy handler and the statement hook, with the busy timeout and slow-statement
+/// threshold of `config`. Connections already open are not changed. Calling it again
+/// replaces the settings for connections opened after that call.
+///
+/// Fails with [`Error::UnsafeSqlite`] if the linked SQLite has the WAL-reset bug, and with
+/// [`Error::InvalidArgument`] for a configuration [`Config::validate`] refuses.
+pub fn protect_process(config: &Config) -> Result<()> {
+    check_floor()?;
+    config.validate()?;
+    *PROTECTION.write().unwrap_or_else(|p| p.into_inner()) = Some(guard_settings(config));
+    // SAFETY: `protect` has the signature SQLite calls auto-extensions with; registering the
+    // same entry point twice is a no-op.
+    let rc = unsafe { ffi::sqlite3_auto_extension(Some(protect)) };
+    if rc != ffi::SQLITE_OK {
+        return Err(Error::Internal {
+            what: "sqlite3_auto_extension",
+            reason: format!("SQLite answered {rc}"),
+        });
+    }
+    Ok(())
+}
+
+/// Whether [`protect_process`] was called in this process.
+pub fn is_process_protected() -> bool {
+    PROTECTION
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .is_some()
+}
+
+/// The auto-extension: SQLite calls it for each connection it opens, before the opener sees
+/// the connection.
+unsafe extern "C" fn protect(
+    db: *mut ffi::sqlite3,
+    _err: *mut *mut c_char,
+    _api: *const ffi::sqlite3_api_routines,
+) -> c_int {
+    let settings = *PROTECTION.read().unwrap_or_else(|p| p.into_inner());
+    if let Some(settings) = settings {
+        // SAFETY: SQLite hands over a connection it is opening, on the opening thread.
+        unsafe { guard::install(db, settings) };
+    }
+    ffi::SQLITE_OK
+}
+
+/// Installs the guard on one of jobdb's own connections (the pool's customizer).
+pub(crate) fn guard_connection(conn: &mut diesel::SqliteConnection, settings: GuardSettings) {
+    // SAFETY: the handle is only used inside the closure, on this thread, while Diesel does
+    // nothing else with the connection; the guard's hooks never call back into Diesel.
+    unsafe {
+        conn.with_raw_connection(|db| guard::install(db, settings));
+    }
+}
+
+/// The busy timeout of jobdb's busy handler on `conn`, or `None` if the connection has none
+/// (never guarded, or its handler was replaced since by `PRAGMA busy_timeout` or Diesel's
+/// `on_busy`/`set_busy_timeout`, after which SQLite's own timeout, if any, applies). SQLite's
+/// `PRAGMA busy_timeout` reads 0 on a guarded connection: the handler is not SQLite's.
+pub fn guarded_busy_timeout(conn: &mut diesel::SqliteConnection) -> Option<std::time::Duration> {
+    // SAFETY: as in `guard_connection`; the handle is only read.
+    let settings = unsafe { conn.with_raw_connection(|db| guard::settings_of(db)) };
+    settings.map(|s| s.busy_timeout)
+}
