@@ -40,7 +40,7 @@ fn durable_operations_wait_for_a_wal_sync_and_lease_operations_do_not() {
     q.db()
         .write(|c| {
             c.batch_execute("CREATE TABLE IF NOT EXISTS app (x INTEGER)")?;
-            Ok(())
+            Ok::<_, jobdb::Error>(())
         })
         .unwrap();
     assert!(

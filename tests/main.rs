@@ -1,5 +1,6 @@
 //! Integration tests: one binary, real SQLite files in temporary directories.
 
+mod app_code;
 mod app_writes;
 #[cfg(feature = "archive")]
 mod archive;
@@ -39,6 +40,7 @@ mod postgres;
 mod power_loss;
 mod progress;
 mod properties;
+mod protect;
 mod regressions;
 mod serve;
 mod stop_modes;

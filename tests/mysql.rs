@@ -67,7 +67,7 @@ fn a_deadlock_is_retried_as_a_whole_transaction() {
                     barrier.wait();
                 }
                 bump(conn, second)?;
-                Ok(tries)
+                Ok::<_, jobdb::Error>(tries)
             })
         })
     };

@@ -272,13 +272,24 @@ impl<C: QueueConnection> Db<C> {
     /// SQLite `BEGIN IMMEDIATE` on the process's writer connection, group-committed with the
     /// queue's writes (each in its own savepoint), so the app's writes queue fairly in-process
     /// instead of sleeping in SQLite's busy handler behind jobdb's; on PostgreSQL a
-    /// transaction on a pooled connection. Re-run whole while the database is busy (so `f`
-    /// must be safe to run again: it only touches the database through `conn`); any other
-    /// error rolls it back and is returned. `f` may call the connection-level API, e.g.
+    /// transaction on a pooled connection. `f` may call the connection-level API, e.g.
     /// `jobdb::queue::enqueue(conn, …)`, to enqueue atomically with its own rows; idle workers
-    /// of this process are woken when it commits. A panic in `f` is caught: this write, and
-    /// the operations group-committed with it, fail with [`crate::Error::Internal`] and are
-    /// rolled back, and the writer goes on.
+    /// of this process are woken when it commits.
+    ///
+    /// Errors: `f` returns the app's own error type `E` (anything `From<jobdb::Error>`; with
+    /// `?` on Diesel's errors inside, `jobdb::Error` itself). An `Err` from `f` rolls back
+    /// `f`'s writes and comes back unchanged. The whole transaction is re-run while the
+    /// database is busy (so `f` must be safe to run again: it only touches the database
+    /// through `conn`); jobdb sees busy errors inside `f` only when `E` is `jobdb::Error`.
+    /// A panic in `f` is caught: this write, and the operations group-committed with it, fail
+    /// with [`crate::Error::Internal`] and are rolled back, and the writer goes on.
+    ///
+    /// `f` must be `Send + 'static` because another thread may run it in its group; a
+    /// closure that borrows from the caller goes through [`Db::write_scoped`]. Code that opens
+    /// its own transaction (`conn.immediate_transaction(…)`) cannot run inside this one; when
+    /// `E` is `jobdb::Error`, such a closure is run again the way [`Db::transaction`] runs
+    /// one, alone on the writer with no transaction around it; with another `E`, call it
+    /// through [`Db::transaction`].
     ///
     /// ```no_run
     /// # fn main() -> jobdb::Result<()> {
@@ -290,30 +301,100 @@ impl<C: QueueConnection> Db<C> {
     /// })?;
     /// # let _ = id; Ok(()) }
     /// ```
-    pub fn write<T: Send + 'static>(
+    pub fn write<T, E>(
         &self,
-        mut f: impl FnMut(&mut C) -> Result<T> + Send + 'static,
-    ) -> Result<T> {
-        let done = self
-            .inner
-            .write("app_write", move |c| c.write_transaction(|c| f(c)));
+        f: impl FnMut(&mut C) -> std::result::Result<T, E> + Send + 'static,
+    ) -> std::result::Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<crate::Error> + Send + 'static,
+    {
+        // Shared with the fallback below, which runs it again on this thread.
+        let f = Arc::new(std::sync::Mutex::new(f));
+        let kept = Arc::new(std::sync::Mutex::new(None));
+        let (run, slot) = (f.clone(), kept.clone());
+        let done = self.inner.write("app_write", move |c| {
+            let mut f = run.lock().unwrap_or_else(|p| p.into_inner());
+            c.write_transaction(|c| f(c).map_err(|e| keep_app_error(e, &slot)))
+        });
+        let kept = kept.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match (done, kept) {
+            (Ok(v), _) => {
+                self.inner.wakeup.notify();
+                Ok(v)
+            }
+            (Err(_), Some(e)) => Err(e),
+            // The closure opens a transaction of its own: run it as `transaction` would.
+            (Err(e), None) if opened_its_own_transaction(&e) => {
+                let mut f = f.lock().unwrap_or_else(|p| p.into_inner());
+                let done = self.transaction("app_write", |c| f(c));
+                if done.is_ok() {
+                    self.inner.wakeup.notify();
+                }
+                done
+            }
+            (Err(e), None) => Err(E::from(e)),
+        }
+    }
+
+    /// As [`Db::write`], for a closure that borrows from the caller (or cannot be sent to
+    /// another thread), such as `|conn| create_post(conn, &title, &body)`: it runs on the
+    /// calling thread, alone on the writer connection (after the groups ahead of it), in its
+    /// own `BEGIN IMMEDIATE` transaction, re-run whole while the database is busy, and is
+    /// acknowledged as durably as [`Db::write`]. What it gives up is riding in a group with
+    /// other threads' writes: another thread cannot run a closure that borrows from this
+    /// one's stack.
+    pub fn write_scoped<T, E>(
+        &self,
+        mut f: impl FnMut(&mut C) -> std::result::Result<T, E>,
+    ) -> std::result::Result<T, E>
+    where
+        E: From<crate::Error> + 'static,
+    {
+        let mut kept = None;
+        let done = self.inner.run("app_write", |c| {
+            c.write_transaction(|c| f(c).map_err(|e| keep_app_error_local(e, &mut kept)))
+        });
+        let done = match (done, kept) {
+            (Ok(v), _) => Ok(v),
+            (Err(_), Some(e)) => Err(e),
+            (Err(e), None) if opened_its_own_transaction(&e) => {
+                self.transaction("app_write", |c| f(c))
+            }
+            (Err(e), None) => Err(E::from(e)),
+        };
         if done.is_ok() {
             self.inner.wakeup.notify();
         }
         done
     }
 
-    /// Runs `op`, a whole write transaction, on the writer connection (SQLite) or a pooled
-    /// connection (PostgreSQL), alone, re-running it whole while the database is busy. `op`
-    /// opens its transaction itself (every `jobdb::queue` function does); it must not call
-    /// this handle (the writer is not re-entrant). For closures that cannot be sent to
-    /// another thread; otherwise prefer [`Db::write`], which group-commits.
-    pub fn transaction<T>(
+    /// Runs `op` on the writer connection (SQLite) or a pooled connection (PostgreSQL),
+    /// alone, with no transaction around it: for code that opens its own, such as an app
+    /// function that calls `conn.immediate_transaction(…)`, or the queue's own functions. On
+    /// SQLite it runs in turn with the handle's writes (after the groups ahead of it, and
+    /// behind other processes' at the write gate), so its `BEGIN IMMEDIATE` finds the write
+    /// lock free. Re-run whole while the database is busy when `E` is `jobdb::Error` (`op`
+    /// must then be safe to run again); an error of another type comes back as it is. `op`
+    /// may borrow from the caller; it must not call this handle (the writer is not
+    /// re-entrant).
+    pub fn transaction<T, E>(
         &self,
         name: &'static str,
-        op: impl FnMut(&mut C) -> Result<T>,
-    ) -> Result<T> {
-        self.inner.run(name, op)
+        mut op: impl FnMut(&mut C) -> std::result::Result<T, E>,
+    ) -> std::result::Result<T, E>
+    where
+        E: From<crate::Error> + 'static,
+    {
+        let mut kept = None;
+        let done = self.inner.run(name, |c| {
+            op(c).map_err(|e| keep_app_error_local(e, &mut kept))
+        });
+        match (done, kept) {
+            (Ok(v), _) => Ok(v),
+            (Err(_), Some(e)) => Err(e),
+            (Err(e), None) => Err(E::from(e)),
+        }
     }
 
     /// Runs `op` on a pooled connection (never the writer), re-run on busy.
@@ -383,4 +464,51 @@ impl<C: QueueConnection> Inner<C> {
             r => r,
         }
     }
+}
+
+/// An error of the app's closure, seen by jobdb's retry loop: `jobdb::Error` itself passes
+/// through (so a busy error inside is retried), any other type is kept in `slot` for the
+/// caller and replaced by [`crate::Error::AppRollback`], which rolls the closure's writes
+/// back and is never retried.
+fn keep_app_error<E: 'static>(e: E, slot: &std::sync::Mutex<Option<E>>) -> crate::Error {
+    match as_jobdb_error(e) {
+        Ok(own) => own,
+        Err(e) => {
+            *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+            crate::Error::AppRollback
+        }
+    }
+}
+
+/// [`keep_app_error`] for a closure that stays on this thread.
+fn keep_app_error_local<E: 'static>(e: E, slot: &mut Option<E>) -> crate::Error {
+    match as_jobdb_error(e) {
+        Ok(own) => own,
+        Err(e) => {
+            *slot = Some(e);
+            crate::Error::AppRollback
+        }
+    }
+}
+
+/// `e` as a `jobdb::Error` if that is its type.
+fn as_jobdb_error<E: 'static>(e: E) -> std::result::Result<crate::Error, E> {
+    let mut e = Some(e);
+    if let Some(own) = (&mut e as &mut dyn std::any::Any).downcast_mut::<Option<crate::Error>>() {
+        if let Some(own) = own.take() {
+            return Ok(own);
+        }
+    }
+    match e {
+        Some(e) => Err(e),
+        None => Ok(crate::Error::AppRollback),
+    }
+}
+
+/// Whether `e` is Diesel refusing a transaction inside the one jobdb opened.
+fn opened_its_own_transaction(e: &crate::Error) -> bool {
+    matches!(
+        e.root(),
+        crate::Error::Database(diesel::result::Error::AlreadyInTransaction)
+    )
 }
