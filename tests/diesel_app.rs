@@ -96,9 +96,30 @@ fn an_apps_printed_schema_is_joinable_under_either_bigint_setting() {
 /// 4 app processes each run 50 of the app's own transactions (insert + publish a post, enqueue
 /// its job) while 2 `jobdb work` processes of 4 workers run: every transaction commits, one
 /// job per post, each succeeded once, no "database is locked" anywhere, integrity ok, WAL.
-/// Prints the app's write latency (measured, not asserted here: the bench owns timings).
+/// Prints the app's write latency (measured, not asserted here: `scripts/app-connections.sh`
+/// owns the figures). Through the handle (`db.write`):
 #[test]
 fn app_processes_beside_worker_processes_never_see_a_lock_error() {
+    apps_beside_workers("write");
+}
+
+/// The same on the app's own, unmodified `establish_connection()` and `immediate_transaction`,
+/// with only `jobdb::sqlite::protect_process` added at startup. c92a778 had no such call, and
+/// the same code failed 499 of 600 transactions (`plain` in the script).
+#[test]
+fn an_apps_own_connections_protected_at_startup_never_see_a_lock_error() {
+    apps_beside_workers("protected");
+}
+
+/// The same on connections of the handle's pool with the app's own `immediate_transaction`.
+#[test]
+fn an_apps_transactions_on_the_pool_never_see_a_lock_error() {
+    apps_beside_workers("pool");
+}
+
+/// The scenario above, the apps writing on the connection `via` names (see the example's
+/// `publish`).
+fn apps_beside_workers(via: &str) {
     let db = TestDb::new();
     // A backlog, so the workers hammer the file the whole time the apps write.
     let backlog: Vec<jobdb::NewJob> = (0..2000)
@@ -135,7 +156,7 @@ fn app_processes_beside_worker_processes_never_see_a_lock_error() {
     let apps: Vec<_> = (0..4)
         .map(|_| {
             Command::new(example_bin())
-                .args([&db.url(), "publish", "50"])
+                .args([&db.url(), "publish", "50", via])
                 .env_remove("DATABASE_URL")
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
@@ -159,6 +180,7 @@ fn app_processes_beside_worker_processes_never_see_a_lock_error() {
             "{stderr}"
         );
         let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+        assert_eq!(report["failed"], 0, "{via}: {report}");
         latencies.push(report);
     }
     let q = db.queue();
@@ -228,6 +250,6 @@ fn app_processes_beside_worker_processes_never_see_a_lock_error() {
     assert_eq!(mode.journal_mode, "wal");
     assert_integrity_ok(&db);
     crate::backends::loud!(
-        "app write latency, 4 app processes beside 2 worker processes: {latencies:?}"
+        "app write latency ({via}), 4 app processes beside 2 worker processes: {latencies:?}"
     );
 }
