@@ -89,7 +89,8 @@ fn cancel_a_running_job_kills_its_command_and_records_no_success() {
     // records the attempt as cancelled and, the queue being empty, exits.
     let started = Instant::now();
     let out = worker.wait_with_output().unwrap();
-    assert!(started.elapsed() < Duration::from_secs(10));
+    // A quiet run exits within about a second of the cancel: 30 s keeps over 10x.
+    assert!(started.elapsed() < Duration::from_secs(30));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("1 cancelled"), "{stderr}");
