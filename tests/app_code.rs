@@ -17,6 +17,17 @@ enum AppError {
     Rejected,
 }
 
+impl std::fmt::Display for AppError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AppError::Jobdb(e) => write!(f, "queue: {e}"),
+            AppError::Diesel(e) => write!(f, "database: {e}"),
+            AppError::EmptyTitle => f.write_str("a post needs a title"),
+            AppError::Rejected => f.write_str("rejected"),
+        }
+    }
+}
+
 impl From<jobdb::Error> for AppError {
     fn from(e: jobdb::Error) -> Self {
         AppError::Jobdb(e)
