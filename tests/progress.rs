@@ -46,6 +46,17 @@ fn progress_is_fenced_by_the_lease_and_bad_input_changes_nothing<C: TestConn>(b:
     let big = json!({"log": "x".repeat(jobdb::queue::MAX_PROGRESS_BYTES)});
     assert!(q.set_progress(lease, &big).unwrap_err().is_invalid_input());
     assert_eq!(progress_of(b, id), Some(json!("half way")));
+    // Text a backend cannot store (a NUL, a lone surrogate), refused as in payloads: c92a778
+    // stored it on SQLite, retried it every second on PostgreSQL, and a copy failed on it.
+    assert!(q
+        .set_progress(lease, &json!("a\u{0}b"))
+        .unwrap_err()
+        .is_invalid_input());
+    for raw in ["\"a\\u0000b\"", "\"\\ud800\""] {
+        let refused = q.set_progress_many(vec![(lease, raw.into())]);
+        assert!(refused.unwrap_err().is_invalid_input(), "{raw}");
+    }
+    assert_eq!(progress_of(b, id), Some(json!("half way")));
 
     // Many in one statement: a lease listed twice keeps its last value; a stale lease and a
     // missing job fail their own slots only.

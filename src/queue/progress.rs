@@ -21,10 +21,18 @@ use crate::models::{to_json, Lease};
 pub const MAX_PROGRESS_BYTES: usize = 4096;
 
 /// `value` as the JSON text stored, or [`Error::InvalidArgument`] when it is larger than
-/// [`MAX_PROGRESS_BYTES`] (or [`Error::Json`] when it cannot be serialized). Checked before
-/// anything is written, by every path that stores progress.
+/// [`MAX_PROGRESS_BYTES`] or holds text a backend cannot store (a NUL, a lone surrogate: the
+/// rules payloads and outputs obey), or [`Error::Json`] when it cannot be serialized. Checked
+/// before anything is written, by every path that stores progress.
 pub fn encode_progress(value: &impl Serialize) -> Result<String> {
     let json = to_json("progress", value)?;
+    check_progress(&json)?;
+    Ok(json)
+}
+
+/// The size limit and the text rules of payloads, for progress JSON text.
+fn check_progress(json: &str) -> Result<()> {
+    crate::models::check_json("progress", json)?;
     if json.len() > MAX_PROGRESS_BYTES {
         return Err(Error::InvalidArgument {
             field: "progress",
@@ -35,7 +43,7 @@ pub fn encode_progress(value: &impl Serialize) -> Result<String> {
             ),
         });
     }
-    Ok(json)
+    Ok(())
 }
 
 /// Stores `value` as the progress of the job held by `lease`, in one short transaction (a
@@ -63,15 +71,7 @@ pub fn set_progress_many<A: AsQueueConnection>(
     items: &[(Lease, String)],
 ) -> Result<Vec<Result<()>>> {
     for (_, json) in items {
-        if json.len() > MAX_PROGRESS_BYTES {
-            return Err(Error::InvalidArgument {
-                field: "progress",
-                reason: format!(
-                    "{} bytes of JSON is more than {MAX_PROGRESS_BYTES}",
-                    json.len()
-                ),
-            });
-        }
+        check_progress(json)?;
     }
     // The last value of each lease: one row per job in the statement.
     let mut seen = HashSet::new();
