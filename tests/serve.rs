@@ -407,6 +407,21 @@ fn pages_are_keyset_and_bulk_actions_touch_exactly_the_filtered_jobs<C: TestConn
     );
     assert_eq!(status, 400);
     assert_eq!(q.stats(Some("b")).unwrap().total.cancelled, 0);
+    // A misspelt filter field is a typed 400, not a filter that matches everything: c92a778
+    // took `queues` for no filter at all and cancelled every job of every queue.
+    let (status, body) = call(
+        &bulk,
+        Some(r#"{"action":"cancel","filter":{"queues":"b"},"confirm":true}"#),
+        &[],
+    );
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(json(&body)["kind"], "invalid_input", "{body}");
+    assert!(body.contains("queues"), "{body}");
+    let stats = q.stats(None).unwrap();
+    assert_eq!(
+        (stats.queues["a"].cancelled, stats.queues["b"].cancelled),
+        (0, 0)
+    );
     let (status, body) = call(
         &bulk,
         Some(r#"{"action":"cancel","filter":{"queue":"b"},"confirm":true}"#),

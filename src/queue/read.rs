@@ -20,6 +20,7 @@ pub fn get_job<A: AsQueueConnection>(conn: &mut A, job_id: i64) -> Result<Job> {
 
 /// Which jobs [`list_jobs`] shows: every field that is set must match.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct JobFilter {
     /// Only this queue.
     pub queue: Option<String>,
