@@ -515,3 +515,59 @@ fn jobs_copy_to_mysql_and_back_field_by_field() {
     let fresh = mysql.enqueue(&NewJob::new("after", &1).unwrap()).unwrap();
     assert!(fresh > 20_000, "{fresh}");
 }
+
+/// `copy --from` a file that does not exist, or that holds no jobdb queue, is an error that
+/// says so (exit 2), and copy creates no file: c92a778 created the missing source, "copied 0
+/// rows, verified" and exited 0, as it did for the default source run from the wrong
+/// directory.
+#[test]
+fn copy_refuses_a_missing_source_or_one_without_a_queue_and_creates_nothing() {
+    let dst = TestDb::new();
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.db");
+    let to = dir.path().join("out.db");
+    for args in [
+        vec![
+            "copy".to_owned(),
+            "--from".to_owned(),
+            missing.display().to_string(),
+            "--to".to_owned(),
+            to.display().to_string(),
+        ],
+        // The default source (--database-url) named relative to another directory.
+        vec![
+            "copy".to_owned(),
+            "--to".to_owned(),
+            to.display().to_string(),
+        ],
+    ] {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_jobdb"));
+        cmd.env_remove("DATABASE_URL")
+            .args(["--database-url", "missing.db"])
+            .current_dir(dir.path())
+            .args(&args);
+        let (code, stderr) = crate::cli::fails(&mut cmd);
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert!(stderr.contains("does not exist"), "{stderr}");
+    }
+    assert!(!missing.exists() && !to.exists() && !dir.path().join("missing.db").exists());
+
+    // A SQLite file of another app's, with no jobdb tables: refused, and left as it was.
+    let other = dir.path().join("other.db");
+    let mut c =
+        <diesel::SqliteConnection as diesel::Connection>::establish(other.to_str().unwrap())
+            .unwrap();
+    diesel::connection::SimpleConnection::batch_execute(&mut c, "CREATE TABLE t (x)").unwrap();
+    drop(c);
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_jobdb"));
+    cmd.env_remove("DATABASE_URL").args([
+        "copy",
+        "--from",
+        other.to_str().unwrap(),
+        "--to",
+        &dst.url(),
+    ]);
+    let (code, stderr) = crate::cli::fails(&mut cmd);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("no jobdb queue"), "{stderr}");
+}

@@ -38,7 +38,22 @@ pub struct CopyArgs {
 /// Runs `jobdb copy`.
 pub fn run(args: &CopyArgs, database_url: &str) -> Result<()> {
     let from = args.from.clone().unwrap_or_else(|| database_url.to_owned());
-    let report = jobdb::open_any(&from, Config::from_env()?, From_(args))??;
+    // Copy never creates its source: a path that names no file is a mistake (a typo, or the
+    // default source run from the wrong directory), not an empty queue.
+    if let Some(path) = jobdb::DatabaseUrl::parse(&from)?.file_path() {
+        if !path.exists() {
+            return Err(crate::UsageError(format!(
+                "the source {} does not exist; copy never creates its source (give --from,                  or run it where the relative path points)",
+                path.display()
+            ))
+            .into());
+        }
+    }
+    // Opened without migrations first: a source that holds no jobdb schema is refused, not
+    // given one.
+    let mut config = Config::from_env()?;
+    config.run_migrations = false;
+    let report = jobdb::open_any(&from, config, From_(args))??;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
@@ -62,6 +77,14 @@ struct From_<'a>(&'a CopyArgs);
 impl WithQueue for From_<'_> {
     type Output = Result<CopyReport>;
     fn with<A: QueueConnection>(self, source: Queue<A>) -> Result<CopyReport> {
+        if let Err(e) = source.stats(None) {
+            return Err(crate::UsageError(format!(
+                "the source holds no jobdb queue ({e}); nothing to copy"
+            ))
+            .into());
+        }
+        // A queue of an older jobdb: brought up to this version's schema before it is read.
+        source.db().migrate()?;
         jobdb::open_any(
             &self.0.to,
             Config::from_env()?,
