@@ -224,3 +224,63 @@ fn doctor_reports_the_linked_sqlite_against_the_wal_reset_floor() {
     assert!(out.contains(&text) && out.contains("3.51.3"), "{out}");
     assert!(out.contains("every other process"), "{out}");
 }
+
+/// The gate's lock file has the database's permissions: anyone who can open it can `flock`
+/// it and hold every writer back, so with a 0600 database it is 0600 (c92a778 made it 0644,
+/// and a local user who could not read the database could freeze every writer). A lock file
+/// an older jobdb left looser is tightened.
+#[test]
+fn the_gate_lock_file_is_no_more_open_than_the_database() {
+    use std::os::unix::fs::PermissionsExt;
+    let db = TestDb::new();
+    drop(db.queue());
+    let mode = |p: &str| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let lock = format!("{}-jobdb-lock", db.url());
+    assert_eq!(mode(&db.url()), 0o600);
+    assert_eq!(mode(&lock), 0o600);
+    std::fs::set_permissions(&lock, std::fs::Permissions::from_mode(0o644)).unwrap();
+    drop(db.queue());
+    assert_eq!(mode(&lock), 0o600, "tightened to the database's mode");
+}
+
+/// Opening a handle never waits for a writer: with the gate held by another process's writer
+/// (here a `flock` of ours on its lock file), `jobdb stats` and `jobdb show` answer at once.
+/// c92a778 probed the gate with a blocking `flock` when it opened the file, so every command,
+/// reads included, waited for whoever wrote (40 s behind a stopped worker).
+#[test]
+fn reading_commands_do_not_wait_for_a_writer_holding_the_gate() {
+    use std::os::unix::io::AsRawFd;
+    let db = TestDb::new();
+    let id = db
+        .queue()
+        .enqueue(&jobdb::NewJob::new("q", &1).unwrap())
+        .unwrap();
+    let gate = std::fs::File::open(format!("{}-jobdb-lock", db.url())).unwrap();
+    // SAFETY: flock on a descriptor we own.
+    assert_eq!(unsafe { libc::flock(gate.as_raw_fd(), libc::LOCK_EX) }, 0);
+    for args in [
+        vec!["stats".to_owned()],
+        vec!["show".to_owned(), id.to_string()],
+    ] {
+        let mut child = crate::cli::jobdb(&db)
+            .args(&args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // A quiet run answers in tens of milliseconds; the gate is held for as long as this
+        // waits, so an answer at all shows no wait for it.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("jobdb {args:?} waited for the gate's holder");
+            }
+            thread::sleep(Duration::from_millis(10));
+        };
+        assert!(status.success(), "{args:?}");
+    }
+}

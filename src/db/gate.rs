@@ -71,12 +71,7 @@ impl WriteGate {
     /// warning, where the file cannot be opened or locked.
     pub(crate) fn open(database: &Path) -> Option<WriteGate> {
         let path = Self::path_for(database);
-        let opened = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path);
+        let opened = open_lock_file(database, &path);
         let file = match opened {
             Ok(f) => f,
             Err(e) => {
@@ -91,8 +86,17 @@ impl WriteGate {
             path,
             order,
         };
-        // Probe once that the filesystem supports it.
-        let probed = gate.hold().map(drop);
+        // Probe once that the filesystem supports it, without waiting: a lock held by a
+        // writer now proves it as well (opening a handle, to read or to write, never waits
+        // for another process's transaction).
+        let probed = {
+            let file = gate.file.lock().unwrap_or_else(|p| p.into_inner());
+            match try_flock(&file) {
+                Ok(true) => flock(&file, false),
+                Ok(false) => Ok(()),
+                Err(e) => Err(e),
+            }
+        };
         match probed {
             Ok(()) => Some(gate),
             Err(e) => {
@@ -137,6 +141,47 @@ impl WriteGate {
     }
 }
 
+/// Opens (creating if needed) the lock file of `database` with the database's own
+/// permissions. Anyone who can open the lock file can `flock` it, and so hold every writer
+/// back: it must not be open to more users than the database file is (a 0600 database with a
+/// 0644 lock file let any local user freeze the queue). A lock file of ours that is looser
+/// than the database is tightened to the database's mode; one of another owner that is looser
+/// is refused (no gate, a warning), never waited on.
+fn open_lock_file(database: &Path, path: &Path) -> std::io::Result<File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true).write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+        let db_mode = std::fs::metadata(database).map_or(0o600, |m| m.mode() & 0o666);
+        // O_NOFOLLOW: a symlink planted in the lock file's place is not followed.
+        options.mode(db_mode).custom_flags(libc::O_NOFOLLOW);
+        let file = options.open(path)?;
+        let meta = file.metadata()?;
+        let looser = meta.mode() & 0o666 & !db_mode;
+        if looser != 0 {
+            // SAFETY: geteuid has no preconditions.
+            let mine = meta.uid() == unsafe { libc::geteuid() };
+            if !mine {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    format!(
+                        "the lock file is open to more users than the database (mode {:o}                          against {db_mode:o}) and belongs to someone else: another user                          could hold every writer back",
+                        meta.mode() & 0o777
+                    ),
+                ));
+            }
+            file.set_permissions(std::fs::Permissions::from_mode(db_mode))?;
+        }
+        Ok(file)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = database;
+        options.open(path)
+    }
+}
+
 thread_local! {
     /// How many gates this thread holds now (the writer's, or an app connection's that
     /// `crate::sqlite` protects): a thread that holds one never waits for one, which would be
@@ -171,11 +216,11 @@ impl ConnGate {
     /// an app's connections never create it, so a database jobdb never opened keeps no file
     /// beside it. `None` otherwise, or where the file cannot be opened.
     pub(crate) fn open_existing(database: &Path) -> Option<ConnGate> {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(WriteGate::path_for(database))
-            .ok()?;
+        let mut options = std::fs::OpenOptions::new();
+        options.read(true).write(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NOFOLLOW);
+        let file = options.open(WriteGate::path_for(database)).ok()?;
         let order = TicketQueue::map(&file);
         Some(ConnGate { file, order })
     }
