@@ -518,3 +518,93 @@ fn a_worker_serves_its_metrics_while_it_works() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// A raw HTTP/1.1 request with the `Host` (and `Origin`) a rebinding page's browser sends:
+/// `(status, body)`.
+fn raw(base: &str, method: &str, path: &str, host: &str, body: Option<&str>) -> (u16, String) {
+    use std::io::{Read, Write};
+    let addr = base.strip_prefix("http://").unwrap();
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let body = body.unwrap_or("");
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nOrigin: http://{host}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let status = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// DNS rebinding: with the defaults (loopback, no token) a page on `evil.example`, whose name
+/// now points at 127.0.0.1, sends its own name as `Host` and `Origin`. It is refused (421,
+/// JSON) for reads and actions alike, and nothing changes; loopback names and the listen
+/// address are served. c92a778 answered 200 to `GET /api/jobs` (the payloads) and to a bulk
+/// cancel of everything.
+#[test]
+fn a_rebound_host_name_is_refused_without_a_token() {
+    let db = crate::common::TestDb::new();
+    let q = db.queue();
+    let id = q
+        .enqueue(&NewJob::new("r", &"secret payload").unwrap())
+        .unwrap();
+    let s = serve(&db.url(), &[]);
+    let port = s.base.rsplit(':').next().unwrap().to_owned();
+    let evil = format!("evil.example:{port}");
+    let (status, body) = raw(&s.base, "GET", "/api/jobs", &evil, None);
+    assert_eq!(status, 421, "{body}");
+    assert_eq!(json(&body)["kind"], "wrong_host", "{body}");
+    assert!(!body.contains("secret payload"), "{body}");
+    let (status, _) = raw(
+        &s.base,
+        "POST",
+        "/api/jobs/bulk",
+        &evil,
+        Some(r#"{"action":"cancel","filter":{},"confirm":true}"#),
+    );
+    assert_eq!(status, 421);
+    let (status, _) = raw(
+        &s.base,
+        "POST",
+        "/api/jobs",
+        &evil,
+        Some(r#"{"queue":"r","payload":"rm -rf ~"}"#),
+    );
+    assert_eq!(status, 421);
+    assert_eq!(q.get_job(id).unwrap().state, JobState::Queued);
+    assert_eq!(q.stats(Some("r")).unwrap().total.total(), 1);
+    for host in [
+        format!("localhost:{port}"),
+        format!("127.0.0.1:{port}"),
+        "127.0.0.1".to_owned(),
+    ] {
+        let (status, body) = raw(&s.base, "GET", "/api/jobs", &host, None);
+        assert_eq!(status, 200, "{host}: {body}");
+    }
+    drop(s);
+    // With a token the token decides, whatever the name.
+    let s = serve(&db.url(), &["--token", "s3cret"]);
+    let port = s.base.rsplit(':').next().unwrap().to_owned();
+    let (status, _) = raw(
+        &s.base,
+        "GET",
+        "/?token=s3cret",
+        &format!("jobs.internal:{port}"),
+        None,
+    );
+    assert_eq!(status, 200);
+}

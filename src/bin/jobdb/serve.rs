@@ -46,6 +46,10 @@ pub(crate) struct Ctx<C: QueueConnection> {
     pub(crate) snapshots: Option<Arc<Snapshots<C>>>,
     token: Option<String>,
     read_only: bool,
+    /// Without a token, serve only requests whose `Host` names a loopback address or this
+    /// one (`jobdb serve`; `None` for a worker's `/metrics`, which holds no payload and no
+    /// action and is scraped by whatever name reaches it).
+    loopback_hosts: Option<Option<std::net::SocketAddr>>,
 }
 
 impl<C: QueueConnection> Ctx<C> {
@@ -84,6 +88,7 @@ pub fn run<C: QueueConnection>(queue: Queue<C>, args: ServeArgs) -> Result<()> {
             queue,
             token: args.token.filter(|t| !t.is_empty()),
             read_only: args.read_only,
+            loopback_hosts: Some(listener.local_addr().ok()),
         });
         println!("listening on http://{}", listener.local_addr()?);
         use std::io::Write as _;
@@ -120,6 +125,7 @@ pub fn metrics_only<C: QueueConnection>(
         snapshots: None,
         token: None,
         read_only: true,
+        loopback_hosts: None,
     });
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -173,6 +179,22 @@ async fn guard<C: QueueConnection>(
     next: Next,
 ) -> Response {
     let headers = request.headers();
+    // DNS rebinding: a page on another site whose name now points at 127.0.0.1 reaches this
+    // server as a "same-origin" request for its own name. Without a token only requests for
+    // a loopback name (or the address listened on) are served; with one, the token decides.
+    let misdirected = match ctx.loopback_hosts {
+        Some(listen) => ctx.token.is_none() && !loopback_host(headers, listen),
+        None => false,
+    };
+    if misdirected {
+        return refuse(
+            StatusCode::MISDIRECTED_REQUEST,
+            "wrong_host",
+            "without a token this server answers only requests for a loopback name \
+             (localhost, 127.0.0.1, [::1]) or its listen address; give it a --token to serve \
+             others",
+        );
+    }
     let mut set_cookie = None;
     if let Some(token) = &ctx.token {
         let bearer = headers
@@ -198,7 +220,10 @@ async fn guard<C: QueueConnection>(
                 "jobdb_token={token}; HttpOnly; SameSite=Strict; Path=/"
             ));
         }
-        if ![bearer, cookie, query].contains(&Some(token.as_str())) {
+        if ![bearer, cookie, query]
+            .iter()
+            .any(|given| given.is_some_and(|g| same_token(g, token)))
+        {
             return refuse(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
@@ -258,6 +283,37 @@ async fn guard<C: QueueConnection>(
         h.insert(header::SET_COOKIE, cookie);
     }
     response
+}
+
+/// Whether `given` is `token`, compared in time that does not depend on where they differ
+/// (a timing side channel would let a caller guess the token byte by byte).
+fn same_token(given: &str, token: &str) -> bool {
+    let (a, b) = (given.as_bytes(), token.as_bytes());
+    let mut diff = a.len() ^ b.len();
+    for (i, &x) in b.iter().enumerate() {
+        diff |= usize::from(x ^ a.get(i).copied().unwrap_or(0));
+    }
+    diff == 0
+}
+
+/// Whether the request's `Host` names this machine's loopback (`localhost`, a `127.x` or
+/// `::1` address) or the address listened on, with any port.
+fn loopback_host(headers: &HeaderMap, listen: Option<std::net::SocketAddr>) -> bool {
+    let Some(host) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    // Strip the port: `[::1]:8080`, `127.0.0.1:8080`, `localhost:8080`.
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    if name.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    match name.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback() || listen.is_some_and(|l| l.ip() == ip),
+        Err(_) => false,
+    }
 }
 
 /// No `Origin` (a script, curl), or one whose host is the `Host` this request was sent to.
