@@ -40,6 +40,7 @@ mod any;
 #[cfg(feature = "archive")]
 pub mod archive;
 pub mod copy;
+mod crontab;
 pub mod db;
 pub mod doctor;
 mod driver;
@@ -92,7 +93,7 @@ pub use pool::{build_pool, Config, DatabaseUrl, SqlitePool};
 pub use pragmas::{Pragmas, Synchronous, TempStore};
 pub use queue::{Enqueued, JobBackoff, StateCounts, Stats};
 pub use retry::{RetryPolicy, RetrySnapshot};
-pub use schedule::{Schedule, Scheduler, SchedulerReport};
+pub use schedule::{CronExpression, Schedule, Scheduler, SchedulerReport};
 /// The token that stops an [`AsyncWorker`] (tokio-util's, re-exported so callers need not
 /// depend on tokio-util to hold one).
 #[cfg(feature = "tokio")]

@@ -25,9 +25,18 @@ use crate::{Queue, QueueConnection};
 pub enum Every {
     /// Every `Duration`, at multiples of it since the Unix epoch (UTC).
     Interval(Duration),
-    /// A cron expression, UTC: 5 fields (`min hour day month weekday`) or 6–7 with seconds
-    /// first (and a year last).
-    Cron(Box<cron::Schedule>),
+    /// A cron expression, UTC (see [`Schedule::cron`]).
+    Cron(Box<CronExpression>),
+}
+
+/// A parsed cron expression: crontab(5)'s five fields, or Quartz's six or seven.
+#[derive(Debug, Clone)]
+pub struct CronExpression(CronDialect);
+
+#[derive(Debug, Clone)]
+enum CronDialect {
+    Crontab(crate::crontab::Crontab),
+    Quartz(cron::Schedule),
 }
 
 /// A periodic job: on each tick, a job on `queue` with `payload`.
@@ -53,20 +62,31 @@ impl Schedule {
         Schedule::new(name.into(), Every::Interval(every), job)
     }
 
-    /// Fires at a cron expression's times (UTC).
+    /// Fires at a cron expression's times (UTC). Five fields (`minute hour day-of-month month
+    /// day-of-week`) or an `@daily`-style nickname are read exactly as crontab(5) reads them:
+    /// weekday 0 and 7 are Sunday and 1 is Monday, names (`mon`, `jan`) work, and when both
+    /// day fields are restricted a day matches either. Six or seven fields (seconds first, a
+    /// year last) are Quartz's dialect, as the `cron` crate reads it: there weekday 1 is
+    /// Sunday. (jobdb before this read the five-field form in Quartz's dialect too, so a
+    /// five-field schedule that numbered weekdays fired a day early; it now fires as written.)
     pub fn cron(name: impl Into<String>, expression: &str, job: NewJob) -> Result<Schedule> {
-        let fields = expression.split_whitespace().count();
-        // The cron crate wants seconds first; the common 5-field form fires at second 0.
-        let full = if fields == 5 {
-            format!("0 {expression}")
-        } else {
-            expression.to_owned()
-        };
-        let parsed = cron::Schedule::from_str(&full).map_err(|e| Error::InvalidArgument {
+        let invalid = |reason: String| Error::InvalidArgument {
             field: "cron",
-            reason: format!("{expression:?}: {e}"),
-        })?;
-        Schedule::new(name.into(), Every::Cron(Box::new(parsed)), job)
+            reason: format!("{expression:?}: {reason}"),
+        };
+        let fields = expression.split_whitespace().count();
+        let dialect = if fields == 5 || expression.trim_start().starts_with('@') {
+            CronDialect::Crontab(crate::crontab::Crontab::parse(expression).map_err(invalid)?)
+        } else {
+            CronDialect::Quartz(
+                cron::Schedule::from_str(expression).map_err(|e| invalid(e.to_string()))?,
+            )
+        };
+        Schedule::new(
+            name.into(),
+            Every::Cron(Box::new(CronExpression(dialect))),
+            job,
+        )
     }
 
     fn new(name: String, every: Every, job: NewJob) -> Result<Schedule> {
@@ -102,7 +122,10 @@ impl Schedule {
                 let floor = t.duration_trunc(step).ok()?;
                 floor.checked_add_signed(step)
             }
-            Every::Cron(s) => s.after(&t).next(),
+            Every::Cron(c) => match &c.0 {
+                CronDialect::Crontab(c) => c.next_after(t),
+                CronDialect::Quartz(s) => s.after(&t).next(),
+            },
         }
     }
 

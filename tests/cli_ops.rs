@@ -247,6 +247,28 @@ fn two_scheduler_processes_enqueue_each_of_ten_ticks_exactly_once() {
     assert_eq!(code, 2);
 }
 
+/// `schedule --cron` reads five fields as crontab(5) does: weekday 0 and 7 are Sunday, names
+/// and the nicknames work (c92a778 read Quartz's dialect: `0 9 * * 0` exited 2 and
+/// `0 9 * * 1-5` fired Sunday to Thursday; the fire times themselves are checked against a
+/// table in `src/crontab.rs`).
+#[test]
+fn schedule_cron_takes_crontabs_weekdays_and_names() {
+    let db = TestDb::new();
+    for cron in [
+        "0 9 * * 0",
+        "0 9 * * 7",
+        "0 9 * * mon-fri",
+        "@daily",
+        "0 0 1,15 * mon",
+    ] {
+        ok_stdout(jobdb(&db).args(["schedule", "w", "--cron", cron, "--for", "50ms"]));
+    }
+    for bad in ["0 9 * * 8", "0 24 * * *", "0 9 * *"] {
+        let (code, stderr) = fails(jobdb(&db).args(["schedule", "w", "--cron", bad]));
+        assert_eq!(code, 2, "{bad}: {stderr}");
+    }
+}
+
 #[test]
 fn every_new_command_documents_itself_in_help() {
     for cmd in [

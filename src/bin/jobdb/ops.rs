@@ -37,7 +37,9 @@ pub struct ScheduleArgs {
     /// Fixed interval, at multiples since the Unix epoch (at least 1s)
     #[arg(long, value_parser = parse_duration)]
     every: Option<Duration>,
-    /// Cron expression, UTC: "min hour day month weekday" (or with seconds first)
+    /// Cron expression, UTC, as crontab(5) reads it: "min hour day month weekday" (0 and 7 =
+    /// Sunday, names, ranges, steps, @daily…); 6 or 7 fields (seconds first) are Quartz's
+    /// dialect, where weekday 1 is Sunday
     #[arg(long)]
     cron: Option<String>,
     /// Each job's payload, as JSON
