@@ -325,3 +325,15 @@ fn worker_and_schedule_values_that_cannot_work_are_refused_with_exit_2() {
     }
     assert_eq!(stats(&db)["queued"], 1, "nothing ran");
 }
+
+/// A queue name is anyone's input: `jobdb stats` prints its control characters escaped, so a
+/// name holding a terminal's escape sequences cannot rewrite the operator's screen (c92a778
+/// printed them raw).
+#[test]
+fn stats_prints_escape_sequences_in_queue_names_escaped() {
+    let db = TestDb::new();
+    ok_stdout(jobdb(&db).args(["enqueue", "--queue", "evil\u{1b}[2J\u{7}", "{}"]));
+    let out = ok_stdout(jobdb(&db).arg("stats"));
+    assert!(!out.contains('\u{1b}') && !out.contains('\u{7}'), "{out:?}");
+    assert!(out.contains("evil\\u{1b}[2J\\u{7}"), "{out}");
+}

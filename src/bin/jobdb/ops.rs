@@ -92,10 +92,13 @@ pub fn stats<C: QueueConnection>(queue: &Queue<C>, only: Option<String>, json: b
         let oldest = a
             .oldest_due_age_s
             .map_or_else(|| "-".to_owned(), |s| format!("{s:.1}s"));
+        // Queue names are anyone's input: control characters (a terminal's escape
+        // sequences) are printed escaped, never sent to the terminal raw.
+        let name = printable(name);
         let label = if a.paused {
             format!("{name} (paused)")
         } else {
-            name.clone()
+            name
         };
         println!(
             "{label:<24} {:>9} {:>9} {:>10} {:>9} {:>10} {:>12} {:>10}",
@@ -165,4 +168,18 @@ pub fn schedule<C: QueueConnection>(queue: &Queue<C>, args: ScheduleArgs) -> Res
         report.enqueued, report.taken_elsewhere, report.failed
     );
     Ok(())
+}
+
+/// `text` with control characters escaped (`\u{1b}`), for a terminal: what a queue name or
+/// other stored text holds is shown, never interpreted.
+pub(crate) fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
