@@ -607,4 +607,16 @@ fn a_rebound_host_name_is_refused_without_a_token() {
         None,
     );
     assert_eq!(status, 200);
+    // A token with characters a URL escapes, given escaped in the query, as a browser sends
+    // it (c92a778 compared the escaped text with the token), and on an API call too.
+    drop(s);
+    let s = serve(&db.url(), &["--token", "a b/c+d&e"]);
+    let (status, body) = call(
+        &format!("{}/api/jobs?token=a%20b%2Fc%2Bd%26e", s.base),
+        None,
+        &[],
+    );
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = call(&format!("{}/api/jobs?token=a%20b", s.base), None, &[]);
+    assert_eq!(status, 401);
 }

@@ -214,8 +214,10 @@ async fn guard<C: QueueConnection>(
             .query()
             .into_iter()
             .flat_map(|q| q.split('&'))
-            .find_map(|p| p.strip_prefix("token="));
-        if query == Some(token.as_str()) {
+            .find_map(|p| p.strip_prefix("token="))
+            .and_then(percent_decoded);
+        let query = query.as_deref();
+        if query.is_some_and(|q| same_token(q, token)) {
             set_cookie = Some(format!(
                 "jobdb_token={token}; HttpOnly; SameSite=Strict; Path=/"
             ));
@@ -283,6 +285,32 @@ async fn guard<C: QueueConnection>(
         h.insert(header::SET_COOKIE, cookie);
     }
     response
+}
+
+/// A query value with its `%XX` escapes and `+` decoded, as a browser encodes it; `None` if
+/// an escape is malformed or the result is not UTF-8 (then it matches no token).
+fn percent_decoded(value: &str) -> Option<String> {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// Whether `given` is `token`, compared in time that does not depend on where they differ
@@ -544,6 +572,9 @@ struct ListQuery {
     unique_key: Option<String>,
     before: Option<i64>,
     limit: Option<u32>,
+    /// The access token, when a page passes it in the query (the guard checked it).
+    #[allow(dead_code)]
+    token: Option<String>,
 }
 
 /// A page of jobs, newest first; `next_before` fetches the next page (keyset pagination).
