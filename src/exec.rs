@@ -10,6 +10,10 @@
 //! shutdown past grace) or when its output passes the cap, the group gets SIGTERM, then
 //! SIGKILL after [`ShellOptions::kill_grace`]. So a backgrounded or forked grandchild never
 //! outlives its attempt, keeps the output pipe open, or runs beside the job's next attempt.
+//! A process that leaves the group (`setsid`, a daemon's fork into a session of its own) is
+//! no longer the attempt's: the attempt ends when `sh` has exited and the group is gone,
+//! with what the pipes held by then, whatever that process does with them; it keeps running,
+//! unsupervised, and its later writes to them fail (`EPIPE`).
 //! Output is bounded: stdout up to [`ShellOptions::max_stdout_bytes`] (past it the attempt
 //! fails with a clear error), stderr as a ring of its last [`ShellOptions::stderr_tail_bytes`].
 //!
@@ -97,13 +101,23 @@ pub fn run_shell_with(
         }
     });
     let overflowed = Arc::new(AtomicBool::new(false));
+    // Set once the group is gone: the readers then take what is left in the pipes and stop,
+    // whether or not every write end is closed (a process that left the group, `setsid`,
+    // may hold one for ever).
+    let group_gone = Arc::new(AtomicBool::new(false));
     let stdout = read_capped(
-        child.stdout.take(),
+        child
+            .stdout
+            .take()
+            .map(|p| Pipe::new(p, group_gone.clone())),
         options.max_stdout_bytes,
         overflowed.clone(),
     );
     let stderr = read_tail(
-        child.stderr.take(),
+        child
+            .stderr
+            .take()
+            .map(|p| Pipe::new(p, group_gone.clone())),
         options.stderr_tail_bytes,
         ctx.progress_reporter(),
     );
@@ -111,6 +125,7 @@ pub fn run_shell_with(
     let ended = wait_or_stop(&mut child, ctx, &overflowed);
     // Whatever ended the attempt, nothing of the group outlives it.
     group.stop(options.kill_grace);
+    group_gone.store(true, Ordering::SeqCst);
     let _ = feeder.join();
     let stdout = stdout.join().unwrap_or_default();
     let stderr = stderr.join().unwrap_or_default();
@@ -180,6 +195,56 @@ fn wait_or_stop(child: &mut Child, ctx: &JobContext, overflowed: &AtomicBool) ->
         }
         thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(20));
+    }
+}
+
+/// A pipe from the command, read without blocking past the attempt: reads wait (in `poll`)
+/// only while the group may still write, and once `gone` is set they return what is left
+/// and then end, as at end of file.
+struct Pipe<P> {
+    pipe: P,
+    gone: Arc<AtomicBool>,
+}
+
+impl<P: std::os::unix::io::AsRawFd> Pipe<P> {
+    fn new(pipe: P, gone: Arc<AtomicBool>) -> Pipe<P> {
+        let fd = pipe.as_raw_fd();
+        // SAFETY: fcntl on a descriptor we own; O_NONBLOCK only changes how reads wait.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFL);
+            if flags >= 0 {
+                libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
+            }
+        }
+        Pipe { pipe, gone }
+    }
+}
+
+impl<P: Read + std::os::unix::io::AsRawFd> Read for Pipe<P> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            // Read after looking at the flag: data written before the group was gone is
+            // still taken.
+            let gone = self.gone.load(Ordering::SeqCst);
+            match self.pipe.read(buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if gone {
+                        return Ok(0);
+                    }
+                    let mut poll = libc::pollfd {
+                        fd: self.pipe.as_raw_fd(),
+                        events: libc::POLLIN,
+                        revents: 0,
+                    };
+                    // SAFETY: poll on one valid descriptor for at most 20 ms.
+                    unsafe {
+                        libc::poll(&mut poll, 1, 20);
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                other => return other,
+            }
+        }
     }
 }
 

@@ -222,3 +222,56 @@ fn a_second_signal_hurries_the_shutdown() {
     }
     assert_eq!(show(&db, id)["state"], "queued", "the job was released");
 }
+
+/// A command that daemonizes (`setsid -f`: a process in a session of its own, which keeps
+/// the output pipes open) ends its attempt when `sh` exits: the job succeeds with what `sh`
+/// wrote and `--exit-when-empty` exits. c92a778 read stdout until end of file, which the
+/// daemon held: the job stayed `running`, cancel and timeouts could not free the slot, and
+/// the worker never exited. The escaped daemon is left running, as README says; the test
+/// stops it.
+#[test]
+fn a_command_that_daemonizes_ends_its_attempt_when_sh_exits() {
+    let db = TestDb::new();
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("daemon.pid");
+    let id = enqueue_id(&db, &["{}"]);
+    let command = format!(
+        "setsid -f sh -c 'echo $$ > {p}; exec sleep 300'; echo ok",
+        p = pidfile.display()
+    );
+    let mut worker = jobdb(&db)
+        .args(["work", "--exit-when-empty", "--exec", &command])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A quiet run exits in well under a second; 60 s is far over 10x, and the daemon sleeps
+    // for 300.
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = worker.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            let _ = worker.kill();
+            break worker.wait().unwrap();
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    let daemon: Option<libc::pid_t> = std::fs::read_to_string(&pidfile)
+        .ok()
+        .and_then(|s| s.trim().parse().ok());
+    if let Some(pid) = daemon {
+        // SAFETY: kill(2) on the daemon the command started.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        }
+    }
+    assert!(
+        status.success(),
+        "the worker did not exit on its own: {status:?}"
+    );
+    let job = show(&db, id);
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert!(daemon.is_some(), "the command daemonized");
+}
