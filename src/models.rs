@@ -310,7 +310,9 @@ impl NewJob {
 
     /// Not claimable before `at` (default: now).
     pub fn run_at(mut self, at: DateTime<Utc>) -> Self {
-        self.run_at = Some(at);
+        // Kept as every backend stores it (microseconds, no leap second), so the value
+        // checked, stored and copied is one value.
+        self.run_at = Some(crate::timestamp::normalize(at));
         self
     }
 

@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, Datelike, NaiveDateTime, TimeDelta, Utc};
+use chrono::{DateTime, Datelike, NaiveDateTime, TimeDelta, Timelike, Utc};
 
 use crate::error::{Error, Result};
 
@@ -29,17 +29,35 @@ fn out_of_range(field: &'static str, what: impl std::fmt::Display) -> Error {
     }
 }
 
+/// `t` as every backend stores it: whole microseconds (PostgreSQL's precision; further
+/// digits are dropped, never rounded, so the last instant of 9999 cannot carry into 10000) and
+/// no leap second (`23:59:60.x` is the next minute's first second, as PostgreSQL reads it). A
+/// value given with seven fractional digits or a leap second was kept as given on SQLite and
+/// then differed from PostgreSQL's copy of it.
+pub fn normalize(t: DateTime<Utc>) -> DateTime<Utc> {
+    let nanos = t.timestamp_subsec_nanos();
+    let (base, nanos) = if nanos >= 1_000_000_000 {
+        // chrono keeps a leap second as the 59th second with nanoseconds past one second.
+        match t
+            .with_nanosecond(0)
+            .and_then(|s| s.checked_add_signed(TimeDelta::seconds(1)))
+        {
+            Some(next) => (next, nanos - 1_000_000_000),
+            None => return t,
+        }
+    } else {
+        (t, nanos)
+    };
+    base.with_nanosecond(nanos - nanos % 1000).unwrap_or(base)
+}
+
 /// `t` if it lies in the stored range, else [`Error::InvalidArgument`] naming `field`.
 /// Sub-microsecond digits are dropped (PostgreSQL keeps microseconds; rounding them up could
 /// carry the last instant of 9999 into year 10000).
 pub fn check(field: &'static str, t: DateTime<Utc>) -> Result<DateTime<Utc>> {
-    let t = t
-        .naive_utc()
-        .checked_sub_signed(TimeDelta::nanoseconds(i64::from(
-            t.timestamp_subsec_nanos() % 1000,
-        )))
-        .ok_or_else(|| out_of_range(field, t))?
-        .and_utc();
+    // The range is checked on the value as it will be stored (a leap second in the last
+    // minute of 9999 is year 10000).
+    let t = normalize(t);
     if (MIN_YEAR..=MAX_YEAR).contains(&t.year()) {
         Ok(t)
     } else {

@@ -21,6 +21,7 @@ crate::on_both_backends!(
     nul_and_lone_surrogates_are_refused_the_same_on_both_backends,
     a_command_writing_nul_bytes_fails_with_its_reason_not_a_lease_expiry,
     a_result_that_cannot_be_stored_fails_the_attempt_with_the_reason,
+    timestamps_are_stored_alike_on_every_backend,
 );
 
 fn nested(depth: usize) -> String {
@@ -394,4 +395,45 @@ fn a_command_writing_nul_bytes_fails_with_its_reason_not_a_lease_expiry<C: TestC
         assert!(error.contains(says), "{queue}: {error}");
         assert!(!error.contains("lease expired"), "{queue}: {error}");
     }
+}
+
+/// A `--run-at` with seven fractional digits or a leap second is stored as every backend
+/// stores it: microseconds (the rest dropped, never rounded) and the leap second as the next
+/// minute's first; the range is checked on that value, so `9999-12-31T23:59:60Z` is year
+/// 10000 and refused everywhere. c92a778 stored such values as given on SQLite, where they
+/// then differed from PostgreSQL's copy (`copy` exited 4, "checksum differs"), and
+/// `…23:59:59.9999999Z` became year 10000 on PostgreSQL and ran at once after a copy back.
+fn timestamps_are_stored_alike_on_every_backend<C: TestConn>(b: &Backend<C>) {
+    let q = b.queue();
+    for (given, stored) in [
+        (
+            "2030-01-01T00:00:00.1234567Z",
+            "2030-01-01T00:00:00.123456Z",
+        ),
+        ("2030-06-30T23:59:60.5Z", "2030-07-01T00:00:00.500Z"),
+        (
+            "9999-12-31T23:59:59.9999999Z",
+            "9999-12-31T23:59:59.999999Z",
+        ),
+    ] {
+        let out = run(cli(b).args(["enqueue", "--run-at", given, "{}"]));
+        let (code, stderr) = code_and_stderr(&out);
+        assert_eq!(code, Some(0), "{given}: {stderr}");
+        let id: i64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        let job = q.get_job(id).unwrap();
+        assert_eq!(
+            job.run_at
+                .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+            stored,
+            "{given}"
+        );
+    }
+    let (code, stderr) = code_and_stderr(&run(cli(b).args([
+        "enqueue",
+        "--run-at",
+        "9999-12-31T23:59:60Z",
+        "{}",
+    ])));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("9999"), "{stderr}");
 }
