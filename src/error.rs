@@ -23,6 +23,17 @@ pub enum Error {
         waited: Duration,
     },
 
+    /// Another jobdb writer held the write gate for the whole retry deadline (a process
+    /// stopped or wedged while it wrote): nothing was written, and `holder` names it where the
+    /// system tells. Safe to try again; [`Error::is_busy`] is true.
+    #[error("the database stayed busy: {holder} (waited {waited:?})")]
+    GateHeld {
+        /// Who holds the gate, in words ("process 1234 holds the write gate (…)").
+        holder: String,
+        /// How long this writer waited.
+        waited: Duration,
+    },
+
     /// The lease on a job is no longer ours: it expired and the job was reaped or claimed by
     /// another worker, or the job left the `running` state. Nothing was written.
     #[error("lease lost on job {job_id} (attempt {attempt}): the job was reclaimed or is no longer running; the result was not recorded")]
@@ -232,7 +243,7 @@ impl Error {
     /// transient: the whole transaction may be re-run.
     pub fn is_busy(&self) -> bool {
         match self.root() {
-            Error::Busy { .. } => true,
+            Error::Busy { .. } | Error::GateHeld { .. } => true,
             Error::Database(e) => is_busy_diesel(e),
             _ => false,
         }

@@ -284,3 +284,43 @@ fn reading_commands_do_not_wait_for_a_writer_holding_the_gate() {
         assert!(status.success(), "{args:?}");
     }
 }
+
+/// A writer that finds the gate held past the retry deadline (its holder stopped, say) gets a
+/// busy error naming the holder's process, instead of waiting for ever: c92a778 waited in a
+/// blocking `flock` with no deadline (40 s behind a stopped worker, for as long as it stayed
+/// stopped).
+#[test]
+fn a_writer_behind_a_gate_held_past_the_deadline_gets_busy_naming_the_holder() {
+    use std::os::unix::io::AsRawFd;
+    let db = TestDb::new();
+    let q = db.queue_with(|c| {
+        c.retry = jobdb::RetryPolicy {
+            deadline: Duration::from_millis(300),
+            ..jobdb::RetryPolicy::default()
+        }
+    });
+    let gate = std::fs::File::open(format!("{}-jobdb-lock", db.url())).unwrap();
+    // SAFETY: flock on a descriptor we own; this process holds the gate as a writer would.
+    assert_eq!(unsafe { libc::flock(gate.as_raw_fd(), libc::LOCK_EX) }, 0);
+    let (tx, rx) = mpsc::channel();
+    let writer = {
+        let q = q.clone();
+        thread::spawn(move || tx.send(q.enqueue(&jobdb::NewJob::new("g", &1).unwrap())))
+    };
+    // Bounded only so the old behaviour fails the test instead of hanging it: a quiet run
+    // answers after the 300 ms deadline.
+    let answer = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the writer waited for the gate past its deadline");
+    writer.join().unwrap().unwrap();
+    let err = answer.unwrap_err();
+    assert!(err.is_busy(), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!("process {}", std::process::id())),
+        "{text}"
+    );
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::flock(gate.as_raw_fd(), libc::LOCK_UN) }, 0);
+    q.enqueue(&jobdb::NewJob::new("g", &2).unwrap()).unwrap();
+}

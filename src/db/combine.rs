@@ -458,7 +458,7 @@ impl<C: QueueConnection> Combiner<C> {
         }
         let since = std::time::Instant::now();
         let held = ctx.gate.map(|g| Held {
-            guard: g.hold(),
+            guard: g.hold(since + ctx.policy.deadline),
             since,
         });
         let group: Vec<Queued<C>> = {
@@ -605,16 +605,31 @@ fn timed<C: QueueConnection, R>(
     name: &'static str,
     ops: usize,
     held: Option<Held<'_>>,
-    f: impl FnOnce() -> R,
-) -> R {
+    f: impl FnOnce() -> Result<R>,
+) -> Result<R> {
     LOCK_ACQUIRED.with(|c| c.set(None));
     // Waiting at the gate is waiting for the write lock: it counts in `lock_wait`.
     let (started, gate) = match held {
         Some(h) => (h.since, Some(h.guard)),
-        None => (std::time::Instant::now(), ctx.gate.map(|g| g.hold())),
+        None => {
+            let now = std::time::Instant::now();
+            (now, ctx.gate.map(|g| g.hold(now + ctx.policy.deadline)))
+        }
     };
-    if let Some(Err(e)) = &gate {
-        tracing::warn!(error = %e, "cannot take the write gate; this transaction goes without");
+    match &gate {
+        // Another writer held the gate for the whole retry deadline (stopped, or wedged):
+        // the caller is told who, instead of waiting for ever.
+        Some(Err(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
+            ctx.metrics.lock_wait.record(started.elapsed());
+            return Err(Error::GateHeld {
+                holder: e.to_string(),
+                waited: started.elapsed(),
+            });
+        }
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, "cannot take the write gate; this transaction goes without");
+        }
+        _ => {}
     }
     let r = f();
     drop(gate);

@@ -113,10 +113,13 @@ impl WriteGate {
         self.order.as_ref()
     }
 
-    /// Waits for the gate (in the kernel: no polling) and holds it until the guard drops:
-    /// first for this writer's turn in the ticket queue, then for the `flock`, which is
-    /// then normally free or about to be.
-    pub(crate) fn hold(&self) -> std::io::Result<GateGuard<'_>> {
+    /// Waits for the gate and holds it until the guard drops: first for this writer's turn
+    /// in the ticket queue (asleep in a futex, woken by the writer before it), then for the
+    /// `flock`, which is then normally free or about to be. Gives up at `deadline` with an
+    /// error of kind `TimedOut` that names the process holding the gate, where the system
+    /// says (`/proc/locks`): a writer stopped or wedged while holding it must not hold every
+    /// other writer for ever.
+    pub(crate) fn hold(&self, deadline: std::time::Instant) -> std::io::Result<GateGuard<'_>> {
         if held_by_this_thread() {
             // An app connection of this thread holds the gate (`crate::sqlite`): waiting for
             // it here would wait for ourselves. This transaction goes without, and meets that
@@ -127,17 +130,73 @@ impl WriteGate {
             ));
         }
         let file = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        let turn = self
-            .order
-            .as_ref()
-            .map(|q| (q, q.enter(|| try_flock(&file))));
+        let turn = match &self.order {
+            Some(q) => match q.enter_by(|| try_flock(&file), Some(deadline)) {
+                Some(t) => Some((q, t)),
+                None => return Err(self.timed_out(&file)),
+            },
+            None => None,
+        };
         let guard = GateGuard { file, turn };
-        // Counted from here: the guard's drop uncounts it, also on the error below.
+        // Counted from here: the guard's drop uncounts it, also on the errors below.
         HELD_HERE.with(|n| n.set(n.get() + 1));
-        if !guard.turn.is_some_and(|(_, t)| t.holds_flock()) {
-            flock(&guard.file, true)?;
+        if guard.turn.is_some_and(|(_, t)| t.holds_flock()) {
+            return Ok(guard);
         }
-        Ok(guard)
+        let mut pause = std::time::Duration::from_micros(50);
+        loop {
+            if try_flock(&guard.file)? {
+                return Ok(guard);
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(self.timed_out(&guard.file));
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(std::time::Duration::from_millis(5));
+        }
+    }
+
+    fn timed_out(&self, file: &File) -> std::io::Error {
+        let holder = holder_of(file).map_or_else(
+            || "another process".to_owned(),
+            |pid| format!("process {pid}"),
+        );
+        std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!(
+                "{holder} holds the write gate ({}) and did not let it go in time",
+                self.path.display()
+            ),
+        )
+    }
+}
+
+/// The process that holds the `flock` on `file`, as `/proc/locks` lists it (Linux); `None`
+/// where that cannot be told.
+pub(crate) fn holder_of(file: &File) -> Option<u32> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let meta = file.metadata().ok()?;
+        let (dev, ino) = (meta.dev(), meta.ino());
+        // SAFETY: major/minor only decode the number.
+        let (major, minor) = (libc::major(dev), libc::minor(dev));
+        let id = format!("{major:02x}:{minor:02x}:{ino}");
+        std::fs::read_to_string("/proc/locks")
+            .ok()?
+            .lines()
+            .filter(|l| l.contains("FLOCK") && l.contains(&id))
+            .find_map(|l| {
+                let mut fields = l.split_whitespace();
+                // "1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF": the pid follows the mode.
+                fields.position(|f| f == "WRITE" || f == "READ")?;
+                fields.next()?.parse().ok()
+            })
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = file;
+        None
     }
 }
 

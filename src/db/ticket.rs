@@ -164,17 +164,9 @@ impl TicketQueue {
     /// it without waiting and says whether it did), the ticket ahead is dead or stopped, and
     /// this writer goes out of turn, already holding the `flock`. A holder that merely holds
     /// long (a big transaction, an outside `flock`) keeps the queue in turn.
-    pub(crate) fn enter(&self, try_flock: impl Fn() -> std::io::Result<bool>) -> Ticket {
-        match self.enter_by(try_flock, None) {
-            Some(ticket) => ticket,
-            // Without a deadline the wait only ends with a ticket.
-            None => unreachable!("a wait without a deadline gave up"),
-        }
-    }
-
-    /// As [`TicketQueue::enter`], giving up at `deadline` (`None`: never). A ticket given up
-    /// on is never served: the writers behind it pass it after one [`STALL`], as they pass a
-    /// dead process's.
+    ///
+    /// Gives up at `deadline` (`None`: never). A ticket given up on is never served: the
+    /// writers behind it pass it after one [`STALL`], as they pass a dead process's.
     pub(crate) fn enter_by(
         &self,
         try_flock: impl Fn() -> std::io::Result<bool>,
@@ -347,7 +339,7 @@ mod tests {
         // Opened first: opening probes the gate, which would wait behind `held`.
         let gates: Vec<WriteGate> = (0..WRITERS).map(|_| gate(&path)).collect();
         let first = gate(&path);
-        let held = first.hold().expect("hold");
+        let held = first.hold(far()).expect("hold");
         let queue = first.queue().expect("queue");
         let base = queue.word(NEXT).load(SeqCst);
         let (tx, rx) = mpsc::channel();
@@ -355,7 +347,7 @@ mod tests {
         for (i, g) in (0..WRITERS).zip(gates) {
             let tx = tx.clone();
             threads.push(std::thread::spawn(move || {
-                let guard = g.hold().expect("hold");
+                let guard = g.hold(far()).expect("hold");
                 assert!(guard.in_turn(), "no stall here");
                 tx.send(i).expect("send");
             }));
@@ -383,7 +375,7 @@ mod tests {
         // the window, so nobody behind them is in it.
         queue.word(NEXT).fetch_add(WINDOW, SeqCst);
         let began = Instant::now();
-        let guard = g.hold().expect("hold");
+        let guard = g.hold(far()).expect("hold");
         assert!(!guard.in_turn(), "it went out of turn");
         assert!(
             began.elapsed() >= STALL,
@@ -391,7 +383,7 @@ mod tests {
         );
         drop(guard);
         // Its release moved the queue past the dead tickets.
-        let guard = g.hold().expect("hold");
+        let guard = g.hold(far()).expect("hold");
         assert!(guard.in_turn(), "the next writer is in turn again");
     }
 
@@ -402,13 +394,13 @@ mod tests {
         let queue = dead.queue().expect("queue");
         // The holder's process dies: the kernel drops its flock, nobody moves the queue.
         let other = gate(&path);
-        let ticket = queue.enter(|| Ok(false));
+        let ticket = queue.enter_by(|| Ok(false), None).expect("no deadline");
         assert!(ticket.in_turn());
         queue.word(NEXT).fetch_add(WINDOW - 1, SeqCst);
-        let guard = other.hold().expect("hold");
+        let guard = other.hold(far()).expect("hold");
         assert!(!guard.in_turn());
         drop(guard);
-        assert!(other.hold().expect("hold").in_turn());
+        assert!(other.hold(far()).expect("hold").in_turn());
     }
 
     #[test]
@@ -416,9 +408,9 @@ mod tests {
         let (_dir, path) = database();
         let (holder, next) = (gate(&path), gate(&path));
         let queue = holder.queue().expect("queue");
-        let held = holder.hold().expect("hold");
+        let held = holder.hold(far()).expect("hold");
         let taken = queue.word(NEXT).load(SeqCst);
-        let waiter = std::thread::spawn(move || next.hold().expect("hold").in_turn());
+        let waiter = std::thread::spawn(move || next.hold(far()).expect("hold").in_turn());
         until_taken(queue, taken + 1);
         // A long transaction: the queue stands still, but the gate is held, not abandoned.
         std::thread::sleep(STALL * 3);
@@ -433,4 +425,10 @@ mod tests {
         assert!(!at_or_after(u32::MAX, 0));
         assert!(!at_or_after(4, 5));
     }
+}
+
+/// A deadline no test reaches.
+#[cfg(test)]
+fn far() -> std::time::Instant {
+    std::time::Instant::now() + std::time::Duration::from_secs(3600)
 }
