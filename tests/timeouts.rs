@@ -79,9 +79,11 @@ fn a_handler_ignoring_its_timeout_is_failed_and_its_late_result_fenced_off() {
         let q = q.clone();
         thread::spawn(move || {
             let started = Instant::now();
-            while q.get_job(id).unwrap().state == JobState::Running
-                || q.get_job(id).unwrap().state == JobState::Queued
-            {
+            // One read per look: two reads could see `queued`, then `running`, and stop.
+            while matches!(
+                q.get_job(id).unwrap().state,
+                JobState::Running | JobState::Queued
+            ) {
                 // A quiet run fails it a few seconds past the limit; a minute is over 10x.
                 assert!(started.elapsed() < Duration::from_secs(60));
                 thread::sleep(Duration::from_millis(20));
