@@ -207,20 +207,8 @@ fn statement_histograms(out: &mut String) {
          the process).\n# TYPE {name} histogram"
     );
     for kind in crate::sqlite::StatementKind::ALL {
-        let (buckets, sum, count) = crate::sqlite::statement_histogram(kind).cumulative();
-        let kind = kind.label();
-        for (le, n) in buckets
-            .iter()
-            .take_while(|(_, n)| *n < count)
-            .chain(buckets.iter().find(|(_, n)| *n == count))
-        {
-            let _ = writeln!(out, "{name}_bucket{{kind=\"{kind}\",le=\"{le}\"}} {n}");
-        }
-        let _ = writeln!(
-            out,
-            "{name}_bucket{{kind=\"{kind}\",le=\"+Inf\"}} {count}\n\
-             {name}_sum{{kind=\"{kind}\"}} {sum}\n{name}_count{{kind=\"{kind}\"}} {count}"
-        );
+        let label = format!("kind=\"{}\"", kind.label());
+        series(out, name, &label, crate::sqlite::statement_histogram(kind));
     }
 }
 
@@ -231,20 +219,31 @@ fn load(a: &std::sync::atomic::AtomicU64) -> u64 {
     a.load(std::sync::atomic::Ordering::Relaxed)
 }
 
-/// A histogram family: the buckets up to the first that holds everything, `+Inf`, sum, count.
+/// A histogram family of one series: its help and type, then [`series`].
 fn histogram(out: &mut String, name: &str, help: &str, h: &Histogram) {
-    let (buckets, sum, count) = h.cumulative();
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+    series(out, name, "", h);
+}
+
+/// One series of a histogram family, with `labels` (`kind="select"`, or none): the buckets up
+/// to the first that holds everything, `+Inf`, sum, count.
+fn series(out: &mut String, name: &str, labels: &str, h: &Histogram) {
+    let (buckets, sum, count) = h.cumulative();
+    let (with, only) = if labels.is_empty() {
+        (String::new(), String::new())
+    } else {
+        (format!("{labels},"), format!("{{{labels}}}"))
+    };
     for (le, n) in buckets
         .iter()
         .take_while(|(_, n)| *n < count)
         .chain(buckets.iter().find(|(_, n)| *n == count))
     {
-        let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {n}");
+        let _ = writeln!(out, "{name}_bucket{{{with}le=\"{le}\"}} {n}");
     }
     let _ = writeln!(
         out,
-        "{name}_bucket{{le=\"+Inf\"}} {count}\n{name}_sum {sum}\n{name}_count {count}"
+        "{name}_bucket{{{with}le=\"+Inf\"}} {count}\n{name}_sum{only} {sum}\n{name}_count{only} {count}"
     );
 }
 

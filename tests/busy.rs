@@ -9,7 +9,7 @@ use diesel::connection::SimpleConnection;
 use diesel::{Connection, RunQueryDsl, SqliteConnection};
 use jobdb::{Error, NewJob, RetryPolicy};
 
-use crate::common::TestDb;
+use crate::common::{Captured, TestDb};
 
 /// Opens a plain connection (not from the pool) and takes the write lock with BEGIN IMMEDIATE.
 /// The lock is held until the returned sender is used (or dropped); the thread then commits.
@@ -168,36 +168,20 @@ fn sqlite_locked_is_not_busy_and_is_not_retried() {
     writer.batch_execute("ROLLBACK").unwrap();
 }
 
-/// A `MakeWriter` that appends everything to one shared buffer.
-#[derive(Clone, Default)]
-struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl Captured {
-    /// A DEBUG subscriber that writes every event and every span's close (with its fields)
-    /// into the returned buffer.
-    fn debug_spans() -> (Captured, impl tracing::Subscriber + Send + Sync) {
-        let out = Captured::default();
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::DEBUG)
-            .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
-            .with_ansi(false)
-            .with_writer({
-                let out = out.clone();
-                move || out.clone()
-            })
-            .finish();
-        (out, subscriber)
-    }
-}
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
+/// A DEBUG subscriber that writes every event and every span's close (with its fields)
+/// into the returned buffer.
+fn debug_spans() -> (Captured, impl tracing::Subscriber + Send + Sync) {
+    let out = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
+        .with_ansi(false)
+        .with_writer({
+            let out = out.clone();
+            move || out.clone()
+        })
+        .finish();
+    (out, subscriber)
 }
 
 /// Runs apart, after the suite (`.ci/run`): `tracing` caches per callsite whether any
@@ -210,7 +194,7 @@ impl std::io::Write for Captured {
 fn each_write_transaction_has_a_span_with_its_name_and_busy_retries() {
     let db = TestDb::new();
     let queue = db.queue_with(|c| c.sqlite.pragmas.busy_timeout = Duration::ZERO);
-    let (out, subscriber) = Captured::debug_spans();
+    let (out, subscriber) = debug_spans();
     tracing::subscriber::with_default(subscriber, || {
         // Callsites cache whether any subscriber wants them; a test on another thread that
         // hits the `jobdb.write` span first, with no DEBUG subscriber in place, can leave it
@@ -227,7 +211,7 @@ fn each_write_transaction_has_a_span_with_its_name_and_busy_retries() {
         releaser.join().unwrap();
         holder.join().unwrap();
     });
-    let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+    let text = out.text();
     let closed = text
         .lines()
         .find(|l| l.contains("jobdb.write") && l.contains("close"))
@@ -278,7 +262,7 @@ fn the_wait_for_the_write_lock_is_not_counted_as_holding_it() {
 fn spans_carry_opentelemetry_messaging_attributes() {
     let db = TestDb::new();
     let queue = db.queue();
-    let (out, subscriber) = Captured::debug_spans();
+    let (out, subscriber) = debug_spans();
     let id = tracing::subscriber::with_default(subscriber, || {
         tracing::callsite::rebuild_interest_cache();
         let id = queue.enqueue(&job()).unwrap();
@@ -295,7 +279,7 @@ fn spans_carry_opentelemetry_messaging_attributes() {
         assert_eq!(report.succeeded, 1);
         id
     });
-    let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+    let text = out.text();
     let span = |kind: &str| {
         text.lines()
             .find(|l| {

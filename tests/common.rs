@@ -58,3 +58,25 @@ pub fn http_agent(timeout: std::time::Duration) -> ureq::Agent {
         .build()
         .new_agent()
 }
+
+/// A writer into a shared buffer, for `tracing_subscriber`'s `with_writer`: what a test's
+/// subscriber wrote, read back by the test.
+#[derive(Clone, Default)]
+pub struct Captured(pub std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Captured {
+    /// What was written so far, as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}

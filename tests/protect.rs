@@ -107,11 +107,11 @@ fn statements_are_timed_by_kind_and_slow_ones_counted() {
 #[ignore = "tracing's process-wide interest cache: run in a process of its own (cargo nextest run --run-ignored all)"]
 fn a_slow_statement_is_logged_with_its_sql_and_without_its_values() {
     let (_db, q) = setup();
-    let out = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+    let out = crate::common::Captured::default();
     let writer = out.clone();
     let subscriber = tracing_subscriber::fmt()
         .with_ansi(false)
-        .with_writer(move || Sink(writer.clone()))
+        .with_writer(move || writer.clone())
         .finish();
     tracing::subscriber::with_default(subscriber, || {
         tracing::callsite::rebuild_interest_cache();
@@ -125,25 +125,13 @@ fn a_slow_statement_is_logged_with_its_sql_and_without_its_values() {
         .get_result::<N>(&mut *conn)
         .unwrap();
     });
-    let text = String::from_utf8_lossy(&out.lock().unwrap()).into_owned();
+    let text = out.text();
     assert!(text.contains("slow SQLite statement"), "{text}");
     assert!(
         text.contains("WITH RECURSIVE c(x)") && text.contains("x < ?"),
         "{text}"
     );
     assert!(!text.contains("secret-value"), "{text}");
-}
-
-struct Sink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Sink {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 /// A pooled connection that meets the write lock waits its turn at the write gate: while
