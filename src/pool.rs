@@ -494,7 +494,9 @@ pub fn build_pool(url: &str, config: &Config) -> Result<SqlitePool> {
         // like a socket, and a connection left mid-transaction is caught by `has_broken`.
         .test_on_check_out(false)
         .connection_customizer(Box::new(
-            ConnectionCustomizer::new(pragmas).slow_statement(config.sqlite.slow_statement),
+            ConnectionCustomizer::new(pragmas)
+                .slow_statement(config.sqlite.slow_statement)
+                .write_gate(config.sqlite.write_gate),
         ))
         .build(manager)
         .map_err(Error::Pool)

@@ -259,6 +259,7 @@ impl IntegerPragma {
 pub struct ConnectionCustomizer {
     pragmas: Pragmas,
     slow_statement: Option<Duration>,
+    write_gate: bool,
 }
 
 impl ConnectionCustomizer {
@@ -267,7 +268,14 @@ impl ConnectionCustomizer {
         ConnectionCustomizer {
             pragmas,
             slow_statement: Some(Duration::from_millis(100)),
+            write_gate: true,
         }
+    }
+
+    /// Whether the busy handler waits at the write gate (`false`: it sleeps and retries).
+    pub fn write_gate(mut self, on: bool) -> Self {
+        self.write_gate = on;
+        self
     }
 
     /// Logs statements slower than this (`None`: none).
@@ -289,6 +297,7 @@ impl r2d2::CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for Connec
             crate::sqlite::GuardSettings {
                 busy_timeout: self.pragmas.busy_timeout,
                 slow_statement: self.slow_statement,
+                write_gate: self.write_gate,
             },
         );
         Ok(())

@@ -193,12 +193,12 @@ fn statement_histograms(out: &mut String) {
         "# HELP jobdb_sqlite_slow_statements_total SQLite statements logged as slow.\n\
          # TYPE jobdb_sqlite_slow_statements_total counter\n\
          jobdb_sqlite_slow_statements_total {}\n\
-         # HELP jobdb_sqlite_busy_snapshot_total Writes refused with SQLITE_BUSY_SNAPSHOT \
-         (a DEFERRED transaction that read, then wrote after another commit).\n\
-         # TYPE jobdb_sqlite_busy_snapshot_total counter\n\
-         jobdb_sqlite_busy_snapshot_total {}",
+         # HELP jobdb_sqlite_refused_upgrades_total Writes of DEFERRED transactions that \
+         SQLite refused at once (read first, then another connection wrote).\n\
+         # TYPE jobdb_sqlite_refused_upgrades_total counter\n\
+         jobdb_sqlite_refused_upgrades_total {}",
         crate::sqlite::slow_statements(),
-        crate::sqlite::busy_snapshots()
+        crate::sqlite::refused_upgrades()
     );
     let name = "jobdb_sqlite_statement_duration_seconds";
     let _ = writeln!(

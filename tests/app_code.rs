@@ -141,13 +141,14 @@ fn an_apps_borrowing_function_and_its_own_error_type_go_through_the_write_path()
     assert_eq!(posts(&db, "hello"), 2);
 }
 
-/// A function that opens its own `immediate_transaction`: through `transaction` with the
-/// app's error type, and through `write` / `write_scoped` when the closure's error is
-/// jobdb's (they run it again with no transaction around it). Each post is published and its
-/// job enqueued once.
+/// A function that opens its own `immediate_transaction` runs through `transaction`, with the
+/// app's error type. Inside `write` / `write_scoped` (which already run the closure in a
+/// transaction) it is refused with a typed error that names `transaction`, and what the
+/// closure wrote before is rolled back: running it again outside a transaction would have
+/// committed that part on its own.
 #[test]
-fn an_apps_own_immediate_transaction_runs_through_the_handle() {
-    let (_db, handle) = app_db();
+fn an_apps_own_immediate_transaction_runs_through_transaction_and_is_refused_inside_write() {
+    let (db, handle) = app_db();
     let q = jobdb::Queue::on(handle.clone());
     let id = handle
         .write_scoped(|conn| create_post(conn, "own", "tx"))
@@ -155,30 +156,32 @@ fn an_apps_own_immediate_transaction_runs_through_the_handle() {
     handle
         .transaction("publish", |conn| publish(conn, id))
         .unwrap();
+    assert_eq!(q.stats(Some("notify")).unwrap().total.queued, 1);
 
-    let second = handle
-        .write_scoped(|conn| create_post(conn, "own", "tx"))
-        .unwrap();
+    let refused = handle.write(move |conn| {
+        create_post(conn, "before the nested one", "x").map_err(|_| jobdb::Error::Internal {
+            what: "test",
+            reason: "create_post".into(),
+        })?;
+        conn.immediate_transaction(|conn| {
+            jobdb::queue::enqueue(conn, &jobdb::NewJob::new("notify", &0)?)
+        })
+    });
+    let e = refused.unwrap_err();
+    assert!(e.is_invalid_input(), "{e:?}");
+    assert!(e.to_string().contains("Db::transaction"), "{e}");
+    assert_eq!(posts(&db, "before the nested one"), 0, "rolled back");
+    let refused = handle.write_scoped(|conn| {
+        conn.immediate_transaction(|conn| {
+            jobdb::queue::enqueue(conn, &jobdb::NewJob::new("notify", &0)?)
+        })
+    });
+    assert!(refused.unwrap_err().is_invalid_input());
+    // A nested `conn.transaction` is a savepoint, and works inside `write`.
     handle
-        .write(move |conn| {
-            conn.immediate_transaction(|conn| {
-                diesel::sql_query("UPDATE posts SET published = 1 WHERE id = ?")
-                    .bind::<BigInt, _>(second)
-                    .execute(conn)?;
-                jobdb::queue::enqueue(conn, &jobdb::NewJob::new("notify", &second)?)
-            })
+        .write(|conn| {
+            conn.transaction(|conn| jobdb::queue::enqueue(conn, &jobdb::NewJob::new("notify", &1)?))
         })
         .unwrap();
-    let third = handle
-        .write_scoped(|conn| create_post(conn, "own", "tx"))
-        .unwrap();
-    handle
-        .write_scoped(|conn| {
-            conn.immediate_transaction(|conn| {
-                jobdb::queue::enqueue(conn, &jobdb::NewJob::new("notify", &third)?)
-            })
-        })
-        .unwrap();
-    let stats = q.stats(Some("notify")).unwrap().total;
-    assert_eq!(stats.queued, 3, "{stats:?}");
+    assert_eq!(q.stats(Some("notify")).unwrap().total.queued, 2);
 }

@@ -567,10 +567,17 @@ fn traced<C: QueueConnection, R>(
     );
     let _entered = span.enter();
     let started = std::time::Instant::now();
+    // One deadline for every try's wait at the gate, the retry loop's own: a try that failed
+    // busy just before it does not earn a second full wait.
+    let gate_deadline = held
+        .as_ref()
+        .map_or(started, |h| h.since)
+        .checked_add(ctx.policy.deadline)
+        .unwrap_or(started);
     let mut tries: u32 = 0;
     let result = retry_busy(ctx.policy, ctx.stats, name, || {
         tries += 1;
-        timed(ctx, name, ops, held.take(), &mut f)
+        timed(ctx, name, ops, held.take(), gate_deadline, &mut f)
     });
     span.record("busy_retries", tries.saturating_sub(1));
     span.record("duration_ms", started.elapsed().as_secs_f64() * 1000.0);
@@ -605,16 +612,17 @@ fn timed<C: QueueConnection, R>(
     name: &'static str,
     ops: usize,
     held: Option<Held<'_>>,
+    gate_deadline: std::time::Instant,
     f: impl FnOnce() -> Result<R>,
 ) -> Result<R> {
     LOCK_ACQUIRED.with(|c| c.set(None));
     // Waiting at the gate is waiting for the write lock: it counts in `lock_wait`.
     let (started, gate) = match held {
         Some(h) => (h.since, Some(h.guard)),
-        None => {
-            let now = std::time::Instant::now();
-            (now, ctx.gate.map(|g| g.hold(now + ctx.policy.deadline)))
-        }
+        None => (
+            std::time::Instant::now(),
+            ctx.gate.map(|g| g.hold(gate_deadline)),
+        ),
     };
     match &gate {
         // Another writer held the gate for the whole retry deadline (stopped, or wedged):

@@ -185,12 +185,14 @@ pub(crate) fn holder_of(file: &File) -> Option<u32> {
         std::fs::read_to_string("/proc/locks")
             .ok()?
             .lines()
-            .filter(|l| l.contains("FLOCK") && l.contains(&id))
             .find_map(|l| {
-                let mut fields = l.split_whitespace();
-                // "1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF": the pid follows the mode.
-                fields.position(|f| f == "WRITE" || f == "READ")?;
-                fields.next()?.parse().ok()
+                // "1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF": the pid, then the file.
+                let fields: Vec<&str> = l.split_whitespace().collect();
+                let at = fields.iter().position(|f| *f == "WRITE" || *f == "READ")?;
+                let (kind, pid, file) = (fields.get(1)?, fields.get(at + 1)?, fields.get(at + 2)?);
+                (*kind == "FLOCK" && *file == id)
+                    .then(|| pid.parse().ok())
+                    .flatten()
             })
     }
     #[cfg(not(target_os = "linux"))]
@@ -284,34 +286,44 @@ impl ConnGate {
         Some(ConnGate { file, order })
     }
 
-    /// Waits for this connection's turn and the `flock`, until `deadline`. `None`: the
-    /// deadline passed first (the turn, if it came, is handed on).
-    pub(crate) fn acquire(&self, deadline: std::time::Instant) -> Option<ConnHold> {
+    /// Waits for this connection's turn and the `flock`, until `deadline`. `Ok(None)`: the
+    /// deadline passed first (the turn, if it came, is handed on); `Err`: `flock` failed.
+    ///
+    /// Not counted in this thread's gates ([`held_by_this_thread`]): a connection may be
+    /// released on another thread than the one that took the gate (an async wrapper runs
+    /// BEGIN and COMMIT on different blocking threads), and every wait here has a deadline.
+    pub(crate) fn acquire(
+        &self,
+        deadline: std::time::Instant,
+    ) -> std::io::Result<Option<ConnHold>> {
         let ticket = match &self.order {
-            Some(q) => Some(q.enter_by(|| try_flock(&self.file), Some(deadline))?),
+            Some(q) => match q.enter_by(|| try_flock(&self.file), Some(deadline)) {
+                Some(t) => Some(t),
+                None => return Ok(None),
+            },
             None => None,
         };
         let hold = ConnHold { ticket };
         if hold.ticket.is_some_and(|t| t.holds_flock()) {
-            HELD_HERE.with(|n| n.set(n.get() + 1));
-            return Some(hold);
+            return Ok(Some(hold));
         }
         // The turn has come: the `flock` is normally free now, or about to be (a holder that
         // takes no ticket, such as util-linux `flock`, is waited out in short sleeps).
         let mut pause = std::time::Duration::from_micros(100);
         loop {
             match try_flock(&self.file) {
-                Ok(true) => {
-                    HELD_HERE.with(|n| n.set(n.get() + 1));
-                    return Some(hold);
-                }
+                Ok(true) => return Ok(Some(hold)),
                 Ok(false) if std::time::Instant::now() < deadline => {
                     std::thread::sleep(pause);
                     pause = (pause * 2).min(std::time::Duration::from_millis(2));
                 }
-                _ => {
+                Ok(false) => {
                     self.hand_on(hold);
-                    return None;
+                    return Ok(None);
+                }
+                Err(e) => {
+                    self.hand_on(hold);
+                    return Err(e);
                 }
             }
         }
@@ -322,7 +334,6 @@ impl ConnGate {
         if let Err(e) = flock(&self.file, false) {
             tracing::error!(error = %e, "cannot release the write gate");
         }
-        HELD_HERE.with(|n| n.set(n.get().saturating_sub(1)));
         self.hand_on(hold);
     }
 

@@ -286,10 +286,12 @@ impl<C: QueueConnection> Db<C> {
     ///
     /// `f` must be `Send + 'static` because another thread may run it in its group; a
     /// closure that borrows from the caller goes through [`Db::write_scoped`]. Code that opens
-    /// its own transaction (`conn.immediate_transaction(…)`) cannot run inside this one; when
-    /// `E` is `jobdb::Error`, such a closure is run again the way [`Db::transaction`] runs
-    /// one, alone on the writer with no transaction around it; with another `E`, call it
-    /// through [`Db::transaction`].
+    /// its own transaction (`conn.immediate_transaction(…)`) cannot run inside this one
+    /// (Diesel refuses a second `BEGIN`; `conn.transaction(…)` inside is a savepoint and
+    /// works): call it through [`Db::transaction`], which runs it on the writer with no
+    /// transaction around it. When `E` is `jobdb::Error`, such a closure fails with
+    /// [`crate::Error::InvalidArgument`] saying so, its writes rolled back; with another `E`,
+    /// Diesel's `AlreadyInTransaction` comes back inside it.
     ///
     /// ```no_run
     /// # fn main() -> jobdb::Result<()> {
@@ -309,32 +311,21 @@ impl<C: QueueConnection> Db<C> {
         T: Send + 'static,
         E: From<crate::Error> + Send + 'static,
     {
-        // Shared with the fallback below, which runs it again on this thread.
-        let f = Arc::new(std::sync::Mutex::new(f));
         let kept = Arc::new(std::sync::Mutex::new(None));
-        let (run, slot) = (f.clone(), kept.clone());
+        let slot = kept.clone();
+        let mut f = f;
         let done = self.inner.write("app_write", move |c| {
-            let mut f = run.lock().unwrap_or_else(|p| p.into_inner());
+            // Each run starts clean: an error kept by an earlier run of a group that was then
+            // re-run is not this run's.
+            *slot.lock().unwrap_or_else(|p| p.into_inner()) = None;
             c.write_transaction(|c| f(c).map_err(|e| keep_app_error(e, &slot)))
         });
         let kept = kept.lock().unwrap_or_else(|p| p.into_inner()).take();
-        match (done, kept) {
-            (Ok(v), _) => {
-                self.inner.wakeup.notify();
-                Ok(v)
-            }
-            (Err(_), Some(e)) => Err(e),
-            // The closure opens a transaction of its own: run it as `transaction` would.
-            (Err(e), None) if opened_its_own_transaction(&e) => {
-                let mut f = f.lock().unwrap_or_else(|p| p.into_inner());
-                let done = self.transaction("app_write", |c| f(c));
-                if done.is_ok() {
-                    self.inner.wakeup.notify();
-                }
-                done
-            }
-            (Err(e), None) => Err(E::from(e)),
+        let done = finish(done, kept);
+        if done.is_ok() {
+            self.inner.wakeup.notify();
         }
+        done
     }
 
     /// As [`Db::write`], for a closure that borrows from the caller (or cannot be sent to
@@ -353,16 +344,10 @@ impl<C: QueueConnection> Db<C> {
     {
         let mut kept = None;
         let done = self.inner.run("app_write", |c| {
+            kept = None;
             c.write_transaction(|c| f(c).map_err(|e| keep_app_error_local(e, &mut kept)))
         });
-        let done = match (done, kept) {
-            (Ok(v), _) => Ok(v),
-            (Err(_), Some(e)) => Err(e),
-            (Err(e), None) if opened_its_own_transaction(&e) => {
-                self.transaction("app_write", |c| f(c))
-            }
-            (Err(e), None) => Err(E::from(e)),
-        };
+        let done = finish(done, kept);
         if done.is_ok() {
             self.inner.wakeup.notify();
         }
@@ -388,12 +373,13 @@ impl<C: QueueConnection> Db<C> {
     {
         let mut kept = None;
         let done = self.inner.run(name, |c| {
+            kept = None;
             op(c).map_err(|e| keep_app_error_local(e, &mut kept))
         });
         match (done, kept) {
             (Ok(v), _) => Ok(v),
-            (Err(_), Some(e)) => Err(e),
-            (Err(e), None) => Err(E::from(e)),
+            (Err(crate::Error::AppRollback), Some(e)) => Err(e),
+            (Err(e), _) => Err(E::from(e)),
         }
     }
 
@@ -511,4 +497,28 @@ fn opened_its_own_transaction(e: &crate::Error) -> bool {
         e.root(),
         crate::Error::Database(diesel::result::Error::AlreadyInTransaction)
     )
+}
+
+/// The caller's answer for one of the app's write transactions: the app's own error when the
+/// closure's error rolled it back, a typed refusal when the closure opened a transaction of
+/// its own inside jobdb's, else jobdb's result.
+fn finish<T, E: From<crate::Error>>(
+    done: crate::Result<T>,
+    kept: Option<E>,
+) -> std::result::Result<T, E> {
+    match (done, kept) {
+        (Ok(v), _) => Ok(v),
+        (Err(crate::Error::AppRollback), Some(e)) => Err(e),
+        (Err(e), _) if opened_its_own_transaction(&e) => {
+            Err(E::from(crate::Error::InvalidArgument {
+                field: "write",
+                reason: "the closure opens a transaction of its own (conn.immediate_transaction), \
+                     inside the one Db::write runs it in; call it through \
+                     Db::transaction(name, …), which runs it on the writer with no transaction \
+                     around it (conn.transaction(…) inside Db::write is a savepoint and works)"
+                    .into(),
+            }))
+        }
+        (Err(e), _) => Err(E::from(e)),
+    }
 }

@@ -42,10 +42,20 @@ pub(crate) struct GuardSettings {
     pub busy_timeout: Duration,
     /// Statements slower than this are logged (`None`: none is).
     pub slow_statement: Option<Duration>,
+    /// Whether to wait at jobdb's write gate (`config.sqlite.write_gate`, `JOBDB_WRITE_GATE`);
+    /// without it the handler only sleeps and retries, as SQLite's would without backing off.
+    pub write_gate: bool,
 }
 
-/// The name the state is kept under in the connection (`sqlite3_set_clientdata`).
-const KEY: &CStr = c"jobdb.guard";
+/// The name the state is kept under in the connection (`sqlite3_set_clientdata`), with this
+/// crate's version: two jobdb versions in one build share one SQLite, and neither may read
+/// the other's state as its own.
+const KEY: &CStr = match CStr::from_bytes_with_nul(
+    concat!("jobdb.guard.", env!("CARGO_PKG_VERSION"), "\0").as_bytes(),
+) {
+    Ok(key) => key,
+    Err(_) => panic!("the key is one NUL-terminated string"),
+};
 
 /// How long a wait that does not take the gate sleeps between tries.
 const POLL: Duration = Duration::from_millis(1);
@@ -91,7 +101,13 @@ pub(crate) unsafe fn install(db: *mut ffi::sqlite3, settings: GuardSettings) {
     // (replacing an older guard runs its destructor, which removes the old hooks first, so
     // the new ones are registered after it).
     unsafe {
-        ffi::sqlite3_set_clientdata(db, KEY.as_ptr(), guard.cast(), Some(destroy));
+        // On failure SQLite has already run `destroy` on the guard: no hook may point at it.
+        if ffi::sqlite3_set_clientdata(db, KEY.as_ptr(), guard.cast(), Some(destroy))
+            != ffi::SQLITE_OK
+        {
+            tracing::warn!("cannot keep jobdb's state on a SQLite connection; it is not guarded");
+            return;
+        }
         ffi::sqlite3_busy_handler(db, Some(on_busy), guard.cast());
         ffi::sqlite3_trace_v2(
             db,
@@ -238,20 +254,32 @@ impl Guard {
             st.gave_up = true;
             return false;
         }
-        let wants_gate = st.held.is_none() && !held_by_this_thread() && self.writing();
+        let wants_gate = self.settings.write_gate
+            && st.held.is_none()
+            && !held_by_this_thread()
+            && self.waits_for_main_write_lock();
         if wants_gate && st.gate.is_none() {
             st.gate = self.file.as_deref().and_then(ConnGate::open_existing);
         }
         match (&st.gate, wants_gate) {
             (Some(gate), true) => match gate.acquire(deadline) {
-                Some(hold) => {
+                Ok(Some(hold)) => {
                     st.held = Some(hold);
                     true
                 }
-                None => {
+                Ok(None) => {
                     st.waiting_since = None;
                     st.gave_up = true;
                     false
+                }
+                Err(e) => {
+                    // `flock` does not work here (jobdb found so too, and runs without the
+                    // gate): wait as without one.
+                    tracing::debug!(error = %e, "the write gate cannot be locked; waiting without it");
+                    st.gate = None;
+                    drop(st);
+                    std::thread::sleep(POLL.min(deadline - now));
+                    true
                 }
             },
             _ => {
@@ -262,10 +290,17 @@ impl Guard {
         }
     }
 
-    /// Whether the statement waiting is one that writes (the wait is for the write lock):
-    /// some statement of the connection is running and is not read-only (`BEGIN IMMEDIATE`
-    /// counts as writing, a plain `BEGIN` or a `SELECT` does not).
-    fn writing(&self) -> bool {
+    /// Whether the wait is for the main database's write lock: a statement of the connection
+    /// that writes is running (`BEGIN IMMEDIATE` counts, a plain `BEGIN` or a `SELECT` does
+    /// not), and the connection does not hold main's write lock already (then the wait is for
+    /// an attached database's, and taking main's gate now could wait for a jobdb writer that
+    /// waits for this connection).
+    fn waits_for_main_write_lock(&self) -> bool {
+        // SAFETY: the connection is open, inside one of its calls on this thread.
+        let main = unsafe { ffi::sqlite3_txn_state(self.db, c"main".as_ptr()) };
+        if main == ffi::SQLITE_TXN_WRITE {
+            return false;
+        }
         let mut stmt = std::ptr::null_mut();
         loop {
             // SAFETY: the connection is open and this runs on its thread, inside one of its
@@ -316,22 +351,28 @@ impl Guard {
             )
         };
         // A statement that writes ended inside a transaction that still only reads: it could
-        // not take the write lock. Unless the busy handler gave up on it, that is
-        // SQLITE_BUSY_SNAPSHOT, which no waiting cures: say what does.
+        // not take the write lock. Unless the busy handler gave up on it, SQLite refused the
+        // upgrade without calling the handler at all (SQLITE_BUSY_SNAPSHOT when another
+        // connection committed since this one's snapshot, SQLITE_BUSY when one holds the lock:
+        // waiting could deadlock, so SQLite does not wait). No handler cures it: say what does.
+        // A data change (a `WITH … INSERT` reads as a select and is not read-only): not a
+        // PRAGMA or a temporary table's DDL, which may write without the main database.
         let writes = matches!(
             super::StatementKind::of(sql),
             super::StatementKind::Insert
                 | super::StatementKind::Update
                 | super::StatementKind::Delete
+                | super::StatementKind::Select
         );
         if writes && !autocommit && !readonly && txn == ffi::SQLITE_TXN_READ && !gave_up {
-            super::statements::count_busy_snapshot();
+            super::statements::count_refused_upgrade();
             tracing::warn!(
                 sql = %String::from_utf8_lossy(sql),
-                "database is locked (SQLITE_BUSY_SNAPSHOT): this transaction read, then tried \
-                 to write after another connection had committed, so its snapshot is stale and \
-                 no busy handler can help. Open write transactions with BEGIN IMMEDIATE \
-                 (Diesel: `conn.immediate_transaction`), or retry the whole transaction"
+                "database is locked: this DEFERRED transaction read, then tried to write while \
+                 another connection wrote or had written since (SQLITE_BUSY_SNAPSHOT or \
+                 SQLITE_BUSY), and SQLite refuses such an upgrade at once: no busy handler can \
+                 help. Open write transactions with BEGIN IMMEDIATE (Diesel: \
+                 `conn.immediate_transaction`), or retry the whole transaction"
             );
         }
         if st.held.is_some() && autocommit {

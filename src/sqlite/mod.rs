@@ -35,10 +35,17 @@
 //! "In an existing Diesel app" shows where it goes.
 //!
 //! What no busy handler can cure: a DEFERRED transaction (Diesel's `conn.transaction`) that
-//! reads, then writes after another connection committed, fails with `SQLITE_BUSY_SNAPSHOT`
-//! ("database is locked") at once, because its snapshot is stale and waiting cannot refresh
-//! it. Open write transactions with `conn.immediate_transaction` (or retry the whole
-//! transaction); a protected connection logs a warning naming this when it happens.
+//! reads, then writes while another connection writes or after one committed, fails with
+//! "database is locked" at once (`SQLITE_BUSY`, or `SQLITE_BUSY_SNAPSHOT`: its snapshot is
+//! stale and waiting cannot refresh it); SQLite calls no busy handler for that upgrade. Open
+//! write transactions with `conn.immediate_transaction` (or retry the whole transaction); a
+//! guarded connection counts it ([`refused_upgrades`]) and logs a warning naming the fix.
+//!
+//! Limits: the statement log shows the SQL text as the app wrote it, with `?` for values
+//! bound as parameters (never shown) but values the app formatted into the text itself in
+//! full. At a connection's first statement the guard puts its busy handler back, over a
+//! timeout a driver set when it opened the connection (rusqlite sets 5 s); a timeout the app
+//! sets from then on stays the app's.
 //!
 //! [`Db::open`]: crate::Db::open
 
@@ -55,7 +62,7 @@ pub(crate) use floor::check_linked as check_floor;
 pub use floor::{has_wal_reset_bug, linked_version, FLOOR_TEXT, SAFE_SINCE};
 pub(crate) use guard::GuardSettings;
 pub(crate) use statements::histogram as statement_histogram;
-pub use statements::{busy_snapshots, slow_statements, statement_durations, StatementKind};
+pub use statements::{refused_upgrades, slow_statements, statement_durations, StatementKind};
 
 use crate::error::{Error, Result};
 use crate::pool::Config;
@@ -68,6 +75,7 @@ pub(crate) fn guard_settings(config: &Config) -> GuardSettings {
     GuardSettings {
         busy_timeout: config.sqlite.pragmas.busy_timeout,
         slow_statement: config.sqlite.slow_statement,
+        write_gate: config.sqlite.write_gate,
     }
 }
 
@@ -126,10 +134,11 @@ pub(crate) fn guard_connection(conn: &mut diesel::SqliteConnection, settings: Gu
     }
 }
 
-/// The busy timeout of jobdb's busy handler on `conn`, or `None` if the connection has none
-/// (never guarded, or its handler was replaced since by `PRAGMA busy_timeout` or Diesel's
-/// `on_busy`/`set_busy_timeout`, after which SQLite's own timeout, if any, applies). SQLite's
-/// `PRAGMA busy_timeout` reads 0 on a guarded connection: the handler is not SQLite's.
+/// The busy timeout jobdb's guard was installed with on `conn`, or `None` if the connection
+/// was never guarded. It does not tell whether the handler is still the guard's: `PRAGMA
+/// busy_timeout`, Diesel's `on_busy` or `set_busy_timeout` replace it, after which SQLite's
+/// own timeout, if any, applies (and `PRAGMA busy_timeout` reads it; on a connection whose
+/// handler is still the guard's it reads 0).
 pub fn guarded_busy_timeout(conn: &mut diesel::SqliteConnection) -> Option<std::time::Duration> {
     // SAFETY: as in `guard_connection`; the handle is only read.
     let settings = unsafe { conn.with_raw_connection(|db| guard::settings_of(db)) };

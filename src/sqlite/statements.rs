@@ -113,16 +113,16 @@ fn histograms() -> &'static [Histogram; 7] {
 }
 
 static SLOW: AtomicU64 = AtomicU64::new(0);
-static BUSY_SNAPSHOTS: AtomicU64 = AtomicU64::new(0);
+static REFUSED_UPGRADES: AtomicU64 = AtomicU64::new(0);
 
 /// Counts a statement logged as slow.
 pub(crate) fn count_slow() {
     SLOW.fetch_add(1, Ordering::Relaxed);
 }
 
-/// Counts a write refused with `SQLITE_BUSY_SNAPSHOT`.
-pub(crate) fn count_busy_snapshot() {
-    BUSY_SNAPSHOTS.fetch_add(1, Ordering::Relaxed);
+/// Counts a DEFERRED transaction's write that SQLite refused at once.
+pub(crate) fn count_refused_upgrade() {
+    REFUSED_UPGRADES.fetch_add(1, Ordering::Relaxed);
 }
 
 /// Statements logged as slower than the threshold, over every guarded connection of this
@@ -131,10 +131,11 @@ pub fn slow_statements() -> u64 {
     SLOW.load(Ordering::Relaxed)
 }
 
-/// Writes refused with `SQLITE_BUSY_SNAPSHOT` (a transaction that read, then tried to write
-/// after another connection committed), over every guarded connection of this process.
-pub fn busy_snapshots() -> u64 {
-    BUSY_SNAPSHOTS.load(Ordering::Relaxed)
+/// Writes of DEFERRED transactions that SQLite refused at once, without a busy wait: the
+/// transaction read first, then another connection wrote (`SQLITE_BUSY`) or had committed
+/// since its snapshot (`SQLITE_BUSY_SNAPSHOT`). Over every guarded connection of this process.
+pub fn refused_upgrades() -> u64 {
+    REFUSED_UPGRADES.load(Ordering::Relaxed)
 }
 
 /// Records one statement's duration under its kind.
