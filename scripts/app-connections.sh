@@ -7,15 +7,19 @@
 # immediate_transaction), RUNS runs: failed transactions, p50 / p99 / max of the rest, and
 # whether each post's job ran exactly once (`diesel_app check`) with integrity ok.
 #   usage: scripts/app-connections.sh [RUNS] [MODES...]
+# JOBDB_BIN and DIESEL_APP_BIN run other builds of the two programs (an A/B of two commits in
+# one sitting); by default both are built here, release.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-3}
 shift || true
 modes=("$@")
 [ ${#modes[@]} -gt 0 ] || modes=(plain protected write pool)
-cargo build --quiet --release --bin jobdb --example diesel_app
-bin=target/release/jobdb
-app=target/release/examples/diesel_app
+if [ -z "${JOBDB_BIN:-}${DIESEL_APP_BIN:-}" ]; then
+  cargo build --quiet --release --bin jobdb --example diesel_app
+fi
+bin=${JOBDB_BIN:-target/release/jobdb}
+app=${DIESEL_APP_BIN:-target/release/examples/diesel_app}
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
 printf '%-10s %4s %7s %8s %8s %8s  %s\n' via run failed p50_ms p99_ms max_ms "exactly once / integrity"

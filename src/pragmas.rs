@@ -23,7 +23,11 @@ pub enum Synchronous {
     /// their commit. Commits that only claim, heartbeat, reap or release are not waited for:
     /// a power loss may undo them, and the lease recovers them (the job is claimed again:
     /// at-least-once execution, still one succeeded result). The pool's other connections,
-    /// which an app may write on directly, run at `FULL`.
+    /// which an app may write on directly, are as durable as at `FULL`: they commit at
+    /// `NORMAL` and `fdatasync` the WAL after each commit that wrote, outside the write lock,
+    /// before the COMMIT returns (`sqlite/guard.rs`; [`crate::sqlite::commit_syncs`] counts
+    /// them). Where that cannot be set up (a database in memory, a non-Unix system) they run
+    /// at `FULL`.
     #[default]
     Durable,
     /// `synchronous=NORMAL` (1) everywhere, what Rails 8, Litestream and PocketBase use:
@@ -210,6 +214,11 @@ pub fn read_integer_pragma(conn: &mut SqliteConnection, name: IntegerPragma) -> 
             wal_autocheckpoint: i64,
         }
         let row: Wal = diesel::sql_query("PRAGMA wal_autocheckpoint").get_result(conn)?;
+        // Where jobdb's guard syncs the connection's commits, its WAL hook runs the automatic
+        // checkpoints and SQLite's pragma reads 0: the guard's count is the setting.
+        if let Some(pages) = crate::sqlite::guard_autocheckpoint(conn) {
+            return Ok(i64::from(pages));
+        }
         return Ok(row.wal_autocheckpoint);
     }
     let (pragma, column) = name.sql();
@@ -254,7 +263,10 @@ impl IntegerPragma {
 /// `on_acquire` once per connection it opens, not on every checkout), then installs jobdb's
 /// busy handler and statement hook on it (see [`crate::sqlite`]): the busy handler waits up to
 /// `busy_timeout`, and for the write lock takes its turn at the write gate instead of
-/// sleeping, so an app's writes on `db.pool()` connections queue in order with jobdb's.
+/// sleeping, so an app's writes on `db.pool()` connections queue in order with jobdb's. At
+/// [`Synchronous::Durable`] the connection then commits at `NORMAL` and the guard syncs the
+/// WAL after each commit, outside the write lock: a slow `fdatasync` no longer holds up every
+/// writer queued behind it.
 #[derive(Debug, Clone)]
 pub struct ConnectionCustomizer {
     pragmas: Pragmas,
@@ -292,14 +304,23 @@ impl r2d2::CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for Connec
         let sql = self.pragmas.statements().concat();
         conn.batch_execute(&sql)
             .map_err(diesel::r2d2::Error::QueryError)?;
-        crate::sqlite::guard_connection(
+        let durable = self.pragmas.synchronous == Synchronous::Durable;
+        let synced = crate::sqlite::guard_connection(
             conn,
             crate::sqlite::GuardSettings {
                 busy_timeout: self.pragmas.busy_timeout,
                 slow_statement: self.slow_statement,
                 write_gate: self.write_gate,
+                sync_commits: durable,
+                wal_autocheckpoint: self.pragmas.wal_autocheckpoint,
             },
         );
+        if synced {
+            // Durable as at FULL (the guard syncs each commit before it returns), without
+            // the sync inside the write lock: see `GuardSettings::sync_commits`.
+            conn.batch_execute("PRAGMA synchronous = NORMAL;")
+                .map_err(diesel::r2d2::Error::QueryError)?;
+        }
         Ok(())
     }
 }

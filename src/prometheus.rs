@@ -196,9 +196,14 @@ fn statement_histograms(out: &mut String) {
          # HELP jobdb_sqlite_refused_upgrades_total Writes of DEFERRED transactions that \
          SQLite refused at once (read first, then another connection wrote).\n\
          # TYPE jobdb_sqlite_refused_upgrades_total counter\n\
-         jobdb_sqlite_refused_upgrades_total {}",
+         jobdb_sqlite_refused_upgrades_total {}\n\
+         # HELP jobdb_sqlite_commit_syncs_total WAL syncs jobdb's pool connections ran after \
+         their own commits, outside the write lock.\n\
+         # TYPE jobdb_sqlite_commit_syncs_total counter\n\
+         jobdb_sqlite_commit_syncs_total {}",
         crate::sqlite::slow_statements(),
-        crate::sqlite::refused_upgrades()
+        crate::sqlite::refused_upgrades(),
+        crate::sqlite::commit_syncs()
     );
     let name = "jobdb_sqlite_statement_duration_seconds";
     let _ = writeln!(

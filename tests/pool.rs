@@ -22,12 +22,14 @@ fn pooled_connections_report_the_configured_pragmas() {
             jobdb::sqlite::guarded_busy_timeout(conn),
             Some(std::time::Duration::from_millis(4321))
         );
-        // The default (durable): FULL on the pool's connections; the writer of a `Db` runs
-        // at NORMAL with its own WAL syncer (tests/durability.rs).
+        // The default (durable): the pool's connections commit at NORMAL and their guard
+        // syncs the WAL after each commit (below); the writer of a `Db` runs at NORMAL with
+        // its own WAL syncer (tests/durability.rs).
         assert_eq!(
             read_integer_pragma(conn, IntegerPragma::Synchronous).unwrap(),
-            2
+            1
         );
+        assert_eq!(jobdb::sqlite::guard_synced_commits(conn), Some(0));
         assert_eq!(
             read_integer_pragma(conn, IntegerPragma::ForeignKeys).unwrap(),
             1
@@ -49,12 +51,13 @@ fn pooled_connections_report_the_configured_pragmas() {
 
 #[test]
 fn every_synchronous_setting_reaches_the_pool_s_connections() {
-    // Durable and full: FULL on pool connections (a durable handle's writer then runs at
-    // NORMAL with its WAL syncer, tests/durability.rs); normal: NORMAL.
-    for (setting, pragma) in [
-        (Synchronous::Durable, 2),
-        (Synchronous::Normal, 1),
-        (Synchronous::Full, 2),
+    // Durable: NORMAL, each commit synced by the guard outside the write lock (a durable
+    // handle's writer runs at NORMAL with its WAL syncer instead, tests/durability.rs);
+    // full: FULL, SQLite syncs; normal: NORMAL, nothing syncs a commit.
+    for (setting, pragma, guard_syncs) in [
+        (Synchronous::Durable, 1, true),
+        (Synchronous::Normal, 1, false),
+        (Synchronous::Full, 2, false),
     ] {
         let db = TestDb::new();
         let mut config = Config::default();
@@ -66,7 +69,123 @@ fn every_synchronous_setting_reaches_the_pool_s_connections() {
             pragma,
             "{setting}"
         );
+        assert_eq!(
+            jobdb::sqlite::guard_synced_commits(&mut conn).is_some(),
+            guard_syncs,
+            "{setting}"
+        );
     }
+}
+
+/// Durable pool connections: each transaction that wrote is synced once by the guard after
+/// its commit; reads, rolled-back transactions and a handle's writer are not.
+#[test]
+fn durable_pool_connections_sync_each_commit_that_wrote_and_nothing_else() {
+    let db = TestDb::new();
+    let q = db.queue();
+    let mut conn = q.db().pool().get().unwrap();
+    // The connection may have written already (the handle's migrations): count from here.
+    let base = jobdb::sqlite::guard_synced_commits(&mut conn).expect("a syncing guard");
+    let synced =
+        |c: &mut diesel::SqliteConnection| jobdb::sqlite::guard_synced_commits(c).map(|n| n - base);
+    conn.batch_execute("CREATE TABLE app_posts (id INTEGER PRIMARY KEY, title TEXT NOT NULL)")
+        .unwrap();
+    assert_eq!(synced(&mut conn), Some(1), "a lone DDL statement commits");
+    for n in 0..3 {
+        conn.immediate_transaction(|c| {
+            c.batch_execute(&format!(
+                "INSERT INTO app_posts (title) VALUES ('p{n}'); \
+                 INSERT INTO app_posts (title) VALUES ('q{n}')"
+            ))
+        })
+        .unwrap();
+    }
+    assert_eq!(
+        synced(&mut conn),
+        Some(4),
+        "one sync per transaction, not per statement"
+    );
+    conn.batch_execute("SELECT count(*) FROM app_posts")
+        .unwrap();
+    conn.immediate_transaction(|c| c.batch_execute("SELECT 1"))
+        .unwrap();
+    assert_eq!(synced(&mut conn), Some(4), "reads commit nothing to sync");
+    let rolled_back: Result<(), diesel::result::Error> = conn.immediate_transaction(|c| {
+        c.batch_execute("INSERT INTO app_posts (title) VALUES ('never')")?;
+        Err(diesel::result::Error::RollbackTransaction)
+    });
+    assert!(rolled_back.is_err());
+    assert_eq!(
+        synced(&mut conn),
+        Some(4),
+        "a rollback writes nothing to the WAL"
+    );
+
+    // The writer's commits are the handle's to sync (tests/durability.rs).
+    q.enqueue(&jobdb::NewJob::new("w", &1).unwrap()).unwrap();
+    let writer = q.run("writer_guard", |c| {
+        Ok(jobdb::sqlite::guard_synced_commits(c))
+    });
+    assert_eq!(writer.unwrap(), None);
+}
+
+/// `PRAGMA wal_autocheckpoint` replaces SQLite's WAL hook; on a durable pool connection the
+/// guard takes the new page count and keeps syncing its commits, and checkpoints at it.
+#[test]
+fn setting_wal_autocheckpoint_keeps_a_durable_connection_syncing_and_checkpointing() {
+    // A bare pool: no handle, so no checkpoint thread moves the database file's size.
+    let db = TestDb::new();
+    let pool = build_pool(&db.url(), &Config::default()).unwrap();
+    let mut conn = pool.get().unwrap();
+    conn.batch_execute(
+        "PRAGMA wal_autocheckpoint = 4; \
+         CREATE TABLE blobs (id INTEGER PRIMARY KEY, b BLOB NOT NULL)",
+    )
+    .unwrap();
+    assert_eq!(
+        read_integer_pragma(&mut conn, IntegerPragma::WalAutocheckpoint).unwrap(),
+        4,
+        "the setting reads back (SQLite's pragma alone would read 0 beside the guard's hook)"
+    );
+    let before = jobdb::sqlite::guard_synced_commits(&mut conn).unwrap();
+    // Each commit writes several pages: past 4 pages the guard checkpoints (PASSIVE), and
+    // the WAL's frames go into the database file, which grows.
+    let size = || std::fs::metadata(&db.path).unwrap().len();
+    let size_before = size();
+    for _ in 0..3 {
+        conn.immediate_transaction(|c| {
+            c.batch_execute("INSERT INTO blobs (b) VALUES (zeroblob(40000))")
+        })
+        .unwrap();
+    }
+    assert_eq!(
+        jobdb::sqlite::guard_synced_commits(&mut conn),
+        Some(before + 3),
+        "the guard's WAL hook is back after the pragma"
+    );
+    assert!(
+        size() >= size_before + 3 * 40000,
+        "the commits were checkpointed into the database file: {} -> {}",
+        size_before,
+        size()
+    );
+
+    // 0: no automatic checkpoints, the syncs go on.
+    conn.batch_execute("PRAGMA wal_autocheckpoint = 0").unwrap();
+    assert_eq!(
+        read_integer_pragma(&mut conn, IntegerPragma::WalAutocheckpoint).unwrap(),
+        0
+    );
+    let size_before = size();
+    conn.immediate_transaction(|c| {
+        c.batch_execute("INSERT INTO blobs (b) VALUES (zeroblob(40000))")
+    })
+    .unwrap();
+    assert_eq!(
+        jobdb::sqlite::guard_synced_commits(&mut conn),
+        Some(before + 4)
+    );
+    assert_eq!(size(), size_before, "no checkpoint at wal_autocheckpoint=0");
 }
 
 #[test]

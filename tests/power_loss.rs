@@ -4,7 +4,10 @@
 //! `jobdb enqueue` processes, each printing the id it was acknowledged, to a log outside the
 //! mount; at a random moment everything is SIGKILLed and the cache cleared. Then: every
 //! acknowledged id must be in the database, no job may have two succeeded results, and
-//! `integrity_check` must say ok. After the last cycle the queue must drain.
+//! `integrity_check` must say ok. After the last cycle the queue must drain. Beside them an
+//! app process writes its own rows on `db.pool()` connections in its own
+//! `immediate_transaction`s (committed at `NORMAL`, synced by jobdb's guard after each
+//! commit): every row it was acknowledged must survive too.
 //!
 //! Needs root, `/dev/fuse` and a LazyFS binary in `JOBDB_LAZYFS` (CI builds it with
 //! `../shared/tools/lazyfs/build-lazyfs.sh`). Without them it says SKIPPED, and fails when
@@ -150,6 +153,71 @@ fn enqueuer(url: &str, synchronous: &str, log: &Path, unique: bool) -> Child {
     )
 }
 
+const APP_ENV: &str = "JOBDB_TEST_POWER_APP";
+
+/// The body of the app process (a no-op when run as an ordinary test): writes rows of its own
+/// table on the pool's connections, as an app does beside jobdb, and appends each id to the
+/// log once its `immediate_transaction` returned.
+#[test]
+fn power_loss_app_writer() {
+    use std::io::Write;
+    let Ok(spec) = std::env::var(APP_ENV) else {
+        return;
+    };
+    let (url, log) = spec.split_once('\n').expect("url and log");
+    let config = jobdb::Config::from_env().expect("config");
+    let db = jobdb::Db::<SqliteConnection>::open(url, config).expect("the app opens the database");
+    let mut log = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(log)
+        .expect("log");
+    let mut conn = db.pool().get().expect("a pool connection");
+    for n in 0.. {
+        let id: i64 = conn
+            .immediate_transaction(|c| {
+                diesel::sql_query("INSERT INTO app_notes (body) VALUES (?)")
+                    .bind::<diesel::sql_types::Text, _>(format!("note {n}"))
+                    .execute(c)?;
+                diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(
+                    "last_insert_rowid()",
+                ))
+                .get_result(c)
+            })
+            .expect("an app write");
+        writeln!(log, "{id}").expect("log");
+    }
+}
+
+/// Starts the app process on `url`, logging acknowledged ids to `log`.
+fn app_writer(url: &str, synchronous: &str, log: &Path) -> Child {
+    let exe = std::env::current_exe().expect("the test binary");
+    spawn_group(
+        Command::new(exe)
+            .args([
+                "--exact",
+                "power_loss::power_loss_app_writer",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(APP_ENV, format!("{url}\n{}", log.display()))
+            .env("JOBDB_ALLOW_NETWORK_FS", "1")
+            .env("JOBDB_SYNCHRONOUS", synchronous)
+            .env_remove("DATABASE_URL")
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )
+}
+
+fn app_rows(url: &str) -> BTreeSet<i64> {
+    let mut c = SqliteConnection::establish(url).expect("open after the cut");
+    let ids: Vec<Id> = diesel::sql_query("SELECT id FROM app_notes")
+        .load(&mut c)
+        .expect("read app_notes");
+    ids.into_iter().map(|r| r.id).collect()
+}
+
 fn acknowledged(logs: &[PathBuf]) -> BTreeSet<i64> {
     logs.iter()
         .filter_map(|l| std::fs::read_to_string(l).ok())
@@ -212,6 +280,12 @@ fn cycles(fs: &LazyFs, synchronous: &str, n: u32, seed: u64) -> (usize, usize) {
     let (mut acked_total, mut lost_total) = (0, 0);
     // Create and migrate it once, synced (a fresh file's first moments are not the point).
     crate::cli::ok_stdout(jobdb(&url, synchronous).arg("migrate"));
+    let mut c = SqliteConnection::establish(&url).expect("open to create the app's table");
+    diesel::sql_query("CREATE TABLE app_notes (id INTEGER PRIMARY KEY, body TEXT NOT NULL)")
+        .execute(&mut c)
+        .expect("the app's table");
+    drop(c);
+    let (mut app_acked_total, mut app_lost_total) = (0, 0);
     for cycle in 0..n {
         let logs: Vec<PathBuf> = (0..2)
             .map(|i| logs_dir.path().join(format!("c{cycle}-{i}.log")))
@@ -228,6 +302,8 @@ fn cycles(fs: &LazyFs, synchronous: &str, n: u32, seed: u64) -> (usize, usize) {
             .enumerate()
             .map(|(i, l)| enqueuer(&url, synchronous, l, i == 1))
             .collect();
+        let app_log = logs_dir.path().join(format!("c{cycle}-app.log"));
+        enqueuers.push(app_writer(&url, synchronous, &app_log));
         std::thread::sleep(Duration::from_millis(rng.u64(300..1500)));
         // The cut: every process dies at once, then the unsynced data goes.
         for e in &mut enqueuers {
@@ -258,12 +334,26 @@ fn cycles(fs: &LazyFs, synchronous: &str, n: u32, seed: u64) -> (usize, usize) {
             shared_keys, 0,
             "two live jobs share a unique key; seed {seed}, cycle {cycle}"
         );
+        let app_acked = acknowledged(std::slice::from_ref(&app_log));
+        let app_lost: Vec<_> = app_acked.difference(&app_rows(&url)).copied().collect();
+        eprintln!(
+            "{synchronous} cycle {cycle}: app {} acknowledged, {} lost",
+            app_acked.len(),
+            app_lost.len()
+        );
         if synchronous == "durable" {
             assert!(
                 lost.is_empty(),
                 "acknowledged enqueues lost with the default setting: {lost:?}; seed {seed}, cycle {cycle}"
             );
+            assert!(
+                app_lost.is_empty(),
+                "the app's acknowledged writes on pool connections lost with the default setting: \
+                 {app_lost:?}; seed {seed}, cycle {cycle}"
+            );
         }
+        app_acked_total += app_acked.len();
+        app_lost_total += app_lost.len();
         acked_total += acked.len();
         lost_total += lost.len();
     }
@@ -287,6 +377,14 @@ fn cycles(fs: &LazyFs, synchronous: &str, n: u32, seed: u64) -> (usize, usize) {
         .load(&mut c)
         .unwrap();
     assert!(left.is_empty(), "jobs left undrained: {}", left.len());
+    eprintln!(
+        "{synchronous}: the app's own writes on pool connections: {app_acked_total} acknowledged, \
+         {app_lost_total} lost over {n} cycles"
+    );
+    assert!(
+        app_acked_total > 0,
+        "the app process had no write acknowledged: its part tests nothing"
+    );
     (acked_total, lost_total)
 }
 

@@ -188,7 +188,7 @@ const RESET_ATTEMPT: Duration = Duration::from_millis(50);
 /// WAL; after the copy, new readers read the database file and stop extending the wait.
 fn reset_within(conn: &mut SqliteConnection, policy: &Policy) -> Result<CheckpointOutcome> {
     let attempts = reset_attempts(conn, Instant::now() + policy.truncate_wait);
-    crate::sqlite::guard_connection(conn, policy.guard);
+    crate::sqlite::rearm_guard(conn, policy.guard);
     attempts
 }
 

@@ -73,12 +73,20 @@ impl WalSync {
     /// syncing and covered it).
     pub(crate) fn wait(&self, seq: u64, metrics: &crate::metrics::Metrics) -> Result<()> {
         let started = std::time::Instant::now();
-        let waited = self.wait_inner(seq, metrics);
+        let waited = self.wait_inner(seq, Some(metrics));
         metrics.sync_wait.record(started.elapsed());
         waited
     }
 
-    fn wait_inner(&self, seq: u64, metrics: &crate::metrics::Metrics) -> Result<()> {
+    /// Syncs everything committed so far on this file: for a connection whose commit just
+    /// returned and that answers its caller only once it is on disk (a pool connection's
+    /// guard, `sqlite/guard.rs`). Not counted in a handle's metrics.
+    pub(crate) fn sync_committed(&self) -> Result<()> {
+        let seq = self.committed();
+        self.wait_inner(seq, None)
+    }
+
+    fn wait_inner(&self, seq: u64, metrics: Option<&crate::metrics::Metrics>) -> Result<()> {
         loop {
             if self.synced.load(Ordering::SeqCst) >= seq {
                 return Ok(());
@@ -94,7 +102,9 @@ impl WalSync {
                        loss could still undo it)",
                 source,
             })?;
-            metrics.wal_syncs.fetch_add(1, Ordering::Relaxed);
+            if let Some(metrics) = metrics {
+                metrics.wal_syncs.fetch_add(1, Ordering::Relaxed);
+            }
             self.synced.fetch_max(target, Ordering::SeqCst);
         }
     }

@@ -14,6 +14,15 @@
 //! and waits while this thread already holds a gate, sleep 1 ms a try, as Rails' handler does.
 //! Every wait gives up at the connection's busy timeout, as SQLite's handler would.
 //!
+//! The WAL hook (`sqlite3_wal_hook`, on jobdb's pool connections at the default durability):
+//! after a commit, once the write lock and the gate are let go and before the COMMIT
+//! returns, it `fdatasync`s the `-wal` file, so those connections commit at
+//! `synchronous=NORMAL` and are as durable as at `FULL` without the sync inside the write
+//! lock, where every writer in line would wait for it. It runs SQLite's automatic
+//! checkpoints itself, which the hook replaces; a `PRAGMA wal_autocheckpoint` on the
+//! connection is followed. A WAL hook the app registers itself on such a connection ends
+//! the sync (as a busy handler of its own ends the waits): don't, or set `synchronous=FULL`.
+//!
 //! The statement-end hook (`sqlite3_trace_v2`, `SQLITE_TRACE_PROFILE`): after each statement
 //! it lets the gate go once the connection is back in autocommit (its COMMIT or ROLLBACK ran,
 //! or a lone statement finished), records the statement's duration by kind, and logs one
@@ -28,12 +37,14 @@
 
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use libsqlite3_sys as ffi;
 
 use crate::db::gate::{held_by_this_thread, ConnGate, ConnHold};
+use crate::db::wal_sync::WalSync;
 
 /// What a connection's guard is set up with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +56,17 @@ pub(crate) struct GuardSettings {
     /// Whether to wait at jobdb's write gate (`config.sqlite.write_gate`, `JOBDB_WRITE_GATE`);
     /// without it the handler only sleeps and retries, as SQLite's would without backing off.
     pub write_gate: bool,
+    /// Whether the guard makes each commit durable itself: the connection commits at
+    /// `synchronous=NORMAL` and the guard's WAL hook `fdatasync`s the `-wal` file after every
+    /// commit that wrote, once the write lock and the gate are let go, before the COMMIT
+    /// returns (the pool's connections at [`crate::Synchronous::Durable`]). As durable as
+    /// `FULL`, without the sync inside the write lock, where every writer in line waits for
+    /// it. Only where the database is a file on a Unix system.
+    pub sync_commits: bool,
+    /// The connection's `wal_autocheckpoint`, in pages: the guard's WAL hook replaces
+    /// SQLite's automatic-checkpoint hook, so with `sync_commits` the guard runs those
+    /// checkpoints itself (0: none).
+    pub wal_autocheckpoint: u32,
 }
 
 /// The name the state is kept under in the connection (`sqlite3_set_clientdata`), with this
@@ -64,9 +86,20 @@ struct Guard {
     db: *mut ffi::sqlite3,
     settings: GuardSettings,
     /// Whether the connection's first statement has started (see [`Guard::first_statement`]).
-    started: std::sync::atomic::AtomicBool,
+    started: AtomicBool,
     /// The main database's file; `None` in memory or for a temporary database.
     file: Option<PathBuf>,
+    /// The `-wal` file's syncer, with [`GuardSettings::sync_commits`] on a file.
+    wal: Option<WalSync>,
+    /// Whether commits are synced now: off on the connection a handle's writer took, whose
+    /// commits the handle syncs itself (`db/wal_sync.rs`), for those of its callers that
+    /// wait for it.
+    syncing: AtomicBool,
+    /// Pages of WAL after which a commit checkpoints (`PRAGMA wal_autocheckpoint`, also when
+    /// the app changes it later on this connection).
+    autocheckpoint: AtomicU32,
+    /// Commits this connection synced itself.
+    synced_commits: AtomicU64,
     state: Mutex<State>,
 }
 
@@ -90,11 +123,19 @@ struct State {
 pub(crate) unsafe fn install(db: *mut ffi::sqlite3, settings: GuardSettings) {
     // SAFETY: db is open (the caller's promise); "main" is a valid name.
     let file = unsafe { main_file(db) };
+    let wal = file
+        .as_deref()
+        .filter(|_| settings.sync_commits && cfg!(unix))
+        .map(WalSync::new);
     let guard = Box::into_raw(Box::new(Guard {
         db,
         settings,
-        started: std::sync::atomic::AtomicBool::new(false),
+        started: AtomicBool::new(false),
+        syncing: AtomicBool::new(wal.is_some()),
+        wal,
         file,
+        autocheckpoint: AtomicU32::new(settings.wal_autocheckpoint),
+        synced_commits: AtomicU64::new(0),
         state: Mutex::new(State::default()),
     }));
     // SAFETY: db is open; the guard lives until the connection closes, when `destroy` runs
@@ -115,6 +156,98 @@ pub(crate) unsafe fn install(db: *mut ffi::sqlite3, settings: GuardSettings) {
             Some(on_trace),
             guard.cast(),
         );
+        if (*guard).wal.is_some() {
+            ffi::sqlite3_wal_hook(db, Some(on_wal), guard.cast());
+        }
+    }
+}
+
+/// Whether the guard on `db` syncs each commit itself (see [`GuardSettings::sync_commits`]).
+///
+/// # Safety
+/// `db` is an open connection, used by no other thread during the call.
+pub(crate) unsafe fn syncs_commits(db: *mut ffi::sqlite3) -> bool {
+    // SAFETY: db is open; a non-null pointer under our key is a live guard of ours.
+    unsafe {
+        let p = ffi::sqlite3_get_clientdata(db, KEY.as_ptr());
+        !p.is_null() && (*p.cast::<Guard>()).syncing.load(Ordering::SeqCst)
+    }
+}
+
+/// How many commits the guard on `db` synced itself, if it syncs them now.
+///
+/// # Safety
+/// `db` is an open connection, used by no other thread during the call.
+pub(crate) unsafe fn synced_commits(db: *mut ffi::sqlite3) -> Option<u64> {
+    // SAFETY: db is open; a non-null pointer under our key is a live guard of ours.
+    unsafe {
+        let p = ffi::sqlite3_get_clientdata(db, KEY.as_ptr());
+        if p.is_null() {
+            return None;
+        }
+        let guard = &*p.cast::<Guard>();
+        guard
+            .syncing
+            .load(Ordering::SeqCst)
+            .then(|| guard.synced_commits.load(Ordering::Relaxed))
+    }
+}
+
+/// The `wal_autocheckpoint` the guard on `db` checkpoints at, where its WAL hook replaced
+/// SQLite's (whose page count `PRAGMA wal_autocheckpoint` would read; it reads 0 then).
+///
+/// # Safety
+/// `db` is an open connection, used by no other thread during the call.
+pub(crate) unsafe fn autocheckpoint_of(db: *mut ffi::sqlite3) -> Option<u32> {
+    // SAFETY: db is open; a non-null pointer under our key is a live guard of ours.
+    unsafe {
+        let p = ffi::sqlite3_get_clientdata(db, KEY.as_ptr());
+        if p.is_null() {
+            return None;
+        }
+        let guard = &*p.cast::<Guard>();
+        guard
+            .wal
+            .is_some()
+            .then(|| guard.autocheckpoint.load(Ordering::SeqCst))
+    }
+}
+
+/// Turns the guard's own sync of each commit on or off (off: the connection's commits are
+/// made durable by whoever commits on it, as a handle's writer does). On only where the
+/// guard was installed to sync; returns whether it syncs now.
+///
+/// # Safety
+/// `db` is an open connection, used by no other thread during the call.
+pub(crate) unsafe fn set_syncing(db: *mut ffi::sqlite3, on: bool) -> bool {
+    // SAFETY: db is open; a non-null pointer under our key is a live guard of ours.
+    unsafe {
+        let p = ffi::sqlite3_get_clientdata(db, KEY.as_ptr());
+        if p.is_null() {
+            return false;
+        }
+        let guard = &*p.cast::<Guard>();
+        let on = on && guard.wal.is_some();
+        guard.syncing.store(on, Ordering::SeqCst);
+        on
+    }
+}
+
+/// Puts the guard's busy handler back on `db` after the connection replaced it for a while
+/// (`PRAGMA busy_timeout`); false if `db` has no guard.
+///
+/// # Safety
+/// `db` is an open connection, used by no other thread during the call.
+pub(crate) unsafe fn rearm_busy_handler(db: *mut ffi::sqlite3) -> bool {
+    // SAFETY: db is open; a non-null pointer under our key is a live guard, which outlives
+    // the registration (removed before it is freed).
+    unsafe {
+        let p = ffi::sqlite3_get_clientdata(db, KEY.as_ptr());
+        if p.is_null() {
+            return false;
+        }
+        ffi::sqlite3_busy_handler(db, Some(on_busy), p);
+        true
     }
 }
 
@@ -165,6 +298,11 @@ unsafe extern "C" fn destroy(p: *mut c_void) {
         let db = (*guard).db;
         ffi::sqlite3_busy_handler(db, None, std::ptr::null_mut());
         ffi::sqlite3_trace_v2(db, 0, None, std::ptr::null_mut());
+        if (*guard).wal.is_some() {
+            // SQLite's own automatic checkpoints again, at the connection's setting.
+            let pages = (*guard).autocheckpoint.load(Ordering::SeqCst);
+            ffi::sqlite3_wal_autocheckpoint(db, c_int::try_from(pages).unwrap_or(c_int::MAX));
+        }
         let guard = Box::from_raw(guard);
         let mut st = guard.state.lock().unwrap_or_else(|p| p.into_inner());
         if let (Some(hold), Some(gate)) = (st.held.take(), st.gate.as_ref()) {
@@ -182,6 +320,24 @@ unsafe extern "C" fn on_busy(p: *mut c_void, count: c_int) -> c_int {
         .into()
 }
 
+/// The WAL hook: SQLite calls it after a commit that wrote to a database's WAL, once the
+/// write lock is let go (and after the statement-end hook let the gate go), before the
+/// statement returns. A non-OK answer makes the COMMIT report that error, though the commit
+/// was made: as SQLite reports a failed sync at `FULL`.
+unsafe extern "C" fn on_wal(
+    p: *mut c_void,
+    db: *mut ffi::sqlite3,
+    name: *const c_char,
+    frames: c_int,
+) -> c_int {
+    // SAFETY: p is a live guard (removed from the connection before it is freed).
+    let guard = unsafe { &*p.cast::<Guard>() };
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        guard.committed(db, name, frames)
+    }))
+    .unwrap_or(ffi::SQLITE_IOERR_FSYNC)
+}
+
 unsafe extern "C" fn on_trace(
     event: c_uint,
     p: *mut c_void,
@@ -191,10 +347,7 @@ unsafe extern "C" fn on_trace(
     if event == ffi::SQLITE_TRACE_STMT as c_uint {
         // SAFETY: p is a live guard.
         let guard = unsafe { &*p.cast::<Guard>() };
-        if !guard
-            .started
-            .swap(true, std::sync::atomic::Ordering::Relaxed)
-        {
+        if !guard.started.swap(true, Ordering::Relaxed) {
             guard.first_statement();
         }
         return 0;
@@ -233,6 +386,63 @@ impl Guard {
         // outlives the registration (removed before it is freed).
         unsafe {
             ffi::sqlite3_busy_handler(self.db, Some(on_busy), me.cast_mut().cast());
+        }
+    }
+
+    /// A commit wrote `frames` pages to the WAL of database `name` (`main`, or an attached
+    /// one): syncs the main database's WAL if this connection syncs its commits, then
+    /// checkpoints as SQLite's automatic checkpoint would have.
+    fn committed(&self, db: *mut ffi::sqlite3, name: *const c_char, frames: c_int) -> c_int {
+        // SAFETY: SQLite passes the schema name as a NUL-terminated string valid for the call.
+        let main = !name.is_null() && unsafe { CStr::from_ptr(name) } == c"main";
+        let mut rc = ffi::SQLITE_OK;
+        if main && self.syncing.load(Ordering::SeqCst) {
+            if let Some(wal) = &self.wal {
+                match wal.sync_committed() {
+                    Ok(()) => {
+                        self.synced_commits.fetch_add(1, Ordering::Relaxed);
+                        super::statements::count_commit_sync();
+                    }
+                    Err(e) => {
+                        tracing::error!(
+                            error = %e,
+                            "a commit was made but its WAL could not be synced: SQLite reports \
+                             a disk I/O error for it"
+                        );
+                        rc = ffi::SQLITE_IOERR_FSYNC;
+                    }
+                }
+            }
+        }
+        let pages = self.autocheckpoint.load(Ordering::SeqCst);
+        if pages > 0 && u32::try_from(frames).is_ok_and(|f| f >= pages) {
+            // What SQLite's own hook does (`sqlite3WalDefaultHook`): a PASSIVE checkpoint
+            // whose failure is not the commit's.
+            // SAFETY: db is the connection inside its commit, on its thread; name is valid.
+            unsafe { ffi::sqlite3_wal_checkpoint(db, name) };
+        }
+        rc
+    }
+
+    /// A `PRAGMA wal_autocheckpoint` ran: setting it replaces the connection's WAL hook with
+    /// SQLite's own, which keeps the page count N as its argument (or removes the hook for
+    /// 0). Takes N and puts the guard's hook back, so the connection's commits stay synced
+    /// and its checkpoints run at the new setting. (A WAL hook the app registers itself
+    /// through the C API ends the guard's sync of commits, as a busy handler of its own
+    /// ends the guard's waits: see the module docs.)
+    fn autocheckpoint_set(&self) {
+        if self.wal.is_none() {
+            return;
+        }
+        let me: *const Guard = self;
+        // SAFETY: the connection is open, inside one of its calls on this thread; the guard
+        // outlives the registration.
+        let previous =
+            unsafe { ffi::sqlite3_wal_hook(self.db, Some(on_wal), me.cast_mut().cast()) };
+        if previous != me.cast_mut().cast() {
+            // SQLite's hook keeps the page count as its argument (0 when it removed the hook).
+            let pages = u32::try_from(previous as usize).unwrap_or(u32::MAX);
+            self.autocheckpoint.store(pages, Ordering::SeqCst);
         }
     }
 
@@ -330,6 +540,13 @@ impl Guard {
         };
         let sql = sql.unwrap_or_default();
         super::statements::record(sql, took);
+        if super::StatementKind::of(sql) == super::StatementKind::Pragma
+            && sql
+                .windows(b"wal_autocheckpoint".len())
+                .any(|w| w.eq_ignore_ascii_case(b"wal_autocheckpoint"))
+        {
+            self.autocheckpoint_set();
+        }
         if self.settings.slow_statement.is_some_and(|slow| took > slow) {
             super::statements::count_slow();
             tracing::warn!(

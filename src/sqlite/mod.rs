@@ -62,7 +62,9 @@ pub(crate) use floor::check_linked as check_floor;
 pub use floor::{has_wal_reset_bug, linked_version, FLOOR_TEXT, SAFE_SINCE};
 pub(crate) use guard::GuardSettings;
 pub(crate) use statements::histogram as statement_histogram;
-pub use statements::{refused_upgrades, slow_statements, statement_durations, StatementKind};
+pub use statements::{
+    commit_syncs, refused_upgrades, slow_statements, statement_durations, StatementKind,
+};
 
 use crate::error::{Error, Result};
 use crate::pool::Config;
@@ -76,6 +78,9 @@ pub(crate) fn guard_settings(config: &Config) -> GuardSettings {
         busy_timeout: config.sqlite.pragmas.busy_timeout,
         slow_statement: config.sqlite.slow_statement,
         write_gate: config.sqlite.write_gate,
+        // The app's own connections keep their own `synchronous` (SQLite's default, FULL).
+        sync_commits: false,
+        wal_autocheckpoint: config.sqlite.pragmas.wal_autocheckpoint,
     }
 }
 
@@ -125,13 +130,56 @@ unsafe extern "C" fn protect(
     ffi::SQLITE_OK
 }
 
-/// Installs the guard on one of jobdb's own connections (the pool's customizer).
-pub(crate) fn guard_connection(conn: &mut diesel::SqliteConnection, settings: GuardSettings) {
+/// Installs the guard on one of jobdb's own connections (the pool's customizer); returns
+/// whether the guard syncs the connection's commits itself (then the connection may commit
+/// at `synchronous=NORMAL`).
+pub(crate) fn guard_connection(
+    conn: &mut diesel::SqliteConnection,
+    settings: GuardSettings,
+) -> bool {
     // SAFETY: the handle is only used inside the closure, on this thread, while Diesel does
     // nothing else with the connection; the guard's hooks never call back into Diesel.
     unsafe {
-        conn.with_raw_connection(|db| guard::install(db, settings));
+        conn.with_raw_connection(|db| {
+            guard::install(db, settings);
+            guard::syncs_commits(db)
+        })
     }
+}
+
+/// Turns the guard's sync of each commit off on a connection whose commits its user makes
+/// durable itself (a handle's writer), or back on; returns whether the guard syncs now.
+pub(crate) fn set_guard_sync(conn: &mut diesel::SqliteConnection, on: bool) -> bool {
+    // SAFETY: as in `guard_connection`.
+    unsafe { conn.with_raw_connection(|db| guard::set_syncing(db, on)) }
+}
+
+/// Puts the guard's busy handler back after the connection set a busy timeout of its own for
+/// a while, or installs a guard with `settings` where there is none.
+pub(crate) fn rearm_guard(conn: &mut diesel::SqliteConnection, settings: GuardSettings) {
+    // SAFETY: as in `guard_connection`.
+    let rearmed = unsafe { conn.with_raw_connection(|db| guard::rearm_busy_handler(db)) };
+    if !rearmed {
+        guard_connection(conn, settings);
+    }
+}
+
+/// How many of `conn`'s commits jobdb's guard has made durable itself (an `fdatasync` of the
+/// WAL after the commit, outside the write lock: [`crate::Synchronous::Durable`] on the pool's
+/// connections), or `None` where the guard does not sync this connection's commits (an app's
+/// own connection, whose `synchronous` is its own; a handle's writer, whose commits the handle
+/// syncs; another durability setting). For checks and tests: a commit that wrote counts once,
+/// a read or a rolled-back transaction not at all.
+pub fn guard_synced_commits(conn: &mut diesel::SqliteConnection) -> Option<u64> {
+    // SAFETY: as in `guard_connection`; the handle is only read.
+    unsafe { conn.with_raw_connection(|db| guard::synced_commits(db)) }
+}
+
+/// The page count the guard's WAL hook checkpoints at, on a connection where it replaced
+/// SQLite's automatic-checkpoint hook (`PRAGMA wal_autocheckpoint` reads 0 there).
+pub(crate) fn guard_autocheckpoint(conn: &mut diesel::SqliteConnection) -> Option<u32> {
+    // SAFETY: as in `guard_connection`; the handle is only read.
+    unsafe { conn.with_raw_connection(|db| guard::autocheckpoint_of(db)) }
 }
 
 /// The busy timeout jobdb's guard was installed with on `conn`, or `None` if the connection

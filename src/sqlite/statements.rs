@@ -114,6 +114,19 @@ fn histograms() -> &'static [Histogram; 7] {
 
 static SLOW: AtomicU64 = AtomicU64::new(0);
 static REFUSED_UPGRADES: AtomicU64 = AtomicU64::new(0);
+static COMMIT_SYNCS: AtomicU64 = AtomicU64::new(0);
+
+/// Counts a WAL sync a guarded connection ran after its commit.
+pub(crate) fn count_commit_sync() {
+    COMMIT_SYNCS.fetch_add(1, Ordering::Relaxed);
+}
+
+/// `fdatasync`s of the WAL that jobdb's pool connections ran after their own commits, outside
+/// the write lock (see `GuardSettings::sync_commits`), over every such connection of this
+/// process: one per commit that wrote, on connections of a handle at the default durability.
+pub fn commit_syncs() -> u64 {
+    COMMIT_SYNCS.load(Ordering::Relaxed)
+}
 
 /// Counts a statement logged as slow.
 pub(crate) fn count_slow() {

@@ -148,6 +148,9 @@ impl JobDriver for SqliteConnection {
 
     fn set_commit_sync(&mut self, full: bool) -> Result<()> {
         use diesel::connection::SimpleConnection;
+        // The caller makes the commits it needs durable itself (a handle's writer): the
+        // guard's own sync after each commit goes too.
+        crate::sqlite::set_guard_sync(self, false);
         self.batch_execute(if full {
             "PRAGMA synchronous = FULL"
         } else {
