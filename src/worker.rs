@@ -163,6 +163,20 @@ impl WorkerConfig {
                 ),
             });
         }
+        // A keep-for that reaches back past the stored range would fail every prune, every
+        // `every`, for as long as the worker runs: refused now, as bad input.
+        for (state, keep) in self.retention.iter().flat_map(|r| r.limits()) {
+            if crate::manage::prune_cutoff(keep).is_err() {
+                return Err(Error::InvalidArgument {
+                    field: "retention",
+                    reason: format!(
+                        "keeping {state} jobs for {keep:?} reaches back before year {} (the \
+                         first jobdb stores): leave the limit off to keep them for ever",
+                        crate::timestamp::MIN_YEAR
+                    ),
+                });
+            }
+        }
         Ok(())
     }
 }
@@ -340,6 +354,7 @@ where
             .map(|(lease, flags)| (*lease, flags.clone()))
             .collect();
         for (_, flags) in &unfinished {
+            flags.shutting_down.store(true, Ordering::SeqCst);
             flags.abandon.store(true, Ordering::SeqCst);
         }
         let stop_by = Instant::now() + ABANDON_WAIT;
@@ -554,7 +569,10 @@ where
         }
         // Cancelled handlers are not abandoned: what they return is recorded as cancelled.
         if ctx.flags.abandon.load(Ordering::SeqCst) {
-            self.counters.lease_lost.fetch_add(1, Ordering::Relaxed);
+            // Released at shutdown: the release counts it (`released`), once.
+            if !ctx.flags.shutting_down.load(Ordering::SeqCst) {
+                self.counters.lease_lost.fetch_add(1, Ordering::Relaxed);
+            }
             tracing::warn!(
                 job_id = lease.job_id,
                 attempt = lease.attempt,

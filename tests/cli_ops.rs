@@ -290,7 +290,31 @@ fn every_new_command_documents_itself_in_help() {
 fn worker_and_schedule_values_that_cannot_work_are_refused_with_exit_2() {
     let db = TestDb::new();
     ok_stdout(jobdb(&db).args(["enqueue", "{}"]));
-    let cases: [(&[&str], &str); 7] = [
+    let cases: [(&[&str], &str); 9] = [
+        // A keep-for past year 1 failed every prune, every 5 minutes, for as long as the
+        // worker ran (c92a778 accepted it).
+        (
+            &[
+                "work",
+                "--keep-succeeded",
+                "100000000d",
+                "--exec",
+                "true",
+                "--exit-when-empty",
+            ],
+            "retention",
+        ),
+        (
+            &[
+                "work",
+                "--keep-dead",
+                "800000d",
+                "--exec",
+                "true",
+                "--exit-when-empty",
+            ],
+            "retention",
+        ),
         (&["work", "--lease", "0s", "--exec", "true"], "lease"),
         (
             &["work", "--concurrency", "0", "--exec", "true"],

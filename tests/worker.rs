@@ -223,6 +223,38 @@ fn handler_threads_left_running_at_shutdown_are_reported() {
     assert_eq!(q.get_job(id).unwrap().state, JobState::Queued);
 }
 
+/// A handler that honours `should_abandon` at shutdown: its job is released and counted once,
+/// as released, not also as a lost lease (the shutdown summary said "1 lease lost").
+#[test]
+fn a_job_released_at_shutdown_is_not_counted_as_a_lost_lease() {
+    let db = TestDb::new();
+    let q = db.queue();
+    let id = q.enqueue(&NewJob::new("polite", &1).unwrap()).unwrap();
+    let mut config = WorkerConfig::new("polite");
+    config.grace = Duration::from_millis(100);
+    let worker = Worker::new(q.clone(), config, |job| {
+        while !job.should_abandon() {
+            thread::sleep(Duration::from_millis(5));
+        }
+        Ok::<_, HandlerError>(())
+    });
+    let stop = worker.shutdown_handle();
+    let running = thread::spawn(move || worker.run());
+    let started = Instant::now();
+    while q.get_job(id).unwrap().state != JobState::Running {
+        assert!(started.elapsed() < Duration::from_secs(10));
+        thread::sleep(Duration::from_millis(10));
+    }
+    stop.shutdown();
+    let report = running.join().unwrap().unwrap();
+    assert_eq!(
+        (report.released, report.lease_lost, report.detached),
+        (1, 0, 0),
+        "{report:?}"
+    );
+    assert_eq!(q.get_job(id).unwrap().state, JobState::Queued);
+}
+
 /// A reap period the worker's clock arithmetic cannot add (`Duration::MAX`) made the heartbeat
 /// thread panic, and the panic was dropped: the worker ran on without heartbeats. Now such a
 /// period is bad input before anything starts (and a heartbeat thread that dies stops the

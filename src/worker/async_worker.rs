@@ -425,7 +425,10 @@ where
                 if flags.timed_out().is_some() {
                     record_timeout(&queue, &shared, lease, &flags, elapsed).await;
                 } else if flags.abandon.load(Ordering::SeqCst) {
-                    shared.counters.lease_lost.fetch_add(1, Ordering::Relaxed);
+                    // Released at shutdown: the release counts it (`released`), once.
+                    if !flags.shutting_down.load(Ordering::SeqCst) {
+                        shared.counters.lease_lost.fetch_add(1, Ordering::Relaxed);
+                    }
                     tracing::warn!(
                         job_id = lease.job_id,
                         "lease lost or job released while the handler ran; result abandoned"
@@ -469,6 +472,7 @@ where
         let unfinished: Vec<Lease> = {
             let running = shared.running();
             for r in running.values() {
+                r.flags.shutting_down.store(true, Ordering::SeqCst);
                 r.flags.abandon.store(true, Ordering::SeqCst);
                 r.token.cancel();
             }

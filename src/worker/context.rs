@@ -71,6 +71,9 @@ pub struct JobContext {
 pub(super) struct JobFlags {
     /// The result can no longer be recorded (lease lost, or released at shutdown).
     pub(super) abandon: AtomicBool,
+    /// Abandoned because the worker shuts down and gives the job back: counted as released,
+    /// not as a lost lease.
+    pub(super) shutting_down: AtomicBool,
     /// A cancel was requested (seen by a heartbeat).
     pub(super) cancelled: AtomicBool,
     /// The attempt's time limit and when it runs out (`None`: no limit).
