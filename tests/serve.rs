@@ -130,6 +130,30 @@ fn the_admin_api_and_metrics_answer_from_the_database<C: TestConn>(b: &Backend<C
         (status, json(&body)["kind"].as_str()),
         (404, Some("not_found"))
     );
+    // The router's and the extractors' own errors are the same JSON (they were plain text,
+    // or an empty 404).
+    for (path, post, want) in [
+        ("/api/jobs/abc", None, (400, "invalid_input")),
+        (
+            "/api/jobs/99999999999999999999",
+            None,
+            (400, "invalid_input"),
+        ),
+        ("/api/no-such-thing", None, (404, "not_found")),
+        ("/api/queues", Some("{}"), (405, "method_not_allowed")),
+    ] {
+        let (status, body) = call(&format!("{}{path}", s.base), post, &[]);
+        let answer = json(&body);
+        assert_eq!(
+            (status, answer["kind"].as_str().unwrap_or_default()),
+            want,
+            "{path}: {body}"
+        );
+        assert!(
+            answer["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{path}: {body}"
+        );
+    }
 
     // Actions: retry the dead job, cancel the queued one, pause and resume a queue.
     let (status, _) = call(
@@ -515,6 +539,66 @@ fn a_worker_serves_its_metrics_while_it_works() {
     );
     assert!(text.contains(r#"jobdb_attempts_finished_total{outcome="dead"} 0"#));
     promtool_check(&text);
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// The worker's /metrics names every queue and its counts: any address but loopback needs a
+/// token, refused as a usage error before a job is claimed; with one, a scrape without it is
+/// 401 and with it 200.
+#[test]
+fn a_worker_s_metrics_need_a_token_beyond_loopback() {
+    let db = crate::common::TestDb::new();
+    let q = db.queue();
+    q.enqueue(&NewJob::new("mt", &1).unwrap()).unwrap();
+    let work = |listen: &str| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_jobdb"));
+        cmd.args(["--database-url", &db.url(), "work", "--queue", "mt"])
+            .args(["--exec", "echo '{}'", "--metrics-listen", listen])
+            .env_remove("DATABASE_URL")
+            .env_remove("JOBDB_METRICS_TOKEN");
+        cmd
+    };
+    let out = work("0.0.0.0:0")
+        .args(["--exit-when-empty"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--metrics-token"), "{stderr}");
+    assert_eq!(
+        q.stats(Some("mt")).unwrap().total.queued,
+        1,
+        "refused before any job was claimed"
+    );
+
+    let mut child = work("0.0.0.0:0")
+        .args(["--metrics-token", "s3cret", "--exit-when-idle", "30s"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("metrics on ") {
+        line.clear();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "no metrics line");
+    }
+    let port = line
+        .trim()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .trim_end_matches("/metrics")
+        .to_owned();
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let (status, _) = call(&url, None, &[]);
+    assert_eq!(status, 401);
+    let (status, _) = call(&url, None, &[("authorization", "Bearer wrong")]);
+    assert_eq!(status, 401);
+    let (status, text) = call(&url, None, &[("authorization", "Bearer s3cret")]);
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("jobdb_jobs{queue=\"mt\""), "{text}");
     let _ = child.kill();
     let _ = child.wait();
 }

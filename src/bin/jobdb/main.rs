@@ -222,6 +222,10 @@ struct WorkArgs {
     /// process's counters and histograms, and the queues' gauges
     #[arg(long)]
     metrics_listen: Option<std::net::SocketAddr>,
+    /// Every scrape of --metrics-listen must send `Authorization: Bearer TOKEN`; needed for
+    /// any address but loopback (the metrics name every queue and its counts)
+    #[arg(long, env = "JOBDB_METRICS_TOKEN", hide_env_values = true)]
+    metrics_token: Option<String>,
     /// While working, delete succeeded jobs older than this (checked every 5 minutes)
     #[arg(long, value_parser = parse_duration)]
     keep_succeeded: Option<Duration>,
@@ -649,7 +653,7 @@ fn work<C: QueueConnection>(queue: Queue<C>, args: WorkArgs) -> Result<()> {
     // Started before the worker, so a bad address fails before any job is claimed.
     let _metrics = args
         .metrics_listen
-        .map(|addr| serve::metrics_only(queue.clone(), addr))
+        .map(|addr| serve::metrics_only(queue.clone(), addr, args.metrics_token.clone()))
         .transpose()?;
     let command = args.exec;
     let shell = jobdb::exec::ShellOptions {

@@ -108,11 +108,22 @@ pub fn run<C: QueueConnection>(queue: Queue<C>, args: ServeArgs) -> Result<()> {
 
 /// `jobdb work --metrics-listen`: `/metrics` alone, on a thread of its own (a one-thread
 /// runtime), for as long as the process runs. Binds before returning, so a bad address is
-/// an error here. Metrics are read-only, as Prometheus scrapes them: no token.
+/// an error here. Metrics are read-only; they name every queue and its counts, so any address
+/// but loopback needs a token (Prometheus sends it as `authorization: {credentials: …}`), as
+/// `serve` does.
 pub fn metrics_only<C: QueueConnection>(
     queue: Queue<C>,
     addr: SocketAddr,
+    token: Option<String>,
 ) -> Result<std::thread::JoinHandle<()>> {
+    let token = token.filter(|t| !t.is_empty());
+    if !addr.ip().is_loopback() && token.is_none() {
+        return Err(UsageError(format!(
+            "--metrics-listen {addr} is not a loopback address: give a --metrics-token (or \
+             JOBDB_METRICS_TOKEN) so that only its holders can scrape it"
+        ))
+        .into());
+    }
     let listener =
         std::net::TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
     listener.set_nonblocking(true)?;
@@ -123,7 +134,7 @@ pub fn metrics_only<C: QueueConnection>(
     let ctx = Arc::new(Ctx {
         queue: queue.to_async(),
         snapshots: None,
-        token: None,
+        token,
         read_only: true,
         loopback_hosts: None,
     });
@@ -139,6 +150,7 @@ pub fn metrics_only<C: QueueConnection>(
                     Ok(l) => {
                         let app = Router::new()
                             .route("/metrics", get(metrics::<C>))
+                            .layer(middleware::from_fn_with_state(ctx.clone(), guard::<C>))
                             .with_state(ctx);
                         axum::serve(l, app).await.map_err(anyhow::Error::from)
                     }
@@ -168,8 +180,63 @@ fn router<C: QueueConnection>(ctx: Shared<C>) -> Router {
         .route("/api/jobs/{id}/cancel", post(cancel::<C>))
         .route("/api/queues/{name}/pause", post(pause::<C>))
         .route("/api/queues/{name}/resume", post(resume::<C>))
+        .fallback(not_found)
         .layer(middleware::from_fn_with_state(ctx.clone(), guard::<C>))
+        .layer(middleware::from_fn(json_errors))
         .with_state(ctx)
+}
+
+/// No such page or endpoint.
+async fn not_found(request: Request) -> Response {
+    refuse(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        &format!(
+            "no such endpoint: {} {}",
+            request.method(),
+            request.uri().path()
+        ),
+    )
+}
+
+/// Every error the API answers is the documented JSON (`{"error": …, "kind": …}`), also those
+/// axum's extractors and router produce themselves (a malformed id in the path, a body that is
+/// not JSON, a method the endpoint does not take), which are plain text or empty.
+async fn json_errors(request: Request, next: Next) -> Response {
+    let api = request.uri().path().starts_with("/api/");
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !api || is_json || !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let allow = response.headers().get(header::ALLOW).cloned();
+    let kind = match status {
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        s if s.is_client_error() => "invalid_input",
+        _ => "internal",
+    };
+    let text = axum::body::to_bytes(response.into_body(), 64 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+        .unwrap_or_default();
+    let message = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_owned()
+    } else {
+        text
+    };
+    let mut answer = refuse(status, kind, &message);
+    if let Some(allow) = allow {
+        answer.headers_mut().insert(header::ALLOW, allow);
+    }
+    answer
 }
 
 /// The token, and for actions: not read-only, JSON, and from this origin.
