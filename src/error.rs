@@ -255,6 +255,25 @@ impl Error {
         matches!(self.root(), Error::Database(e) if db_message(e) == Some(SQLITE_FULL_MESSAGE))
     }
 
+    /// True when trying again cannot help until someone changes the database: its file is
+    /// corrupt or is not a database (SQLite's SQLITE_CORRUPT, SQLITE_NOTADB), or its schema
+    /// lacks a table or a column jobdb's statement needs (SQLite's "no such table / column",
+    /// PostgreSQL's 42P01 / 42703, MySQL's 1146 / 1054), as after a hand edit or on a schema
+    /// newer or older than this build. A worker stops on these instead of retrying for ever.
+    pub fn is_permanent(&self) -> bool {
+        match self.root() {
+            // A row without a column jobdb's model reads (the query selected every column):
+            // the schema lacks it.
+            Error::Database(DieselError::DeserializationError(e)) => {
+                e.to_string().contains("was not present in query")
+            }
+            Error::Database(e) => {
+                db_message(e).is_some_and(|m| PERMANENT_MESSAGES.iter().any(|p| m.contains(p)))
+            }
+            _ => false,
+        }
+    }
+
     /// True for [`Error::LeaseLost`].
     pub fn is_lease_lost(&self) -> bool {
         matches!(self.root(), Error::LeaseLost { .. })
@@ -417,6 +436,19 @@ const SQLITE_BUSY_MESSAGE: &str = "database is locked";
 
 /// SQLite's message for SQLITE_FULL (also what `PRAGMA max_page_count` produces).
 const SQLITE_FULL_MESSAGE: &str = "database or disk is full";
+
+/// The words of errors no retry cures (see [`Error::is_permanent`]): SQLite's, then
+/// PostgreSQL's (English: the pool sets `lc_messages = 'C'`), then MySQL's / MariaDB's.
+const PERMANENT_MESSAGES: [&str; 8] = [
+    "database disk image is malformed",
+    "file is not a database",
+    "no such table:",
+    "no such column:",
+    "does not exist",
+    "doesn't exist",
+    "Unknown column",
+    "malformed database schema",
+];
 
 fn db_message(e: &DieselError) -> Option<&str> {
     match e {

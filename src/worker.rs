@@ -272,8 +272,9 @@ where
     }
 
     /// Runs until shutdown, or until a stop mode says so (`exit_when_empty`, `exit_when_idle`,
-    /// `max_jobs`). Returns
-    /// what was done; an error only if the worker could not start.
+    /// `max_jobs`). Returns what was done; an error if the worker could not start, or if a
+    /// claim failed with an error no retry cures ([`Error::is_permanent`]: a corrupt file, a
+    /// table or column missing), after the running jobs were finished or released.
     pub fn run(&self) -> Result<WorkerReport> {
         self.config.validate()?;
         if self.config.handle_signals {
@@ -286,6 +287,7 @@ where
         let last_running_scan = Arc::new(Mutex::new(None));
         let last_claim = Arc::new(Mutex::new(Instant::now()));
         let claims = Arc::new(AtomicU64::new(0));
+        let fatal: Arc<Mutex<Option<Error>>> = Arc::new(Mutex::new(None));
         let stop_heartbeats = Arc::new(AtomicBool::new(false));
 
         let heartbeater = {
@@ -317,6 +319,7 @@ where
                     last_running_scan: last_running_scan.clone(),
                     last_claim: last_claim.clone(),
                     claims: claims.clone(),
+                    fatal: fatal.clone(),
                 };
                 thread::spawn(move || ctx.run())
             })
@@ -410,6 +413,9 @@ where
                 reason: panicked.join("; "),
             });
         }
+        if let Some(e) = fatal.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            return Err(e);
+        }
         Ok(WorkerReport {
             detached,
             succeeded: counters.succeeded.load(Ordering::Relaxed),
@@ -439,6 +445,9 @@ struct ThreadCtx<H, C: QueueConnection> {
     /// Claim slots taken so far, for `max_jobs`: a thread takes one before it claims and
     /// gives it back when the claim was empty, so the worker never claims more than the limit.
     claims: Arc<AtomicU64>,
+    /// The first error no retry cures ([`Error::is_permanent`]): the worker shuts down and
+    /// `run` returns it.
+    fatal: Arc<Mutex<Option<Error>>>,
 }
 
 impl<H, O, C> ThreadCtx<H, C>
@@ -488,6 +497,17 @@ where
                         (idle * 2).min(self.config.poll_max)
                     };
                     continue;
+                }
+                Err(e) if e.is_permanent() => {
+                    self.give_back_claim_slot();
+                    self.in_flight.fetch_sub(1, Ordering::SeqCst);
+                    tracing::error!(error = %e, "claim failed and no retry can cure it; stopping");
+                    self.fatal
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get_or_insert(e);
+                    self.shutdown.shutdown();
+                    break;
                 }
                 Err(e) => {
                     self.give_back_claim_slot();

@@ -361,3 +361,46 @@ fn stats_prints_escape_sequences_in_queue_names_escaped() {
     assert!(!out.contains('\u{1b}') && !out.contains('\u{7}'), "{out:?}");
     assert!(out.contains("evil\\u{1b}[2J\\u{7}"), "{out}");
 }
+
+/// A worker whose claims fail with an error no retry cures (a table or column the schema
+/// lacks, after a hand edit) exits non-zero naming it, instead of retrying for ever (c92a778
+/// logged "claim failed; backing off" every poll and never exited).
+#[test]
+fn a_worker_stops_on_errors_no_retry_cures() {
+    use diesel::{Connection, RunQueryDsl};
+    for edit in [
+        "ALTER TABLE jobs DROP COLUMN progress",
+        "ALTER TABLE jobs RENAME TO jobs_by_hand",
+    ] {
+        let db = TestDb::new();
+        ok_stdout(jobdb(&db).args(["enqueue", "{}"]));
+        let mut c = diesel::SqliteConnection::establish(&db.url()).unwrap();
+        diesel::sql_query(edit).execute(&mut c).unwrap();
+        drop(c);
+        let mut child = jobdb(&db)
+            .args(["work", "--exec", "true", "--exit-when-empty"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // 10x what a quiet machine needs to start, claim once and stop (well under 1 s).
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if started.elapsed() > Duration::from_secs(10) {
+                let _ = child.kill();
+                panic!("{edit}: the worker still retries after 10 s");
+            }
+            thread::sleep(Duration::from_millis(20));
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert!(!status.success(), "{edit}: {stderr}");
+        assert!(
+            stderr.contains("progress") || stderr.contains("no such table: jobs"),
+            "{edit}: names the missing part: {stderr}"
+        );
+    }
+}

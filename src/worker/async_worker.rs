@@ -185,7 +185,9 @@ where
     }
 
     /// Runs until shutdown or a stop mode (`exit_when_empty`, `exit_when_idle`, `max_jobs`);
-    /// returns what was done, an error only if the worker could not start.
+    /// returns what was done; an error if the worker could not start, or if a claim failed
+    /// with an error no retry cures ([`Error::is_permanent`]: a corrupt file, a table or
+    /// column missing), after the running jobs were finished or released.
     pub async fn run(&self) -> Result<WorkerReport> {
         self.config.validate()?;
         let stop_background = CancellationToken::new();
@@ -207,7 +209,7 @@ where
             ));
         }
         let mut jobs = JoinSet::new();
-        self.claim_loop(&shared, &mut jobs).await;
+        let fatal = self.claim_loop(&shared, &mut jobs).await;
         let detached = self.drain(&shared, &mut jobs).await;
         stop_background.cancel();
         let mut panicked = Vec::new();
@@ -224,6 +226,9 @@ where
                 what: "worker",
                 reason: panicked.join("; "),
             });
+        }
+        if let Some(e) = fatal {
+            return Err(e);
         }
         let c = &shared.counters;
         Ok(WorkerReport {
@@ -257,8 +262,9 @@ where
         Ok(())
     }
 
-    /// Claims while there are free permits and no stop, and starts a task per job.
-    async fn claim_loop(&self, shared: &Arc<Shared>, jobs: &mut JoinSet<()>) {
+    /// Claims while there are free permits and no stop, and starts a task per job; returns
+    /// the error that stopped it, if one no retry cures did.
+    async fn claim_loop(&self, shared: &Arc<Shared>, jobs: &mut JoinSet<()>) -> Option<Error> {
         let permits = Arc::new(Semaphore::new(self.config.concurrency));
         let mut claimed_total: u64 = 0;
         let mut idle = self.config.poll_min;
@@ -270,9 +276,9 @@ where
             }
             let first = tokio::select! {
                 p = permits.clone().acquire_owned() => p,
-                _ = self.shutdown.cancelled() => return,
+                _ = self.shutdown.cancelled() => return None,
             };
-            let Ok(first) = first else { return };
+            let Ok(first) = first else { return None };
             let mut taken = vec![first];
             while taken.len() < MAX_CLAIM {
                 match permits.clone().try_acquire_owned() {
@@ -283,7 +289,7 @@ where
             if let Some(max) = self.config.max_jobs {
                 let left = max.saturating_sub(claimed_total);
                 if left == 0 {
-                    return;
+                    return None;
                 }
                 taken.truncate(usize::try_from(left).unwrap_or(usize::MAX));
             }
@@ -316,11 +322,11 @@ where
                 Ok(_) => {
                     drop(taken);
                     if self.idle_stop(jobs.len(), last_claim, &mut last_scan).await {
-                        return;
+                        return None;
                     }
                     let woke = tokio::select! {
                         w = self.queue.wait_for_work(seen, idle) => w,
-                        _ = self.shutdown.cancelled() => return,
+                        _ = self.shutdown.cancelled() => return None,
                     };
                     idle = if woke {
                         self.config.poll_min
@@ -328,12 +334,16 @@ where
                         (idle * 2).min(self.config.poll_max)
                     };
                 }
+                Err(e) if e.is_permanent() => {
+                    tracing::error!(error = %e, "claim failed and no retry can cure it; stopping");
+                    return Some(e);
+                }
                 Err(e) => {
                     drop(taken);
                     tracing::error!(error = %e, "claim failed; backing off");
                     tokio::select! {
                         _ = tokio::time::sleep(self.config.poll_max) => {}
-                        _ = self.shutdown.cancelled() => return,
+                        _ = self.shutdown.cancelled() => return None,
                     }
                 }
             }
