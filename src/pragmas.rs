@@ -305,7 +305,9 @@ impl r2d2::CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for Connec
         conn.batch_execute(&sql)
             .map_err(diesel::r2d2::Error::QueryError)?;
         let durable = self.pragmas.synchronous == Synchronous::Durable;
-        let synced = crate::sqlite::guard_connection(
+        // At durable the guard then moves the connection to NORMAL and syncs each commit itself
+        // (see `GuardSettings::sync_commits`).
+        crate::sqlite::guard_connection(
             conn,
             crate::sqlite::GuardSettings {
                 busy_timeout: self.pragmas.busy_timeout,
@@ -315,12 +317,6 @@ impl r2d2::CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for Connec
                 wal_autocheckpoint: self.pragmas.wal_autocheckpoint,
             },
         );
-        if synced {
-            // Durable as at FULL (the guard syncs each commit before it returns), without
-            // the sync inside the write lock: see `GuardSettings::sync_commits`.
-            conn.batch_execute("PRAGMA synchronous = NORMAL;")
-                .map_err(diesel::r2d2::Error::QueryError)?;
-        }
         Ok(())
     }
 }

@@ -260,6 +260,27 @@ pub(crate) struct Combiner<C: QueueConnection> {
     syncing: parking_lot::Mutex<()>,
 }
 
+impl<C: QueueConnection> Drop for Combiner<C> {
+    /// The writer connection goes back to the pool, which may outlive the handle (a pool
+    /// the app passed in, or kept): with the durability the pool gave it.
+    fn drop(&mut self) {
+        hand_back_writer(self.writer.get_mut());
+    }
+}
+
+/// Gives the writer connection back to the pool with the pool's commit durability (its
+/// own was lowered for the handle's WAL syncer: `writer_sync_normal`). One left in a
+/// transaction is discarded by the pool anyway.
+fn hand_back_writer<C: QueueConnection>(writer: &mut Option<PooledConnection<C>>) {
+    if let Some(mut conn) = writer.take() {
+        if !conn.in_transaction() {
+            if let Err(e) = conn.restore_commit_sync() {
+                tracing::warn!(error = %e, "cannot restore the durability of a connection handed back to the pool");
+            }
+        }
+    }
+}
+
 impl<C: QueueConnection> Combiner<C> {
     pub(crate) fn new() -> Self {
         Combiner {
@@ -493,7 +514,7 @@ impl<C: QueueConnection> Combiner<C> {
             })
         }));
         let result = ran.unwrap_or_else(|panic| {
-            *writer = None;
+            hand_back_writer(writer);
             let reason = crate::worker::panic_message(&panic);
             tracing::error!(transaction = name, panic = %reason, "a write operation panicked; its group was rolled back");
             Err(Error::Internal {

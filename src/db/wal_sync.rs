@@ -19,8 +19,8 @@
 //! sync opens the `-wal` file by name and checks, before each sync, that it is still the
 //! file at that name (device and inode): where the name now points at a new file, it
 //! reopens it and syncs the directory once, so the new file's entry survives too. No `-wal`
-//! file at all means the last connection checkpointed it into the database file and removed
-//! it: the database file is synced instead.
+//! file at all means the last connection checkpointed it into the database file, synced
+//! that, and removed it: nothing is left to sync.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -32,7 +32,6 @@ use crate::error::{Error, Result};
 /// The `-wal` file of one database, and how far it is known to be synced.
 #[derive(Debug)]
 pub(crate) struct WalSync {
-    database: PathBuf,
     wal: PathBuf,
     /// Commits of this handle's writer so far (incremented after each COMMIT returned).
     committed: AtomicU64,
@@ -55,7 +54,6 @@ impl WalSync {
         let mut wal = database.as_os_str().to_owned();
         wal.push("-wal");
         WalSync {
-            database: database.to_owned(),
             wal: PathBuf::from(wal),
             committed: AtomicU64::new(0),
             synced: AtomicU64::new(0),
@@ -115,8 +113,12 @@ impl WalSync {
         let meta = match std::fs::metadata(&self.wal) {
             Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // The last connection checkpointed the WAL into the database file, synced
+                // that file, and removed the WAL: everything committed is on disk. (The
+                // database file is not opened here: closing a descriptor of it would drop
+                // every POSIX lock this process's SQLite connections hold on it.)
                 *opened = None;
-                return File::open(&self.database)?.sync_data();
+                return Ok(());
             }
             Err(e) => return Err(e),
         };

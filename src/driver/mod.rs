@@ -137,6 +137,12 @@ pub(crate) trait JobDriver: Connection + Send + 'static {
     fn set_commit_sync(&mut self, _full: bool) -> Result<()> {
         Ok(())
     }
+    /// Gives the connection back the commit durability the pool set up on it, undoing
+    /// [`Self::set_commit_sync`], before a handle's writer hands it back to the pool (where an
+    /// app may write on it). A no-op on servers.
+    fn restore_commit_sync(&mut self) -> Result<()> {
+        Ok(())
+    }
     /// Runs `f`, whose writes are ONE statement (reads may follow it), atomically: on SQLite
     /// as a write transaction (`BEGIN IMMEDIATE`, so busy handling stays whole-transaction);
     /// on PostgreSQL, outside a transaction, as that statement alone (it commits by itself,

@@ -100,6 +100,12 @@ struct Guard {
     autocheckpoint: AtomicU32,
     /// Commits this connection synced itself.
     synced_commits: AtomicU64,
+    /// Whether the connection runs at `synchronous=FULL` for now (set by
+    /// [`Guard::statement_starting`]): SQLite then syncs the commit itself, inside the lock.
+    inline_full: AtomicBool,
+    /// The guard is running a statement of its own on the connection (its `PRAGMA
+    /// synchronous`): the hooks ignore that statement.
+    reentered: AtomicBool,
     state: Mutex<State>,
 }
 
@@ -136,6 +142,8 @@ pub(crate) unsafe fn install(db: *mut ffi::sqlite3, settings: GuardSettings) {
         file,
         autocheckpoint: AtomicU32::new(settings.wal_autocheckpoint),
         synced_commits: AtomicU64::new(0),
+        inline_full: AtomicBool::new(true),
+        reentered: AtomicBool::new(false),
         state: Mutex::new(State::default()),
     }));
     // SAFETY: db is open; the guard lives until the connection closes, when `destroy` runs
@@ -158,6 +166,8 @@ pub(crate) unsafe fn install(db: *mut ffi::sqlite3, settings: GuardSettings) {
         );
         if (*guard).wal.is_some() {
             ffi::sqlite3_wal_hook(db, Some(on_wal), guard.cast());
+            // From FULL (the customizer's setting) to NORMAL: the hook syncs from now on.
+            (*guard).set_inline_full(false);
         }
     }
 }
@@ -229,6 +239,12 @@ pub(crate) unsafe fn set_syncing(db: *mut ffi::sqlite3, on: bool) -> bool {
         let guard = &*p.cast::<Guard>();
         let on = on && guard.wal.is_some();
         guard.syncing.store(on, Ordering::SeqCst);
+        if on {
+            // Whatever the connection's setting was meanwhile: NORMAL, the hook syncs.
+            guard.inline_full.store(true, Ordering::SeqCst);
+            guard.set_inline_full(false);
+            return guard.syncing.load(Ordering::SeqCst);
+        }
         on
     }
 }
@@ -347,12 +363,25 @@ unsafe extern "C" fn on_trace(
     if event == ffi::SQLITE_TRACE_STMT as c_uint {
         // SAFETY: p is a live guard.
         let guard = unsafe { &*p.cast::<Guard>() };
+        if guard.reentered.load(Ordering::SeqCst) {
+            return 0;
+        }
         if !guard.started.swap(true, Ordering::Relaxed) {
             guard.first_statement();
         }
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            guard.statement_starting(stmt.cast(), x.cast())
+        }));
         return 0;
     }
     if event != ffi::SQLITE_TRACE_PROFILE as c_uint {
+        return 0;
+    }
+    // SAFETY: p is a live guard.
+    if unsafe { &*p.cast::<Guard>() }
+        .reentered
+        .load(Ordering::SeqCst)
+    {
         return 0;
     }
     // SAFETY: p is a live guard; for PROFILE, stmt is the statement and x points to its
@@ -389,6 +418,69 @@ impl Guard {
         }
     }
 
+    /// A statement is starting (its first step). SQLite calls the WAL hook only when a
+    /// statement runs to completion; a statement that returns rows (`INSERT … RETURNING`)
+    /// outside a transaction commits when it is *reset* instead, if its caller stops reading
+    /// before the end (Diesel's `get_result` does), and no hook runs after that commit. So,
+    /// on a connection whose commits the guard syncs: before such a statement the connection
+    /// goes to `synchronous=FULL` (SQLite syncs that commit itself, inside the lock), and
+    /// back to NORMAL before the next statement that is not one. Inside a transaction
+    /// nothing changes: its COMMIT runs to completion, and the hook syncs it.
+    fn statement_starting(&self, stmt: *mut ffi::sqlite3_stmt, text: *const c_char) {
+        if self.wal.is_none() || !self.syncing.load(Ordering::SeqCst) {
+            return;
+        }
+        // SAFETY: the connection is inside this statement's first step, on this thread; stmt
+        // is that statement and text its SQL (or a trigger's "-- " line), valid for the call.
+        unsafe {
+            if !text.is_null() && CStr::from_ptr(text).to_bytes().starts_with(b"--") {
+                return; // A trigger's program, inside its statement.
+            }
+            if ffi::sqlite3_get_autocommit(self.db) == 0 {
+                return;
+            }
+            let full = ffi::sqlite3_stmt_readonly(stmt) == 0 && ffi::sqlite3_column_count(stmt) > 0;
+            self.set_inline_full(full);
+        }
+    }
+
+    /// Puts the connection at `synchronous=FULL` (true) or NORMAL, if it is not there yet.
+    /// Only outside a transaction (SQLite refuses the change inside one).
+    fn set_inline_full(&self, full: bool) {
+        if self.inline_full.load(Ordering::SeqCst) == full {
+            return;
+        }
+        let sql: &CStr = if full {
+            c"PRAGMA synchronous = FULL"
+        } else {
+            c"PRAGMA synchronous = NORMAL"
+        };
+        self.reentered.store(true, Ordering::SeqCst);
+        // SAFETY: the connection is open and inside one of its calls on this thread (a
+        // statement's first step, or the guard's install); SQLite allows a statement to run
+        // on the connection meanwhile, as an SQL function may. The hooks ignore it.
+        let rc = unsafe {
+            ffi::sqlite3_exec(
+                self.db,
+                sql.as_ptr(),
+                None,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            )
+        };
+        self.reentered.store(false, Ordering::SeqCst);
+        if rc == ffi::SQLITE_OK {
+            self.inline_full.store(full, Ordering::SeqCst);
+        } else {
+            tracing::error!(
+                code = rc,
+                "cannot change the connection's synchronous setting; its commits are synced \
+                 at FULL from now on"
+            );
+            self.syncing.store(false, Ordering::SeqCst);
+        }
+    }
+
     /// A commit wrote `frames` pages to the WAL of database `name` (`main`, or an attached
     /// one): syncs the main database's WAL if this connection syncs its commits, then
     /// checkpoints as SQLite's automatic checkpoint would have.
@@ -396,7 +488,8 @@ impl Guard {
         // SAFETY: SQLite passes the schema name as a NUL-terminated string valid for the call.
         let main = !name.is_null() && unsafe { CStr::from_ptr(name) } == c"main";
         let mut rc = ffi::SQLITE_OK;
-        if main && self.syncing.load(Ordering::SeqCst) {
+        // At FULL (a row-returning statement outside a transaction) SQLite synced it.
+        if main && self.syncing.load(Ordering::SeqCst) && !self.inline_full.load(Ordering::SeqCst) {
             if let Some(wal) = &self.wal {
                 match wal.sync_committed() {
                     Ok(()) => {
@@ -546,6 +639,17 @@ impl Guard {
                 .any(|w| w.eq_ignore_ascii_case(b"wal_autocheckpoint"))
         {
             self.autocheckpoint_set();
+        }
+        if self.wal.is_some()
+            && super::StatementKind::of(sql) == super::StatementKind::Pragma
+            && sql
+                .windows(b"synchronous".len())
+                .any(|w| w.eq_ignore_ascii_case(b"synchronous"))
+            && sql.iter().any(|b| *b == b'=' || *b == b'(')
+        {
+            // The app (or a handle's writer) set the connection's durability itself: its
+            // setting rules from now on, and the guard neither syncs nor changes it.
+            self.syncing.store(false, Ordering::SeqCst);
         }
         if self.settings.slow_statement.is_some_and(|slow| took > slow) {
             super::statements::count_slow();

@@ -159,6 +159,14 @@ impl JobDriver for SqliteConnection {
         Ok(())
     }
 
+    fn restore_commit_sync(&mut self) -> Result<()> {
+        // The guard syncs this connection's commits again where the pool set it up to (at
+        // `Durable` on a file, the only case where a handle's writer lowers its setting:
+        // elsewhere the connection was never changed, and this does nothing).
+        crate::sqlite::set_guard_sync(self, true);
+        Ok(())
+    }
+
     /// [`write_transaction`]: SQLite has no cheaper form for one statement, and BEGIN IMMEDIATE
     /// keeps busy handling whole-transaction.
     fn atomic_write<T>(&mut self, f: impl FnOnce(&mut SqliteConnection) -> Result<T>) -> Result<T> {
