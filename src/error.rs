@@ -267,9 +267,7 @@ impl Error {
             Error::Database(DieselError::DeserializationError(e)) => {
                 e.to_string().contains("was not present in query")
             }
-            Error::Database(e) => {
-                db_message(e).is_some_and(|m| PERMANENT_MESSAGES.iter().any(|p| m.contains(p)))
-            }
+            Error::Database(e) => db_message(e).is_some_and(permanent_message),
             _ => false,
         }
     }
@@ -437,18 +435,25 @@ const SQLITE_BUSY_MESSAGE: &str = "database is locked";
 /// SQLite's message for SQLITE_FULL (also what `PRAGMA max_page_count` produces).
 const SQLITE_FULL_MESSAGE: &str = "database or disk is full";
 
-/// The words of errors no retry cures (see [`Error::is_permanent`]): SQLite's, then
-/// PostgreSQL's (English: the pool sets `lc_messages = 'C'`), then MySQL's / MariaDB's.
-const PERMANENT_MESSAGES: [&str; 8] = [
-    "database disk image is malformed",
-    "file is not a database",
-    "no such table:",
-    "no such column:",
-    "does not exist",
-    "doesn't exist",
-    "Unknown column",
-    "malformed database schema",
-];
+/// Whether a database's error text says no retry cures it (see [`Error::is_permanent`]):
+/// SQLite's corrupt or foreign file and missing table or column; PostgreSQL's missing
+/// relation or column (English: the pool sets `lc_messages = 'C'`; not its missing prepared
+/// statements, cursors or savepoints, which a pooler or a failed transaction can cause);
+/// MySQL's / MariaDB's missing table (1146) or column (1054).
+fn permanent_message(m: &str) -> bool {
+    const SQLITE: [&str; 5] = [
+        "database disk image is malformed",
+        "file is not a database",
+        "malformed database schema",
+        "no such table:",
+        "no such column:",
+    ];
+    SQLITE.iter().any(|p| m.starts_with(p))
+        || (m.starts_with("relation \"") && m.ends_with("does not exist"))
+        || (m.starts_with("column ") && m.ends_with("does not exist"))
+        || (m.starts_with("Table '") && m.ends_with("doesn't exist"))
+        || m.starts_with("Unknown column '")
+}
 
 fn db_message(e: &DieselError) -> Option<&str> {
     match e {
@@ -511,6 +516,39 @@ mod tests {
             DatabaseErrorKind::Unknown,
             Box::new(Info(msg)),
         ))
+    }
+
+    #[test]
+    fn permanent_errors_are_the_schema_s_and_the_file_s_only() {
+        for permanent in [
+            "no such table: jobs",
+            "no such column: progress",
+            "database disk image is malformed",
+            "file is not a database",
+            "relation \"jobs\" does not exist",
+            "column \"progress\" does not exist",
+            "column jobs.progress does not exist",
+            "Table 'test.jobs' doesn't exist",
+            "Unknown column 'progress' in 'field list'",
+        ] {
+            assert!(db_error(permanent).is_permanent(), "{permanent}");
+        }
+        for transient in [
+            "database is locked",
+            "prepared statement \"__diesel_stmt_3\" does not exist",
+            "savepoint \"diesel_savepoint_1\" does not exist",
+            "cursor \"c\" does not exist",
+            "SAVEPOINT diesel_savepoint_1 does not exist",
+            "server closed the connection unexpectedly",
+            "Deadlock found when trying to get lock; try restarting transaction",
+        ] {
+            assert!(!db_error(transient).is_permanent(), "{transient}");
+        }
+        assert!(!Error::Busy {
+            attempts: 3,
+            waited: std::time::Duration::ZERO
+        }
+        .is_permanent());
     }
 
     #[test]

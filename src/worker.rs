@@ -357,14 +357,17 @@ where
             .map(|(lease, flags)| (*lease, flags.clone()))
             .collect();
         for (_, flags) in &unfinished {
-            flags.shutting_down.store(true, Ordering::SeqCst);
+            // A job whose lease was already lost is counted as that, by its handler's thread.
+            if !flags.abandon.load(Ordering::SeqCst) {
+                flags.shutting_down.store(true, Ordering::SeqCst);
+            }
             flags.abandon.store(true, Ordering::SeqCst);
         }
         let stop_by = Instant::now() + ABANDON_WAIT;
         while threads.iter().any(|t| !t.is_finished()) && Instant::now() < stop_by {
             thread::sleep(Duration::from_millis(10));
         }
-        for (lease, _) in unfinished {
+        for (lease, flags) in unfinished {
             match self.queue.release(lease) {
                 Ok(()) => {
                     counters.released.fetch_add(1, Ordering::Relaxed);
@@ -374,6 +377,10 @@ where
                     );
                 }
                 Err(e) => {
+                    // Lost meanwhile: counted here, as its handler's thread did not.
+                    if e.is_lease_lost() && flags.shutting_down.load(Ordering::SeqCst) {
+                        counters.lease_lost.fetch_add(1, Ordering::Relaxed);
+                    }
                     tracing::warn!(job_id = lease.job_id, error = %e, "could not release job")
                 }
             }

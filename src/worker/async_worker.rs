@@ -336,6 +336,9 @@ where
                 }
                 Err(e) if e.is_permanent() => {
                     tracing::error!(error = %e, "claim failed and no retry can cure it; stopping");
+                    // Shut down as on a signal: running jobs get the grace period, then are
+                    // released.
+                    self.shutdown.cancel();
                     return Some(e);
                 }
                 Err(e) => {
@@ -479,14 +482,20 @@ where
                 }
             }
         }
-        let unfinished: Vec<Lease> = {
+        let unfinished: Vec<(Lease, Arc<JobFlags>)> = {
             let running = shared.running();
             for r in running.values() {
-                r.flags.shutting_down.store(true, Ordering::SeqCst);
+                // A job whose lease was already lost is counted as that, by its task.
+                if !r.flags.abandon.load(Ordering::SeqCst) {
+                    r.flags.shutting_down.store(true, Ordering::SeqCst);
+                }
                 r.flags.abandon.store(true, Ordering::SeqCst);
                 r.token.cancel();
             }
-            running.keys().copied().collect()
+            running
+                .iter()
+                .map(|(lease, r)| (*lease, r.flags.clone()))
+                .collect()
         };
         let finished = async {
             while let Some(done) = jobs.join_next().await {
@@ -503,7 +512,7 @@ where
             jobs.abort_all();
             while jobs.join_next().await.is_some() {}
         }
-        for lease in unfinished {
+        for (lease, flags) in unfinished {
             match self.queue.release(lease).await {
                 Ok(()) => {
                     shared.counters.released.fetch_add(1, Ordering::Relaxed);
@@ -513,6 +522,10 @@ where
                     );
                 }
                 Err(e) => {
+                    // Lost meanwhile: counted here, as its task did not.
+                    if e.is_lease_lost() && flags.shutting_down.load(Ordering::SeqCst) {
+                        shared.counters.lease_lost.fetch_add(1, Ordering::Relaxed);
+                    }
                     tracing::warn!(job_id = lease.job_id, error = %e, "could not release job")
                 }
             }
