@@ -532,6 +532,10 @@ fn a_worker_serves_its_metrics_while_it_works() {
         .parse()
         .unwrap();
     assert!(claims >= 3.0, "{text}");
+    // Without a token, loopback names only: a rebinding page's name gets nothing.
+    let base = url.trim_end_matches("/metrics");
+    let (status, body) = raw(base, "GET", "/metrics", "evil.example:9100", None);
+    assert_eq!(status, 421, "{body}");
     // The worker's own count of what it recorded, by outcome.
     assert!(
         text.contains(r#"jobdb_attempts_finished_total{outcome="succeeded"} 3"#),

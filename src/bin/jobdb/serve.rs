@@ -134,9 +134,10 @@ pub fn metrics_only<C: QueueConnection>(
     let ctx = Arc::new(Ctx {
         queue: queue.to_async(),
         snapshots: None,
+        // Without a token, loopback names only (DNS rebinding), as `serve`.
+        loopback_hosts: token.is_none().then(|| listener.local_addr().ok()),
         token,
         read_only: true,
-        loopback_hosts: None,
     });
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -214,12 +215,13 @@ async fn json_errors(request: Request, next: Next) -> Response {
     if !api || is_json || !(status.is_client_error() || status.is_server_error()) {
         return response;
     }
-    let allow = response.headers().get(header::ALLOW).cloned();
+    let mut headers = response.headers().clone();
+    headers.remove(header::CONTENT_TYPE);
+    headers.remove(header::CONTENT_LENGTH);
     let kind = match status {
         StatusCode::NOT_FOUND => "not_found",
         StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
         StatusCode::PAYLOAD_TOO_LARGE => "too_large",
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
         s if s.is_client_error() => "invalid_input",
         _ => "internal",
     };
@@ -232,9 +234,10 @@ async fn json_errors(request: Request, next: Next) -> Response {
     } else {
         text
     };
+    // The original's other headers (Allow, Set-Cookie, the security headers) stay.
     let mut answer = refuse(status, kind, &message);
-    if let Some(allow) = allow {
-        answer.headers_mut().insert(header::ALLOW, allow);
+    for (name, value) in headers.iter() {
+        answer.headers_mut().append(name.clone(), value.clone());
     }
     answer
 }
