@@ -26,8 +26,11 @@ pub enum Synchronous {
     /// which an app may write on directly, are as durable as at `FULL`: they commit at
     /// `NORMAL` and `fdatasync` the WAL after each commit that wrote, outside the write lock,
     /// before the COMMIT returns (`sqlite/guard.rs`; [`crate::sqlite::commit_syncs`] counts
-    /// them). Where that cannot be set up (a database in memory, a non-Unix system) they run
-    /// at `FULL`.
+    /// them). A statement that returns rows outside a transaction (`INSERT … RETURNING` read
+    /// with `get_result`) commits at `FULL` instead: SQLite commits it when the statement is
+    /// reset, after which no hook runs. Where that cannot be set up (a database in memory, a
+    /// non-Unix system) they run at `FULL`; an app that sets `PRAGMA synchronous` on such a
+    /// connection itself gets its own setting, and the guard's syncs stop.
     #[default]
     Durable,
     /// `synchronous=NORMAL` (1) everywhere, what Rails 8, Litestream and PocketBase use:
