@@ -129,6 +129,41 @@ fn durable_pool_connections_sync_each_commit_that_wrote_and_nothing_else() {
     assert_eq!(writer.unwrap(), None);
 }
 
+/// A handle's writer commits at NORMAL with the guard's sync off (the handle syncs what it
+/// acknowledges). Handed back to a pool that outlives the handle, the connection must be
+/// synced by the guard again: an app writing on it later is acknowledged only once its commit
+/// is on disk.
+#[test]
+fn a_handle_s_writer_goes_back_to_the_pool_with_its_commits_synced() {
+    let db = TestDb::new();
+    let config = Config::default();
+    let pool = build_pool(&db.url(), &config).unwrap();
+    let q = jobdb::Queue::from_pool(pool.clone(), config).unwrap();
+    q.enqueue(&jobdb::NewJob::new("w", &1).unwrap()).unwrap();
+    let writer_unsynced = q.run("writer", |c| Ok(jobdb::sqlite::guard_synced_commits(c)));
+    assert_eq!(
+        writer_unsynced.unwrap(),
+        None,
+        "the writer's sync is the handle's"
+    );
+    drop(q);
+    // Every connection the pool holds now, the former writer among them.
+    let held: Vec<_> = (0..pool.state().connections)
+        .map(|_| pool.get().unwrap())
+        .collect();
+    assert!(!held.is_empty());
+    for mut conn in held {
+        assert!(
+            jobdb::sqlite::guard_synced_commits(&mut conn).is_some(),
+            "a pool connection whose commits nothing syncs"
+        );
+        assert_eq!(
+            read_integer_pragma(&mut conn, IntegerPragma::Synchronous).unwrap(),
+            1
+        );
+    }
+}
+
 /// `PRAGMA wal_autocheckpoint` replaces SQLite's WAL hook; on a durable pool connection the
 /// guard takes the new page count and keeps syncing its commits, and checkpoints at it.
 #[test]
