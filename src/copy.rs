@@ -170,17 +170,23 @@ pub fn copy<A: QueueConnection, B: QueueConnection>(
 
             // Read everything back from the target, inside the transaction, before COMMIT.
             jobs.verify(
+                s,
                 d,
                 &copied,
+                |s, ids| s.jobs_with_ids(ids),
                 |d, ids| d.jobs_with_ids(ids),
                 job_digest,
+                job_columns,
                 &mut progress,
             )?;
             results.verify(
+                s,
                 d,
                 &copied_results,
+                |s, ids| s.results_with_ids(ids),
                 |d, ids| d.results_with_ids(ids),
                 result_digest,
+                result_columns,
                 &mut progress,
             )?;
             let schedules_there = d.schedule_rows()?;
@@ -245,6 +251,14 @@ pub fn copy<A: QueueConnection, B: QueueConnection>(
     })
 }
 
+/// A value as an error message shows it: at most 80 characters.
+fn shorten(value: &str) -> String {
+    match value.char_indices().nth(80) {
+        Some((at, _)) => format!("{}…", &value[..at]),
+        None => value.to_owned(),
+    }
+}
+
 /// A verification failure: nothing is committed.
 fn mismatch(table: &str, what: &str) -> Error {
     Error::CopyRefused {
@@ -266,6 +280,8 @@ struct Rows {
 struct Copied {
     report: TableCopy,
     ids: Vec<i64>,
+    /// Each row's digest as read from the source, in the order of `ids`.
+    digests: Vec<u64>,
 }
 
 impl Rows {
@@ -280,6 +296,7 @@ impl Rows {
         progress: &mut impl FnMut(CopyProgress),
     ) -> Result<Copied> {
         let mut ids = Vec::with_capacity(usize::try_from(self.total).unwrap_or(0));
+        let mut digests = Vec::with_capacity(ids.capacity());
         let mut sum = DefaultHasher::new();
         let mut after = i64::MIN;
         loop {
@@ -290,6 +307,7 @@ impl Rows {
             for r in &rows {
                 let (id, d) = digest(r);
                 ids.push(id);
+                digests.push(d);
                 sum.write_u64(d);
             }
             progress(self.progress(ids.len(), false));
@@ -301,33 +319,75 @@ impl Rows {
                 checksum: sum.finish(),
             },
             ids,
+            digests,
         })
     }
 
-    /// Reads the copied ids back from the target and compares the checksum.
-    fn verify<D, R>(
+    /// Reads the copied ids back from the target and compares each row with its source
+    /// row's digest, then the checksum. A row that differs is named by its id and its first
+    /// differing column, with both values (the source row is read again for that).
+    #[allow(clippy::too_many_arguments)]
+    fn verify<S, D, R>(
         &self,
+        src: &mut S,
         dst: &mut D,
         copied: &Copied,
+        read_src: impl Fn(&mut S, &[i64]) -> Result<Vec<R>>,
         read: impl Fn(&mut D, &[i64]) -> Result<Vec<R>>,
         digest: impl Fn(&R) -> (i64, u64),
+        columns: impl Fn(&R) -> Vec<(&'static str, String)>,
         progress: &mut impl FnMut(CopyProgress),
     ) -> Result<()> {
         let mut sum = DefaultHasher::new();
         let mut done = 0;
-        for chunk in copied.ids.chunks(self.batch) {
+        for (chunk, want) in copied
+            .ids
+            .chunks(self.batch)
+            .zip(copied.digests.chunks(self.batch))
+        {
             let rows = read(dst, chunk)?;
-            if rows.len() != chunk.len() {
-                return Err(mismatch(
-                    self.name,
-                    &format!(
-                        "{} of {} rows are missing",
-                        chunk.len() - rows.len(),
-                        chunk.len()
-                    ),
-                ));
+            let got: std::collections::HashMap<i64, (u64, &R)> = rows
+                .iter()
+                .map(|r| {
+                    let (id, d) = digest(r);
+                    (id, (d, r))
+                })
+                .collect();
+            for (id, want) in chunk.iter().zip(want) {
+                match got.get(id) {
+                    None => {
+                        return Err(Error::CopyRefused {
+                            reason: format!(
+                                "verification failed on {}: row id {id} is missing on the \
+                                 target after the copy; nothing was committed",
+                                self.name
+                            ),
+                        })
+                    }
+                    Some((d, _)) if d == want => {}
+                    Some((_, there)) => {
+                        let source = read_src(src, &[*id])?;
+                        let column = source
+                            .first()
+                            .and_then(|here| {
+                                columns(here)
+                                    .into_iter()
+                                    .zip(columns(there))
+                                    .find(|(a, b)| a != b)
+                            })
+                            .map(|((name, a), (_, b))| {
+                                format!(
+                                    "column {name} ({} on the source, {} on the target)",
+                                    shorten(&a),
+                                    shorten(&b)
+                                )
+                            })
+                            .unwrap_or_else(|| "a column".to_owned());
+                        return Err(mismatch(self.name, &format!("row id {id}: {column}")));
+                    }
+                }
+                sum.write_u64(*want);
             }
-            rows.iter().for_each(|r| sum.write_u64(digest(r).1));
             done += chunk.len();
             progress(self.progress(done, true));
         }
@@ -385,6 +445,52 @@ fn job_digest(r: &JobRow) -> (i64, u64) {
         .hash(&mut h);
     r.progress.as_deref().map(canonical_json).hash(&mut h);
     (r.id, h.finish())
+}
+
+/// A job row's columns as [`job_digest`] sees them (JSON in its canonical form), to name the
+/// one that differs.
+fn job_columns(r: &JobRow) -> Vec<(&'static str, String)> {
+    let json = |t: &Option<String>| format!("{:?}", t.as_deref().map(canonical_json));
+    vec![
+        ("queue", format!("{:?}", r.queue)),
+        ("state", r.state.clone()),
+        ("priority", r.priority.to_string()),
+        ("payload", canonical_json(&r.payload).into_owned()),
+        ("attempts", r.attempts.to_string()),
+        ("max_attempts", r.max_attempts.to_string()),
+        ("run_at", r.run_at.to_string()),
+        ("created_at", r.created_at.to_string()),
+        ("updated_at", r.updated_at.to_string()),
+        ("worker_id", format!("{:?}", r.worker_id)),
+        ("heartbeat_at", format!("{:?}", r.heartbeat_at)),
+        ("lease_expires_at", format!("{:?}", r.lease_expires_at)),
+        ("last_error", format!("{:?}", r.last_error)),
+        ("unique_key", format!("{:?}", r.unique_key)),
+        (
+            "cancel_requested_at",
+            format!("{:?}", r.cancel_requested_at),
+        ),
+        ("attempt_base", r.attempt_base.to_string()),
+        ("timeout_ms", format!("{:?}", r.timeout_ms)),
+        ("progress", json(&r.progress)),
+    ]
+}
+
+/// A result row's columns as [`result_digest`] sees them.
+fn result_columns(r: &ResultRow) -> Vec<(&'static str, String)> {
+    vec![
+        ("job_id", r.job_id.to_string()),
+        ("attempt", r.attempt.to_string()),
+        ("outcome", r.outcome.clone()),
+        (
+            "output",
+            format!("{:?}", r.output.as_deref().map(canonical_json)),
+        ),
+        ("error", format!("{:?}", r.error)),
+        ("created_at", r.created_at.to_string()),
+        ("duration_ms", r.duration_ms.to_string()),
+        ("worker_id", format!("{:?}", r.worker_id)),
+    ]
 }
 
 fn result_digest(r: &ResultRow) -> (i64, u64) {

@@ -571,3 +571,31 @@ fn copy_refuses_a_missing_source_or_one_without_a_queue_and_creates_nothing() {
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("no jobdb queue"), "{stderr}");
 }
+
+/// A row the target stores differently (here a `run_at` with 7 fractional digits, written
+/// into SQLite by hand past jobdb's normalisation: PostgreSQL keeps microseconds) fails the
+/// verification with the table, the row's id and the column, both values shown, and nothing
+/// is committed (c92a778 said only "checksum differs").
+#[test]
+fn a_copy_that_does_not_verify_names_the_table_the_row_and_the_column() {
+    let Some(pg) = PgTestDb::new("copy_names_row") else {
+        return;
+    };
+    let (db, src) = source(20);
+    let mut conn = SqliteConnection::establish(&db.url()).unwrap();
+    conn.batch_execute("UPDATE jobs SET run_at = '2030-01-02 03:04:05.1234567' WHERE id = 7")
+        .unwrap();
+    let dst: Queue<PgConnection> = Queue::open(&pg.url, Config::default()).unwrap();
+    let e = jobdb::copy::copy(src.db(), dst.db(), &with_running(), |_| {}).unwrap_err();
+    let text = e.to_string();
+    assert!(e.is_copy_refused(), "{e:?}");
+    assert!(
+        text.contains("jobs")
+            && text.contains("row id 7")
+            && text.contains("column run_at")
+            && text.contains("2030-01-02 03:04:05.123456")
+            && text.contains("nothing was committed"),
+        "{text}"
+    );
+    assert_eq!(dst.stats(None).unwrap().total.total(), 0);
+}
