@@ -512,7 +512,11 @@ pub fn run_migrations(
 ) -> Result<Vec<String>> {
     // The common case, nothing pending, is a read: it needs no write lock, so opening a queue
     // (and a read-only command such as `stats`) never waits behind another process's writer.
-    if pending_migrations(conn)?.is_empty() {
+    // Diesel's pending check creates its bookkeeping table where there is none: only asked
+    // where that table exists, so that on a database jobdb never migrated the table is
+    // created inside the transaction below, and goes with it if a migration fails (an app's
+    // own `jobs` table in the way leaves the file as it was).
+    if has_migrations_table(conn)? && pending_migrations(conn)?.is_empty() {
         return Ok(Vec::new());
     }
     retry_busy(policy, stats, "migrate", || {
@@ -523,6 +527,23 @@ pub fn run_migrations(
             Ok(applied.iter().map(|v| v.to_string()).collect())
         })
     })
+}
+
+/// Whether Diesel's `__diesel_schema_migrations` table exists (a read).
+fn has_migrations_table(conn: &mut SqliteConnection) -> Result<bool> {
+    use diesel::RunQueryDsl;
+    #[derive(diesel::QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let found: Count = diesel::sql_query(
+        "SELECT count(*) AS n FROM sqlite_master \
+         WHERE type = 'table' AND name = '__diesel_schema_migrations'",
+    )
+    .get_result(conn)
+    .map_err(Error::Database)?;
+    Ok(found.n > 0)
 }
 
 /// Migrations embedded in this build that the database has not applied.

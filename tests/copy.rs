@@ -599,3 +599,59 @@ fn a_copy_that_does_not_verify_names_the_table_the_row_and_the_column() {
     );
     assert_eq!(dst.stats(None).unwrap().total.total(), 0);
 }
+
+/// A copy into an app's database that already has a table of its own named `jobs` fails at
+/// the migration and leaves the file exactly as it was: no `__diesel_schema_migrations`
+/// (c92a778 left it behind), the app's rows untouched.
+#[test]
+fn a_copy_refused_by_an_app_s_own_jobs_table_leaves_the_target_as_it_was() {
+    let (db, _src) = source(3);
+    let dir = tempfile::tempdir().unwrap();
+    let app = dir.path().join("app.sqlite3");
+    let mut conn = SqliteConnection::establish(app.to_str().unwrap()).unwrap();
+    conn.batch_execute(
+        "CREATE TABLE jobs (id INTEGER PRIMARY KEY, title TEXT NOT NULL);
+         INSERT INTO jobs (title) VALUES ('the app''s own');",
+    )
+    .unwrap();
+    let tables = |c: &mut SqliteConnection| -> Vec<String> {
+        #[derive(QueryableByName)]
+        struct Name {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            name: String,
+        }
+        diesel::sql_query("SELECT name FROM sqlite_master ORDER BY name")
+            .load::<Name>(c)
+            .unwrap()
+            .into_iter()
+            .map(|n| n.name)
+            .collect()
+    };
+    let before = tables(&mut conn);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_jobdb"))
+        .args([
+            "--database-url",
+            &db.url(),
+            "copy",
+            "--allow-running",
+            "--to",
+        ])
+        .arg(&app)
+        .env_remove("DATABASE_URL")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("jobs already exists"), "{stderr}");
+    assert_eq!(tables(&mut conn), before, "{stderr}");
+    #[derive(QueryableByName)]
+    struct Title {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        title: String,
+    }
+    let rows: Vec<Title> = diesel::sql_query("SELECT title FROM jobs")
+        .load(&mut conn)
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].title, "the app's own");
+}
