@@ -482,6 +482,18 @@ fn pages_are_keyset_and_bulk_actions_touch_exactly_the_filtered_jobs<C: TestConn
     assert_eq!(q.stats(Some("b")).unwrap().total.queued, 60);
 }
 
+/// The `http://…/metrics` address a `work --metrics-listen` child prints on stderr, and that
+/// stderr, to keep open while the child runs (closed, the child's next line would fail).
+fn metrics_url(child: &mut Child) -> (String, BufReader<std::process::ChildStderr>) {
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("metrics on ") {
+        line.clear();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "no metrics line");
+    }
+    (line.trim().rsplit(' ').next().unwrap().to_owned(), stderr)
+}
+
 /// `jobdb work --metrics-listen`: the worker's own process serves /metrics while it works,
 /// with its handle's counters (its claims and completions) beside the queue gauges.
 #[test]
@@ -507,13 +519,7 @@ fn a_worker_serves_its_metrics_while_it_works() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    while !line.contains("metrics on ") {
-        line.clear();
-        assert!(stderr.read_line(&mut line).unwrap() > 0, "no metrics line");
-    }
-    let url = line.trim().rsplit(' ').next().unwrap().to_owned();
+    let (url, _stderr) = metrics_url(&mut child);
     let started = std::time::Instant::now();
     let text = loop {
         let (status, text) = call(&url, None, &[]);
@@ -582,18 +588,12 @@ fn a_worker_s_metrics_need_a_token_beyond_loopback() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    while !line.contains("metrics on ") {
-        line.clear();
-        assert!(stderr.read_line(&mut line).unwrap() > 0, "no metrics line");
-    }
-    let port = line
-        .trim()
+    let (url, _stderr) = metrics_url(&mut child);
+    let port = url
+        .trim_end_matches("/metrics")
         .rsplit(':')
         .next()
         .unwrap()
-        .trim_end_matches("/metrics")
         .to_owned();
     let url = format!("http://127.0.0.1:{port}/metrics");
     let (status, _) = call(&url, None, &[]);

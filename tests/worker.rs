@@ -195,6 +195,22 @@ fn the_shutdown_handle_stops_claiming_and_lets_running_handlers_finish() {
     assert!(s.queued > 0, "it stopped claiming");
 }
 
+/// Runs `worker` until job `id` is running, then shuts it down and returns its report.
+fn shut_down_once_running<H>(q: &jobdb::Queue, id: i64, worker: Worker<H>) -> jobdb::WorkerReport
+where
+    H: Fn(&jobdb::JobContext) -> Result<(), HandlerError> + Send + Sync + 'static,
+{
+    let stop = worker.shutdown_handle();
+    let running = thread::spawn(move || worker.run());
+    let started = Instant::now();
+    while q.get_job(id).unwrap().state != JobState::Running {
+        assert!(started.elapsed() < Duration::from_secs(10));
+        thread::sleep(Duration::from_millis(10));
+    }
+    stop.shutdown();
+    running.join().unwrap().unwrap()
+}
+
 /// Found by hostile use: handler threads still running when `run`
 /// returned were detached without a word. Now the report counts them (and a warning names
 /// them), after their jobs were released.
@@ -209,15 +225,7 @@ fn handler_threads_left_running_at_shutdown_are_reported() {
         thread::sleep(Duration::from_secs(8)); // ignores should_abandon
         Ok::<_, HandlerError>(())
     });
-    let stop = worker.shutdown_handle();
-    let running = thread::spawn(move || worker.run());
-    let started = Instant::now();
-    while q.get_job(id).unwrap().state != JobState::Running {
-        assert!(started.elapsed() < Duration::from_secs(10));
-        thread::sleep(Duration::from_millis(10));
-    }
-    stop.shutdown();
-    let report = running.join().unwrap().unwrap();
+    let report = shut_down_once_running(&q, id, worker);
     assert_eq!(report.detached, 1, "{report:?}");
     assert_eq!(report.released, 1, "{report:?}");
     assert_eq!(q.get_job(id).unwrap().state, JobState::Queued);
@@ -238,15 +246,7 @@ fn a_job_released_at_shutdown_is_not_counted_as_a_lost_lease() {
         }
         Ok::<_, HandlerError>(())
     });
-    let stop = worker.shutdown_handle();
-    let running = thread::spawn(move || worker.run());
-    let started = Instant::now();
-    while q.get_job(id).unwrap().state != JobState::Running {
-        assert!(started.elapsed() < Duration::from_secs(10));
-        thread::sleep(Duration::from_millis(10));
-    }
-    stop.shutdown();
-    let report = running.join().unwrap().unwrap();
+    let report = shut_down_once_running(&q, id, worker);
     assert_eq!(
         (report.released, report.lease_lost, report.detached),
         (1, 0, 0),

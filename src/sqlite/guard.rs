@@ -177,10 +177,20 @@ pub(crate) unsafe fn install(db: *mut ffi::sqlite3, settings: GuardSettings) {
 /// # Safety
 /// `db` is an open connection, used by no other thread during the call.
 pub(crate) unsafe fn syncs_commits(db: *mut ffi::sqlite3) -> bool {
+    // SAFETY: the caller's promise.
+    unsafe { guard_of(db) }.is_some_and(|g| g.syncing.load(Ordering::SeqCst))
+}
+
+/// The guard on `db`, if it has one.
+///
+/// # Safety
+/// `db` is an open connection, used by no other thread while the reference is used; the
+/// reference does not outlive the connection's guard (it is freed when the connection closes).
+unsafe fn guard_of<'a>(db: *mut ffi::sqlite3) -> Option<&'a Guard> {
     // SAFETY: db is open; a non-null pointer under our key is a live guard of ours.
     unsafe {
         let p = ffi::sqlite3_get_clientdata(db, KEY.as_ptr());
-        !p.is_null() && (*p.cast::<Guard>()).syncing.load(Ordering::SeqCst)
+        (!p.is_null()).then(|| &*p.cast::<Guard>())
     }
 }
 
@@ -189,18 +199,12 @@ pub(crate) unsafe fn syncs_commits(db: *mut ffi::sqlite3) -> bool {
 /// # Safety
 /// `db` is an open connection, used by no other thread during the call.
 pub(crate) unsafe fn synced_commits(db: *mut ffi::sqlite3) -> Option<u64> {
-    // SAFETY: db is open; a non-null pointer under our key is a live guard of ours.
-    unsafe {
-        let p = ffi::sqlite3_get_clientdata(db, KEY.as_ptr());
-        if p.is_null() {
-            return None;
-        }
-        let guard = &*p.cast::<Guard>();
-        guard
-            .syncing
-            .load(Ordering::SeqCst)
-            .then(|| guard.synced_commits.load(Ordering::Relaxed))
-    }
+    // SAFETY: the caller's promise.
+    let guard = unsafe { guard_of(db) }?;
+    guard
+        .syncing
+        .load(Ordering::SeqCst)
+        .then(|| guard.synced_commits.load(Ordering::Relaxed))
 }
 
 /// The `wal_autocheckpoint` the guard on `db` checkpoints at, where its WAL hook replaced
@@ -209,18 +213,12 @@ pub(crate) unsafe fn synced_commits(db: *mut ffi::sqlite3) -> Option<u64> {
 /// # Safety
 /// `db` is an open connection, used by no other thread during the call.
 pub(crate) unsafe fn autocheckpoint_of(db: *mut ffi::sqlite3) -> Option<u32> {
-    // SAFETY: db is open; a non-null pointer under our key is a live guard of ours.
-    unsafe {
-        let p = ffi::sqlite3_get_clientdata(db, KEY.as_ptr());
-        if p.is_null() {
-            return None;
-        }
-        let guard = &*p.cast::<Guard>();
-        guard
-            .wal
-            .is_some()
-            .then(|| guard.autocheckpoint.load(Ordering::SeqCst))
-    }
+    // SAFETY: the caller's promise.
+    let guard = unsafe { guard_of(db) }?;
+    guard
+        .wal
+        .is_some()
+        .then(|| guard.autocheckpoint.load(Ordering::SeqCst))
 }
 
 /// Turns the guard's own sync of each commit on or off (off: the connection's commits are
@@ -230,23 +228,19 @@ pub(crate) unsafe fn autocheckpoint_of(db: *mut ffi::sqlite3) -> Option<u32> {
 /// # Safety
 /// `db` is an open connection, used by no other thread during the call.
 pub(crate) unsafe fn set_syncing(db: *mut ffi::sqlite3, on: bool) -> bool {
-    // SAFETY: db is open; a non-null pointer under our key is a live guard of ours.
-    unsafe {
-        let p = ffi::sqlite3_get_clientdata(db, KEY.as_ptr());
-        if p.is_null() {
-            return false;
-        }
-        let guard = &*p.cast::<Guard>();
-        let on = on && guard.wal.is_some();
-        guard.syncing.store(on, Ordering::SeqCst);
-        if on {
-            // Whatever the connection's setting was meanwhile: NORMAL, the hook syncs.
-            guard.inline_full.store(true, Ordering::SeqCst);
-            guard.set_inline_full(false);
-            return guard.syncing.load(Ordering::SeqCst);
-        }
-        on
+    // SAFETY: the caller's promise.
+    let Some(guard) = (unsafe { guard_of(db) }) else {
+        return false;
+    };
+    let on = on && guard.wal.is_some();
+    guard.syncing.store(on, Ordering::SeqCst);
+    if on {
+        // Whatever the connection's setting was meanwhile: NORMAL, the hook syncs.
+        guard.inline_full.store(true, Ordering::SeqCst);
+        guard.set_inline_full(false);
+        return guard.syncing.load(Ordering::SeqCst);
     }
+    on
 }
 
 /// Puts the guard's busy handler back on `db` after the connection replaced it for a while
@@ -272,11 +266,8 @@ pub(crate) unsafe fn rearm_busy_handler(db: *mut ffi::sqlite3) -> bool {
 /// # Safety
 /// `db` is an open connection, used by no other thread during the call.
 pub(crate) unsafe fn settings_of(db: *mut ffi::sqlite3) -> Option<GuardSettings> {
-    // SAFETY: db is open; a non-null pointer under our key is a live guard of ours.
-    unsafe {
-        let p = ffi::sqlite3_get_clientdata(db, KEY.as_ptr());
-        (!p.is_null()).then(|| (*p.cast::<Guard>()).settings)
-    }
+    // SAFETY: the caller's promise.
+    unsafe { guard_of(db) }.map(|g| g.settings)
 }
 
 /// The connection's main database file, if it has one on disk.
