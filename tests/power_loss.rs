@@ -189,11 +189,14 @@ fn power_loss_app_writer() {
         } else {
             // Outside a transaction, read with `get_result`: SQLite commits it when Diesel
             // resets the statement after the first row, where no WAL hook runs.
-            diesel::sql_query("INSERT INTO app_notes (body) VALUES (?) RETURNING id")
-                .bind::<diesel::sql_types::Text, _>(format!("note {n}"))
-                .get_result::<Id>(&mut *conn)
-                .expect("an app write")
-                .id
+            // (Its text opens with a comment, as an app's SQL may.)
+            diesel::sql_query(
+                "-- the app's note\nINSERT INTO app_notes (body) VALUES (?) RETURNING id",
+            )
+            .bind::<diesel::sql_types::Text, _>(format!("note {n}"))
+            .get_result::<Id>(&mut *conn)
+            .expect("an app write")
+            .id
         };
         writeln!(log, "{id}").expect("log");
     }

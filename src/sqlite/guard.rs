@@ -181,6 +181,19 @@ pub(crate) unsafe fn syncs_commits(db: *mut ffi::sqlite3) -> bool {
     unsafe { guard_of(db) }.is_some_and(|g| g.syncing.load(Ordering::SeqCst))
 }
 
+/// Whether `sql` sets the main database's `synchronous` (`PRAGMA synchronous = …` or
+/// `PRAGMA main.synchronous(…)`; not another schema's, and not a read of it).
+fn sets_main_synchronous(sql: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(sql).to_ascii_lowercase();
+    let Some(rest) = text.trim_start().strip_prefix("pragma") else {
+        return false;
+    };
+    let rest = rest.trim_start();
+    let rest = rest.strip_prefix("main.").unwrap_or(rest).trim_start();
+    rest.strip_prefix("synchronous")
+        .is_some_and(|r| r.trim_start().starts_with(['=', '(']))
+}
+
 /// The guard on `db`, if it has one.
 ///
 /// # Safety
@@ -424,10 +437,20 @@ impl Guard {
         // SAFETY: the connection is inside this statement's first step, on this thread; stmt
         // is that statement and text its SQL (or a trigger's "-- " line), valid for the call.
         unsafe {
-            if !text.is_null() && CStr::from_ptr(text).to_bytes().starts_with(b"--") {
-                return; // A trigger's program, inside its statement.
+            // A trigger's program, inside its statement: SQLite passes the statement's own
+            // text pointer only for the statement itself (its text may start with a comment).
+            if !text.is_null() && text != ffi::sqlite3_sql(stmt) {
+                return;
             }
             if ffi::sqlite3_get_autocommit(self.db) == 0 {
+                return;
+            }
+            let sql = ffi::sqlite3_sql(stmt);
+            if !sql.is_null() && sets_main_synchronous(CStr::from_ptr(sql).to_bytes()) {
+                // The app sets the connection's durability itself (the pragma took effect
+                // when it was prepared): its setting rules from now on, and the guard
+                // neither syncs nor changes it.
+                self.syncing.store(false, Ordering::SeqCst);
                 return;
             }
             let full = ffi::sqlite3_stmt_readonly(stmt) == 0 && ffi::sqlite3_column_count(stmt) > 0;
@@ -463,12 +486,17 @@ impl Guard {
         if rc == ffi::SQLITE_OK {
             self.inline_full.store(full, Ordering::SeqCst);
         } else {
+            // The setting may or may not have changed (a pragma acts when it is prepared, and
+            // its run can still fail): the hook syncs every commit it sees from here on,
+            // whatever the level (at worst twice). A row-returning statement that commits on
+            // its reset is then not covered if the switch to FULL is what failed.
+            self.inline_full.store(false, Ordering::SeqCst);
             tracing::error!(
                 code = rc,
-                "cannot change the connection's synchronous setting; its commits are synced \
-                 at FULL from now on"
+                full,
+                "cannot change the connection's synchronous setting; a statement that commits \
+                 when it is reset may not be synced"
             );
-            self.syncing.store(false, Ordering::SeqCst);
         }
     }
 
@@ -631,15 +659,9 @@ impl Guard {
         {
             self.autocheckpoint_set();
         }
-        if self.wal.is_some()
-            && super::StatementKind::of(sql) == super::StatementKind::Pragma
-            && sql
-                .windows(b"synchronous".len())
-                .any(|w| w.eq_ignore_ascii_case(b"synchronous"))
-            && sql.iter().any(|b| *b == b'=' || *b == b'(')
-        {
+        if self.wal.is_some() && sets_main_synchronous(sql) {
             // The app (or a handle's writer) set the connection's durability itself: its
-            // setting rules from now on, and the guard neither syncs nor changes it.
+            // setting rules from now on (also where the guard was not syncing when it began).
             self.syncing.store(false, Ordering::SeqCst);
         }
         if self.settings.slow_statement.is_some_and(|slow| took > slow) {
@@ -691,6 +713,32 @@ impl Guard {
             if let (Some(hold), Some(gate)) = (st.held.take(), st.gate.as_ref()) {
                 gate.release(hold);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sets_main_synchronous;
+
+    #[test]
+    fn only_a_setting_of_main_s_synchronous_counts() {
+        for yes in [
+            "PRAGMA synchronous = FULL",
+            "pragma synchronous=1",
+            "PRAGMA main.synchronous(NORMAL)",
+            "  PRAGMA  synchronous =OFF;",
+        ] {
+            assert!(sets_main_synchronous(yes.as_bytes()), "{yes}");
+        }
+        for no in [
+            "PRAGMA synchronous",
+            "PRAGMA aux.synchronous = OFF",
+            "PRAGMA temp.synchronous = 0",
+            "SELECT synchronous FROM pragma_synchronous",
+            "PRAGMA wal_autocheckpoint = 4",
+        ] {
+            assert!(!sets_main_synchronous(no.as_bytes()), "{no}");
         }
     }
 }

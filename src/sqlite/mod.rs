@@ -154,6 +154,13 @@ pub(crate) fn set_guard_sync(conn: &mut diesel::SqliteConnection, on: bool) -> b
     unsafe { conn.with_raw_connection(|db| guard::set_syncing(db, on)) }
 }
 
+/// Whether `conn`'s guard was set up to sync its commits (a pool connection at durable), on
+/// now or not.
+pub(crate) fn guarded_to_sync(conn: &mut diesel::SqliteConnection) -> bool {
+    // SAFETY: as in `guard_connection`; the handle is only read.
+    unsafe { conn.with_raw_connection(|db| guard::autocheckpoint_of(db).is_some()) }
+}
+
 /// Puts the guard's busy handler back after the connection set a busy timeout of its own for
 /// a while, or installs a guard with `settings` where there is none.
 pub(crate) fn rearm_guard(conn: &mut diesel::SqliteConnection, settings: GuardSettings) {

@@ -163,7 +163,13 @@ impl JobDriver for SqliteConnection {
         // The guard syncs this connection's commits again where the pool set it up to (at
         // `Durable` on a file, the only case where a handle's writer lowers its setting:
         // elsewhere the connection was never changed, and this does nothing).
-        crate::sqlite::set_guard_sync(self, true);
+        if !crate::sqlite::set_guard_sync(self, true) && crate::sqlite::guarded_to_sync(self) {
+            // The guard could not take it back (it failed to set NORMAL): FULL, synced by
+            // SQLite itself, rather than NORMAL with nothing syncing.
+            use diesel::connection::SimpleConnection;
+            self.batch_execute("PRAGMA synchronous = FULL")
+                .map_err(crate::Error::Database)?;
+        }
         Ok(())
     }
 
